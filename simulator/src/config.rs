@@ -1,0 +1,219 @@
+//! Command-line flags (`marketlane sim …`) and the plain config struct they convert into.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::error::SimError;
+
+/// IB's minimum spacing between two `smd` frames of one conid.
+pub const MIN_FRAME_INTERVAL_MS: u64 = 500;
+
+/// Flags of `marketlane sim`. Every flag has a default so `marketlane sim` alone starts a
+/// plain-http gateway on 127.0.0.1:5000 that behaves like a logged-in IB gateway.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+    /// Seed for every random choice (prices, sizes, session ids).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Adds N synthetic US stocks SYM0001… (conids 900001…) to the built-in universe.
+    #[arg(long, default_value_t = 0)]
+    pub synthetic_symbols: u32,
+    /// Append the ledger (JSON lines) to this file.
+    #[arg(long)]
+    pub ledger: Option<PathBuf>,
+    /// Sim-time spacing of the per-conid ticker, in ms (IB's minimum is 500).
+    #[arg(long, default_value_t = MIN_FRAME_INTERVAL_MS)]
+    pub frame_interval_ms: u64,
+    /// Allow a frame interval below IB's 500 ms (load tests only).
+    #[arg(long)]
+    pub unpaced: bool,
+    /// Probability that a frame tick carries a new trade.
+    #[arg(long, default_value_t = 0.6)]
+    pub trade_probability: f64,
+    /// Probability per tick that the last price turns halted (`H…`) or prior-close (`C…`).
+    #[arg(long, default_value_t = 0.01)]
+    pub status_probability: f64,
+    /// Sim-time acceleration: the sim clock runs F times faster than real time.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Seconds (sim time) without REST requests before the brokerage session goes unauthenticated.
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+    /// Seconds (sim time) after which an `smd` subscription silently ends unless re-sent; 0 disables.
+    #[arg(long, default_value_t = 600)]
+    pub subscription_expiry_secs: u64,
+    /// Maximum concurrent `smd` lines (market-data lines) across the session.
+    #[arg(long)]
+    pub line_cap: Option<usize>,
+    /// Serve https/wss with a self-signed certificate generated at start.
+    #[arg(long)]
+    pub tls: bool,
+    /// An SSO (browser) login already exists; the brokerage session still needs `ssodh/init`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_login: bool,
+    /// The IB username reported in `system` and `sso/validate`.
+    #[arg(long, default_value = "user1")]
+    pub username: String,
+    /// The account id reported by `/iserver/accounts` and `act`.
+    #[arg(long, default_value = "DU1234567")]
+    pub account: String,
+    /// JSON list of timed faults: `[{"at_secs":30,"fault":{"kind":"drop_tcp"}}]`.
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
+    /// Sim-time length of the 429 penalty box.
+    #[arg(long, default_value_t = 600)]
+    pub penalty_box_secs: u64,
+    /// Disable request pacing (no 429s).
+    #[arg(long)]
+    pub no_pacing: bool,
+    /// How many times a `tic` is answered (a live probe saw 4).
+    #[arg(long, default_value_t = 1)]
+    pub tic_replies: u8,
+    /// Price levels per side of an `sbd` ladder.
+    #[arg(long, default_value_t = 5)]
+    pub book_depth: usize,
+}
+
+/// Everything the simulator needs to run; `Default` matches the CLI defaults except the listen
+/// address, which is `127.0.0.1:0` so tests get a free port.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub listen: SocketAddr,
+    pub seed: u64,
+    pub synthetic_symbols: u32,
+    pub ledger_path: Option<PathBuf>,
+    /// Entries kept in memory for `SimHandle::ledger()`; counts stay exact beyond it.
+    pub ledger_memory_limit: usize,
+    pub frame_interval_ms: u64,
+    pub unpaced: bool,
+    pub trade_probability: f64,
+    pub status_probability: f64,
+    pub speed: f64,
+    pub idle_timeout_secs: u64,
+    /// Hard end of an SSO session (IB: 24 h).
+    pub max_session_secs: u64,
+    pub subscription_expiry_secs: u64,
+    pub line_cap: Option<usize>,
+    pub tls: bool,
+    pub auto_login: bool,
+    pub username: String,
+    pub account: String,
+    pub paper: bool,
+    pub scenario: Option<PathBuf>,
+    pub penalty_box_secs: u64,
+    pub pacing: bool,
+    pub tic_replies: u8,
+    pub book_depth: usize,
+    /// Sim-time start as Unix ms; `None` = the wall clock at spawn.
+    pub start_time_ms: Option<i64>,
+    /// Sim seconds between `competing:true` and `authenticated:false`.
+    pub competing_grace_secs: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            seed: 1,
+            synthetic_symbols: 0,
+            ledger_path: None,
+            ledger_memory_limit: 2_000_000,
+            frame_interval_ms: MIN_FRAME_INTERVAL_MS,
+            unpaced: false,
+            trade_probability: 0.6,
+            status_probability: 0.01,
+            speed: 1.0,
+            idle_timeout_secs: 300,
+            max_session_secs: 24 * 3600,
+            subscription_expiry_secs: 600,
+            line_cap: None,
+            tls: false,
+            auto_login: true,
+            username: "user1".into(),
+            account: "DU1234567".into(),
+            paper: true,
+            scenario: None,
+            penalty_box_secs: 600,
+            pacing: true,
+            tic_replies: 1,
+            book_depth: 5,
+            start_time_ms: None,
+            competing_grace_secs: 2,
+        }
+    }
+}
+
+impl From<SimArgs> for SimConfig {
+    fn from(a: SimArgs) -> Self {
+        Self {
+            listen: a.listen,
+            seed: a.seed,
+            synthetic_symbols: a.synthetic_symbols,
+            ledger_path: a.ledger,
+            frame_interval_ms: a.frame_interval_ms,
+            unpaced: a.unpaced,
+            trade_probability: a.trade_probability,
+            status_probability: a.status_probability,
+            speed: a.speed,
+            idle_timeout_secs: a.idle_timeout_secs,
+            subscription_expiry_secs: a.subscription_expiry_secs,
+            line_cap: a.line_cap,
+            tls: a.tls,
+            auto_login: a.auto_login,
+            username: a.username,
+            account: a.account,
+            scenario: a.scenario,
+            penalty_box_secs: a.penalty_box_secs,
+            pacing: !a.no_pacing,
+            tic_replies: a.tic_replies,
+            book_depth: a.book_depth,
+            ..Self::default()
+        }
+    }
+}
+
+impl SimConfig {
+    /// Rejects values that would make the simulator unfaithful or stuck.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |m: String| Err(SimError::InvalidConfig(m));
+        if !(self.speed.is_finite() && self.speed > 0.0) {
+            return bad(format!("speed must be > 0, got {}", self.speed));
+        }
+        if self.frame_interval_ms == 0 {
+            return bad("frame interval must be > 0 ms".into());
+        }
+        if self.frame_interval_ms < MIN_FRAME_INTERVAL_MS && !self.unpaced {
+            return bad(format!(
+                "frame interval {} ms is below IB's 500 ms; pass --unpaced for load tests",
+                self.frame_interval_ms
+            ));
+        }
+        for (name, p) in [
+            ("trade probability", self.trade_probability),
+            ("status probability", self.status_probability),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(format!("{name} must be within 0..=1, got {p}"));
+            }
+        }
+        if self.book_depth == 0 || self.book_depth > 50 {
+            return bad(format!(
+                "book depth must be 1..=50, got {}",
+                self.book_depth
+            ));
+        }
+        if self.synthetic_symbols > 99_999 {
+            return bad(format!(
+                "at most 99999 synthetic symbols, got {}",
+                self.synthetic_symbols
+            ));
+        }
+        if self.idle_timeout_secs == 0 {
+            return bad("idle timeout must be > 0 s".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,488 @@
+//! REST endpoints under `/v1/api` (also mounted at `/v1/portal`, which ibeam uses) and the
+//! admin endpoints under `/sim`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::fault::Fault;
+use crate::lock;
+use crate::market::AVAILABILITY;
+use crate::session::AuthStatus;
+use crate::sim::Sim;
+use crate::ws;
+
+type S = State<Arc<Sim>>;
+
+/// Error answers, shaped like the gateway's.
+#[derive(Debug)]
+pub enum ApiError {
+    /// No SSO session (not logged in): 401 `{"error":"no session"}`.
+    NoSession,
+    /// SSO session but no brokerage bridge (`ssodh/init` not done): 400.
+    NoBridge,
+    /// Bridge up but not authenticated (idle timeout, competing, sts fault).
+    NotAuthenticated,
+    BadRequest(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            Self::NoSession => (StatusCode::UNAUTHORIZED, json!({"error": "no session"})),
+            Self::NoBridge => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": "Bad Request: no bridge", "statusCode": 400}),
+            ),
+            Self::NotAuthenticated => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "not authenticated", "statusCode": 401}),
+            ),
+            Self::BadRequest(m) => (
+                StatusCode::BAD_REQUEST,
+                json!({"error": m, "statusCode": 400}),
+            ),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+fn require_sso(sim: &Sim) -> Result<(), ApiError> {
+    if lock(&sim.session).sso.is_some() {
+        Ok(())
+    } else {
+        Err(ApiError::NoSession)
+    }
+}
+
+/// `/iserver/*` needs the SSO session, the bridge and authentication.
+fn require_iserver(sim: &Sim) -> Result<AuthStatus, ApiError> {
+    let s = lock(&sim.session);
+    if s.sso.is_none() {
+        return Err(ApiError::NoSession);
+    }
+    let st = s.status();
+    if !st.connected {
+        return Err(ApiError::NoBridge);
+    }
+    if !st.authenticated {
+        return Err(ApiError::NotAuthenticated);
+    }
+    Ok(st)
+}
+
+pub fn router(sim: Arc<Sim>) -> Router {
+    let api = Router::new()
+        .route("/tickle", any(tickle))
+        .route("/iserver/auth/status", any(auth_status))
+        .route("/iserver/reauthenticate", any(reauthenticate))
+        .route("/iserver/auth/ssodh/init", any(ssodh_init))
+        .route("/sso/validate", any(sso_validate))
+        .route("/logout", any(logout))
+        .route("/iserver/accounts", get(accounts))
+        .route("/iserver/marketdata/snapshot", get(snapshot))
+        .route(
+            "/iserver/marketdata/{conid}/unsubscribe",
+            any(unsubscribe_one),
+        )
+        .route("/iserver/marketdata/unsubscribe", post(unsubscribe_body))
+        .route("/iserver/marketdata/unsubscribeall", any(unsubscribe_all))
+        .route("/iserver/secdef/search", any(secdef_search))
+        .route("/trsrv/stocks", get(trsrv_stocks))
+        .route("/trsrv/futures", get(trsrv_futures))
+        .route("/ws", get(ws_upgrade))
+        .layer(middleware::from_fn_with_state(sim.clone(), gate));
+    let admin = Router::new()
+        .route("/sim/fault", post(admin_fault))
+        .route("/sim/login", post(admin_login))
+        .route("/sim/ledger/summary", get(admin_ledger_summary))
+        .route("/sim/ledger/entries", get(admin_ledger_entries))
+        .route("/sim/status", get(admin_status));
+    Router::new()
+        .nest("/v1/api", api.clone())
+        .nest("/v1/portal", api)
+        .merge(admin)
+        .with_state(sim)
+}
+
+/// Runs before every gateway request: injected 5xx / slowness, pacing and the penalty box,
+/// then the session clock (the request itself resets the idle timer).
+async fn gate(State(sim): S, req: Request, next: Next) -> Response {
+    let now = sim.clock.now_ms();
+    let (fail, slow) = {
+        let h = lock(&sim.http_faults);
+        (
+            (now < h.fail_until).then_some(h.fail_status),
+            (now < h.slow_until).then_some(h.slow_ms),
+        )
+    };
+    if let Some(status) = fail {
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return (
+            code,
+            Json(
+                json!({"error": code.canonical_reason().unwrap_or("error"), "statusCode": status}),
+            ),
+        )
+            .into_response();
+    }
+    if let Some(ms) = slow {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let admitted = {
+        let mut p = lock(&sim.pacer);
+        if sim.cfg.pacing {
+            p.admit(
+                req.uri().path(),
+                now,
+                sim.cfg.penalty_box_secs as i64 * 1000,
+            )
+        } else {
+            // An injected penalty box applies even with pacing off.
+            now >= p.penalty_until
+        }
+    };
+    if !admitted {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"error": "Too Many Requests", "statusCode": 429})),
+        )
+            .into_response();
+    }
+    sim.apply(|s, now| {
+        // The clock first, so a request after the idle timeout does not revive the session.
+        s.check_clock(now);
+        s.touch(now);
+    });
+    next.run(req).await
+}
+
+async fn tickle(State(sim): S) -> Result<Response, ApiError> {
+    let now = sim.clock.now_ms();
+    let s = lock(&sim.session);
+    let Some(sso) = s.sso.clone() else {
+        return Err(ApiError::NoSession);
+    };
+    let st = s.status();
+    let body = json!({
+        "session": sso.id,
+        "ssoExpires": s.sso_expires_in(now),
+        "collission": false,
+        "userId": 1,
+        "hmds": {"error": "no bridge"},
+        "iserver": {"authStatus": st.to_json()},
+    });
+    drop(s);
+    let cookie = format!("x-sess-uuid={}; Path=/; Secure; HttpOnly", sso.sess_uuid);
+    let mut resp = Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+async fn auth_status(State(sim): S) -> Result<Json<Value>, ApiError> {
+    require_sso(&sim)?;
+    Ok(Json(sim.status().to_json()))
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct ForceQuery {
+    force: Option<bool>,
+}
+
+/// Answers `{"message":"triggered"}` as clients observe; authentication is restored at once.
+async fn reauthenticate(
+    State(sim): S,
+    Query(q): Query<ForceQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_sso(&sim)?;
+    sim.apply(|s, _| s.reauthenticate(q.force.unwrap_or(false)));
+    Ok(Json(json!({"message": "triggered"})))
+}
+
+#[derive(Debug, Deserialize)]
+struct InitBody {
+    #[serde(default)]
+    compete: Option<bool>,
+}
+
+async fn ssodh_init(State(sim): S, method: Method, body: Bytes) -> Result<Json<Value>, ApiError> {
+    require_sso(&sim)?;
+    // ibind posts {"publish":true,"compete":true}; an empty body competes too.
+    let compete = if method == Method::POST && !body.is_empty() {
+        serde_json::from_slice::<InitBody>(&body)
+            .map_err(|e| ApiError::BadRequest(format!("bad ssodh/init body: {e}")))?
+            .compete
+            .unwrap_or(true)
+    } else {
+        true
+    };
+    sim.apply(|s, _| s.ssodh_init(compete));
+    Ok(Json(sim.status().to_json()))
+}
+
+async fn sso_validate(State(sim): S) -> Result<Json<Value>, ApiError> {
+    let now = sim.clock.now_ms();
+    let s = lock(&sim.session);
+    let Some(sso) = s.sso.clone() else {
+        return Err(ApiError::NoSession);
+    };
+    Ok(Json(json!({
+        "USER_ID": 1,
+        "USER_NAME": sim.cfg.username,
+        "RESULT": true,
+        "AUTH_TIME": sso.login_ms,
+        "LOGIN_TYPE": 2,
+        "expire": s.sso_expires_in(now),
+    })))
+}
+
+/// Both documented shapes at once: `confirmed` (spec) and `status` (what ibeam checks).
+async fn logout(State(sim): S) -> Result<Json<Value>, ApiError> {
+    require_sso(&sim)?;
+    sim.apply(|s, now| s.logout(now));
+    Ok(Json(json!({"confirmed": true, "status": true})))
+}
+
+async fn accounts(State(sim): S) -> Result<Json<Value>, ApiError> {
+    let st = require_iserver(&sim)?;
+    if st.competing {
+        // Authenticated but competing: the gateway answers an empty object.
+        return Ok(Json(json!({})));
+    }
+    let a = &sim.cfg.account;
+    Ok(Json(
+        json!({"accounts": [a], "aliases": {}, "selectedAccount": a}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct SnapshotQuery {
+    conids: Option<String>,
+    fields: Option<String>,
+}
+
+/// The first request for a conid is a pre-flight answering only `conid`/`conidEx`.
+async fn snapshot(State(sim): S, Query(q): Query<SnapshotQuery>) -> Result<Json<Value>, ApiError> {
+    require_iserver(&sim)?;
+    let conids = parse_conids(q.conids.as_deref().unwrap_or(""))?;
+    let fields: Vec<String> = q
+        .fields
+        .as_deref()
+        .unwrap_or("31,84,86")
+        .split(',')
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
+        .collect();
+    let mut out = Vec::new();
+    for (conid, conid_ex) in conids {
+        if sim.market.universe().get(conid).is_none() {
+            continue;
+        }
+        let first = lock(&sim.session).preflight.insert(conid);
+        if first {
+            out.push(json!({"conid": conid, "conidEx": conid_ex}));
+            continue;
+        }
+        let Some(tick) = sim.market.snapshot(conid) else {
+            continue;
+        };
+        let mut m = serde_json::Map::new();
+        for f in &fields {
+            if let Some(v) = tick.fields.get(f.as_str()) {
+                m.insert(f.clone(), v.clone());
+            }
+        }
+        m.insert("6509".into(), json!(AVAILABILITY));
+        m.insert("conid".into(), json!(conid));
+        m.insert("conidEx".into(), json!(conid_ex));
+        m.insert("_updated".into(), json!(tick.updated));
+        m.insert("server_id".into(), json!("q0"));
+        m.insert("6119".into(), json!("q0"));
+        out.push(Value::Object(m));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+fn parse_conids(s: &str) -> Result<Vec<(u32, String)>, ApiError> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            let base = c.split('@').next().unwrap_or(c);
+            base.parse::<u32>()
+                .map(|n| (n, c.to_string()))
+                .map_err(|_| ApiError::BadRequest(format!("bad conid {c:?}")))
+        })
+        .collect()
+}
+
+async fn unsubscribe_one(
+    State(sim): S,
+    Path(conid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_iserver(&sim)?;
+    let conid: u32 = conid
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("bad conid {conid:?}")))?;
+    let had = lock(&sim.session).preflight.remove(&conid);
+    Ok(Json(json!({"confirmed": had})))
+}
+
+#[derive(Debug, Deserialize)]
+struct UnsubBody {
+    conid: u32,
+}
+
+async fn unsubscribe_body(State(sim): S, body: Bytes) -> Result<Json<Value>, ApiError> {
+    require_iserver(&sim)?;
+    let b: UnsubBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("bad unsubscribe body: {e}")))?;
+    let had = lock(&sim.session).preflight.remove(&b.conid);
+    Ok(Json(json!({"success": had})))
+}
+
+async fn unsubscribe_all(State(sim): S) -> Result<Json<Value>, ApiError> {
+    require_iserver(&sim)?;
+    lock(&sim.session).preflight.clear();
+    Ok(Json(json!({"confirmed": true})))
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct SearchParams {
+    symbol: Option<String>,
+    #[serde(default, deserialize_with = "bool_or_string")]
+    name: Option<bool>,
+    #[serde(rename = "secType")]
+    sec_type: Option<String>,
+}
+
+/// Query strings carry `name=false` as text; JSON bodies as a bool.
+fn bool_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    let v = Option::<Value>::deserialize(d)?;
+    Ok(match v {
+        Some(Value::Bool(b)) => Some(b),
+        Some(Value::String(s)) => Some(s.eq_ignore_ascii_case("true")),
+        _ => None,
+    })
+}
+
+async fn secdef_search(
+    State(sim): S,
+    method: Method,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    require_iserver(&sim)?;
+    let p: SearchParams = if method == Method::POST && !body.is_empty() {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("bad secdef/search body: {e}")))?
+    } else {
+        let v = serde_json::to_value(&q).unwrap_or_default();
+        serde_json::from_value(v)
+            .map_err(|e| ApiError::BadRequest(format!("bad secdef/search query: {e}")))?
+    };
+    let Some(symbol) = p.symbol.filter(|s| !s.trim().is_empty()) else {
+        return Err(ApiError::BadRequest("symbol required".into()));
+    };
+    Ok(Json(sim.market.universe().secdef_search(
+        &symbol,
+        p.name.unwrap_or(false),
+        p.sec_type.as_deref(),
+        sim.clock.now_ms(),
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+struct SymbolsQuery {
+    symbols: Option<String>,
+}
+
+async fn trsrv_stocks(
+    State(sim): S,
+    Query(q): Query<SymbolsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_sso(&sim)?;
+    Ok(Json(
+        sim.market
+            .universe()
+            .trsrv_stocks(q.symbols.as_deref().unwrap_or("")),
+    ))
+}
+
+async fn trsrv_futures(
+    State(sim): S,
+    Query(q): Query<SymbolsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_sso(&sim)?;
+    Ok(Json(sim.market.universe().trsrv_futures(
+        q.symbols.as_deref().unwrap_or(""),
+        sim.clock.now_ms(),
+    )))
+}
+
+async fn ws_upgrade(State(sim): S, headers: HeaderMap, up: WebSocketUpgrade) -> Response {
+    let pre_auth = ws::cookie_session(&sim, &headers);
+    up.on_upgrade(move |socket| ws::run(sim, socket, pre_auth))
+}
+
+async fn admin_fault(State(sim): S, body: Bytes) -> Response {
+    match serde_json::from_slice::<Fault>(&body) {
+        Ok(f) => {
+            sim.inject(f);
+            Json(json!({"ok": true})).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"ok": false, "error": format!("bad fault: {e}")})),
+        )
+            .into_response(),
+    }
+}
+
+/// The browser login (needed when `--auto-login=false`, or after a logout without it).
+async fn admin_login(State(sim): S) -> Json<Value> {
+    let id = sim.apply(|s, now| {
+        if s.sso.is_none() {
+            s.login(now);
+        }
+        s.sso.as_ref().map(|x| x.id.clone())
+    });
+    Json(json!({"ok": true, "session": id}))
+}
+
+async fn admin_ledger_summary(State(sim): S) -> Json<Value> {
+    Json(serde_json::to_value(sim.ledger.summary()).unwrap_or_default())
+}
+
+async fn admin_ledger_entries(State(sim): S) -> Json<Value> {
+    Json(serde_json::to_value(sim.ledger.entries()).unwrap_or_default())
+}
+
+async fn admin_status(State(sim): S) -> Json<Value> {
+    let now = sim.clock.now_ms();
+    let s = lock(&sim.session);
+    let st = s.status();
+    Json(json!({
+        "sim_time_ms": now,
+        "session": s.sso.as_ref().map(|x| x.id.clone()),
+        "authenticated": st.authenticated,
+        "connected": st.connected,
+        "competing": st.competing,
+        "penalty_until": lock(&sim.pacer).penalty_until,
+        "open_connections": sim.open_conns.load(std::sync::atomic::Ordering::Relaxed),
+        "lines": sim.lines.load(std::sync::atomic::Ordering::Relaxed),
+        "dropped_ticks": sim.market.dropped_ticks(),
+    }))
+}

@@ -1,0 +1,368 @@
+//! The gateway's session clock: the SSO (browser) login, the brokerage bridge opened by
+//! `ssodh/init`, idle timeout, 24 h expiry, nightly reset and competing sessions. Plus
+//! request pacing and its penalty box. All times are sim ms.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+
+pub const SERVER_NAME: &str = "JifN19053";
+pub const SERVER_VERSION: &str = "Build 10.25.0p, Dec 5, 2023 12:07:29 PM";
+const MAC: &str = "98:F2:B3:23:BF:A0";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sso {
+    /// The `session` returned by `/tickle`, accepted by the websocket.
+    pub id: String,
+    /// Value of the `x-sess-uuid` cookie set by `/tickle`.
+    pub sess_uuid: String,
+    pub login_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bridge {
+    /// No brokerage session: `/iserver/*` answers `400 no bridge`.
+    None,
+    Up {
+        authenticated: bool,
+        competing: bool,
+        /// When `competing` turned on; `authenticated` drops after the grace period.
+        competing_since: Option<i64>,
+    },
+}
+
+/// What `auth/status`, `tickle` and `sts` report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthStatus {
+    pub authenticated: bool,
+    pub competing: bool,
+    pub connected: bool,
+}
+
+impl AuthStatus {
+    pub fn to_json(self) -> Value {
+        json!({
+            "authenticated": self.authenticated,
+            "competing": self.competing,
+            "connected": self.connected,
+            "message": "",
+            "MAC": MAC,
+            "serverInfo": {"serverName": SERVER_NAME, "serverVersion": SERVER_VERSION},
+            "fail": "",
+            "prompts": [],
+            "established": self.authenticated && self.connected,
+        })
+    }
+
+    pub fn sts_args(self) -> Value {
+        json!({
+            "authenticated": self.authenticated,
+            "competing": self.competing,
+            "connected": self.connected,
+            "established": self.authenticated && self.connected,
+            "message": "",
+            "fail": "",
+            "serverName": SERVER_NAME,
+            "serverVersion": SERVER_VERSION,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub sso: Option<Sso>,
+    pub bridge: Bridge,
+    pub last_request_ms: i64,
+    /// Conids whose snapshot pre-flight was answered.
+    pub preflight: HashSet<u32>,
+    idle_ms: i64,
+    max_ms: i64,
+    competing_grace_ms: i64,
+    auto_login: bool,
+    rng: ChaCha8Rng,
+}
+
+impl Session {
+    pub fn new(
+        seed: u64,
+        auto_login: bool,
+        idle_secs: u64,
+        max_secs: u64,
+        competing_grace_secs: u64,
+        now: i64,
+    ) -> Self {
+        let mut s = Self {
+            sso: None,
+            bridge: Bridge::None,
+            last_request_ms: now,
+            preflight: HashSet::new(),
+            idle_ms: idle_secs as i64 * 1000,
+            max_ms: max_secs as i64 * 1000,
+            competing_grace_ms: competing_grace_secs as i64 * 1000,
+            auto_login,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5e55_1011),
+        };
+        if auto_login {
+            s.login(now);
+        }
+        s
+    }
+
+    /// A browser (SSO) login: a new session id; the brokerage bridge still needs `ssodh/init`.
+    pub fn login(&mut self, now: i64) {
+        let id: String = (0..32)
+            .map(|_| char::from_digit(self.rng.random_range(0..16), 16).unwrap_or('0'))
+            .collect();
+        let u: u128 = self.rng.random();
+        let h = format!("{u:032x}");
+        let sess_uuid = format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        );
+        self.sso = Some(Sso {
+            id,
+            sess_uuid,
+            login_ms: now,
+        });
+        self.bridge = Bridge::None;
+        self.preflight.clear();
+        self.last_request_ms = now;
+    }
+
+    pub fn status(&self) -> AuthStatus {
+        match (self.sso.is_some(), self.bridge) {
+            (
+                true,
+                Bridge::Up {
+                    authenticated,
+                    competing,
+                    ..
+                },
+            ) => AuthStatus {
+                authenticated,
+                competing,
+                connected: true,
+            },
+            _ => AuthStatus {
+                authenticated: false,
+                competing: false,
+                connected: false,
+            },
+        }
+    }
+
+    pub fn sso_expires_in(&self, now: i64) -> i64 {
+        self.sso
+            .as_ref()
+            .map(|s| (s.login_ms + self.max_ms - now).max(0))
+            .unwrap_or(0)
+    }
+
+    /// Applies the clock: 24 h expiry, idle timeout, the end of a competing grace period.
+    pub fn check_clock(&mut self, now: i64) {
+        if let Some(sso) = &self.sso
+            && now - sso.login_ms >= self.max_ms
+        {
+            self.end_sso(now);
+        }
+        if let Bridge::Up {
+            authenticated,
+            competing_since,
+            ..
+        } = &mut self.bridge
+        {
+            if *authenticated && now - self.last_request_ms >= self.idle_ms {
+                *authenticated = false;
+            }
+            if let Some(since) = *competing_since
+                && now - since >= self.competing_grace_ms
+            {
+                *authenticated = false;
+                *competing_since = None;
+            }
+        }
+    }
+
+    /// The SSO session ends; with auto-login a fresh browser login takes its place.
+    fn end_sso(&mut self, now: i64) {
+        self.sso = None;
+        self.bridge = Bridge::None;
+        self.preflight.clear();
+        if self.auto_login {
+            self.login(now);
+        }
+    }
+
+    pub fn touch(&mut self, now: i64) {
+        self.last_request_ms = now;
+    }
+
+    /// `ssodh/init`: opens (or re-opens) the brokerage session; `compete` kicks a competitor.
+    pub fn ssodh_init(&mut self, compete: bool) {
+        if self.sso.is_none() {
+            return;
+        }
+        let competing = matches!(
+            self.bridge,
+            Bridge::Up {
+                competing: true,
+                ..
+            }
+        ) && !compete;
+        self.bridge = Bridge::Up {
+            authenticated: !competing,
+            competing,
+            competing_since: None,
+        };
+    }
+
+    /// `reauthenticate`: restores authentication of an existing bridge; `force` kicks a
+    /// competitor. Without a bridge it opens one, as the gateway does after a reset.
+    pub fn reauthenticate(&mut self, force: bool) {
+        if self.sso.is_none() {
+            return;
+        }
+        match &mut self.bridge {
+            Bridge::Up {
+                authenticated,
+                competing,
+                competing_since,
+            } => {
+                if *competing && force {
+                    *competing = false;
+                    *competing_since = None;
+                }
+                if !*competing {
+                    *authenticated = true;
+                }
+            }
+            Bridge::None => self.ssodh_init(false),
+        }
+    }
+
+    pub fn logout(&mut self, now: i64) {
+        self.end_sso(now);
+    }
+
+    pub fn expire_idle(&mut self) {
+        if let Bridge::Up { authenticated, .. } = &mut self.bridge {
+            *authenticated = false;
+        }
+    }
+
+    /// IB's ~01:00 reset of /iserver: the bridge is gone until the next `ssodh/init`.
+    pub fn nightly_reset(&mut self) {
+        self.bridge = Bridge::None;
+        self.preflight.clear();
+    }
+
+    /// Another login of the same user: `competing:true` now, `authenticated:false` after
+    /// the grace period.
+    pub fn competing(&mut self, now: i64) {
+        if let Bridge::Up {
+            competing,
+            competing_since,
+            ..
+        } = &mut self.bridge
+        {
+            *competing = true;
+            *competing_since = Some(now);
+        }
+    }
+}
+
+/// Sliding windows over sim time: global 10/s, tickle 1/s, snapshot 10/s, validate 1/min.
+#[derive(Debug, Default)]
+pub struct Pacer {
+    windows: HashMap<&'static str, VecDeque<i64>>,
+    pub penalty_until: i64,
+}
+
+/// Which limits a request path falls under: (key, max requests, window ms).
+fn limits(path: &str) -> Vec<(&'static str, usize, i64)> {
+    let mut l = vec![("global", 10, 1_000)];
+    if path.ends_with("/tickle") {
+        l.push(("tickle", 1, 1_000));
+    } else if path.ends_with("/iserver/marketdata/snapshot") {
+        l.push(("snapshot", 10, 1_000));
+    } else if path.ends_with("/sso/validate") {
+        l.push(("validate", 1, 60_000));
+    }
+    l
+}
+
+impl Pacer {
+    /// Counts a request; `false` means 429 (and, for a fresh breach, the penalty box).
+    pub fn admit(&mut self, path: &str, now: i64, penalty_ms: i64) -> bool {
+        if now < self.penalty_until {
+            return false;
+        }
+        let lims = limits(path);
+        let mut breach = false;
+        for (key, max, window) in &lims {
+            let q = self.windows.entry(key).or_default();
+            while q.front().is_some_and(|t| now - *t >= *window) {
+                q.pop_front();
+            }
+            if q.len() >= *max {
+                breach = true;
+            }
+        }
+        if breach {
+            tracing::warn!(path, "pacing limit breached: penalty box");
+            self.penalty_until = now + penalty_ms;
+            return false;
+        }
+        for (key, _, _) in &lims {
+            self.windows.entry(key).or_default().push_back(now);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle() {
+        let mut s = Session::new(1, true, 300, 86_400, 2, 0);
+        assert!(s.sso.is_some());
+        assert!(!s.status().connected);
+        s.ssodh_init(true);
+        assert!(s.status().authenticated);
+        s.check_clock(299_000);
+        assert!(s.status().authenticated);
+        s.check_clock(300_000);
+        let st = s.status();
+        assert!(st.connected && !st.authenticated);
+        s.reauthenticate(false);
+        assert!(s.status().authenticated);
+        s.touch(400_000);
+        s.competing(400_000);
+        assert!(s.status().competing && s.status().authenticated);
+        s.check_clock(402_000);
+        assert!(!s.status().authenticated);
+        s.reauthenticate(true);
+        assert!(s.status().authenticated && !s.status().competing);
+        let id = s.sso.clone().map(|x| x.id);
+        s.check_clock(86_400_000);
+        assert_ne!(s.sso.clone().map(|x| x.id), id);
+        assert!(!s.status().connected);
+    }
+
+    #[test]
+    fn pacing() {
+        let mut p = Pacer::default();
+        assert!(p.admit("/v1/api/tickle", 0, 600_000));
+        assert!(!p.admit("/v1/api/tickle", 500, 600_000));
+        assert!(!p.admit("/v1/api/iserver/accounts", 599_000, 600_000));
+        assert!(p.admit("/v1/api/iserver/accounts", 601_000, 600_000));
+    }
+}
