@@ -75,6 +75,12 @@ pub struct SimArgs {
     /// Price levels per side of an `sbd` ladder.
     #[arg(long, default_value_t = 5)]
     pub book_depth: usize,
+    /// Hard end of an SSO session in sim seconds (IB: 24 h).
+    #[arg(long, default_value_t = 86_400)]
+    pub max_session_secs: u64,
+    /// Wall-clock delay of a `/iserver/marketdata/history` answer.
+    #[arg(long, default_value_t = 250)]
+    pub history_delay_ms: u64,
 }
 
 /// Everything the simulator needs to run; `Default` matches the CLI defaults except the listen
@@ -111,6 +117,7 @@ pub struct SimConfig {
     pub start_time_ms: Option<i64>,
     /// Sim seconds between `competing:true` and `authenticated:false`.
     pub competing_grace_secs: u64,
+    pub history_delay_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -142,6 +149,7 @@ impl Default for SimConfig {
             book_depth: 5,
             start_time_ms: None,
             competing_grace_secs: 2,
+            history_delay_ms: 250,
         }
     }
 }
@@ -170,6 +178,8 @@ impl From<SimArgs> for SimConfig {
             pacing: !a.no_pacing,
             tic_replies: a.tic_replies,
             book_depth: a.book_depth,
+            max_session_secs: a.max_session_secs,
+            history_delay_ms: a.history_delay_ms,
             ..Self::default()
         }
     }
@@ -211,9 +221,58 @@ impl SimConfig {
                 self.synthetic_symbols
             ));
         }
+        if self.max_session_secs == 0 {
+            return bad("max session must be > 0 s".into());
+        }
         if self.idle_timeout_secs == 0 {
             return bad("idle timeout must be > 0 s".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn parse(args: &[&str]) -> SimConfig {
+        let mut v = vec!["sim"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).expect("parse").sim.into()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]);
+        assert_eq!(c.listen, "127.0.0.1:5000".parse().expect("addr"));
+        assert_eq!(c.frame_interval_ms, 500);
+        assert_eq!(c.subscription_expiry_secs, 600);
+        assert_eq!(c.idle_timeout_secs, 300);
+        assert!(c.auto_login && c.pacing && !c.tls);
+        assert_eq!(c.username, "user1");
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn fast_frames_need_unpaced() {
+        assert!(parse(&["--frame-interval-ms", "100"]).validate().is_err());
+        assert!(
+            parse(&["--frame-interval-ms", "100", "--unpaced"])
+                .validate()
+                .is_ok()
+        );
+        let c = parse(&["--auto-login=false", "--speed", "30", "--line-cap", "100"]);
+        assert!(!c.auto_login);
+        assert_eq!(c.line_cap, Some(100));
+        assert!(parse(&["--speed", "0"]).validate().is_err());
+        assert!(parse(&["--trade-probability", "1.5"]).validate().is_err());
     }
 }

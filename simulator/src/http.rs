@@ -98,6 +98,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/iserver/marketdata/unsubscribe", post(unsubscribe_body))
         .route("/iserver/marketdata/unsubscribeall", any(unsubscribe_all))
         .route("/iserver/secdef/search", any(secdef_search))
+        .route("/iserver/marketdata/history", get(history))
         .route("/trsrv/stocks", get(trsrv_stocks))
         .route("/trsrv/futures", get(trsrv_futures))
         .route("/ws", get(ws_upgrade))
@@ -403,6 +404,79 @@ async fn secdef_search(
         sim.clock.now_ms(),
     )))
 }
+
+/// Parses IB durations: `30s`, `5min`, `1h`, `2d`, `1w`, `1m` (month), `1y`; `min` before `m`.
+fn parse_span(s: &str) -> Option<i64> {
+    let s = s.trim().to_ascii_lowercase();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n.parse().ok()?;
+    let unit_ms = match unit {
+        "s" | "sec" | "secs" => 1_000,
+        "min" | "mins" => 60_000,
+        "h" | "hr" | "hrs" | "hour" | "hours" => 3_600_000,
+        "d" | "day" | "days" => 86_400_000,
+        "w" | "week" | "weeks" => 7 * 86_400_000,
+        "m" | "month" | "months" => 30 * 86_400_000,
+        "y" | "year" | "years" => 365 * 86_400_000,
+        _ => return None,
+    };
+    (n > 0).then_some(n * unit_ms)
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    conid: Option<String>,
+    period: Option<String>,
+    bar: Option<String>,
+}
+
+/// Decrements the in-flight history count however the request ends.
+struct Inflight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `/iserver/marketdata/history`: at most 5 concurrent requests; a 6th gets 429 (no
+/// penalty box). Answers after `history_delay_ms` (wall clock), like a farm round-trip.
+async fn history(State(sim): S, Query(q): Query<HistoryQuery>) -> Result<Response, ApiError> {
+    require_iserver(&sim)?;
+    let conid = q
+        .conid
+        .as_deref()
+        .and_then(|c| c.split('@').next())
+        .and_then(|c| c.parse::<u32>().ok())
+        .ok_or_else(|| ApiError::BadRequest("conid required".into()))?;
+    let bar = q.bar.as_deref().unwrap_or("1min");
+    let bar_ms = parse_span(bar).ok_or_else(|| ApiError::BadRequest(format!("bad bar {bar:?}")))?;
+    let period = q.period.as_deref().unwrap_or("1d");
+    let period_ms =
+        parse_span(period).ok_or_else(|| ApiError::BadRequest(format!("bad period {period:?}")))?;
+    let taken = sim
+        .history_inflight
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let _guard = Inflight(&sim.history_inflight);
+    if taken >= HISTORY_CONCURRENCY {
+        return Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"error": "Too Many Requests", "statusCode": 429})),
+        )
+            .into_response());
+    }
+    tokio::time::sleep(Duration::from_millis(sim.cfg.history_delay_ms)).await;
+    let count = (period_ms / bar_ms).clamp(1, 1000) as usize;
+    let body = sim
+        .market
+        .history(conid, bar_ms, count)
+        .ok_or_else(|| ApiError::BadRequest(format!("unknown conid {conid}")))?;
+    Ok(Json(body).into_response())
+}
+
+/// IB: `marketdata/history` allows 5 concurrent requests.
+const HISTORY_CONCURRENCY: usize = 5;
 
 #[derive(Debug, Deserialize)]
 struct SymbolsQuery {

@@ -217,6 +217,7 @@ pub async fn spawn(config: SimConfig) -> Result<SimHandle, SimError> {
         next_conn: AtomicU64::new(0),
         lines: AtomicUsize::new(0),
         open_conns: AtomicUsize::new(0),
+        history_inflight: AtomicUsize::new(0),
         shutdown: shutdown_rx.clone(),
     });
     let app = http::router(sim.clone());

@@ -493,6 +493,55 @@ impl Market {
         Some(slot.latest.clone())
     }
 
+    /// Bars for `/iserver/marketdata/history`: a seeded walk that ends at the current price.
+    /// `bar_ms` is the bar length, `count` the number of bars (oldest first).
+    pub fn history(&self, conid: u32, bar_ms: i64, count: usize) -> Option<Value> {
+        let latest = self.snapshot(conid)?;
+        let inst = latest.inst.clone();
+        let mut rng = ChaCha8Rng::seed_from_u64(mix(self.params.seed ^ bar_ms as u64, conid));
+        let now = self.clock.now_ms();
+        let end = now - now.rem_euclid(bar_ms);
+        let tick = inst.tick_size;
+        let mut close = (latest.last_price / tick).round() as i64;
+        let step = ((bar_ms as f64 / 60_000.0).sqrt() * 3.0).max(1.0) as i64;
+        let mut bars = Vec::with_capacity(count);
+        for i in 0..count as i64 {
+            let open = (close + rng.random_range(-step..=step)).max(1);
+            let high = open.max(close) + rng.random_range(0..=step);
+            let low = (open.min(close) - rng.random_range(0..=step)).max(1);
+            let vol: u64 = rng.random_range(10..5_000);
+            let f = |t: i64| {
+                (t as f64 * tick * 10f64.powi(inst.decimals as i32)).round()
+                    / 10f64.powi(inst.decimals as i32)
+            };
+            bars.push(json!({
+                "o": f(open), "c": f(close), "h": f(high), "l": f(low),
+                "v": vol as f64, "t": end - i * bar_ms,
+            }));
+            close = open;
+        }
+        bars.reverse();
+        Some(json!({
+            "serverId": "20477",
+            "symbol": inst.symbol,
+            "text": inst.name,
+            "priceFactor": 10u64.pow(inst.decimals as u32),
+            "startTime": bars.first().map(|b| b["t"].clone()).unwrap_or(Value::Null),
+            "barLength": bar_ms / 1000,
+            "mdAvailability": "S",
+            "mktDataDelay": 0,
+            "outsideRth": false,
+            "volumeFactor": 1,
+            "priceDisplayRule": 1,
+            "priceDisplayValue": inst.decimals.to_string(),
+            "negativeCapable": false,
+            "messageVersion": 2,
+            "data": bars,
+            "points": count,
+            "travelTime": 15,
+        }))
+    }
+
     pub fn dropped_ticks(&self) -> u64 {
         self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -48,6 +48,8 @@ pub struct Sim {
     /// `smd` lines open across all connections (for `--line-cap`).
     pub lines: AtomicUsize,
     pub open_conns: AtomicUsize,
+    /// `/iserver/marketdata/history` requests in flight (IB allows 5).
+    pub history_inflight: AtomicUsize,
     pub shutdown: watch::Receiver<bool>,
 }
 

@@ -256,3 +256,27 @@ async fn pacing_global_limit() {
     assert_eq!(codes[10], 429);
     h.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn history_bars_and_sixth_concurrent_429() {
+    let h = start(|c| c.history_delay_ms = 400).await;
+    let c = client();
+    login(&c, &h).await;
+    let path = format!("/iserver/marketdata/history?conid={AAPL}&period=1h&bar=5min");
+    let reqs: Vec<_> = (0..6).map(|_| get(&c, &h, &path)).collect();
+    let res = futures_util::future::join_all(reqs).await;
+    let mut codes: Vec<u16> = res.iter().map(|r| r.0).collect();
+    codes.sort();
+    assert_eq!(codes, vec![200, 200, 200, 200, 200, 429]);
+    let ok = res.iter().find(|r| r.0 == 200).map(|r| &r.1).expect("ok");
+    let data = ok["data"].as_array().expect("data");
+    assert_eq!(data.len(), 12);
+    for k in ["o", "c", "h", "l", "v", "t"] {
+        assert!(data[0].get(k).is_some(), "{k}");
+    }
+    assert!(data[0]["t"].as_i64() < data[11]["t"].as_i64());
+    // Slots free again afterwards.
+    let (s, _) = get(&c, &h, &path).await;
+    assert_eq!(s, 200);
+    h.shutdown().await.expect("shutdown");
+}
