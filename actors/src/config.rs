@@ -1,0 +1,393 @@
+//! Typed configuration of the actors. Every struct has defaults, rejects unknown keys (the
+//! error names the key), and a `validate` that says which value is wrong.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("config {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn bad(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// What kind of instrument a configured symbol is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecType {
+    /// A stock, routed via SMART unless an exchange is given.
+    Stock,
+    /// A future by root symbol and exchange; the front month is selected.
+    Future,
+}
+
+/// A symbol to stream, as ops write it in the config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SymbolConfig {
+    pub symbol: String,
+    #[serde(default = "default_sec_type")]
+    pub sec_type: SecType,
+    /// SMART for stocks by default; the listing exchange for futures (NYMEX, COMEX, CBOT, CME).
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// Also stream the BookTrader ladder (needs a level-2 subscription at IB).
+    #[serde(default)]
+    pub depth: bool,
+}
+
+fn default_sec_type() -> SecType {
+    SecType::Stock
+}
+
+/// The IB Client Portal gateway this pod talks to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IbConfig {
+    /// Base URL of the gateway, e.g. `https://localhost:5000` (the REST API is under `/v1/api`).
+    pub gateway_url: String,
+    /// Accept the gateway's self-signed certificate (the gateway only listens on localhost).
+    pub accept_invalid_certs: bool,
+    /// `/tickle` period; IB wants one at least every few minutes, we use 60 s.
+    #[serde(with = "humantime_secs")]
+    pub tickle_interval: Duration,
+    /// The server sends `hb` every 10 s; two missed periods mean a dead socket.
+    #[serde(with = "humantime_secs")]
+    pub heartbeat_timeout: Duration,
+    /// Client `tic` period (IB: at least every minute).
+    #[serde(with = "humantime_secs")]
+    pub tic_interval: Duration,
+    /// Re-send every `smd` before IB silently ends it (10–15 min).
+    #[serde(with = "humantime_secs")]
+    pub resubscribe_interval: Duration,
+    /// Request timeout of REST calls.
+    #[serde(with = "humantime_secs")]
+    pub request_timeout: Duration,
+    /// Market-data fields requested with every `smd`.
+    pub fields: Vec<String>,
+    pub symbols: Vec<SymbolConfig>,
+}
+
+impl Default for IbConfig {
+    fn default() -> Self {
+        Self {
+            gateway_url: "https://localhost:5000".into(),
+            accept_invalid_certs: true,
+            tickle_interval: Duration::from_secs(60),
+            heartbeat_timeout: Duration::from_secs(20),
+            tic_interval: Duration::from_secs(50),
+            resubscribe_interval: Duration::from_secs(8 * 60),
+            request_timeout: Duration::from_secs(10),
+            fields: [
+                "31", "55", "70", "71", "82", "83", "84", "85", "86", "87", "88", "6509", "7059",
+                "7295", "7296", "7635", "7741", "7762",
+            ]
+            .map(String::from)
+            .to_vec(),
+            symbols: Vec::new(),
+        }
+    }
+}
+
+impl IbConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.gateway_url.starts_with("http://") || self.gateway_url.starts_with("https://")) {
+            return Err(bad(
+                "ib.gateway_url",
+                format!("{:?} is not an http(s) URL", self.gateway_url),
+            ));
+        }
+        if self.tickle_interval < Duration::from_secs(1) {
+            return Err(bad(
+                "ib.tickle_interval",
+                "IB allows one /tickle per second",
+            ));
+        }
+        if self.resubscribe_interval >= Duration::from_secs(9 * 60) {
+            return Err(bad(
+                "ib.resubscribe_interval",
+                "must be under 9 minutes: IB ends smd subscriptions after 10 minutes",
+            ));
+        }
+        if self.heartbeat_timeout < Duration::from_secs(1) {
+            return Err(bad("ib.heartbeat_timeout", "must be at least 1 s"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.symbols.iter().enumerate() {
+            if s.symbol.trim().is_empty() {
+                return Err(bad(&format!("ib.symbols[{i}].symbol"), "empty symbol"));
+            }
+            if !seen.insert(s.symbol.clone()) {
+                return Err(bad(
+                    &format!("ib.symbols[{i}].symbol"),
+                    format!("{} is listed twice", s.symbol),
+                ));
+            }
+            if s.sec_type == SecType::Future && s.exchange.is_none() {
+                return Err(bad(
+                    &format!("ib.symbols[{i}].exchange"),
+                    format!("future {} needs its exchange (e.g. NYMEX)", s.symbol),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("{}/v1/api{path}", self.gateway_url.trim_end_matches('/'))
+    }
+
+    pub fn websocket_url(&self) -> String {
+        let base = self.gateway_url.trim_end_matches('/');
+        let ws = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else {
+            format!("ws://{}", base.trim_start_matches("http://"))
+        };
+        format!("{ws}/v1/api/ws")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    /// Prepended to every category topic (tests use a fresh prefix each).
+    pub topic_prefix: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Websocket frames whose rows Kafka has not yet acknowledged; past this the connector
+    /// stops reading the socket instead of growing memory (backpressure, failure row 7).
+    pub max_in_flight_frames: usize,
+    pub linger_ms: u32,
+    pub compression: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            topic_prefix: String::new(),
+            partitions: 3,
+            replication_factor: 1,
+            max_in_flight_frames: 100_000,
+            linger_ms: 5,
+            compression: "lz4".into(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(bad("kafka.bootstrap_servers", "empty"));
+        }
+        if self.partitions < 1 {
+            return Err(bad("kafka.partitions", "must be at least 1"));
+        }
+        if self.replication_factor < 1 {
+            return Err(bad("kafka.replication_factor", "must be at least 1"));
+        }
+        if self.max_in_flight_frames < 1 {
+            return Err(bad("kafka.max_in_flight_frames", "must be at least 1"));
+        }
+        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.compression.as_str()) {
+            return Err(bad(
+                "kafka.compression",
+                format!(
+                    "{:?} is not one of none, gzip, snappy, lz4, zstd",
+                    self.compression
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.topic_prefix)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+    pub retention_days: u32,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            user: "default".into(),
+            password: String::new(),
+            database: "marketlane".into(),
+            retention_days: 3,
+        }
+    }
+}
+
+impl ClickHouseConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.url.starts_with("http://") && !self.url.starts_with("https://") {
+            return Err(bad(
+                "clickhouse.url",
+                format!("{:?} is not an http(s) URL", self.url),
+            ));
+        }
+        let ident =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident(&self.database) {
+            return Err(bad(
+                "clickhouse.database",
+                format!("{:?} must be letters, digits and _", self.database),
+            ));
+        }
+        if self.retention_days == 0 {
+            return Err(bad("clickhouse.retention_days", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// Categories to write; empty means every category of the schemas.
+    pub categories: Vec<String>,
+    /// A batch is cut at this many rows …
+    pub batch_rows: usize,
+    /// … or when its first row is this old.
+    #[serde(with = "humantime_secs")]
+    pub batch_max_age: Duration,
+    pub group_id: String,
+    /// First back-off after a failed insert; doubles up to `retry_max_backoff`.
+    #[serde(with = "humantime_secs")]
+    pub retry_backoff: Duration,
+    #[serde(with = "humantime_secs")]
+    pub retry_max_backoff: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            categories: Vec::new(),
+            batch_rows: 50_000,
+            batch_max_age: Duration::from_millis(500),
+            group_id: "marketlane-clickhouse-writer".into(),
+            retry_backoff: Duration::from_millis(200),
+            retry_max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WriterConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.batch_rows == 0 {
+            return Err(bad("writer.batch_rows", "must be at least 1"));
+        }
+        if self.batch_max_age.is_zero() {
+            return Err(bad("writer.batch_max_age", "must be positive"));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(bad("writer.group_id", "empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Where the process writes what it may need after a restart (none yet besides logs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    pub schemas_dir: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        Self {
+            schemas_dir: PathBuf::from("schemas"),
+        }
+    }
+}
+
+/// Durations in config files are written in seconds (fractions allowed: `0.5`).
+pub mod humantime_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        IbConfig::default().validate().unwrap();
+        KafkaConfig::default().validate().unwrap();
+        ClickHouseConfig::default().validate().unwrap();
+        WriterConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut ib = IbConfig {
+            resubscribe_interval: Duration::from_secs(600),
+            ..Default::default()
+        };
+        assert_eq!(ib.validate().unwrap_err().key, "ib.resubscribe_interval");
+        ib = IbConfig::default();
+        ib.symbols = vec![SymbolConfig {
+            symbol: "CL".into(),
+            sec_type: SecType::Future,
+            exchange: None,
+            depth: false,
+        }];
+        assert_eq!(ib.validate().unwrap_err().key, "ib.symbols[0].exchange");
+        let k = KafkaConfig {
+            compression: "brotli".into(),
+            ..Default::default()
+        };
+        assert_eq!(k.validate().unwrap_err().key, "kafka.compression");
+        let c = ClickHouseConfig {
+            database: "x; DROP".into(),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "clickhouse.database");
+    }
+
+    #[test]
+    fn urls() {
+        let mut ib = IbConfig::default();
+        assert_eq!(ib.websocket_url(), "wss://localhost:5000/v1/api/ws");
+        ib.gateway_url = "http://127.0.0.1:5001/".into();
+        assert_eq!(ib.websocket_url(), "ws://127.0.0.1:5001/v1/api/ws");
+        assert_eq!(ib.api_url("/tickle"), "http://127.0.0.1:5001/v1/api/tickle");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<KafkaConfig>("bootstrap = 'x'").unwrap_err();
+        assert!(err.to_string().contains("bootstrap"), "{err}");
+    }
+}

@@ -1,0 +1,302 @@
+//! The IB session keepalive actor: an explicit state machine over the gateway's REST session
+//! endpoints. It tickles every 60 s, initializes the brokerage session (`ssodh/init`),
+//! re-authenticates when the gateway says `authenticated:false`, backs off from a competing
+//! session instead of fighting it, and resolves the configured symbols once authenticated.
+//! The websocket actor is told when the session is ready and when it is lost.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use super::state::SessionState;
+use crate::config::IbConfig;
+use crate::contracts::{self, Instrument};
+use crate::ib_client::{IbClient, IbError};
+use crate::ib_websocket::WsMsg;
+use crate::metrics::Metrics;
+use crate::names::{ActorNames, IB_WEBSOCKET};
+
+#[derive(RactorMessage)]
+pub enum SessionMsg {
+    /// Run one step of the state machine; `generation` drops stale timers.
+    Check {
+        generation: u64,
+    },
+    /// The websocket saw `sts authenticated:false`.
+    SocketUnauthenticated,
+    /// Ops asked for a re-authentication (control socket).
+    Reauthenticate,
+    /// A (re)started websocket actor asks for the session and instruments again.
+    Announce,
+    GetState(RpcReplyPort<SessionSnapshot>),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSnapshot {
+    pub state: SessionState,
+    pub seconds_since_last_good_tickle: Option<f64>,
+    pub last_failure: Option<String>,
+    pub instruments: usize,
+    pub unresolved_symbols: BTreeMap<String, String>,
+}
+
+#[derive(Clone)]
+pub struct SessionArgs {
+    pub ib: IbConfig,
+    pub names: ActorNames,
+    pub metrics: Arc<Metrics>,
+}
+
+pub struct SessionActorState {
+    client: IbClient,
+    names: ActorNames,
+    metrics: Arc<Metrics>,
+    state: SessionState,
+    generation: u64,
+    session_id: Option<String>,
+    last_good_tickle: Option<Instant>,
+    last_failure: Option<String>,
+    initialized: bool,
+    instruments: Arc<BTreeMap<i64, Instrument>>,
+    unresolved: BTreeMap<String, String>,
+}
+
+pub struct IbSession;
+
+impl Actor for IbSession {
+    type Msg = SessionMsg;
+    type State = SessionActorState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SessionArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let client = IbClient::new(args.ib, args.metrics.clone())?;
+        let _ = myself.cast(SessionMsg::Check { generation: 0 });
+        let st = SessionActorState {
+            client,
+            names: args.names,
+            metrics: args.metrics,
+            state: SessionState::Starting,
+            generation: 0,
+            session_id: None,
+            last_good_tickle: None,
+            last_failure: None,
+            initialized: false,
+            instruments: Arc::default(),
+            unresolved: BTreeMap::new(),
+        };
+        st.export_state();
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Check { generation } => {
+                if generation == state.generation {
+                    let next = state.step().await;
+                    state.generation += 1;
+                    let g = state.generation;
+                    myself.send_after(next, move || SessionMsg::Check { generation: g });
+                }
+            }
+            SessionMsg::SocketUnauthenticated | SessionMsg::Reauthenticate => {
+                // Re-check now; the state machine decides between reauth and back-off.
+                state.initialized =
+                    state.initialized && matches!(state.state, SessionState::Authenticated);
+                state.generation += 1;
+                let _ = myself.cast(SessionMsg::Check {
+                    generation: state.generation,
+                });
+            }
+            SessionMsg::Announce => {
+                if !state.instruments.is_empty() {
+                    state.websocket(WsMsg::Instruments(state.instruments.clone()));
+                }
+                if let (SessionState::Authenticated, Some(s)) = (&state.state, &state.session_id) {
+                    state.websocket(WsMsg::SessionReady { session: s.clone() });
+                }
+            }
+            SessionMsg::GetState(reply) => {
+                let _ = reply.send(SessionSnapshot {
+                    state: state.state.clone(),
+                    seconds_since_last_good_tickle: state
+                        .last_good_tickle
+                        .map(|t| t.elapsed().as_secs_f64()),
+                    last_failure: state.last_failure.clone(),
+                    instruments: state.instruments.len(),
+                    unresolved_symbols: state.unresolved.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SessionActorState {
+    fn export_state(&self) {
+        for s in SessionState::LABELS {
+            self.metrics
+                .ib_session_state
+                .with_label_values(&[s])
+                .set(i64::from(self.state.label() == *s));
+        }
+    }
+
+    fn set_state(&mut self, s: SessionState) {
+        if s != self.state {
+            info!(
+                from = self.state.label(),
+                to = s.label(),
+                "ib session state"
+            );
+            self.state = s;
+            self.export_state();
+        }
+    }
+
+    fn websocket(&self, msg: WsMsg) {
+        if let Some(ws) = self.names.lookup::<WsMsg>(IB_WEBSOCKET) {
+            let _ = ws.cast(msg);
+        }
+    }
+
+    fn fail(&mut self, state: SessionState, reason: String) {
+        warn!(reason = %reason, "ib session: {}", state.label());
+        self.last_failure = Some(reason.clone());
+        if !matches!(state, SessionState::GatewayUnreachable) {
+            self.websocket(WsMsg::SessionLost { reason });
+        }
+        self.set_state(state);
+    }
+
+    /// One step of the state machine; returns when to run the next.
+    async fn step(&mut self) -> Duration {
+        let tickle_every = self.client.config().tickle_interval;
+        let tickle = match self.client.tickle().await {
+            Ok(t) => t,
+            Err(IbError::NoSession(m)) => {
+                self.initialized = false;
+                self.fail(SessionState::NeedsLogin, format!("no session: {m}"));
+                return Duration::from_secs(5);
+            }
+            Err(e @ IbError::RateLimited(_)) => {
+                let wait = IbClient::backoff_for(&e, Duration::from_secs(5));
+                self.fail(SessionState::PenaltyBox, e.to_string());
+                return wait;
+            }
+            Err(e) => {
+                self.fail(SessionState::GatewayUnreachable, e.to_string());
+                return Duration::from_secs(2);
+            }
+        };
+        let status = match tickle.iserver.and_then(|i| i.auth_status) {
+            Some(s) => s,
+            None => match self.client.auth_status().await {
+                Ok(s) => s,
+                Err(IbError::NoBridge) => {
+                    self.initialized = false;
+                    Default::default()
+                }
+                Err(e) => {
+                    self.fail(SessionState::GatewayUnreachable, e.to_string());
+                    return Duration::from_secs(2);
+                }
+            },
+        };
+        if status.competing {
+            // Another login took the username. Fighting back (reauth/force) in a loop would
+            // kick the other session and get us kicked in turn: report and wait.
+            self.initialized = false;
+            self.fail(
+                SessionState::Competing,
+                format!("competing session: {}", status.message),
+            );
+            return Duration::from_secs(60);
+        }
+        if status.authenticated && status.connected {
+            self.last_good_tickle = Some(Instant::now());
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            self.metrics.ib_last_tickle_timestamp.set(now);
+            self.initialized = true;
+            let was = self.state.clone();
+            self.set_state(SessionState::Authenticated);
+            if self.instruments.is_empty() || !self.unresolved.is_empty() {
+                self.resolve_contracts().await;
+            }
+            let session = tickle.session.unwrap_or_default();
+            if was != SessionState::Authenticated
+                || self.session_id.as_deref() != Some(session.as_str())
+            {
+                self.session_id = Some(session.clone());
+                self.websocket(WsMsg::SessionReady { session });
+            }
+            return tickle_every;
+        }
+        if !self.initialized {
+            self.set_state(SessionState::Initializing);
+            match self.client.ssodh_init().await {
+                Ok(_) => self.initialized = true,
+                Err(e) => self.last_failure = Some(format!("ssodh/init: {e}")),
+            }
+            return Duration::from_secs(1);
+        }
+        // Initialized before, not authenticated now: idle expiry, nightly reset, or the
+        // socket said so. Re-authenticate, then initialize the bridge again.
+        self.fail(
+            SessionState::Reauthenticating,
+            format!("authenticated:false ({})", status.message),
+        );
+        if let Err(e) = self.client.reauthenticate().await {
+            self.last_failure = Some(format!("reauthenticate: {e}"));
+        }
+        self.initialized = false;
+        Duration::from_secs(1)
+    }
+
+    async fn resolve_contracts(&mut self) {
+        let symbols = self.client.config().symbols.clone();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let resolved = contracts::resolve(&self.client, &symbols, now, 2).await;
+        let mut map = BTreeMap::new();
+        self.unresolved.clear();
+        for (symbol, r) in resolved {
+            match r {
+                Ok(inst) => {
+                    map.insert(inst.conid, inst);
+                }
+                Err(e) => {
+                    error!(symbol, error = %e, "cannot resolve symbol");
+                    self.unresolved.insert(symbol, e.to_string());
+                }
+            }
+        }
+        if map.len() != self.instruments.len() || map.keys().ne(self.instruments.keys()) {
+            info!(
+                resolved = map.len(),
+                unresolved = self.unresolved.len(),
+                "instruments"
+            );
+            self.instruments = Arc::new(map);
+            self.websocket(WsMsg::Instruments(self.instruments.clone()));
+        }
+    }
+}

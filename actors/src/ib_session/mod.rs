@@ -1,0 +1,6 @@
+//! The IB session keepalive (`ib_session/{actor.rs,state.rs}`).
+pub mod actor;
+pub mod state;
+
+pub use actor::{IbSession, SessionArgs, SessionMsg, SessionSnapshot};
+pub use state::SessionState;

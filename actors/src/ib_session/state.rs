@@ -1,0 +1,47 @@
+//! States of the IB session keepalive.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Starting,
+    /// No SSO session: a human (or the login hook) must log in through the gateway's page.
+    NeedsLogin,
+    /// Logged in; `ssodh/init` opens the brokerage session.
+    Initializing,
+    Authenticated,
+    /// `authenticated:false` after an idle expiry, a nightly reset or a socket `sts`.
+    Reauthenticating,
+    /// Another session uses this username: we stop and report instead of fighting.
+    Competing,
+    /// 429: IB's penalty box; we wait it out.
+    PenaltyBox,
+    GatewayUnreachable,
+}
+
+impl SessionState {
+    pub const LABELS: &'static [&'static str] = &[
+        "starting",
+        "needs_login",
+        "initializing",
+        "authenticated",
+        "reauthenticating",
+        "competing",
+        "penalty_box",
+        "gateway_unreachable",
+    ];
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::NeedsLogin => "needs_login",
+            Self::Initializing => "initializing",
+            Self::Authenticated => "authenticated",
+            Self::Reauthenticating => "reauthenticating",
+            Self::Competing => "competing",
+            Self::PenaltyBox => "penalty_box",
+            Self::GatewayUnreachable => "gateway_unreachable",
+        }
+    }
+}

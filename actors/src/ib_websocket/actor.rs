@@ -1,0 +1,471 @@
+//! The websocket actor: one socket to the gateway per pod. It authenticates with the session the
+//! keepalive actor hands it, subscribes every instrument after the greeting (IB replays nothing
+//! after a reconnect), sends `tic` at least every minute, re-sends each `smd` before IB's silent
+//! expiry, and watches the server's 10 s heartbeat: a socket that stays open but goes quiet is
+//! treated as dead. Frames go to the normalizers; frames that cannot be read are quarantined.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use marketlane_protocol::category::TICK;
+use marketlane_protocol::ib::{InboundFrame, outbound, parse_frame};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+use rand::Rng;
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use super::connection::{self, WsSink};
+use crate::backpressure::{Inflight, InflightLimit};
+use crate::config::IbConfig;
+use crate::ib_session::SessionMsg;
+use crate::metrics::Metrics;
+use crate::names::{ActorNames, IB_SESSION};
+use crate::normalizer::{InstrumentMap, NormalizerMsg, RowEmitter};
+
+#[derive(RactorMessage)]
+pub enum WsMsg {
+    /// The keepalive actor has an authenticated brokerage session.
+    SessionReady {
+        session: String,
+    },
+    /// The brokerage session is gone (needs login, competing): close and wait.
+    SessionLost {
+        reason: String,
+    },
+    /// What to subscribe to.
+    Instruments(InstrumentMap),
+    /// A frame read by the reader task of connection `generation`.
+    Frame {
+        generation: u64,
+        data: Vec<u8>,
+        permit: Inflight,
+    },
+    Disconnected {
+        generation: u64,
+        reason: String,
+    },
+    /// Once a second: watchdog, `tic`, re-subscription, reconnect after back-off.
+    Tick,
+    /// A (re)started normalizer asks for the instruments again.
+    Announce,
+    GetState(RpcReplyPort<WsSnapshot>),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WsSnapshot {
+    pub connected: bool,
+    pub session_ready: bool,
+    pub generation: u64,
+    pub subscribed: usize,
+    pub reconnects: u64,
+    pub last_disconnect_reason: Option<String>,
+    pub seconds_since_last_frame: Option<f64>,
+    pub frames: u64,
+    pub quarantined_frames: u64,
+}
+
+#[derive(Clone)]
+pub struct WsArgs {
+    pub ib: IbConfig,
+    pub names: ActorNames,
+    pub normalizers: Vec<String>,
+    pub emitter: RowEmitter,
+    pub metrics: Arc<Metrics>,
+    pub inflight: InflightLimit,
+}
+
+struct Connection {
+    sink: WsSink,
+    reader: tokio::task::JoinHandle<()>,
+    last_frame: Instant,
+    last_tic: Instant,
+    last_subscribe: Option<Instant>,
+}
+
+pub struct WsState {
+    args: WsArgs,
+    session: Option<String>,
+    instruments: InstrumentMap,
+    conn: Option<Connection>,
+    generation: u64,
+    attempt: u32,
+    retry_at: Instant,
+    reconnects: u64,
+    last_disconnect: Option<(Instant, String)>,
+    last_data: Option<Instant>,
+    frames: u64,
+    quarantined: u64,
+}
+
+pub struct IbWebsocket;
+
+impl Actor for IbWebsocket {
+    type Msg = WsMsg;
+    type State = WsState;
+    type Arguments = WsArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: WsArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        myself.send_interval(Duration::from_millis(250), || WsMsg::Tick);
+        // After a restart, the session actor re-sends the session and the instruments.
+        if let Some(s) = args.names.lookup::<SessionMsg>(IB_SESSION) {
+            let _ = s.cast(SessionMsg::Announce);
+        }
+        Ok(WsState {
+            args,
+            session: None,
+            instruments: Arc::default(),
+            conn: None,
+            generation: 0,
+            attempt: 0,
+            retry_at: Instant::now(),
+            reconnects: 0,
+            last_disconnect: None,
+            last_data: None,
+            frames: 0,
+            quarantined: 0,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.close("actor stopped").await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WsMsg::SessionReady { session } => {
+                if state.session.as_deref() != Some(session.as_str()) {
+                    info!("brokerage session ready; connecting websocket");
+                    state.session = Some(session);
+                    state.close("new session").await;
+                    state.retry_at = Instant::now();
+                }
+            }
+            WsMsg::SessionLost { reason } => {
+                state.session = None;
+                state.close(&format!("session lost: {reason}")).await;
+            }
+            WsMsg::Instruments(map) => {
+                let added: Vec<i64> = map
+                    .keys()
+                    .filter(|c| !state.instruments.contains_key(c))
+                    .copied()
+                    .collect();
+                let removed: Vec<i64> = state
+                    .instruments
+                    .keys()
+                    .filter(|c| !map.contains_key(c))
+                    .copied()
+                    .collect();
+                state.instruments = map.clone();
+                state.broadcast(|| NormalizerMsg::Instruments(map.clone()));
+                state
+                    .args
+                    .metrics
+                    .subscriptions
+                    .with_label_values(&["smd"])
+                    .set(state.instruments.len() as i64);
+                if state.conn.is_some() {
+                    for conid in removed {
+                        state.send(outbound::umd(conid)).await;
+                    }
+                    state.subscribe(&added).await;
+                }
+            }
+            WsMsg::Frame {
+                generation,
+                data,
+                permit,
+            } => {
+                if generation == state.generation {
+                    state.on_frame(&data, permit).await;
+                }
+            }
+            WsMsg::Disconnected { generation, reason } => {
+                if generation == state.generation && state.conn.is_some() {
+                    state.lost(&reason, "socket_closed").await;
+                }
+            }
+            WsMsg::Tick => state.on_tick(&myself).await,
+            WsMsg::Announce => {
+                let map = state.instruments.clone();
+                state.broadcast(|| NormalizerMsg::Instruments(map.clone()));
+                // A restarted normalizer lost its per-conid state, and only a new subscription
+                // brings full snapshot frames: reconnect, which re-subscribes everything.
+                if state.conn.is_some() {
+                    state
+                        .lost("a normalizer restarted", "normalizer_restarted")
+                        .await;
+                }
+            }
+            WsMsg::GetState(reply) => {
+                let _ = reply.send(WsSnapshot {
+                    connected: state.conn.is_some(),
+                    session_ready: state.session.is_some(),
+                    generation: state.generation,
+                    subscribed: state.instruments.len(),
+                    reconnects: state.reconnects,
+                    last_disconnect_reason: state.last_disconnect.as_ref().map(|(_, r)| r.clone()),
+                    seconds_since_last_frame: state
+                        .conn
+                        .as_ref()
+                        .map(|c| c.last_frame.elapsed().as_secs_f64()),
+                    frames: state.frames,
+                    quarantined_frames: state.quarantined,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WsState {
+    fn broadcast(&self, make: impl Fn() -> NormalizerMsg) {
+        for name in &self.args.normalizers {
+            if let Some(n) = self.args.names.lookup::<NormalizerMsg>(name) {
+                let _ = n.cast(make());
+            }
+        }
+    }
+
+    async fn send(&mut self, text: String) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        if let Err(e) = connection::send_text(&mut conn.sink, text).await {
+            self.lost(&format!("send failed: {e}"), "send_failed").await;
+        }
+    }
+
+    /// Subscribes `conids`; their next frame is a snapshot, which the normalizers are told
+    /// first (this actor's casts arrive in order).
+    async fn subscribe(&mut self, conids: &[i64]) {
+        if conids.is_empty() {
+            return;
+        }
+        self.broadcast(|| NormalizerMsg::Resubscribed(conids.to_vec()));
+        let fields: Vec<String> = self.args.ib.fields.clone();
+        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+        for conid in conids {
+            self.send(outbound::smd(*conid, &fields)).await;
+        }
+        if let Some(c) = self.conn.as_mut() {
+            c.last_subscribe = Some(Instant::now());
+        }
+    }
+
+    async fn connect(&mut self, myself: &ActorRef<WsMsg>) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let url = self.args.ib.websocket_url();
+        match connection::connect(
+            &url,
+            &session,
+            self.args.ib.accept_invalid_certs,
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(stream) => {
+                let (sink, stream) = stream.split();
+                self.generation += 1;
+                let reader = connection::spawn_reader(
+                    stream,
+                    myself.clone(),
+                    self.generation,
+                    self.args.inflight.clone(),
+                );
+                let now = Instant::now();
+                self.conn = Some(Connection {
+                    sink,
+                    reader,
+                    last_frame: now,
+                    last_tic: now,
+                    last_subscribe: None,
+                });
+                self.args.metrics.ws_connected.set(1);
+                info!(
+                    generation = self.generation,
+                    "websocket connected; waiting for greeting"
+                );
+            }
+            Err(e) => {
+                warn!(error = %e, "websocket connect failed");
+                self.schedule_retry();
+            }
+        }
+    }
+
+    /// Jittered exponential back-off: 100 ms, 200 ms, … up to 5 s, ±50 %.
+    fn schedule_retry(&mut self) {
+        let base = Duration::from_millis(100) * 2u32.saturating_pow(self.attempt.min(6));
+        let base = base.min(Duration::from_secs(5));
+        let jitter = rand::rng().random_range(0.5..1.5);
+        self.retry_at = Instant::now() + base.mul_f64(jitter);
+        self.attempt = self.attempt.saturating_add(1);
+    }
+
+    async fn close(&mut self, reason: &str) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.reader.abort();
+            let _ = futures_util::SinkExt::close(&mut conn.sink).await;
+            self.args.metrics.ws_connected.set(0);
+            self.last_disconnect = Some((Instant::now(), reason.to_string()));
+            // New generation: frames still queued from the old reader are ignored.
+            self.generation += 1;
+        }
+    }
+
+    async fn lost(&mut self, reason: &str, label: &str) {
+        warn!(reason, "websocket lost; reconnecting");
+        self.close(reason).await;
+        self.reconnects += 1;
+        self.args
+            .metrics
+            .ws_reconnects
+            .with_label_values(&[label])
+            .inc();
+        self.schedule_retry();
+    }
+
+    async fn on_tick(&mut self, myself: &ActorRef<WsMsg>) {
+        let Some(conn) = self.conn.as_ref() else {
+            if self.session.is_some() && Instant::now() >= self.retry_at {
+                self.connect(myself).await;
+            }
+            return;
+        };
+        let ib = &self.args.ib;
+        if conn.last_frame.elapsed() > ib.heartbeat_timeout {
+            let reason = format!(
+                "no frame for {:.1}s (heartbeat every 10s)",
+                conn.last_frame.elapsed().as_secs_f64()
+            );
+            self.lost(&reason, "heartbeat_timeout").await;
+            return;
+        }
+        if conn.last_tic.elapsed() >= ib.tic_interval {
+            if let Some(c) = self.conn.as_mut() {
+                c.last_tic = Instant::now();
+            }
+            self.send(outbound::TIC.to_string()).await;
+        }
+        let due = self
+            .conn
+            .as_ref()
+            .and_then(|c| c.last_subscribe)
+            .is_some_and(|t| t.elapsed() >= self.args.ib.resubscribe_interval);
+        if due {
+            // A re-sent smd refreshes IB's expiry timer; it is not a new subscription, so the
+            // normalizers are not told to expect a snapshot.
+            debug!(
+                count = self.instruments.len(),
+                "re-sending smd before expiry"
+            );
+            let fields: Vec<String> = self.args.ib.fields.clone();
+            let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+            let conids: Vec<i64> = self.instruments.keys().copied().collect();
+            for conid in conids {
+                self.send(outbound::smd(conid, &fields)).await;
+            }
+            if let Some(c) = self.conn.as_mut() {
+                c.last_subscribe = Some(Instant::now());
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, data: &[u8], permit: Inflight) {
+        self.frames += 1;
+        if let Some(c) = self.conn.as_mut() {
+            c.last_frame = Instant::now();
+        }
+        let received_ns = marketlane_protocol::now_ns();
+        let metrics = self.args.metrics.clone();
+        let frame = match parse_frame(data) {
+            Ok(f) => f,
+            Err(e) => {
+                metrics.ws_frames.with_label_values(&["invalid"]).inc();
+                self.quarantined += 1;
+                // A frame that cannot be read has no category; it is kept with the tick
+                // category, the main consumer of the socket.
+                self.args
+                    .emitter
+                    .quarantine(TICK, e.code(), e.to_string(), data, &permit)
+                    .await;
+                return;
+            }
+        };
+        let topic = match &frame {
+            InboundFrame::Heartbeat { .. } => "system_hb",
+            InboundFrame::SystemGreeting { .. } => "system",
+            InboundFrame::Accounts { .. } => "act",
+            InboundFrame::Status(_) => "sts",
+            InboundFrame::TicReply => "tic",
+            InboundFrame::MarketData(_) => "smd",
+            InboundFrame::Book(_) => "sbd",
+            InboundFrame::Notice { .. } => "ntf",
+            InboundFrame::WaitingForSession => "waiting",
+            InboundFrame::Error { .. } => "error",
+            InboundFrame::Other { .. } => "other",
+        };
+        metrics.ws_frames.with_label_values(&[topic]).inc();
+        match frame {
+            InboundFrame::SystemGreeting { username } => {
+                info!(username, "gateway greeting; subscribing");
+                self.attempt = 0;
+                if let Some((at, _)) = &self.last_disconnect
+                    && self.last_data.is_some()
+                {
+                    metrics.ws_gap_seconds.observe(at.elapsed().as_secs_f64());
+                }
+                let conids: Vec<i64> = self.instruments.keys().copied().collect();
+                self.subscribe(&conids).await;
+            }
+            InboundFrame::WaitingForSession => {
+                if let Some(s) = self.session.clone() {
+                    self.send(outbound::session(&s)).await;
+                }
+            }
+            InboundFrame::Status(st) => {
+                if st.authenticated == Some(false) || st.competing == Some(true) {
+                    warn!(?st, "gateway says the session is not usable");
+                    if let Some(s) = self.args.names.lookup::<SessionMsg>(IB_SESSION) {
+                        let _ = s.cast(SessionMsg::SocketUnauthenticated);
+                    }
+                }
+            }
+            InboundFrame::MarketData(md) => {
+                self.last_data = Some(Instant::now());
+                let frame = Arc::new(md);
+                self.broadcast(|| NormalizerMsg::MarketData {
+                    frame: frame.clone(),
+                    received_ns,
+                    permit: permit.clone(),
+                });
+            }
+            InboundFrame::Notice { topic, text } => info!(topic, text, "gateway notice"),
+            InboundFrame::Error { message } => warn!(message, "gateway error frame"),
+            InboundFrame::Heartbeat { .. }
+            | InboundFrame::Accounts { .. }
+            | InboundFrame::TicReply
+            | InboundFrame::Book(_)
+            | InboundFrame::Other { .. } => {}
+        }
+    }
+}

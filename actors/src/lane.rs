@@ -1,0 +1,157 @@
+//! Building one pod's lane: topics and tables from the schemas, then the supervised actors of
+//! the roles this pod runs.
+
+use std::sync::Arc;
+
+use marketlane_protocol::SchemaSet;
+use ractor::{Actor, ActorRef};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::backpressure::InflightLimit;
+use crate::clickhouse_writer::{ClickHouse, SinkError, WriterArgs, WriterKind};
+use crate::config::{ClickHouseConfig, ConfigError, IbConfig, KafkaConfig, WriterConfig};
+use crate::ib_session::SessionArgs;
+use crate::ib_websocket::WsArgs;
+use crate::kafka::ProducerArgs;
+use crate::kafka::admin::{TopicError, ensure_topics};
+use crate::metrics::Metrics;
+use crate::names::{self, ActorNames};
+use crate::normalizer::RowEmitter;
+use crate::supervisor::{ChildSpec, LaneSupervisor, SupervisorArgs, SupervisorMsg};
+
+/// What a pod does. Both by default; a deployment may split them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// IB session, websocket, normalizers, Kafka producer.
+    Connector,
+    /// Kafka → ClickHouse writers.
+    Writer,
+}
+
+#[derive(Debug, Clone)]
+pub struct LaneConfig {
+    /// `component_instance_name` of the rows, e.g. the pod name `marketlane-0`.
+    pub instance: String,
+    pub source_system: String,
+    pub roles: Vec<Role>,
+    pub ib: IbConfig,
+    pub kafka: KafkaConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub writer: WriterConfig,
+    /// Registered-name prefix (tests running two lanes in one process).
+    pub names: ActorNames,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Topics(#[from] TopicError),
+    #[error(transparent)]
+    ClickHouse(#[from] SinkError),
+    #[error("writer category {0} is not defined in the schemas")]
+    UnknownCategory(String),
+    #[error("cannot start the lane: {0}")]
+    Spawn(String),
+}
+
+impl LaneConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.ib.validate()?;
+        self.kafka.validate()?;
+        self.clickhouse.validate()?;
+        self.writer.validate()
+    }
+}
+
+/// Creates what the lane needs (topics, tables) and starts its supervisor.
+pub async fn start(
+    config: LaneConfig,
+    schemas: Arc<SchemaSet>,
+    metrics: Arc<Metrics>,
+) -> Result<ActorRef<SupervisorMsg>, LaneError> {
+    config.validate()?;
+    let topics = ensure_topics(&config.kafka, &schemas).await?;
+    info!(count = topics.len(), "kafka topics ready");
+    let mut children = Vec::new();
+    if config.roles.contains(&Role::Connector) {
+        let inflight = InflightLimit::new(config.kafka.max_in_flight_frames);
+        let emitter = RowEmitter {
+            schemas: schemas.clone(),
+            kafka: config.kafka.clone(),
+            source_system: config.source_system.clone(),
+            instance: config.instance.clone(),
+            names: config.names.clone(),
+            metrics: metrics.clone(),
+        };
+        children.push(ChildSpec::Producer(ProducerArgs {
+            kafka: config.kafka.clone(),
+            metrics: metrics.clone(),
+            inflight: inflight.clone(),
+        }));
+        children.push(ChildSpec::TickNormalizer(emitter.clone()));
+        children.push(ChildSpec::Websocket(WsArgs {
+            ib: config.ib.clone(),
+            names: config.names.clone(),
+            normalizers: vec![names::TICK_NORMALIZER.to_string()],
+            emitter,
+            metrics: metrics.clone(),
+            inflight,
+        }));
+        children.push(ChildSpec::Session(SessionArgs {
+            ib: config.ib.clone(),
+            names: config.names.clone(),
+            metrics: metrics.clone(),
+        }));
+    }
+    if config.roles.contains(&Role::Writer) {
+        let ch = ClickHouse::connect(&config.clickhouse).await?;
+        info!(version = %ch.version, "clickhouse connected");
+        ch.apply_ddl(&schemas).await?;
+        let categories: Vec<String> = if config.writer.categories.is_empty() {
+            schemas.iter().map(|s| s.category.clone()).collect()
+        } else {
+            config.writer.categories.clone()
+        };
+        for category in categories {
+            let schema = schemas
+                .get(&category)
+                .map_err(|_| LaneError::UnknownCategory(category.clone()))?;
+            let kinds = [
+                WriterKind::Category(Arc::new(schema.clone())),
+                WriterKind::Quarantine {
+                    category: category.clone(),
+                },
+            ];
+            for kind in kinds {
+                let name = names::writer(&kind.topic());
+                children.push(ChildSpec::Writer(
+                    name,
+                    WriterArgs {
+                        kind,
+                        kafka: config.kafka.clone(),
+                        writer: config.writer.clone(),
+                        clickhouse: ch.clone(),
+                        metrics: metrics.clone(),
+                        instance: config.instance.clone(),
+                    },
+                ));
+            }
+        }
+    }
+    let (sup, _) = Actor::spawn(
+        Some(config.names.name("lane_supervisor")),
+        LaneSupervisor,
+        SupervisorArgs {
+            names: config.names.clone(),
+            children,
+            metrics,
+        },
+    )
+    .await
+    .map_err(|e| LaneError::Spawn(e.to_string()))?;
+    Ok(sup)
+}

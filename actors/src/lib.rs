@@ -1,0 +1,19 @@
+//! The supervised actor tree of marketlane. See ARCHITECTURE.md for the tree, the data path and
+//! the failure matrix.
+
+pub mod backpressure;
+pub mod clickhouse_writer;
+pub mod config;
+pub mod contracts;
+pub mod ib_client;
+pub mod ib_session;
+pub mod ib_websocket;
+pub mod kafka;
+pub mod lane;
+pub mod metrics;
+pub mod names;
+pub mod normalizer;
+pub mod supervisor;
+
+pub use lane::{LaneConfig, LaneError, Role};
+pub use metrics::Metrics;

@@ -1,0 +1,223 @@
+//! Prometheus metrics of the daemon. Names, types and labels here must match the metric spec
+//! table in ARCHITECTURE.md (a test compares the two).
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets from 1 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub ib_session_state: IntGaugeVec,
+    pub ib_last_tickle_timestamp: Gauge,
+    pub ib_requests: IntCounterVec,
+    pub ws_reconnects: IntCounterVec,
+    pub ws_connected: IntGauge,
+    pub ws_frames: IntCounterVec,
+    pub ws_gap_seconds: Histogram,
+    pub rows_normalized: IntCounterVec,
+    pub rows_quarantined: IntCounterVec,
+    pub missing_fields: IntCounterVec,
+    pub kafka_produced: IntCounterVec,
+    pub kafka_produce_errors: IntCounterVec,
+    pub kafka_produce_latency: HistogramVec,
+    pub in_flight_frames: IntGauge,
+    pub consumer_lag: IntGaugeVec,
+    pub clickhouse_rows_inserted: IntCounterVec,
+    pub clickhouse_insert_duration: HistogramVec,
+    pub clickhouse_insert_errors: IntCounterVec,
+    pub event_to_sink_latency: HistogramVec,
+    pub actor_restarts: IntCounterVec,
+    pub subscriptions: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            // Registration only fails for a duplicate name, which is a programming error caught
+            // by the unit test below.
+            r.register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                    labels,
+                )
+                .expect("valid metric"),
+            )
+        };
+        Self {
+            ib_session_state: gauge(
+                "marketlane_ib_session_state",
+                "1 for the IB session keepalive's current state, 0 for the others",
+                &["state"],
+            ),
+            ib_last_tickle_timestamp: reg(
+                &registry,
+                Gauge::new(
+                    "marketlane_ib_last_tickle_timestamp_seconds",
+                    "Unix time of the last successful /tickle",
+                )
+                .expect("valid metric"),
+            ),
+            ib_requests: counter(
+                "marketlane_ib_requests_total",
+                "REST requests to the gateway by endpoint and outcome",
+                &["endpoint", "outcome"],
+            ),
+            ws_reconnects: counter(
+                "marketlane_ws_reconnects_total",
+                "Websocket reconnects by reason",
+                &["reason"],
+            ),
+            ws_connected: reg(
+                &registry,
+                IntGauge::new("marketlane_ws_connected", "1 while the websocket is up")
+                    .expect("valid metric"),
+            ),
+            ws_frames: counter(
+                "marketlane_ws_frames_total",
+                "Websocket frames received by topic",
+                &["topic"],
+            ),
+            ws_gap_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "marketlane_ws_gap_seconds",
+                        "Time without market data across a websocket reconnect",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            rows_normalized: counter(
+                "marketlane_rows_normalized_total",
+                "Category rows produced by the normalizers",
+                &["category"],
+            ),
+            rows_quarantined: counter(
+                "marketlane_rows_quarantined_total",
+                "Rows and frames sent to <category>_unqualified, by stage and reason",
+                &["category", "stage", "reason"],
+            ),
+            missing_fields: counter(
+                "marketlane_missing_fields_total",
+                "Nullable fields filled as missing, by category, field and source",
+                &["category", "field", "source"],
+            ),
+            kafka_produced: counter(
+                "marketlane_kafka_produced_total",
+                "Messages acknowledged by Kafka by topic",
+                &["topic"],
+            ),
+            kafka_produce_errors: counter(
+                "marketlane_kafka_produce_errors_total",
+                "Kafka produce errors by topic and kind",
+                &["topic", "kind"],
+            ),
+            kafka_produce_latency: histogram(
+                "marketlane_kafka_produce_latency_seconds",
+                "Time from handing a row to the producer to Kafka's acknowledgement",
+                &["topic"],
+            ),
+            in_flight_frames: reg(
+                &registry,
+                IntGauge::new(
+                    "marketlane_in_flight_frames",
+                    "Websocket frames whose rows Kafka has not yet acknowledged",
+                )
+                .expect("valid metric"),
+            ),
+            consumer_lag: gauge(
+                "marketlane_consumer_lag",
+                "Messages behind the high watermark, by consumer group, topic and partition",
+                &["group", "topic", "partition"],
+            ),
+            clickhouse_rows_inserted: counter(
+                "marketlane_clickhouse_rows_inserted_total",
+                "Rows acknowledged by ClickHouse by table",
+                &["table"],
+            ),
+            clickhouse_insert_duration: histogram(
+                "marketlane_clickhouse_insert_duration_seconds",
+                "Duration of one ClickHouse batch insert",
+                &["table"],
+            ),
+            clickhouse_insert_errors: counter(
+                "marketlane_clickhouse_insert_errors_total",
+                "Failed ClickHouse inserts by table",
+                &["table"],
+            ),
+            event_to_sink_latency: histogram(
+                "marketlane_event_to_sink_latency_seconds",
+                "Time from the source's event time to the sink's acknowledgement",
+                &["category", "sink"],
+            ),
+            actor_restarts: counter(
+                "marketlane_actor_restarts_total",
+                "Actor restarts by supervisors, by actor",
+                &["actor"],
+            ),
+            subscriptions: gauge(
+                "marketlane_subscriptions",
+                "Market-data subscriptions held by this pod, by kind",
+                &["kind"],
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = encoder.encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_and_renders() {
+        let m = Metrics::new();
+        m.rows_normalized
+            .with_label_values(&["tick_market_data"])
+            .inc();
+        let text = m.render();
+        assert!(text.contains("marketlane_rows_normalized_total{category=\"tick_market_data\"} 1"));
+    }
+}

@@ -1,0 +1,189 @@
+//! Normalizers: one actor per category turns IB's stateful delta frames into stateless category
+//! rows. They share one message type (the websocket broadcasts the same frames to each) and the
+//! [`RowEmitter`], which validates every row against its schema and sends it to Kafka, or to
+//! `<category>_unqualified` with the reason when it does not qualify.
+
+pub mod tick;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use marketlane_protocol::ib::MarketDataFrame;
+use marketlane_protocol::{RowMap, SchemaSet, UnqualifiedRecord};
+use ractor::RpcReplyPort;
+use ractor_cluster::RactorMessage;
+use serde::Serialize;
+use tracing::warn;
+
+use crate::backpressure::Inflight;
+use crate::config::KafkaConfig;
+use crate::contracts::Instrument;
+use crate::kafka::{Produce, ProducerMsg};
+use crate::metrics::Metrics;
+use crate::names::{ActorNames, KAFKA_PRODUCER};
+
+pub use tick::TickNormalizer;
+
+/// Instruments by conid: what this pod is subscribed to.
+pub type InstrumentMap = Arc<BTreeMap<i64, Instrument>>;
+
+#[derive(RactorMessage)]
+pub enum NormalizerMsg {
+    /// One `smd` frame, as received.
+    MarketData {
+        frame: Arc<MarketDataFrame>,
+        received_ns: i64,
+        permit: Inflight,
+    },
+    /// The instruments this pod streams (after contract resolution or a rebalance).
+    Instruments(InstrumentMap),
+    /// These conids were (re)subscribed: their next frame is a full snapshot, not an update.
+    Resubscribed(Vec<i64>),
+    GetState(RpcReplyPort<NormalizerSnapshot>),
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NormalizerSnapshot {
+    pub category: String,
+    pub instruments: usize,
+    pub frames: u64,
+    pub rows: u64,
+    pub quarantined: u64,
+}
+
+/// Validates rows and hands them to the producer actor.
+#[derive(Clone)]
+pub struct RowEmitter {
+    pub schemas: Arc<SchemaSet>,
+    pub kafka: KafkaConfig,
+    pub source_system: String,
+    pub instance: String,
+    pub names: ActorNames,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What became of one row handed to [`RowEmitter::emit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emitted {
+    Row,
+    Quarantined,
+}
+
+impl RowEmitter {
+    /// Validates `row` for `category` and produces it; a row that fails its schema goes to the
+    /// quarantine topic with the reason instead.
+    pub async fn emit(
+        &self,
+        category: &str,
+        row: RowMap,
+        event_time_ns: i64,
+        permit: &Inflight,
+    ) -> Emitted {
+        let schema = match self.schemas.get(category) {
+            Ok(s) => s,
+            Err(e) => {
+                let raw = serde_json::to_vec(&row).unwrap_or_default();
+                self.quarantine(category, "unknown_category", e.to_string(), &raw, permit)
+                    .await;
+                return Emitted::Quarantined;
+            }
+        };
+        let raw_for_error = serde_json::to_vec(&row).unwrap_or_default();
+        match schema.validate(row) {
+            Ok(valid) => {
+                for f in schema.fields.iter().filter(|f| f.nullable) {
+                    if valid.get(&f.name).is_none_or(serde_json::Value::is_null) {
+                        self.metrics
+                            .missing_fields
+                            .with_label_values(&[
+                                category,
+                                f.name.as_str(),
+                                self.source_system.as_str(),
+                            ])
+                            .inc();
+                    }
+                }
+                let key = schema.key_of(&valid).to_string();
+                let payload = serde_json::to_vec(&valid).unwrap_or_default();
+                self.metrics
+                    .rows_normalized
+                    .with_label_values(&[category])
+                    .inc();
+                self.produce(Produce {
+                    topic: self.kafka.topic(&schema.topic()),
+                    key,
+                    payload,
+                    category: category.to_string(),
+                    event_time_ns: Some(event_time_ns),
+                    permit: permit.clone(),
+                })
+                .await;
+                Emitted::Row
+            }
+            Err(e) => {
+                self.quarantine(category, e.code(), e.to_string(), &raw_for_error, permit)
+                    .await;
+                Emitted::Quarantined
+            }
+        }
+    }
+
+    /// Sends `raw` to `<category>_unqualified` with the reason; counted by category and reason.
+    pub async fn quarantine(
+        &self,
+        category: &str,
+        code: &str,
+        reason: String,
+        raw: &[u8],
+        permit: &Inflight,
+    ) {
+        warn!(category, reason = %reason, "quarantined");
+        self.metrics
+            .rows_quarantined
+            .with_label_values(&[category, "connector", code])
+            .inc();
+        let rec = UnqualifiedRecord::new(
+            category,
+            code,
+            reason,
+            raw,
+            &self.source_system,
+            &self.instance,
+            marketlane_protocol::now_ns(),
+        );
+        let topic = format!(
+            "{category}{}",
+            marketlane_protocol::schema::UNQUALIFIED_SUFFIX
+        );
+        self.produce(Produce {
+            topic: self.kafka.topic(&topic),
+            key: code.to_string(),
+            payload: serde_json::to_vec(&rec).unwrap_or_default(),
+            category: category.to_string(),
+            event_time_ns: None,
+            permit: permit.clone(),
+        })
+        .await;
+    }
+
+    /// Hands a message to the producer, waiting while it is being restarted: a row is never
+    /// dropped because its next hop is down for a moment.
+    async fn produce(&self, mut p: Produce) {
+        let mut waited = Duration::ZERO;
+        loop {
+            if let Some(producer) = self.names.lookup::<ProducerMsg>(KAFKA_PRODUCER) {
+                match producer.cast(ProducerMsg::Produce(p)) {
+                    Ok(()) => return,
+                    Err(ractor::MessagingErr::SendErr(ProducerMsg::Produce(back))) => p = back,
+                    Err(_) => return,
+                }
+            }
+            if waited.as_secs() >= 1 && waited.as_millis() % 5_000 < 20 {
+                warn!(topic = %p.topic, "producer not available; holding row");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += Duration::from_millis(20);
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The daemon's configuration: typed, with defaults, then a TOML file, then environment
+//! variables (`MARKETLANE__SECTION__KEY=value`, e.g. `MARKETLANE__KAFKA__BOOTSTRAP_SERVERS`).
+//! Unknown keys are errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use marketlane_actors::config::{ClickHouseConfig, IbConfig, KafkaConfig, WriterConfig};
+use marketlane_actors::names::ActorNames;
+use marketlane_actors::{LaneConfig, Role};
+use serde::{Deserialize, Serialize};
+
+pub const ENV_PREFIX: &str = "MARKETLANE__";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `component_instance_name` of every row; defaults to the pod's hostname.
+    pub instance: String,
+    pub source_system: String,
+    pub roles: Vec<Role>,
+    pub schemas_dir: PathBuf,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub ib: IbConfig,
+    pub kafka: KafkaConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub writer: WriterConfig,
+    /// Seconds a SIGTERM drain may take before the daemon exits anyway.
+    pub drain_deadline_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `/metrics`, `/livez`, `/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `info,marketlane_actors=debug`.
+    pub level: String,
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            json: false,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            instance: std::env::var("POD_NAME")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_else(|_| "marketlane-0".into()),
+            source_system: "ib".into(),
+            roles: vec![Role::Connector, Role::Writer],
+            schemas_dir: PathBuf::from("schemas"),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+            ib: IbConfig::default(),
+            kafka: KafkaConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
+            writer: WriterConfig::default(),
+            drain_deadline_secs: 25,
+        }
+    }
+}
+
+/// Parses an environment value as the TOML value it looks like (number, bool, array, table),
+/// falling back to a string.
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then the environment `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut value = toml::Value::try_from(Config::default()).context("default config")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config {}", path.display()))?;
+            let file_value: toml::Value = toml::from_str(&text)
+                .with_context(|| format!("config {} is not valid TOML", path.display()))?;
+            merge(&mut value, file_value);
+        }
+        for (key, raw) in env {
+            let Some(path) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+            let mut over = env_value(&raw);
+            for p in parts.iter().rev() {
+                let mut t = toml::Table::new();
+                t.insert(p.clone(), over);
+                over = toml::Value::Table(t);
+            }
+            merge(&mut value, over);
+        }
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            anyhow::anyhow!("config {}: {}", e.path(), e.inner().message())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.instance.trim().is_empty() {
+            bail!("config instance: empty");
+        }
+        if self.roles.is_empty() {
+            bail!("config roles: at least one of connector, writer");
+        }
+        self.lane().validate()?;
+        Ok(())
+    }
+
+    pub fn lane(&self) -> LaneConfig {
+        LaneConfig {
+            instance: self.instance.clone(),
+            source_system: self.source_system.clone(),
+            roles: self.roles.clone(),
+            ib: self.ib.clone(),
+            kafka: self.kafka.clone(),
+            clickhouse: self.clickhouse.clone(),
+            writer: self.writer.clone(),
+            names: ActorNames::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "instance = 'pod-a'\n[kafka]\nbootstrap_servers = 'file:9092'\npartitions = 6\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("MARKETLANE__KAFKA__PARTITIONS", "12"),
+                ("MARKETLANE__WRITER__BATCH_MAX_AGE", "0.25"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.instance, "pod-a");
+        assert_eq!(c.kafka.bootstrap_servers, "file:9092");
+        assert_eq!(c.kafka.partitions, 12);
+        assert_eq!(c.writer.batch_max_age.as_millis(), 250);
+        assert_eq!(c.clickhouse.database, "marketlane");
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[kafka]\nbootstrap = 'x'\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("bootstrap"), "{err}");
+        let err = Config::load(None, env(&[("MARKETLANE__COLOUR", "red")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_errors() {
+        let err = Config::load(None, env(&[("MARKETLANE__KAFKA__PARTITIONS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.partitions"), "{err}");
+        let err = Config::load(None, env(&[("MARKETLANE__KAFKA__PARTITIONS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partitions"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "roles = [").unwrap();
+        assert!(Config::load(Some(&path), env(&[])).is_err());
+    }
+}

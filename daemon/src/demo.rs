@@ -1,0 +1,353 @@
+//! `marketlane demo`: the whole lane end to end against the simulator. It starts the simulator
+//! and the daemon as child processes (the same binary), prints one status line per second with
+//! rows/s per stage and the consumer lag, stops the simulator, waits for the lane to catch up,
+//! and prints the reconciliation `emitted=N kafka=N clickhouse=N lost=0 duplicates=0`.
+//!
+//! `--kill-daemon-at SECS` SIGKILLs the daemon mid-run and starts it again: the trades of the
+//! outage (from two seconds before the kill until the new daemon streams again) are what the
+//! seed accepts to lose; they are reported apart and left out of the counted line.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::config::Config;
+use crate::reconcile::{self, Reconciliation};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// How long the simulator streams.
+    #[arg(long, env = "DEMO_SECONDS", default_value_t = 60)]
+    pub seconds: u64,
+    /// Where the run keeps its config, ledger and logs.
+    #[arg(long, default_value = "var/demo")]
+    pub dir: PathBuf,
+    /// The schema directory.
+    #[arg(long, default_value = "schemas")]
+    pub schemas_dir: PathBuf,
+    /// Kafka bootstrap servers of the local stack.
+    #[arg(long, env = "ML_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub kafka: String,
+    /// ClickHouse HTTP URL of the local stack.
+    #[arg(
+        long,
+        env = "ML_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
+    pub clickhouse: String,
+    /// ClickHouse database (analysts query it).
+    #[arg(long, default_value = "marketlane")]
+    pub database: String,
+    /// Prefix of the Kafka topics (tests give each run its own).
+    #[arg(long, default_value = "")]
+    pub topic_prefix: String,
+    /// SIGKILL the daemon after this many seconds and start it again.
+    #[arg(long)]
+    pub kill_daemon_at: Option<u64>,
+    /// Simulator seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// How long to wait for the lane to catch up after the simulator stops.
+    #[arg(long, default_value_t = 60)]
+    pub settle_seconds: u64,
+}
+
+const STOCKS: &[&str] = &[
+    "AAPL", "XOM", "CVX", "COP", "OXY", "SLB", "USO", "XLE", "GLD",
+];
+const FUTURES: &[(&str, &str)] = &[
+    ("CL", "NYMEX"),
+    ("NG", "NYMEX"),
+    ("RB", "NYMEX"),
+    ("GC", "COMEX"),
+    ("HG", "COMEX"),
+    ("ZC", "CBOT"),
+];
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, args: &[String], log: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let out = std::fs::File::create(log)?;
+        let child = Command::new(exe)
+            .args(args)
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .with_context(|| format!("cannot start the {name}"))?;
+        Ok(Self { name, child })
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status();
+    }
+
+    fn stop(&mut self, grace: Duration) {
+        self.signal("TERM");
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("{} did not stop within {grace:?}; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sums of the daemon metrics the status line shows.
+#[derive(Debug, Default, Clone)]
+struct Counters {
+    frames: f64,
+    normalized: f64,
+    kafka: f64,
+    clickhouse: f64,
+    quarantined: f64,
+    lag: f64,
+    connected: bool,
+}
+
+fn scrape(port: u16) -> Option<Counters> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(300),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let mut c = Counters::default();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let v: f64 = value.parse().unwrap_or(0.0);
+        let metric = name.split('{').next().unwrap_or(name);
+        match metric {
+            "marketlane_ws_frames_total" if name.contains("topic=\"smd\"") => c.frames += v,
+            "marketlane_rows_normalized_total" => c.normalized += v,
+            "marketlane_kafka_produced_total" if !name.contains("_unqualified") => c.kafka += v,
+            "marketlane_clickhouse_rows_inserted_total" => c.clickhouse += v,
+            "marketlane_rows_quarantined_total" => c.quarantined += v,
+            "marketlane_consumer_lag" => c.lag += v,
+            "marketlane_ws_connected" => c.connected = v > 0.0,
+            _ => {}
+        }
+    }
+    Some(c)
+}
+
+fn write_config(
+    args: &DemoArgs,
+    dir: &Path,
+    gateway_port: u16,
+    http_port: u16,
+) -> anyhow::Result<PathBuf> {
+    let mut symbols = String::new();
+    for s in STOCKS {
+        symbols.push_str(&format!(
+            "[[ib.symbols]]\nsymbol = \"{s}\"\nsec_type = \"stock\"\n\n"
+        ));
+    }
+    for (root, exch) in FUTURES {
+        symbols.push_str(&format!(
+            "[[ib.symbols]]\nsymbol = \"{root}\"\nsec_type = \"future\"\nexchange = \"{exch}\"\n\n"
+        ));
+    }
+    let text = format!(
+        r#"# Written by `marketlane demo`.
+instance = "marketlane-demo-0"
+schemas_dir = "{schemas}"
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[ib]
+gateway_url = "http://127.0.0.1:{gateway_port}"
+
+[kafka]
+bootstrap_servers = "{kafka}"
+topic_prefix = "{prefix}"
+
+[clickhouse]
+url = "{ch}"
+database = "{db}"
+
+[writer]
+batch_max_age = 0.5
+
+{symbols}"#,
+        schemas = args.schemas_dir.canonicalize()?.display(),
+        kafka = args.kafka,
+        prefix = args.topic_prefix,
+        ch = args.clickhouse,
+        db = args.database,
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+pub async fn demo(args: DemoArgs) -> anyhow::Result<Reconciliation> {
+    let run = chrono_free_stamp();
+    let dir = args.dir.join(&run);
+    std::fs::create_dir_all(&dir)?;
+    let gateway_port = free_port()?;
+    let http_port = free_port()?;
+    let config_path = write_config(&args, &dir, gateway_port, http_port)?;
+    let ledger = dir.join("ledger.jsonl");
+    println!(
+        "demo: run {run}: logs, config and ledger in {}",
+        dir.display()
+    );
+    let mut sim = Proc::spawn(
+        "simulator",
+        &[
+            "sim".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{gateway_port}"),
+            "--seed".into(),
+            args.seed.to_string(),
+            "--ledger".into(),
+            ledger.display().to_string(),
+        ],
+        &dir.join("simulator.log"),
+    )?;
+    let daemon_args = vec![
+        "run".to_string(),
+        "--config".into(),
+        config_path.display().to_string(),
+    ];
+    let mut daemon = Proc::spawn("daemon", &daemon_args, &dir.join("daemon.log"))?;
+    let started = Instant::now();
+    let mut last = Counters::default();
+    let mut last_at = Instant::now();
+    let mut outage: Option<(i64, Option<i64>)> = None;
+    let mut restarts = 0;
+    println!(
+        "demo: streaming {} symbols for {} s (simulator on :{gateway_port}, metrics on :{http_port})",
+        STOCKS.len() + FUTURES.len(),
+        args.seconds
+    );
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            bail!(
+                "the daemon exited with {status}; see {}",
+                dir.join("daemon.log").display()
+            );
+        }
+        if let Some(at) = args.kill_daemon_at
+            && restarts == 0
+            && started.elapsed() >= Duration::from_secs(at)
+        {
+            println!(
+                "demo: SIGKILL the daemon at {} s and start it again",
+                started.elapsed().as_secs()
+            );
+            daemon.signal("KILL");
+            let _ = daemon.child.wait();
+            outage = Some((now_ms() - 2_000, None));
+            let log = dir.join("daemon-restarted.log");
+            daemon = Proc::spawn("daemon", &daemon_args, &log)?;
+            restarts += 1;
+            last = Counters::default();
+        }
+        let Some(c) = scrape(http_port) else {
+            println!("t={:>3}s daemon starting", started.elapsed().as_secs());
+            continue;
+        };
+        if let Some((from, None)) = outage
+            && c.connected
+            && c.frames > 0.0
+        {
+            outage = Some((from, Some(now_ms() + 1_000)));
+        }
+        let dt = last_at.elapsed().as_secs_f64().max(1e-3);
+        let rate = |now: f64, before: f64| ((now - before).max(0.0) / dt).round();
+        println!(
+            "t={:>3}s frames/s={:<5} normalized/s={:<5} kafka/s={:<5} clickhouse/s={:<5} lag={:<5} quarantined={}",
+            started.elapsed().as_secs(),
+            rate(c.frames, last.frames),
+            rate(c.normalized, last.normalized),
+            rate(c.kafka, last.kafka),
+            rate(c.clickhouse, last.clickhouse),
+            c.lag,
+            c.quarantined,
+        );
+        last = c;
+        last_at = Instant::now();
+    }
+    println!("demo: stopping the simulator (it flushes its ledger)");
+    sim.stop(Duration::from_secs(10));
+    let config = Config::load(Some(&config_path), std::iter::empty::<(String, String)>())?;
+    let exclude = outage.map(|(from, to)| (from, to.unwrap_or_else(now_ms)));
+    if let Some((a, b)) = exclude {
+        println!(
+            "demo: outage window {:.1} s left out of the counts",
+            (b - a) as f64 / 1e3
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.settle_seconds);
+    let result = loop {
+        let r = reconcile::reconcile(&config, &ledger, exclude).await?;
+        if (r.lost == 0 && r.duplicates == 0) || Instant::now() >= deadline {
+            break r;
+        }
+        println!("demo: waiting for the lane to catch up ({r})");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    println!("demo: stopping the daemon (SIGTERM, drain)");
+    daemon.stop(Duration::from_secs(30));
+    if result.excluded > 0 {
+        println!(
+            "outage: {} trades emitted in the window, {} of them stored anyway (not counted below)",
+            result.excluded, result.excluded_stored
+        );
+    }
+    println!("{result}");
+    println!(
+        "analyst query: clickhouse-client --port 9000 --query \"SELECT symbol_identifier, count() AS trades, argMax(price, tick_time) AS last_price, max(tick_time) AS last_trade FROM {db}.tick_market_data FINAL GROUP BY symbol_identifier ORDER BY symbol_identifier\"",
+        db = args.database
+    );
+    Ok(result)
+}
+
+fn now_ms() -> i64 {
+    marketlane_protocol::now_ns() / 1_000_000
+}
+
+/// A sortable run name from the wall clock, e.g. `20261125-121314`.
+fn chrono_free_stamp() -> String {
+    let secs = now_ms() / 1000;
+    let day = marketlane_actors::contracts::yyyymmdd(secs);
+    let tod = secs.rem_euclid(86_400);
+    format!("{day}-{:02}{:02}{:02}", tod / 3600, tod / 60 % 60, tod % 60)
+}

@@ -1,0 +1,152 @@
+//! The `marketlane` binary: the daemon (`run`), the IB gateway simulator (`sim`), the schema
+//! tools (`schema ddl|check`), the reconciliation and the end-to-end demo.
+
+mod config;
+mod demo;
+mod http;
+mod reconcile;
+mod run;
+mod schema_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "marketlane",
+    version,
+    about = "IB Client Portal → Kafka → ClickHouse and Redis"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// TOML config file; environment variables MARKETLANE__SECTION__KEY override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run the IB Client Portal gateway simulator.
+    Sim(marketlane_simulator::SimArgs),
+    /// Category schema tools.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+    /// Compare a simulator ledger with Kafka and ClickHouse by row id.
+    Reconcile {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        ledger: PathBuf,
+    },
+    /// The whole lane end to end against the simulator, with a reconciliation at the end.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// Print the ClickHouse DDL derived from the schema files.
+    Ddl {
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+        /// The ClickHouse version to generate for (18.16.1 is Debian's; production is current).
+        #[arg(long, default_value = "25.8.1")]
+        server_version: String,
+        #[arg(long, default_value = "marketlane")]
+        database: String,
+        #[arg(long, default_value_t = 3)]
+        retention_days: u32,
+    },
+    /// Validate a directory of schema files.
+    Check { dir: PathBuf },
+}
+
+fn init_tracing(level: &str, json: bool) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    // ractor_cluster pulls aws-lc; one process-wide rustls provider avoids ambiguity.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            init_tracing(&config.log.level, config.log.json);
+            run::run(config).await?;
+        }
+        Command::Sim(args) => {
+            init_tracing("info", false);
+            marketlane_simulator::run(args).await.context("simulator")?;
+        }
+        Command::Schema { command } => match command {
+            SchemaCommand::Ddl {
+                dir,
+                server_version,
+                database,
+                retention_days,
+            } => print!(
+                "{}",
+                schema_cmd::ddl(&dir, &server_version, &database, retention_days)?
+            ),
+            SchemaCommand::Check { dir } => print!("{}", schema_cmd::check(&dir)?),
+        },
+        Command::Reconcile { config, ledger } => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            let r = reconcile::reconcile(&config, &ledger, None).await?;
+            println!("{r}");
+            if r.lost > 0 || r.duplicates > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Demo(args) => {
+            let r = demo::demo(args).await?;
+            if r.lost > 0 || r.duplicates > 0 || r.emitted == 0 || r.clickhouse != r.emitted as u64
+            {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

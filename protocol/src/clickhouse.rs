@@ -1,0 +1,551 @@
+//! ClickHouse side of a category schema: the DDL for the server version in use, and the
+//! RowBinary encoding of validated rows.
+//!
+//! Production runs current ClickHouse; the machines here run Debian's 18.16. The DDL is generated
+//! for what the detected server supports: `DateTime64(9,'UTC')`, `LowCardinality`, TTL on modern
+//! servers; `Int64` nanoseconds with a `DateTime` companion column and plain `String` on old
+//! ones. RowBinary bytes are the same for `Int64` and `DateTime64(9)`, so one encoder serves both.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::row::{RowMap, STATE_MISSING, STATE_OK};
+use crate::schema::{CategorySchema, Dtype, FieldSpec, ROW_ID, STATE_SUFFIX};
+
+/// Suffix of the `DateTime` companion column of a timestamp on servers without DateTime64.
+pub const DATETIME_COMPANION_SUFFIX: &str = "_dt";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl ServerVersion {
+    /// Parses the output of `SELECT version()`, e.g. `18.16.1` or `25.8.2.29`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.trim().split('.').map(|p| p.parse::<u32>().ok());
+        Some(Self {
+            major: it.next()??,
+            minor: it.next()??,
+            patch: it.next().flatten().unwrap_or(0),
+        })
+    }
+
+    const fn at_least(self, major: u32, minor: u32) -> bool {
+        self.major > major || (self.major == major && self.minor >= minor)
+    }
+
+    /// What this server supports, by the release that introduced each feature.
+    pub fn capabilities(self) -> ServerCapabilities {
+        ServerCapabilities {
+            datetime64: self.at_least(20, 1),
+            low_cardinality: self.at_least(19, 3),
+            ttl: self.at_least(19, 6),
+            sql_access_control: self.at_least(20, 4),
+            insert_deduplication_token: self.at_least(22, 2),
+            nullable_low_cardinality: self.at_least(19, 3),
+        }
+    }
+}
+
+impl std::fmt::Display for ServerVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerCapabilities {
+    pub datetime64: bool,
+    pub low_cardinality: bool,
+    pub ttl: bool,
+    pub sql_access_control: bool,
+    pub insert_deduplication_token: bool,
+    pub nullable_low_cardinality: bool,
+}
+
+/// Options of the generated DDL.
+#[derive(Debug, Clone)]
+pub struct DdlOptions {
+    pub database: String,
+    pub retention_days: u32,
+    pub capabilities: ServerCapabilities,
+}
+
+fn column_type(field: &FieldSpec, caps: ServerCapabilities) -> String {
+    let base = match field.dtype {
+        Dtype::String => "String".to_string(),
+        Dtype::Float64 => "Float64".to_string(),
+        Dtype::Int64 => "Int64".to_string(),
+        Dtype::UInt32 => "UInt32".to_string(),
+        Dtype::Timestamp if caps.datetime64 => "DateTime64(9, 'UTC')".to_string(),
+        Dtype::Timestamp => "Int64".to_string(),
+    };
+    let base = if field.nullable {
+        format!("Nullable({base})")
+    } else {
+        base
+    };
+    if field.low_cardinality
+        && caps.low_cardinality
+        && (!field.nullable || caps.nullable_low_cardinality)
+    {
+        format!("LowCardinality({base})")
+    } else {
+        base
+    }
+}
+
+const STATE_TYPE: &str = "Enum8('ok' = 1, 'missing' = 2)";
+
+/// The expression giving the `DateTime` of a timestamp column on this server.
+pub fn datetime_expr(column: &str, caps: ServerCapabilities) -> String {
+    if caps.datetime64 {
+        format!("toDateTime({column})")
+    } else {
+        format!("{column}{DATETIME_COMPANION_SUFFIX}")
+    }
+}
+
+/// Column definitions (name and type, one per line) of a category's ingestion table.
+pub fn column_definitions(schema: &CategorySchema, caps: ServerCapabilities) -> Vec<String> {
+    let mut cols = vec![format!("`{ROW_ID}` String")];
+    for f in &schema.fields {
+        cols.push(format!("`{}` {}", f.name, column_type(f, caps)));
+    }
+    for f in &schema.fields {
+        if let Some(state) = f.state_column() {
+            cols.push(format!("`{state}` {STATE_TYPE}"));
+        }
+    }
+    if !caps.datetime64 {
+        for f in schema.fields.iter().filter(|f| f.dtype == Dtype::Timestamp) {
+            cols.push(format!(
+                "`{name}{DATETIME_COMPANION_SUFFIX}` DateTime MATERIALIZED toDateTime(intDiv({name}, 1000000000))",
+                name = f.name
+            ));
+        }
+    }
+    cols
+}
+
+/// `CREATE TABLE` of the ingestion table of a category: a ReplacingMergeTree whose sorting key
+/// ends in `row_id`, so a replayed row collapses into the original on merge and with `FINAL`.
+pub fn create_ingestion_table(schema: &CategorySchema, opts: &DdlOptions) -> String {
+    let caps = opts.capabilities;
+    let mut sql = String::new();
+    let _ = writeln!(
+        sql,
+        "CREATE TABLE IF NOT EXISTS `{}`.`{}`\n(",
+        opts.database, schema.category
+    );
+    let cols = column_definitions(schema, caps);
+    for (i, c) in cols.iter().enumerate() {
+        let sep = if i + 1 == cols.len() { "" } else { "," };
+        let _ = writeln!(sql, "    {c}{sep}");
+    }
+    let ingestion_dt = datetime_expr("ingestion_time", caps);
+    let mut order: Vec<String> = schema.sort_key.iter().map(|k| format!("`{k}`")).collect();
+    order.push(format!("`{ROW_ID}`"));
+    let _ = writeln!(sql, ")\nENGINE = ReplacingMergeTree()");
+    let _ = writeln!(sql, "PARTITION BY toYYYYMMDD({ingestion_dt})");
+    let _ = writeln!(sql, "ORDER BY ({})", order.join(", "));
+    if caps.ttl {
+        let _ = writeln!(
+            sql,
+            "TTL {ingestion_dt} + INTERVAL {} DAY",
+            opts.retention_days
+        );
+    }
+    if caps.insert_deduplication_token {
+        // Lets a retried batch with the same deduplication token be dropped by the server.
+        let _ = writeln!(
+            sql,
+            "SETTINGS index_granularity = 8192, non_replicated_deduplication_window = 1000"
+        );
+    } else {
+        let _ = writeln!(sql, "SETTINGS index_granularity = 8192");
+    }
+    sql
+}
+
+/// The `INSERT` statement matching [`encode_row_binary`]'s column order.
+pub fn insert_statement(schema: &CategorySchema, database: &str) -> String {
+    let cols: Vec<String> = schema.columns().iter().map(|c| format!("`{c}`")).collect();
+    format!(
+        "INSERT INTO `{database}`.`{}` ({}) FORMAT RowBinary",
+        schema.category,
+        cols.join(", ")
+    )
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("column {column}: cannot encode {value} as {dtype}")]
+pub struct EncodeError {
+    pub column: String,
+    pub value: String,
+    pub dtype: String,
+}
+
+fn put_leb128(buf: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            buf.push(byte);
+            return;
+        }
+        buf.push(byte | 0x80);
+    }
+}
+
+fn put_string(buf: &mut Vec<u8>, s: &str) {
+    put_leb128(buf, s.len() as u64);
+    buf.extend_from_slice(s.as_bytes());
+}
+
+/// Appends one validated row (see [`CategorySchema::validate`]) to `buf` in RowBinary, in the
+/// column order of [`insert_statement`]. On error `buf` is left as it was.
+pub fn encode_row_binary(
+    schema: &CategorySchema,
+    row: &RowMap,
+    buf: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let start = buf.len();
+    let result = encode_inner(schema, row, buf);
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
+}
+
+fn encode_inner(
+    schema: &CategorySchema,
+    row: &RowMap,
+    buf: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let err = |column: &str, value: &Value, dtype: &str| EncodeError {
+        column: column.to_string(),
+        value: value.to_string(),
+        dtype: dtype.to_string(),
+    };
+    match row.get(ROW_ID) {
+        Some(Value::String(id)) => put_string(buf, id),
+        other => return Err(err(ROW_ID, other.unwrap_or(&Value::Null), "String")),
+    }
+    for f in &schema.fields {
+        let v = row.get(&f.name).unwrap_or(&Value::Null);
+        if f.nullable {
+            if v.is_null() {
+                buf.push(1);
+                continue;
+            }
+            buf.push(0);
+        }
+        match f.dtype {
+            Dtype::String => put_string(buf, v.as_str().ok_or_else(|| err(&f.name, v, "String"))?),
+            Dtype::Float64 => {
+                let x = v.as_f64().ok_or_else(|| err(&f.name, v, "Float64"))?;
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            Dtype::Int64 | Dtype::Timestamp => {
+                let x = v.as_i64().ok_or_else(|| err(&f.name, v, "Int64"))?;
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+            Dtype::UInt32 => {
+                let x = v
+                    .as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .ok_or_else(|| err(&f.name, v, "UInt32"))?;
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+    for f in schema.fields.iter().filter(|f| f.nullable) {
+        let column = format!("{}{STATE_SUFFIX}", f.name);
+        let v = row.get(&column).unwrap_or(&Value::Null);
+        let code: u8 = match v.as_str() {
+            Some(STATE_OK) => 1,
+            Some(STATE_MISSING) => 2,
+            _ => return Err(err(&column, v, STATE_TYPE)),
+        };
+        buf.push(code);
+    }
+    Ok(())
+}
+
+/// Name of the quarantine table of a category.
+pub fn unqualified_table(category: &str) -> String {
+    format!("{category}{}", crate::schema::UNQUALIFIED_SUFFIX)
+}
+
+/// Columns of every `<category>_unqualified` table, in RowBinary order.
+const UNQUALIFIED_COLUMNS: &[(&str, &str)] = &[
+    ("category", "String"),
+    ("reason_code", "String"),
+    ("reason", "String"),
+    ("raw", "String"),
+    ("raw_encoding", "String"),
+    ("source_system_name", "String"),
+    ("component_instance_name", "String"),
+    ("ingestion_time", "TIMESTAMP"),
+    ("source_topic", "String"),
+    ("source_partition", "Int32"),
+    ("source_offset", "Int64"),
+    ("quarantined_at", "TIMESTAMP"),
+];
+
+/// `CREATE TABLE` of a category's quarantine table. Keyed by the Kafka coordinates the record
+/// was read from, so a replayed quarantine record collapses like a replayed row.
+pub fn create_unqualified_table(category: &str, opts: &DdlOptions) -> String {
+    let caps = opts.capabilities;
+    let ts = if caps.datetime64 {
+        "DateTime64(9, 'UTC')"
+    } else {
+        "Int64"
+    };
+    let mut cols: Vec<String> = UNQUALIFIED_COLUMNS
+        .iter()
+        .map(|(n, t)| format!("`{n}` {}", if *t == "TIMESTAMP" { ts } else { t }))
+        .collect();
+    if !caps.datetime64 {
+        for (n, t) in UNQUALIFIED_COLUMNS {
+            if *t == "TIMESTAMP" {
+                cols.push(format!(
+                    "`{n}{DATETIME_COMPANION_SUFFIX}` DateTime MATERIALIZED toDateTime(intDiv({n}, 1000000000))"
+                ));
+            }
+        }
+    }
+    let at = datetime_expr("quarantined_at", caps);
+    let mut sql = format!(
+        "CREATE TABLE IF NOT EXISTS `{}`.`{}`\n(\n    {}\n)\nENGINE = ReplacingMergeTree()\nPARTITION BY toYYYYMMDD({at})\nORDER BY (`source_topic`, `source_partition`, `source_offset`)\n",
+        opts.database,
+        unqualified_table(category),
+        cols.join(",\n    ")
+    );
+    if caps.ttl {
+        let _ = writeln!(sql, "TTL {at} + INTERVAL {} DAY", opts.retention_days);
+    }
+    sql
+}
+
+pub fn unqualified_insert_statement(category: &str, database: &str) -> String {
+    let cols: Vec<String> = UNQUALIFIED_COLUMNS
+        .iter()
+        .map(|(c, _)| format!("`{c}`"))
+        .collect();
+    format!(
+        "INSERT INTO `{database}`.`{}` ({}) FORMAT RowBinary",
+        unqualified_table(category),
+        cols.join(", ")
+    )
+}
+
+/// Appends a quarantine record in RowBinary, in the order of [`unqualified_insert_statement`].
+/// Missing Kafka coordinates are written as empty topic and -1.
+pub fn encode_unqualified(
+    rec: &crate::row::UnqualifiedRecord,
+    quarantined_at: i64,
+    buf: &mut Vec<u8>,
+) {
+    put_string(buf, &rec.category);
+    put_string(buf, &rec.reason_code);
+    put_string(buf, &rec.reason);
+    put_string(buf, &rec.raw);
+    put_string(
+        buf,
+        match rec.raw_encoding {
+            crate::row::RawEncoding::Utf8 => "utf8",
+            crate::row::RawEncoding::Base64 => "base64",
+        },
+    );
+    put_string(buf, &rec.source_system_name);
+    put_string(buf, &rec.component_instance_name);
+    buf.extend_from_slice(&rec.ingestion_time.to_le_bytes());
+    put_string(buf, rec.source_topic.as_deref().unwrap_or_default());
+    buf.extend_from_slice(&rec.source_partition.unwrap_or(-1).to_le_bytes());
+    buf.extend_from_slice(&rec.source_offset.unwrap_or(-1).to_le_bytes());
+    buf.extend_from_slice(&quarantined_at.to_le_bytes());
+}
+
+/// All DDL statements: the database, then each category's ingestion and quarantine tables.
+pub fn create_all<'a>(
+    schemas: impl IntoIterator<Item = &'a CategorySchema>,
+    opts: &DdlOptions,
+) -> Vec<String> {
+    let mut out = vec![format!("CREATE DATABASE IF NOT EXISTS `{}`", opts.database)];
+    for s in schemas {
+        out.push(create_ingestion_table(s, opts));
+        out.push(create_unqualified_table(&s.category, opts));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::SchemaSet;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn schemas() -> SchemaSet {
+        SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap()
+    }
+
+    fn opts(version: &str) -> DdlOptions {
+        DdlOptions {
+            database: "marketlane".into(),
+            retention_days: 3,
+            capabilities: ServerVersion::parse(version).unwrap().capabilities(),
+        }
+    }
+
+    #[test]
+    fn versions_parse_and_gate_features() {
+        let old = ServerVersion::parse("18.16.1").unwrap();
+        assert_eq!(old.to_string(), "18.16.1");
+        let c = old.capabilities();
+        assert!(!c.datetime64 && !c.ttl && !c.low_cardinality && !c.insert_deduplication_token);
+        let new = ServerVersion::parse("25.8.2.29\n").unwrap().capabilities();
+        assert!(new.datetime64 && new.ttl && new.low_cardinality && new.insert_deduplication_token);
+        assert!(ServerVersion::parse("banana").is_none());
+    }
+
+    #[test]
+    fn legacy_ddl_uses_int64_companions_and_no_ttl() {
+        let s = schemas();
+        let ddl = create_ingestion_table(s.get("tick_market_data").unwrap(), &opts("18.16.1"));
+        assert!(ddl.contains("`tick_time` Int64"), "{ddl}");
+        assert!(
+            ddl.contains("`tick_time_dt` DateTime MATERIALIZED"),
+            "{ddl}"
+        );
+        assert!(
+            ddl.contains("PARTITION BY toYYYYMMDD(ingestion_time_dt)"),
+            "{ddl}"
+        );
+        assert!(
+            !ddl.contains("TTL") && !ddl.contains("LowCardinality") && !ddl.contains("DateTime64")
+        );
+        assert!(ddl.contains(
+            "ORDER BY (`source_system_name`, `symbol_identifier`, `tick_time`, `row_id`)"
+        ));
+    }
+
+    #[test]
+    fn modern_ddl_uses_datetime64_lowcardinality_ttl() {
+        let s = schemas();
+        let ddl = create_ingestion_table(s.get("l2_market_data").unwrap(), &opts("25.8.1"));
+        assert!(ddl.contains("`l2_time` DateTime64(9, 'UTC')"), "{ddl}");
+        assert!(ddl.contains("`side` LowCardinality(String)"), "{ddl}");
+        assert!(
+            ddl.contains("`exchange_identifier` LowCardinality(Nullable(String))"),
+            "{ddl}"
+        );
+        assert!(ddl.contains("`exchange_identifier_state` Enum8('ok' = 1, 'missing' = 2)"));
+        assert!(
+            ddl.contains("TTL toDateTime(ingestion_time) + INTERVAL 3 DAY"),
+            "{ddl}"
+        );
+        assert!(!ddl.contains("_dt`"));
+    }
+
+    #[test]
+    fn row_binary_matches_hand_encoding() {
+        let s = schemas();
+        let schema = s.get("l2_market_data").unwrap();
+        let row = schema
+            .validate(
+                json!({
+                    "row_id": "r", "source_system_name": "ib", "component_instance_name": "p",
+                    "ingestion_time": 2, "symbol_identifier": "S", "symbol_type": "stocks",
+                    "price": 1.5, "price_unit": "u", "size": 2.0, "size_unit": "v",
+                    "side": "ask", "level": 1, "max_level": 300, "l2_time": 3
+                })
+                .as_object()
+                .unwrap()
+                .clone(),
+            )
+            .unwrap();
+        let mut buf = Vec::new();
+        encode_row_binary(schema, &row, &mut buf).unwrap();
+        let mut want = vec![1, b'r', 2, b'i', b'b', 1, b'p'];
+        want.extend_from_slice(&2i64.to_le_bytes());
+        want.push(1); // exchange_identifier: NULL
+        want.extend_from_slice(&[1, b'S']);
+        want.extend_from_slice(&[0, 6]);
+        want.extend_from_slice(b"stocks");
+        want.extend_from_slice(&1.5f64.to_le_bytes());
+        want.extend_from_slice(&[1, b'u']);
+        want.extend_from_slice(&2.0f64.to_le_bytes());
+        want.extend_from_slice(&[1, b'v', 3]);
+        want.extend_from_slice(b"ask");
+        want.extend_from_slice(&1u32.to_le_bytes());
+        want.extend_from_slice(&300u32.to_le_bytes());
+        want.extend_from_slice(&3i64.to_le_bytes());
+        want.extend_from_slice(&[2, 1]); // states: exchange missing, symbol_type ok
+        assert_eq!(buf, want);
+        let stmt = insert_statement(schema, "db");
+        assert!(
+            stmt.starts_with("INSERT INTO `db`.`l2_market_data` (`row_id`, `source_system_name`")
+        );
+        assert!(stmt.ends_with("`symbol_type_state`) FORMAT RowBinary"));
+    }
+
+    #[test]
+    fn unqualified_tables_for_both_flavours() {
+        let legacy = create_unqualified_table("tick_market_data", &opts("18.16.1"));
+        assert!(
+            legacy.contains("`tick_market_data_unqualified`"),
+            "{legacy}"
+        );
+        assert!(
+            legacy.contains("`quarantined_at_dt` DateTime MATERIALIZED"),
+            "{legacy}"
+        );
+        assert!(!legacy.contains("TTL"));
+        let modern = create_unqualified_table("tick_market_data", &opts("24.3.1"));
+        assert!(
+            modern.contains("`ingestion_time` DateTime64(9, 'UTC')"),
+            "{modern}"
+        );
+        assert!(
+            modern.contains("TTL toDateTime(quarantined_at) + INTERVAL 3 DAY"),
+            "{modern}"
+        );
+        let rec = crate::row::UnqualifiedRecord::new("t", "c", "r".into(), b"x", "ib", "p", 7);
+        let mut buf = Vec::new();
+        encode_unqualified(&rec, 9, &mut buf);
+        let mut want = vec![1, b't', 1, b'c', 1, b'r', 1, b'x', 4];
+        want.extend_from_slice(b"utf8");
+        want.extend_from_slice(&[2, b'i', b'b', 1, b'p']);
+        want.extend_from_slice(&7i64.to_le_bytes());
+        want.push(0);
+        want.extend_from_slice(&(-1i32).to_le_bytes());
+        want.extend_from_slice(&(-1i64).to_le_bytes());
+        want.extend_from_slice(&9i64.to_le_bytes());
+        assert_eq!(buf, want);
+        let stmt = unqualified_insert_statement("t", "db");
+        assert!(stmt.contains("`db`.`t_unqualified` (`category`"), "{stmt}");
+    }
+
+    #[test]
+    fn long_strings_use_multi_byte_lengths_and_errors_leave_buffer_intact() {
+        let mut buf = Vec::new();
+        put_string(&mut buf, &"x".repeat(300));
+        assert_eq!(&buf[..2], &[0xac, 0x02]);
+        let s = schemas();
+        let schema = s.get("tick_market_data").unwrap();
+        let mut buf = vec![9];
+        let bad = json!({"row_id": "r", "source_system_name": 5})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert!(encode_row_binary(schema, &bad, &mut buf).is_err());
+        assert_eq!(buf, vec![9]);
+    }
+}

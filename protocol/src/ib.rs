@@ -1,0 +1,653 @@
+//! Interactive Brokers Client Portal Web API wire types (REST session endpoints, websocket
+//! frames, market-data field ids) and the parsers for IB's value quirks.
+//!
+//! Reference: `shared/reference/ib-client-portal.md`. Parsing is tolerant where the reference
+//! marks a shape unknown or observed to vary: missing keys default, extra keys are ignored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Market-data field ids of `smd` (all sent as strings, except 83 which can be a number).
+pub mod field {
+    pub const LAST: &str = "31";
+    pub const SYMBOL: &str = "55";
+    pub const HIGH: &str = "70";
+    pub const LOW: &str = "71";
+    pub const CHANGE: &str = "82";
+    pub const CHANGE_PCT: &str = "83";
+    pub const BID: &str = "84";
+    pub const ASK_SIZE: &str = "85";
+    pub const ASK: &str = "86";
+    pub const VOLUME_ABBREV: &str = "87";
+    pub const BID_SIZE: &str = "88";
+    pub const AVAILABILITY: &str = "6509";
+    pub const LAST_SIZE: &str = "7059";
+    pub const OPEN: &str = "7295";
+    pub const CLOSE: &str = "7296";
+    pub const MARK: &str = "7635";
+    pub const CHANGE_SINCE_OPEN: &str = "7682";
+    pub const PRIOR_CLOSE: &str = "7741";
+    pub const VOLUME: &str = "7762";
+    pub const OPEN_INTEREST: &str = "7697";
+}
+
+/// `authStatus` of `/tickle`, and the body of `/iserver/auth/status`, `ssodh/init`,
+/// `reauthenticate` (when the gateway returns the status).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthStatus {
+    pub authenticated: bool,
+    pub competing: bool,
+    pub connected: bool,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail: Option<String>,
+    #[serde(rename = "MAC", skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub established: Option<bool>,
+}
+
+impl AuthStatus {
+    /// Healthy as ibind defines it: authenticated, connected, and not competing.
+    pub fn is_healthy(&self) -> bool {
+        self.authenticated && self.connected && !self.competing
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IserverStatus {
+    #[serde(rename = "authStatus")]
+    pub auth_status: Option<AuthStatus>,
+}
+
+/// `POST /tickle`. Without a session the gateway answers 401 or `{"error":"no session"}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TickleResponse {
+    pub session: Option<String>,
+    #[serde(rename = "ssoExpires")]
+    pub sso_expires: Option<i64>,
+    /// IB's spelling.
+    pub collission: Option<bool>,
+    #[serde(rename = "userId")]
+    pub user_id: Option<i64>,
+    pub iserver: Option<IserverStatus>,
+    pub error: Option<String>,
+}
+
+/// `GET /iserver/accounts`; `{}` when the session is competing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AccountsResponse {
+    pub accounts: Vec<String>,
+    #[serde(rename = "selectedAccount")]
+    pub selected_account: Option<String>,
+}
+
+/// One contract of `GET /trsrv/stocks?symbols=…`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StockContract {
+    pub conid: i64,
+    pub exchange: String,
+    #[serde(rename = "isUS")]
+    pub is_us: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StockEntry {
+    pub name: String,
+    #[serde(rename = "assetClass")]
+    pub asset_class: String,
+    pub contracts: Vec<StockContract>,
+}
+
+/// `GET /trsrv/stocks?symbols=…`: symbol → entries.
+pub type StocksResponse = BTreeMap<String, Vec<StockEntry>>;
+
+/// One contract of `GET /trsrv/futures?symbols=…` (unexpired contracts only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FutureContract {
+    pub symbol: String,
+    pub conid: i64,
+    #[serde(rename = "underlyingConid")]
+    pub underlying_conid: i64,
+    /// `YYYYMMDD`.
+    #[serde(rename = "expirationDate", deserialize_with = "de_yyyymmdd")]
+    pub expiration_date: u32,
+    /// Last trading day, `YYYYMMDD`.
+    #[serde(deserialize_with = "de_yyyymmdd")]
+    pub ltd: u32,
+}
+
+/// IB sends dates as numbers or as strings, depending on the endpoint version.
+fn de_yyyymmdd<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let v = Value::deserialize(d)?;
+    match &v {
+        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Null => Some(0),
+        _ => None,
+    }
+    .ok_or_else(|| serde::de::Error::custom(format!("not a YYYYMMDD date: {v}")))
+}
+
+/// `GET /trsrv/futures?symbols=…`: root → contracts.
+pub type FuturesResponse = BTreeMap<String, Vec<FutureContract>>;
+
+/// One result of `/iserver/secdef/search`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SecdefSearchResult {
+    #[serde(deserialize_with = "de_conid")]
+    pub conid: i64,
+    #[serde(rename = "companyHeader")]
+    pub company_header: Option<String>,
+    #[serde(rename = "companyName")]
+    pub company_name: Option<String>,
+    pub symbol: Option<String>,
+    pub description: Option<String>,
+}
+
+fn de_conid<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let v = Value::deserialize(d)?;
+    match &v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| serde::de::Error::custom(format!("not a conid: {v}")))
+}
+
+/// Client → gateway websocket messages (`TOPIC+target+{json}`).
+pub mod outbound {
+    /// Subscribe (or add fields to) level-1 market data of a conid.
+    pub fn smd(conid: i64, fields: &[&str]) -> String {
+        let list: Vec<String> = fields.iter().map(|f| format!("\"{f}\"")).collect();
+        format!("smd+{conid}+{{\"fields\":[{}]}}", list.join(","))
+    }
+    pub fn umd(conid: i64) -> String {
+        format!("umd+{conid}+{{}}")
+    }
+    /// Subscribe to the BookTrader ladder of a conid (needs an L2 subscription at IB).
+    pub fn sbd(account: &str, conid: i64) -> String {
+        format!("sbd+{account}+{conid}")
+    }
+    pub fn ubd(account: &str) -> String {
+        format!("ubd+{account}")
+    }
+    /// The client keepalive; does not replace `/tickle`.
+    pub const TIC: &str = "tic";
+    /// Session-frame authentication (alternative to the cookie).
+    pub fn session(session: &str) -> String {
+        serde_json::json!({ "session": session }).to_string()
+    }
+}
+
+/// A market-data update of one conid: field id → raw value as IB sent it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MarketDataFrame {
+    pub conid: Option<i64>,
+    /// `_updated`, ms since the epoch.
+    pub updated_ms: Option<i64>,
+    pub fields: BTreeMap<String, Value>,
+}
+
+/// One row of an `sbd` BookTrader ladder.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default)]
+pub struct BookRow {
+    pub row: i64,
+    pub focus: i64,
+    pub price: Option<Value>,
+    pub bid: Option<Value>,
+    pub ask: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BookFrame {
+    pub account: Option<String>,
+    pub conid: Option<i64>,
+    pub rows: Vec<BookRow>,
+}
+
+/// A websocket frame from the gateway, classified by topic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboundFrame {
+    /// `{"topic":"system","hb":ms}`.
+    Heartbeat {
+        server_ms: i64,
+    },
+    /// `{"topic":"system","success":"user"}`: the greeting.
+    SystemGreeting {
+        username: String,
+    },
+    /// `{"topic":"act",...}`: accounts.
+    Accounts {
+        accounts: Vec<String>,
+        selected: Option<String>,
+    },
+    /// `{"topic":"sts","args":{...}}`: may carry a subset of the fields.
+    Status(PartialAuthStatus),
+    /// `{"topic":"tic",...}`: reply to our `tic`.
+    TicReply,
+    MarketData(MarketDataFrame),
+    Book(BookFrame),
+    /// `ntf` notification or `blt` bulletin: logged.
+    Notice {
+        topic: String,
+        text: String,
+    },
+    /// `{"message":"waiting for session"}`.
+    WaitingForSession,
+    /// `error` key or `topic:"error"`.
+    Error {
+        message: String,
+    },
+    /// A valid JSON frame of a topic marketlane does not use.
+    Other {
+        topic: String,
+    },
+}
+
+/// `sts` args: each field optional because the gateway may split them.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct PartialAuthStatus {
+    pub authenticated: Option<bool>,
+    pub competing: Option<bool>,
+    pub connected: Option<bool>,
+    pub message: Option<String>,
+    pub fail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame is not UTF-8")]
+    NotUtf8,
+    #[error("frame is not JSON: {0}")]
+    NotJson(String),
+    #[error("frame is not a JSON object")]
+    NotAnObject,
+    #[error("frame of topic {topic}: {message}")]
+    Malformed { topic: String, message: String },
+}
+
+impl FrameError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotUtf8 => "not_utf8",
+            Self::NotJson(_) => "not_json",
+            Self::NotAnObject => "not_an_object",
+            Self::Malformed { .. } => "malformed_frame",
+        }
+    }
+}
+
+fn json_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Classifies one websocket frame. Binary frames are passed as bytes: they are UTF-8 JSON when
+/// well formed (the gateway sends some data frames as binary), and quarantined otherwise.
+pub fn parse_frame(bytes: &[u8]) -> Result<InboundFrame, FrameError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| FrameError::NotUtf8)?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
+    let Value::Object(mut obj) = value else {
+        return Err(FrameError::NotAnObject);
+    };
+    let topic = obj
+        .get("topic")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let malformed = |message: &str| FrameError::Malformed {
+        topic: topic.clone(),
+        message: message.to_string(),
+    };
+    if let Some(err) = obj.get("error") {
+        return Ok(InboundFrame::Error {
+            message: err.as_str().map_or_else(|| err.to_string(), str::to_string),
+        });
+    }
+    if topic.is_empty() {
+        return match obj.get("message").and_then(Value::as_str) {
+            Some(m) if m.contains("waiting for session") => Ok(InboundFrame::WaitingForSession),
+            // sts may also come without a topic, as a bare args object.
+            _ if obj.contains_key("args") => parse_status(obj.remove("args"), &malformed),
+            _ => Err(malformed("no topic")),
+        };
+    }
+    match topic.as_str() {
+        "system" => {
+            if let Some(hb) = obj.get("hb") {
+                let server_ms = json_i64(hb).ok_or_else(|| malformed("hb is not a number"))?;
+                Ok(InboundFrame::Heartbeat { server_ms })
+            } else if let Some(user) = obj.get("success") {
+                Ok(InboundFrame::SystemGreeting {
+                    username: user.as_str().unwrap_or_default().to_string(),
+                })
+            } else {
+                Ok(InboundFrame::Other { topic })
+            }
+        }
+        "act" => {
+            let args = obj.get("args").cloned().unwrap_or(Value::Null);
+            let accounts = args
+                .get("accounts")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let selected = args
+                .get("selectedAccount")
+                .and_then(Value::as_str)
+                .map(String::from);
+            Ok(InboundFrame::Accounts { accounts, selected })
+        }
+        "sts" => parse_status(obj.remove("args"), &malformed),
+        "tic" => Ok(InboundFrame::TicReply),
+        "ntf" | "blt" => {
+            let args = obj.get("args").cloned().unwrap_or(Value::Null);
+            let text = ["text", "message", "title"]
+                .iter()
+                .find_map(|k| args.get(*k).and_then(Value::as_str))
+                .unwrap_or_default()
+                .to_string();
+            Ok(InboundFrame::Notice { topic, text })
+        }
+        "error" => Ok(InboundFrame::Error {
+            message: obj
+                .get("message")
+                .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_string))
+                .unwrap_or_default(),
+        }),
+        t if t.starts_with("smd+") || t == "smd" => {
+            let topic_conid = t.strip_prefix("smd+").and_then(|c| c.parse().ok());
+            let conid = obj
+                .remove("conid")
+                .as_ref()
+                .and_then(json_i64)
+                .or(topic_conid);
+            let updated_ms = match obj.remove("_updated") {
+                None => None,
+                Some(v) => Some(json_i64(&v).ok_or_else(|| malformed("_updated is not a number"))?),
+            };
+            for meta in ["topic", "conidEx", "server_id"] {
+                obj.remove(meta);
+            }
+            Ok(InboundFrame::MarketData(MarketDataFrame {
+                conid,
+                updated_ms,
+                fields: obj.into_iter().collect(),
+            }))
+        }
+        t if t.starts_with("sbd") => {
+            let mut parts = t.split('+').skip(1);
+            let account = parts.next().map(String::from);
+            let conid = parts.next().and_then(|c| c.parse().ok());
+            let rows: Vec<BookRow> = match obj.remove("data") {
+                Some(data) => serde_json::from_value(data)
+                    .map_err(|e| malformed(&format!("bad ladder: {e}")))?,
+                None => Vec::new(),
+            };
+            Ok(InboundFrame::Book(BookFrame {
+                account,
+                conid,
+                rows,
+            }))
+        }
+        _ => Ok(InboundFrame::Other { topic }),
+    }
+}
+
+fn parse_status(
+    args: Option<Value>,
+    malformed: &dyn Fn(&str) -> FrameError,
+) -> Result<InboundFrame, FrameError> {
+    let args = args.unwrap_or(Value::Null);
+    if args.is_null() {
+        return Ok(InboundFrame::Status(PartialAuthStatus::default()));
+    }
+    serde_json::from_value(args)
+        .map(InboundFrame::Status)
+        .map_err(|e| malformed(&format!("bad sts args: {e}")))
+}
+
+/// What a `31` (last price) value says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LastPrice {
+    /// A trade price.
+    Trade(f64),
+    /// `C` prefix: the prior close, not a trade.
+    PriorClose(f64),
+    /// `H` prefix: trading is halted, not a trade.
+    Halted(f64),
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("field {field}: cannot read {value} as a number")]
+pub struct ValueError {
+    pub field: String,
+    pub value: String,
+}
+
+fn value_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match v {
+        Value::String(s) => Some(std::borrow::Cow::Borrowed(s.as_str())),
+        Value::Number(n) => Some(std::borrow::Cow::Owned(n.to_string())),
+        _ => None,
+    }
+}
+
+/// Parses a plain decimal as IB sends it: a string (maybe with thousands commas) or a number.
+pub fn parse_number(field: &str, v: &Value) -> Result<f64, ValueError> {
+    let err = || ValueError {
+        field: field.to_string(),
+        value: v.to_string(),
+    };
+    let text = value_text(v).ok_or_else(err)?;
+    let cleaned: String = text.trim().chars().filter(|c| *c != ',').collect();
+    let x: f64 = cleaned.parse().map_err(|_| err())?;
+    if x.is_finite() { Ok(x) } else { Err(err()) }
+}
+
+/// Parses field 31, with its `C` (prior close) and `H` (halted) prefixes.
+pub fn parse_last_price(v: &Value) -> Result<LastPrice, ValueError> {
+    let err = || ValueError {
+        field: field::LAST.to_string(),
+        value: v.to_string(),
+    };
+    let text = value_text(v).ok_or_else(err)?;
+    let text = text.trim();
+    let (kind, rest): (fn(f64) -> LastPrice, &str) = match text.as_bytes().first() {
+        Some(b'C') => (LastPrice::PriorClose, &text[1..]),
+        Some(b'H') => (LastPrice::Halted, &text[1..]),
+        _ => (LastPrice::Trade, text),
+    };
+    let x = parse_number(field::LAST, &Value::String(rest.to_string())).map_err(|_| err())?;
+    Ok(kind(x))
+}
+
+/// Parses an abbreviated volume (field 87): `1.2M`, `350K`, `1,234`.
+pub fn parse_abbreviated(field: &str, v: &Value) -> Result<f64, ValueError> {
+    let err = || ValueError {
+        field: field.to_string(),
+        value: v.to_string(),
+    };
+    let text = value_text(v).ok_or_else(err)?;
+    let t = text.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1e3),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1e6),
+        Some('B' | 'b') => (&t[..t.len() - 1], 1e9),
+        _ => (t, 1.0),
+    };
+    parse_number(field, &Value::String(num.to_string()))
+        .map(|x| x * mult)
+        .map_err(|_| err())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn smd_frame_from_the_reference() {
+        let f = br#"{"31":"189.60","6119":"q2","6509":"RpB","84":"189.56","85":"500","86":"189.61","88":"200","_updated":1712596911593,"conid":8314,"conidEx":"8314","server_id":"q2","topic":"smd+8314"}"#;
+        let InboundFrame::MarketData(md) = parse_frame(f).unwrap() else {
+            panic!("not market data")
+        };
+        assert_eq!(md.conid, Some(8314));
+        assert_eq!(md.updated_ms, Some(1_712_596_911_593));
+        assert_eq!(md.fields.get("31"), Some(&json!("189.60")));
+        assert!(!md.fields.contains_key("topic") && !md.fields.contains_key("conidEx"));
+    }
+
+    #[test]
+    fn conid_falls_back_to_the_topic() {
+        let f = br#"{"topic":"smd+265598","31":"1","_updated":5}"#;
+        let InboundFrame::MarketData(md) = parse_frame(f).unwrap() else {
+            panic!()
+        };
+        assert_eq!(md.conid, Some(265_598));
+    }
+
+    #[test]
+    fn system_frames() {
+        assert_eq!(
+            parse_frame(br#"{"topic":"system","hb":1712596911593}"#).unwrap(),
+            InboundFrame::Heartbeat {
+                server_ms: 1_712_596_911_593
+            }
+        );
+        assert_eq!(
+            parse_frame(br#"{"topic":"system","success":"user1","isFT":false,"isPaper":false}"#)
+                .unwrap(),
+            InboundFrame::SystemGreeting {
+                username: "user1".into()
+            }
+        );
+        assert_eq!(
+            parse_frame(br#"{"message":"waiting for session"}"#).unwrap(),
+            InboundFrame::WaitingForSession
+        );
+        let InboundFrame::Status(s) =
+            parse_frame(br#"{"topic":"sts","args":{"authenticated":false}}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(s.authenticated, Some(false));
+        assert_eq!(s.competing, None);
+        let InboundFrame::Status(s) = parse_frame(br#"{"args":{"competing":false}}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(s.competing, Some(false));
+        assert_eq!(
+            parse_frame(br#"{"topic":"tic","alive":true,"id":"x","lastAccessed":1}"#).unwrap(),
+            InboundFrame::TicReply
+        );
+        assert!(matches!(
+            parse_frame(br#"{"topic":"ntf","args":{"id":1,"text":"hello"}}"#).unwrap(),
+            InboundFrame::Notice { ref text, .. } if text == "hello"
+        ));
+    }
+
+    #[test]
+    fn bad_frames_are_errors_with_codes() {
+        assert_eq!(parse_frame(&[0xff, 0x00]).unwrap_err().code(), "not_utf8");
+        assert_eq!(parse_frame(b"{\"topic\":").unwrap_err().code(), "not_json");
+        assert_eq!(parse_frame(b"[1,2]").unwrap_err().code(), "not_an_object");
+        assert_eq!(
+            parse_frame(br#"{"topic":"smd+1","_updated":"soon"}"#)
+                .unwrap_err()
+                .code(),
+            "malformed_frame"
+        );
+        assert_eq!(
+            parse_frame(br#"{"topic":"system","hb":"x"}"#)
+                .unwrap_err()
+                .code(),
+            "malformed_frame"
+        );
+    }
+
+    #[test]
+    fn book_ladder() {
+        let f = br#"{"topic":"sbd+DU1+265598","data":[{"row":0,"focus":0,"price":"189.70","ask":"300"},{"row":1,"focus":1,"price":"189.65"},{"row":2,"focus":0,"price":"189.60","bid":"1,200"}]}"#;
+        let InboundFrame::Book(b) = parse_frame(f).unwrap() else {
+            panic!()
+        };
+        assert_eq!(b.account.as_deref(), Some("DU1"));
+        assert_eq!(b.conid, Some(265_598));
+        assert_eq!(b.rows.len(), 3);
+        assert_eq!(b.rows[2].bid, Some(json!("1,200")));
+    }
+
+    #[test]
+    fn value_quirks() {
+        assert_eq!(
+            parse_last_price(&json!("189.60")).unwrap(),
+            LastPrice::Trade(189.6)
+        );
+        assert_eq!(
+            parse_last_price(&json!("C189.60")).unwrap(),
+            LastPrice::PriorClose(189.6)
+        );
+        assert_eq!(
+            parse_last_price(&json!("H12")).unwrap(),
+            LastPrice::Halted(12.0)
+        );
+        assert!(parse_last_price(&json!("")).is_err());
+        assert!(parse_last_price(&json!("HX")).is_err());
+        assert_eq!(parse_number("85", &json!("1,300")).unwrap(), 1300.0);
+        assert_eq!(parse_number("83", &json!(1.25)).unwrap(), 1.25);
+        assert!(parse_number("85", &json!("NaN")).is_err());
+        assert!(parse_number("85", &json!(true)).is_err());
+        assert_eq!(
+            parse_abbreviated("87", &json!("1.2M")).unwrap(),
+            1_200_000.0
+        );
+        assert_eq!(parse_abbreviated("87", &json!("350K")).unwrap(), 350_000.0);
+        assert_eq!(parse_abbreviated("87", &json!("1,234")).unwrap(), 1234.0);
+    }
+
+    #[test]
+    fn outbound_commands() {
+        assert_eq!(
+            outbound::smd(265_598, &["31", "7059"]),
+            r#"smd+265598+{"fields":["31","7059"]}"#
+        );
+        assert_eq!(outbound::umd(1), "umd+1+{}");
+        assert_eq!(outbound::sbd("DU1", 2), "sbd+DU1+2");
+        assert_eq!(outbound::session("abc"), r#"{"session":"abc"}"#);
+    }
+
+    #[test]
+    fn rest_shapes_parse() {
+        let t: TickleResponse = serde_json::from_value(json!({"session":"bb66","ssoExpires":460311,"collission":false,"userId":1,"hmds":{"error":"no bridge"},"iserver":{"authStatus":{"authenticated":true,"competing":false,"connected":true,"message":"","MAC":"98:F2","serverInfo":{"serverName":"x"}}}})).unwrap();
+        let st = t.iserver.unwrap().auth_status.unwrap();
+        assert!(st.is_healthy());
+        let f: FuturesResponse = serde_json::from_value(json!({"CL":[{"symbol":"CL","conid":1,"underlyingConid":2,"expirationDate":20261120,"ltd":"20261119"}]})).unwrap();
+        assert_eq!(f["CL"][0].ltd, 20_261_119);
+        let s: Vec<SecdefSearchResult> =
+            serde_json::from_value(json!([{"conid":"265598","symbol":"AAPL"}])).unwrap();
+        assert_eq!(s[0].conid, 265_598);
+    }
+}

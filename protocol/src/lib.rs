@@ -1,0 +1,29 @@
+//! Wire types of marketlane, shared by the actors, the daemon and the tests:
+//! - [`schema`]: category schemas loaded from `schemas/` (topics, validation, DDL source);
+//! - [`row`]: category rows, deterministic row ids, quarantine records;
+//! - [`clickhouse`]: version-aware DDL and RowBinary encoding;
+//! - [`ib`]: Interactive Brokers Client Portal messages and value parsers.
+
+pub mod clickhouse;
+pub mod ib;
+pub mod row;
+pub mod schema;
+
+pub use row::{RowError, RowMap, UnqualifiedRecord, row_id};
+pub use schema::{CategorySchema, Dtype, FieldSpec, SchemaError, SchemaSet};
+
+/// Well-known category names (the schemas may define more).
+pub mod category {
+    pub const TICK: &str = "tick_market_data";
+    pub const L2: &str = "l2_market_data";
+    pub const INDICATORS: &str = "indicators_market_data";
+    pub const NUMERIC_ECONOMIC: &str = "numeric_economic_data";
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

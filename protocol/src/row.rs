@@ -1,0 +1,443 @@
+//! Category rows: building, validating against a [`CategorySchema`], deterministic row ids, and
+//! the quarantine record that replaces a row that fails its schema.
+//!
+//! On the wire (Kafka) a row is one JSON object with the schema's column names, in schema order,
+//! so any consumer (and ClickHouse's JSONEachRow) can read it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::schema::{CategorySchema, Dtype, ROW_ID, STATE_SUFFIX};
+
+/// A row as JSON object, keyed by column name.
+pub type RowMap = Map<String, Value>;
+
+/// The value of a `<field>_state` column.
+pub const STATE_OK: &str = "ok";
+pub const STATE_MISSING: &str = "missing";
+
+/// Namespace of marketlane's v5 row ids (fixed forever: changing it changes every row id).
+const ROW_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6d61_726b_6574_6c61_6e65_2d72_6f77_6964);
+
+/// A deterministic row id: the same source event always gives the same id, on any pod and on
+/// any re-processing, so ClickHouse can collapse replays. `parts` must identify the event
+/// (source, instrument, source event time, and what distinguishes rows of one event), never
+/// the ingestion time or the pod.
+pub fn row_id(category: &str, parts: &[&str]) -> String {
+    let mut name = String::with_capacity(64);
+    name.push_str(category);
+    for p in parts {
+        name.push('|');
+        name.push_str(p);
+    }
+    uuid::Uuid::new_v5(&ROW_ID_NAMESPACE, name.as_bytes())
+        .hyphenated()
+        .to_string()
+}
+
+/// Why a row failed its schema. `code()` is the stable label used in metrics and quarantine.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RowError {
+    #[error("payload is not JSON: {0}")]
+    NotJson(String),
+    #[error("payload is not a JSON object")]
+    NotAnObject,
+    #[error("missing row_id")]
+    MissingRowId,
+    #[error("missing required field {0}")]
+    MissingField(String),
+    #[error("field {field}: expected {expected}, got {got}")]
+    WrongType {
+        field: String,
+        expected: Dtype,
+        got: String,
+    },
+    #[error("field {0}: value is not finite")]
+    NotFinite(String),
+    #[error("field {field}: value {value} is out of range for {dtype}")]
+    OutOfRange {
+        field: String,
+        value: String,
+        dtype: Dtype,
+    },
+    #[error("field {0}: empty string")]
+    EmptyString(String),
+    #[error("field {field}: value {value:?} is not one of {allowed:?}")]
+    NotAllowed {
+        field: String,
+        value: String,
+        allowed: Vec<String>,
+    },
+    #[error("unknown field {0}")]
+    UnknownField(String),
+}
+
+impl RowError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotJson(_) => "not_json",
+            Self::NotAnObject => "not_an_object",
+            Self::MissingRowId => "missing_row_id",
+            Self::MissingField(_) => "missing_field",
+            Self::WrongType { .. } => "wrong_type",
+            Self::NotFinite(_) => "not_finite",
+            Self::OutOfRange { .. } => "out_of_range",
+            Self::EmptyString(_) => "empty_string",
+            Self::NotAllowed { .. } => "not_allowed",
+            Self::UnknownField(_) => "unknown_field",
+        }
+    }
+}
+
+fn type_name(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "bool".into(),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string {s:?}"),
+        Value::Array(_) => "array".into(),
+        Value::Object(_) => "object".into(),
+    }
+}
+
+impl CategorySchema {
+    /// Validates `row` against the schema and returns it in column order, with the state
+    /// column of every nullable field set. Unknown columns are errors (they would be lost).
+    pub fn validate(&self, mut row: RowMap) -> Result<RowMap, RowError> {
+        let mut out = Map::with_capacity(self.fields.len() + 4);
+        match row.remove(ROW_ID) {
+            Some(Value::String(id)) if !id.is_empty() => {
+                out.insert(ROW_ID.to_string(), Value::String(id));
+            }
+            _ => return Err(RowError::MissingRowId),
+        }
+        let mut states = Vec::new();
+        for field in &self.fields {
+            let value = row.remove(&field.name).unwrap_or(Value::Null);
+            if field.nullable {
+                // A state sent by the producer is recomputed, never trusted.
+                row.remove(&format!("{}{STATE_SUFFIX}", field.name));
+            }
+            if value.is_null() {
+                if !field.nullable {
+                    return Err(RowError::MissingField(field.name.clone()));
+                }
+                out.insert(field.name.clone(), Value::Null);
+                states.push((field.name.as_str(), STATE_MISSING));
+                continue;
+            }
+            let wrong = |v: &Value| RowError::WrongType {
+                field: field.name.clone(),
+                expected: field.dtype,
+                got: type_name(v),
+            };
+            match field.dtype {
+                Dtype::String => {
+                    let s = value.as_str().ok_or_else(|| wrong(&value))?;
+                    if s.is_empty() {
+                        return Err(RowError::EmptyString(field.name.clone()));
+                    }
+                    if !field.allowed.is_empty() && !field.allowed.iter().any(|a| a == s) {
+                        return Err(RowError::NotAllowed {
+                            field: field.name.clone(),
+                            value: s.to_string(),
+                            allowed: field.allowed.clone(),
+                        });
+                    }
+                }
+                Dtype::Float64 => {
+                    let f = value.as_f64().ok_or_else(|| wrong(&value))?;
+                    if !f.is_finite() {
+                        return Err(RowError::NotFinite(field.name.clone()));
+                    }
+                }
+                Dtype::Int64 => {
+                    value.as_i64().ok_or_else(|| wrong(&value))?;
+                }
+                Dtype::Timestamp => {
+                    let t = value.as_i64().ok_or_else(|| wrong(&value))?;
+                    if t < 0 {
+                        return Err(RowError::OutOfRange {
+                            field: field.name.clone(),
+                            value: t.to_string(),
+                            dtype: field.dtype,
+                        });
+                    }
+                }
+                Dtype::UInt32 => {
+                    let n = value.as_u64().ok_or_else(|| wrong(&value))?;
+                    if n > u64::from(u32::MAX) {
+                        return Err(RowError::OutOfRange {
+                            field: field.name.clone(),
+                            value: n.to_string(),
+                            dtype: field.dtype,
+                        });
+                    }
+                }
+            }
+            if field.nullable {
+                states.push((field.name.as_str(), STATE_OK));
+            }
+            out.insert(field.name.clone(), value);
+        }
+        if let Some(extra) = row.keys().next() {
+            return Err(RowError::UnknownField(extra.clone()));
+        }
+        for (name, state) in states {
+            out.insert(format!("{name}{STATE_SUFFIX}"), Value::String(state.into()));
+        }
+        Ok(out)
+    }
+
+    /// Parses a Kafka payload and validates it.
+    pub fn validate_json(&self, payload: &[u8]) -> Result<RowMap, RowError> {
+        match serde_json::from_slice::<Value>(payload) {
+            Ok(Value::Object(map)) => self.validate(map),
+            Ok(_) => Err(RowError::NotAnObject),
+            Err(e) => Err(RowError::NotJson(e.to_string())),
+        }
+    }
+
+    /// The Kafka message key of a validated row (the schema's `kafka_key`, e.g. the symbol).
+    pub fn key_of<'r>(&self, row: &'r RowMap) -> &'r str {
+        row.get(&self.kafka_key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+}
+
+/// How the raw payload of a quarantined record is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawEncoding {
+    Utf8,
+    Base64,
+}
+
+/// A record that did not qualify for its category: kept with the reason, never dropped
+/// (seed, DataOps: `<category>_unqualified`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnqualifiedRecord {
+    pub category: String,
+    pub reason_code: String,
+    pub reason: String,
+    pub raw: String,
+    pub raw_encoding: RawEncoding,
+    pub source_system_name: String,
+    pub component_instance_name: String,
+    /// Nanoseconds since the epoch, UTC.
+    pub ingestion_time: i64,
+    /// Where the payload was read from, when it came from Kafka (the writer's quarantine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_partition: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_offset: Option<i64>,
+}
+
+impl UnqualifiedRecord {
+    /// A record for `raw` bytes, kept as text when they are UTF-8 and as base64 otherwise, so no
+    /// byte of bad input is lost.
+    pub fn new(
+        category: &str,
+        reason_code: &str,
+        reason: String,
+        raw: &[u8],
+        source_system_name: &str,
+        component_instance_name: &str,
+        ingestion_time: i64,
+    ) -> Self {
+        let (raw, raw_encoding) = match std::str::from_utf8(raw) {
+            Ok(s) => (s.to_string(), RawEncoding::Utf8),
+            Err(_) => {
+                use base64::Engine as _;
+                (
+                    base64::engine::general_purpose::STANDARD.encode(raw),
+                    RawEncoding::Base64,
+                )
+            }
+        };
+        Self {
+            category: category.to_string(),
+            reason_code: reason_code.to_string(),
+            reason,
+            raw,
+            raw_encoding,
+            source_system_name: source_system_name.to_string(),
+            component_instance_name: component_instance_name.to_string(),
+            ingestion_time,
+            source_topic: None,
+            source_partition: None,
+            source_offset: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::SchemaSet;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn schemas() -> SchemaSet {
+        SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap()
+    }
+
+    fn tick() -> RowMap {
+        let v = json!({
+            "row_id": row_id("tick_market_data", &["ib", "265598", "1712596911593"]),
+            "source_system_name": "ib", "component_instance_name": "marketlane-0",
+            "ingestion_time": 1_712_596_911_600_000_000i64, "exchange_identifier": "SMART",
+            "symbol_identifier": "AAPL", "symbol_type": "stocks", "price": 189.6,
+            "price_unit": "1_USdollar", "size": 3.0, "size_unit": "100_shares",
+            "tick_time": 1_712_596_911_593_000_000i64
+        });
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn row_ids_are_deterministic_and_distinct() {
+        let a = row_id("tick_market_data", &["ib", "1", "2"]);
+        assert_eq!(a, row_id("tick_market_data", &["ib", "1", "2"]));
+        assert_ne!(a, row_id("tick_market_data", &["ib", "1", "3"]));
+        assert_ne!(a, row_id("l2_market_data", &["ib", "1", "2"]));
+        // Part boundaries matter: ("1","23") is not ("12","3").
+        assert_ne!(row_id("x", &["1", "23"]), row_id("x", &["12", "3"]));
+        assert_eq!(a.len(), 36);
+    }
+
+    #[test]
+    fn valid_row_keeps_schema_order() {
+        let s = schemas();
+        let schema = s.get("tick_market_data").unwrap();
+        let mut row = tick();
+        // Insert in a different order: the output must follow the schema.
+        let price = row.shift_remove("price").unwrap();
+        row.insert("price".into(), price);
+        let out = schema.validate(row).unwrap();
+        let keys: Vec<_> = out.keys().cloned().collect();
+        assert_eq!(keys, schema.columns());
+    }
+
+    #[test]
+    fn each_kind_of_bad_row_is_rejected_with_its_code() {
+        let s = schemas();
+        let schema = s.get("tick_market_data").unwrap();
+        type Mutation = Box<dyn Fn(&mut RowMap)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            (
+                "missing_field",
+                Box::new(|r| {
+                    r.remove("price");
+                }),
+            ),
+            (
+                "missing_field",
+                Box::new(|r| {
+                    r.insert("size".into(), Value::Null);
+                }),
+            ),
+            (
+                "wrong_type",
+                Box::new(|r| {
+                    r.insert("price".into(), json!("189.6"));
+                }),
+            ),
+            (
+                "wrong_type",
+                Box::new(|r| {
+                    r.insert("tick_time".into(), json!(1.5));
+                }),
+            ),
+            (
+                "empty_string",
+                Box::new(|r| {
+                    r.insert("symbol_identifier".into(), json!(""));
+                }),
+            ),
+            (
+                "unknown_field",
+                Box::new(|r| {
+                    r.insert("colour".into(), json!("red"));
+                }),
+            ),
+            (
+                "missing_row_id",
+                Box::new(|r| {
+                    r.remove("row_id");
+                }),
+            ),
+            (
+                "out_of_range",
+                Box::new(|r| {
+                    r.insert("tick_time".into(), json!(-1));
+                }),
+            ),
+        ];
+        for (code, mutate) in cases {
+            let mut row = tick();
+            mutate(&mut row);
+            let err = schema.validate(row).unwrap_err();
+            assert_eq!(err.code(), code, "{err}");
+        }
+        assert_eq!(
+            schema.validate_json(b"{not json").unwrap_err().code(),
+            "not_json"
+        );
+        assert_eq!(
+            schema.validate_json(b"[1]").unwrap_err().code(),
+            "not_an_object"
+        );
+    }
+
+    #[test]
+    fn nullable_fields_get_state_columns() {
+        let s = schemas();
+        let schema = s.get("l2_market_data").unwrap();
+        let row = json!({
+            "row_id": "x", "source_system_name": "ib", "component_instance_name": "p0",
+            "ingestion_time": 1, "symbol_identifier": "CLZ6", "symbol_type": "futures",
+            "price": 70.1, "price_unit": "1_USdollar", "size": 4, "size_unit": "1_contracts",
+            "side": "bid", "level": 1, "max_level": 1, "l2_time": 1,
+            "exchange_identifier_state": "ok"
+        });
+        let out = schema.validate(row.as_object().unwrap().clone()).unwrap();
+        assert_eq!(out["exchange_identifier"], Value::Null);
+        assert_eq!(out["exchange_identifier_state"], json!("missing"));
+        assert_eq!(out["symbol_type_state"], json!("ok"));
+        let mut bad = row.as_object().unwrap().clone();
+        bad.insert("side".into(), json!("middle"));
+        assert_eq!(schema.validate(bad).unwrap_err().code(), "not_allowed");
+        let mut bad = row.as_object().unwrap().clone();
+        bad.insert("level".into(), json!(5_000_000_000u64));
+        assert_eq!(schema.validate(bad).unwrap_err().code(), "out_of_range");
+    }
+
+    #[test]
+    fn unqualified_keeps_non_utf8_bytes() {
+        let raw = [0xff, 0xfe, b'{'];
+        let rec = UnqualifiedRecord::new(
+            "tick_market_data",
+            "not_utf8",
+            "bad".into(),
+            &raw,
+            "ib",
+            "p0",
+            5,
+        );
+        assert_eq!(rec.raw_encoding, RawEncoding::Base64);
+        use base64::Engine as _;
+        let back = base64::engine::general_purpose::STANDARD
+            .decode(&rec.raw)
+            .unwrap();
+        assert_eq!(back, raw);
+        let rec = UnqualifiedRecord::new("t", "c", "r".into(), b"{}", "ib", "p0", 5);
+        assert_eq!(
+            (rec.raw.as_str(), rec.raw_encoding),
+            ("{}", RawEncoding::Utf8)
+        );
+    }
+}
