@@ -19,9 +19,11 @@ use crate::market::{AVAILABILITY, Tick, parse_ib_number};
 use crate::session::{SERVER_NAME, SERVER_VERSION};
 use crate::sim::{ConnEvent, Sim};
 
-/// Ticks queued per connection; beyond it a slow reader misses updates (its next delta then
-/// carries everything that changed meanwhile), so a stuck client cannot grow memory.
-const TICK_QUEUE: usize = 1024;
+/// Ticks queued per connection. Tickers of conids subscribed together fire together, so this
+/// must hold a burst of one tick per subscribed conid (3000 conids measured: no drops).
+/// Beyond it a stuck reader misses updates (its next delta then carries everything that
+/// changed meanwhile) instead of growing memory; `/sim/status` counts them as dropped_ticks.
+const TICK_QUEUE: usize = 16_384;
 /// IB's heartbeat period (sim time).
 const HB_MS: u64 = 10_000;
 /// Fields of an `smd` that names none.
