@@ -138,12 +138,14 @@ impl TickState {
                 Ok(v) => v,
                 Err(e) => return Err(quarantine("bad_value", e.to_string())),
             };
-            let size = match has_size
-                .map(|v| parse_number(field::LAST_SIZE, v))
-                .transpose()
-            {
-                Ok(v) => v,
-                Err(e) => return Err(quarantine("bad_value", e.to_string())),
+            // IB sends "" for a value it does not have: that clears the size.
+            let size = match has_size {
+                None => None,
+                Some(Value::String(t)) if t.trim().is_empty() => Some(None),
+                Some(v) => match parse_number(field::LAST_SIZE, v) {
+                    Ok(x) => Some(Some(x)),
+                    Err(e) => return Err(quarantine("bad_value", e.to_string())),
+                },
             };
             Ok((conid, instrument.clone(), last, size))
         })();
@@ -157,7 +159,7 @@ impl TickState {
             }
         };
         let st = self.trades.entry(conid).or_default();
-        let mut trade = size.is_some();
+        let mut trade = matches!(size, Some(Some(_)));
         match last {
             Some(LastPrice::Trade(p)) => {
                 st.last = Some(p);
@@ -168,7 +170,7 @@ impl TickState {
             None => {}
         }
         if let Some(s) = size {
-            st.last_size = Some(s);
+            st.last_size = s;
         }
         if !st.seeded {
             st.seeded = true;
@@ -208,5 +210,185 @@ impl TickState {
         row.insert("size_unit".into(), json!(instrument.size_unit));
         row.insert("tick_time".into(), json!(tick_time));
         Some(self.emitter.emit(TICK, row, tick_time, permit).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use marketlane_protocol::SchemaSet;
+    use marketlane_protocol::ib::InboundFrame;
+    use marketlane_protocol::ib::parse_frame;
+
+    use super::*;
+    use crate::config::{KafkaConfig, SecType};
+    use crate::contracts::Instrument;
+    use crate::kafka::{Produce, ProducerMsg};
+    use crate::metrics::Metrics;
+    use crate::names::{ActorNames, KAFKA_PRODUCER, TICK_NORMALIZER};
+
+    /// An in-process stand-in for the Kafka producer that records what it is handed.
+    struct FakeProducer;
+    impl Actor for FakeProducer {
+        type Msg = ProducerMsg;
+        type State = Arc<Mutex<Vec<Produce>>>;
+        type Arguments = Arc<Mutex<Vec<Produce>>>;
+        async fn pre_start(
+            &self,
+            _: ActorRef<Self::Msg>,
+            sink: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(sink)
+        }
+        async fn handle(
+            &self,
+            _: ActorRef<Self::Msg>,
+            msg: Self::Msg,
+            sink: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            if let ProducerMsg::Produce(p) = msg {
+                sink.lock().unwrap().push(p);
+            }
+            Ok(())
+        }
+    }
+
+    fn frame(text: &str) -> Arc<MarketDataFrame> {
+        match parse_frame(text.as_bytes()).unwrap() {
+            InboundFrame::MarketData(md) => Arc::new(md),
+            other => panic!("not market data: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn trades_from_deltas_table() {
+        let names = ActorNames::new(format!("tick_test_{}_", std::process::id()));
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        let (producer, _) =
+            Actor::spawn(Some(names.name(KAFKA_PRODUCER)), FakeProducer, sink.clone())
+                .await
+                .unwrap();
+        let schemas =
+            SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap();
+        let emitter = RowEmitter {
+            schemas: Arc::new(schemas),
+            kafka: KafkaConfig::default(),
+            source_system: "ib".into(),
+            instance: "marketlane-0".into(),
+            names: names.clone(),
+            metrics: Arc::new(Metrics::new()),
+        };
+        let (n, _) = Actor::spawn(Some(names.name(TICK_NORMALIZER)), TickNormalizer, emitter)
+            .await
+            .unwrap();
+        let aapl = Instrument {
+            symbol: "AAPL".into(),
+            conid: 265_598,
+            sec_type: SecType::Stock,
+            exchange: "SMART".into(),
+            last_trading_day: None,
+            price_unit: "1_USdollar".into(),
+            size_unit: "100_shares".into(),
+        };
+        n.cast(NormalizerMsg::Instruments(Arc::new(
+            [(265_598, aapl)].into(),
+        )))
+        .unwrap();
+        n.cast(NormalizerMsg::Resubscribed(vec![265_598])).unwrap();
+        // (frame, what it must produce: Some(Ok((price, size))) a row, Some(Err(code)) a
+        // quarantine record, None nothing)
+        let table: Vec<(&str, Option<Result<(f64, f64), &str>>)> = vec![
+            // The snapshot repeats the last trade: it seeds, it is not a trade.
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":1,"31":"189.60","7059":"3","84":"189.5","86":"189.7"}"#,
+                None,
+            ),
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":2,"31":"189.65"}"#,
+                Some(Ok((189.65, 3.0))),
+            ),
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":3,"7059":"1,200"}"#,
+                Some(Ok((189.65, 1200.0))),
+            ),
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":4,"84":"189.61"}"#,
+                None,
+            ),
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":5,"31":"H189.70"}"#,
+                None,
+            ),
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":6,"31":"C189.00"}"#,
+                None,
+            ),
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":7,"31":"1x9"}"#,
+                Some(Err("bad_value")),
+            ),
+            (
+                r#"{"topic":"smd+1","conid":1,"_updated":8,"31":"5.0","7059":"1"}"#,
+                Some(Err("unknown_conid")),
+            ),
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":9,"31":"190.00","7059":""}"#,
+                Some(Err("missing_field")),
+            ),
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":10,"31":"190.05","7059":"2"}"#,
+                Some(Ok((190.05, 2.0))),
+            ),
+        ];
+        let mut want_rows = 0;
+        for (i, (text, want)) in table.iter().enumerate() {
+            n.cast(NormalizerMsg::MarketData {
+                frame: frame(text),
+                received_ns: 99,
+                permit: Inflight::none(),
+            })
+            .unwrap();
+            // A call is answered after the frame: the emitter has handed everything over.
+            ractor::call_t!(n, NormalizerMsg::GetState, 1000).unwrap();
+            ractor::call_t!(producer, ProducerMsg::GetState, 1000).ok();
+            let got: Vec<Produce> = sink.lock().unwrap().drain(..).collect();
+            match want {
+                None => assert!(got.is_empty(), "frame {i} produced {got:?}"),
+                Some(Ok((price, size))) => {
+                    assert_eq!(got.len(), 1, "frame {i}: {got:?}");
+                    assert_eq!(got[0].topic, "tick_market_data");
+                    assert_eq!(got[0].key, "AAPL");
+                    let row: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+                    assert_eq!(row["price"], serde_json::json!(price), "frame {i}");
+                    assert_eq!(row["size"], serde_json::json!(size), "frame {i}");
+                    let updated =
+                        serde_json::from_str::<serde_json::Value>(text).unwrap()["_updated"]
+                            .as_i64()
+                            .unwrap();
+                    assert_eq!(row["tick_time"], serde_json::json!(updated * 1_000_000));
+                    assert_eq!(
+                        row["row_id"],
+                        serde_json::json!(row_id(TICK, &["ib", "265598", &updated.to_string()]))
+                    );
+                    assert_eq!(row["size_unit"], "100_shares");
+                    assert_eq!(row["ingestion_time"], 99);
+                    want_rows += 1;
+                }
+                Some(Err(code)) => {
+                    assert_eq!(got.len(), 1, "frame {i}: {got:?}");
+                    assert_eq!(got[0].topic, "tick_market_data_unqualified");
+                    let rec: marketlane_protocol::UnqualifiedRecord =
+                        serde_json::from_slice(&got[0].payload).unwrap();
+                    assert_eq!(rec.reason_code, *code, "frame {i}: {}", rec.reason);
+                }
+            }
+        }
+        let st = ractor::call_t!(n, NormalizerMsg::GetState, 1000).unwrap();
+        assert_eq!(st.rows, want_rows);
+        assert_eq!(st.quarantined, 3);
+        n.stop(None);
+        producer.stop(None);
     }
 }
