@@ -105,10 +105,10 @@ async fn sts_unauthenticated_then_reauth() {
 
 #[tokio::test]
 async fn expire_session_and_idle_timeout() {
-    // Idle timeout of 5 s sim is 250 ms real at speed 20.
+    // Idle timeout of 10 s sim is 500 ms real at speed 20.
     let h = start(|c| {
         c.speed = 20.0;
-        c.idle_timeout_secs = 5;
+        c.idle_timeout_secs = 10;
     })
     .await;
     let c = client();
@@ -124,7 +124,7 @@ async fn expire_session_and_idle_timeout() {
     let (_, b) = post(&c, &h, "/iserver/auth/status").await;
     assert_eq!(b["authenticated"], true);
 
-    // Now the real idle timeout: no requests for > 5 s sim.
+    // Now the real idle timeout: no requests for > 10 s sim.
     let mut ws = ws_session(&h, &session).await;
     let sts = wait_for(&mut ws, 1_500, |v| v["topic"] == "sts")
         .await
@@ -154,8 +154,12 @@ async fn nightly_reset_needs_ssodh_init() {
 
 #[tokio::test]
 async fn competing_session() {
-    // Grace of 2 s sim = 200 ms real at speed 10.
-    let h = start(|c| c.speed = 10.0).await;
+    // Grace of 5 s sim = 500 ms real at speed 10.
+    let h = start(|c| {
+        c.speed = 10.0;
+        c.competing_grace_secs = 5;
+    })
+    .await;
     let c = client();
     let session = login(&c, &h).await;
     let mut ws = ws_session(&h, &session).await;
@@ -184,14 +188,14 @@ async fn competing_session() {
 
 #[tokio::test]
 async fn http_5xx_slow_and_penalty_via_admin() {
-    // speed 10: 2 s sim of 503 = 200 ms real.
+    // speed 10: 5 s sim of 503 = 500 ms real.
     let h = start(|c| c.speed = 10.0).await;
     let c = client();
     login(&c, &h).await;
     let admin = format!("http://{}/sim/fault", h.local_addr());
     let r = c
         .post(&admin)
-        .json(&json!({"kind": "http_5xx", "status": 503, "seconds": 2}))
+        .json(&json!({"kind": "http_5xx", "status": 503, "seconds": 5}))
         .send()
         .await
         .expect("fault");
@@ -200,7 +204,7 @@ async fn http_5xx_slow_and_penalty_via_admin() {
     assert_eq!(s, 503);
     let (s, _) = get(&c, &h, "/iserver/accounts").await;
     assert_eq!(s, 503);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let (s, _) = post(&c, &h, "/tickle").await;
     assert_eq!(s, 200);
 
@@ -219,14 +223,14 @@ async fn http_5xx_slow_and_penalty_via_admin() {
 
     let r = c
         .post(&admin)
-        .json(&json!({"kind": "penalty_box", "seconds": 3}))
+        .json(&json!({"kind": "penalty_box", "seconds": 8}))
         .send()
         .await
         .expect("fault");
     assert_eq!(r.status(), 200);
     let (s, _) = post(&c, &h, "/tickle").await;
     assert_eq!(s, 429);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
     let (s, _) = post(&c, &h, "/tickle").await;
     assert_eq!(s, 200);
 
@@ -253,10 +257,10 @@ async fn scenario_file_injects_on_time() {
     let p = dir.path().join("scenario.json");
     std::fs::write(
         &p,
-        r#"[{"at_secs": 2, "fault": {"kind": "http_5xx", "status": 500, "seconds": 600}}]"#,
+        r#"[{"at_secs": 5, "fault": {"kind": "http_5xx", "status": 500, "seconds": 600}}]"#,
     )
     .expect("write");
-    // speed 10: the fault lands 200 ms after start.
+    // speed 10: the fault lands 500 ms after start.
     let h = start(move |c| {
         c.speed = 10.0;
         c.scenario = Some(p);
@@ -265,7 +269,7 @@ async fn scenario_file_injects_on_time() {
     let c = client();
     let (s, _) = post(&c, &h, "/tickle").await;
     assert_eq!(s, 200);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let (s, _) = post(&c, &h, "/tickle").await;
     assert_eq!(s, 500);
     h.shutdown().await.expect("shutdown");
@@ -273,17 +277,17 @@ async fn scenario_file_injects_on_time() {
 
 #[tokio::test]
 async fn sso_expiry_replaces_session_and_closes_sockets() {
-    // A 24 h session shortened to 5 s sim = 250 ms real.
+    // A 24 h session shortened to 20 s sim = 1 s real.
     let h = start(|c| {
         c.speed = 20.0;
-        c.max_session_secs = 5;
+        c.max_session_secs = 20;
     })
     .await;
     let c = client();
     let session = login(&c, &h).await;
     let mut ws = ws_session(&h, &session).await;
     let mut closed = false;
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
         match next_msg(&mut ws, 2_000).await {
             Some(Message::Close(_)) | None => {

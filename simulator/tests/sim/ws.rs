@@ -280,7 +280,7 @@ async fn subscription_expires_without_resend() {
 async fn resend_keeps_subscription_alive_without_new_full_frame() {
     let h = start(|c| {
         c.speed = 20.0;
-        c.subscription_expiry_secs = 5;
+        c.subscription_expiry_secs = 10;
     })
     .await;
     let c = client();
@@ -289,6 +289,7 @@ async fn resend_keeps_subscription_alive_without_new_full_frame() {
     send(&mut ws, &smd(AAPL, &["31", "84", "86", "55"])).await;
     let mut frames = Vec::new();
     // 800 ms real = 16 s sim, re-sending every ~2 s sim; the last re-send adds field 7295.
+    // Without re-sends the subscription would end after 10 s sim (500 ms real).
     for i in 0..8 {
         frames.extend(collect(&mut ws, "smd", 100).await);
         let extra: &[&str] = if i == 7 { &["7295"] } else { &[] };
