@@ -75,6 +75,9 @@ pub struct SimArgs {
     /// Price levels per side of an `sbd` ladder.
     #[arg(long, default_value_t = 5)]
     pub book_depth: usize,
+    /// Probability that a delta frame omits `conid`/`conidEx` (observed at IB; topic stays).
+    #[arg(long, default_value_t = 0.0)]
+    pub conidless_probability: f64,
     /// Hard end of an SSO session in sim seconds (IB: 24 h).
     #[arg(long, default_value_t = 86_400)]
     pub max_session_secs: u64,
@@ -118,6 +121,7 @@ pub struct SimConfig {
     /// Sim seconds between `competing:true` and `authenticated:false`.
     pub competing_grace_secs: u64,
     pub history_delay_ms: u64,
+    pub conidless_probability: f64,
 }
 
 impl Default for SimConfig {
@@ -150,6 +154,7 @@ impl Default for SimConfig {
             start_time_ms: None,
             competing_grace_secs: 2,
             history_delay_ms: 250,
+            conidless_probability: 0.0,
         }
     }
 }
@@ -180,6 +185,7 @@ impl From<SimArgs> for SimConfig {
             book_depth: a.book_depth,
             max_session_secs: a.max_session_secs,
             history_delay_ms: a.history_delay_ms,
+            conidless_probability: a.conidless_probability,
             ..Self::default()
         }
     }
@@ -204,6 +210,7 @@ impl SimConfig {
         for (name, p) in [
             ("trade probability", self.trade_probability),
             ("status probability", self.status_probability),
+            ("conidless probability", self.conidless_probability),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return bad(format!("{name} must be within 0..=1, got {p}"));

@@ -184,7 +184,9 @@ async fn tickle(State(sim): S) -> Result<Response, ApiError> {
         "iserver": {"authStatus": st.to_json()},
     });
     drop(s);
-    let cookie = format!("x-sess-uuid={}; Path=/; Secure; HttpOnly", sso.sess_uuid);
+    // `Secure` only over TLS: cookie jars do not send a Secure cookie back over plain http.
+    let secure = if sim.cfg.tls { "; Secure" } else { "" };
+    let cookie = format!("x-sess-uuid={}; Path=/{secure}; HttpOnly", sso.sess_uuid);
     let mut resp = Json(body).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);

@@ -116,6 +116,11 @@ impl Tick {
             .collect()
     }
 
+    /// A reproducible coin flip tied to this tick (for per-frame quirks).
+    pub fn draw(&self, p: f64) -> bool {
+        p > 0.0 && ((mix(self.book_seed ^ 0xc0_1d, self.seq as u32) % 1_000_000) as f64) < p * 1e6
+    }
+
     fn bid_size_raw(&self) -> u64 {
         self.bid_size as u64
     }

@@ -513,7 +513,7 @@ impl Conn {
             self.drop_sub(conid);
         }
         if let Some(sub) = self.subs.get_mut(&conid)
-            && let Some(o) = frame(sub, t, self.id)
+            && let Some(o) = frame(sub, t, self.id, self.sim.cfg.conidless_probability)
         {
             step.out.push(o);
         }
@@ -571,7 +571,7 @@ impl Conn {
 
 /// The frame of one tick for one subscription: full the first time, then only what changed
 /// since this connection's previous frame. `None` when nothing changed.
-fn frame(sub: &mut Sub, t: &Tick, conn: u64) -> Option<Out> {
+fn frame(sub: &mut Sub, t: &Tick, conn: u64, conidless: f64) -> Option<Out> {
     let mut m = serde_json::Map::new();
     let first = !sub.first_sent;
     let mut trade_field = false;
@@ -614,8 +614,12 @@ fn frame(sub: &mut Sub, t: &Tick, conn: u64) -> Option<Out> {
     sub.first_sent = true;
     let conid = t.conid();
     m.insert("_updated".into(), json!(t.updated));
-    m.insert("conid".into(), json!(conid));
-    m.insert("conidEx".into(), json!(sub.conid_ex));
+    // Deltas without conid/conidEx occur [O1; O3]; the topic still names the conid. The
+    // choice hangs on the tick so that it is reproducible under a seed.
+    if first || !t.draw(conidless) {
+        m.insert("conid".into(), json!(conid));
+        m.insert("conidEx".into(), json!(sub.conid_ex));
+    }
     m.insert("server_id".into(), json!(sub.server_id));
     m.insert("6119".into(), json!(sub.server_id));
     m.insert("topic".into(), json!(format!("smd+{conid}")));

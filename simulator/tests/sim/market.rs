@@ -97,3 +97,26 @@ async fn synthetic_symbols_stream() {
     assert!(frames.iter().any(|f| f["55"] == "SYM0050"));
     h.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn conidless_deltas_keep_topic() {
+    let h = start(|c| {
+        c.speed = 10.0;
+        c.conidless_probability = 0.5;
+    })
+    .await;
+    let c = client();
+    let session = login(&c, &h).await;
+    let mut ws = ws_session(&h, &session).await;
+    send(&mut ws, &smd(AAPL, &["31", "84", "86"])).await;
+    let frames = collect(&mut ws, "smd", 800).await;
+    assert!(frames[0].get("conid").is_some(), "first frame keeps conid");
+    let without = frames.iter().filter(|f| f.get("conid").is_none()).count();
+    assert!(
+        without > 0 && without < frames.len(),
+        "{without} of {}",
+        frames.len()
+    );
+    assert!(frames.iter().all(|f| f["topic"] == format!("smd+{AAPL}")));
+    h.shutdown().await.expect("shutdown");
+}
