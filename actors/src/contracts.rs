@@ -19,6 +19,8 @@ pub struct Instrument {
     pub price_unit: String,
     /// IB reports US stock sizes in lots of 100 shares.
     pub size_unit: String,
+    /// Also stream the BookTrader ladder (`sbd`).
+    pub depth: bool,
 }
 
 impl Instrument {
@@ -119,6 +121,7 @@ pub async fn resolve(
                             last_trading_day: None,
                             price_unit: "1_USdollar".into(),
                             size_unit: if c.is_us { "100_shares" } else { "1_shares" }.into(),
+                            depth: s.depth,
                         })
                         .ok_or_else(|| ContractError::UnknownSymbol {
                             symbol: s.symbol.clone(),
@@ -142,6 +145,7 @@ pub async fn resolve(
                             last_trading_day: Some(c.ltd),
                             price_unit: "1_USdollar".into(),
                             size_unit: "1_contracts".into(),
+                            depth: s.depth,
                         })
                         .ok_or_else(|| ContractError::NoFrontMonth {
                             symbol: s.symbol.clone(),

@@ -93,10 +93,18 @@ pub async fn start(
             inflight: inflight.clone(),
         }));
         children.push(ChildSpec::TickNormalizer(emitter.clone()));
+        children.push(ChildSpec::L2Normalizer(emitter.clone()));
+        children.push(ChildSpec::IndicatorsNormalizer(emitter.clone()));
         children.push(ChildSpec::Websocket(WsArgs {
             ib: config.ib.clone(),
             names: config.names.clone(),
-            normalizers: vec![names::TICK_NORMALIZER.to_string()],
+            normalizers: [
+                names::TICK_NORMALIZER,
+                names::L2_NORMALIZER,
+                names::INDICATORS_NORMALIZER,
+            ]
+            .map(String::from)
+            .to_vec(),
             emitter,
             metrics: metrics.clone(),
             inflight,

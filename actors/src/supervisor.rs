@@ -21,7 +21,10 @@ use crate::ib_websocket::{IbWebsocket, WsArgs, WsMsg, WsSnapshot};
 use crate::kafka::{KafkaProducer, ProducerArgs, ProducerMsg, ProducerSnapshot};
 use crate::metrics::Metrics;
 use crate::names::{self, ActorNames};
-use crate::normalizer::{NormalizerMsg, NormalizerSnapshot, RowEmitter, TickNormalizer};
+use crate::normalizer::{
+    IndicatorsNormalizer, L2Normalizer, NormalizerMsg, NormalizerSnapshot, RowEmitter,
+    TickNormalizer,
+};
 
 /// Restarts allowed in [`RESTART_WINDOW`] before the supervisor escalates.
 pub const MAX_RESTARTS: usize = 5;
@@ -33,6 +36,8 @@ pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 pub enum ChildSpec {
     Producer(ProducerArgs),
     TickNormalizer(RowEmitter),
+    L2Normalizer(RowEmitter),
+    IndicatorsNormalizer(RowEmitter),
     Websocket(WsArgs),
     Session(SessionArgs),
     Writer(String, WriterArgs),
@@ -44,6 +49,8 @@ impl ChildSpec {
         match self {
             Self::Producer(_) => names::KAFKA_PRODUCER.into(),
             Self::TickNormalizer(_) => names::TICK_NORMALIZER.into(),
+            Self::L2Normalizer(_) => names::L2_NORMALIZER.into(),
+            Self::IndicatorsNormalizer(_) => names::INDICATORS_NORMALIZER.into(),
             Self::Websocket(_) => names::IB_WEBSOCKET.into(),
             Self::Session(_) => names::IB_SESSION.into(),
             Self::Writer(name, _) => name.clone(),
@@ -65,6 +72,16 @@ impl ChildSpec {
                 .await?
                 .0
                 .get_cell(),
+            Self::L2Normalizer(a) => Actor::spawn_linked(name, L2Normalizer, a, sup)
+                .await?
+                .0
+                .get_cell(),
+            Self::IndicatorsNormalizer(a) => {
+                Actor::spawn_linked(name, IndicatorsNormalizer, a, sup)
+                    .await?
+                    .0
+                    .get_cell()
+            }
             Self::Websocket(a) => Actor::spawn_linked(name, IbWebsocket, a, sup)
                 .await?
                 .0
@@ -89,6 +106,17 @@ pub enum SupervisorMsg {
     /// producer, flush and commit the writers; replies what completed within the deadline.
     Drain(Duration, RpcReplyPort<DrainReport>),
     Status(RpcReplyPort<LaneStatus>),
+    /// Every child by registered name (control socket: reach an actor by name, tell its kind
+    /// with `ActorCell::is_message_type_of`).
+    Children(RpcReplyPort<Vec<ChildCell>>),
+}
+
+/// One child of the supervisor; `cell` is `None` while it waits to be restarted.
+#[derive(Debug, Clone)]
+pub struct ChildCell {
+    pub actor: String,
+    pub cell: Option<ActorCell>,
+    pub restarts: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -199,6 +227,19 @@ impl Actor for LaneSupervisor {
             SupervisorMsg::Status(reply) => {
                 let _ = reply.send(state.status().await);
             }
+            SupervisorMsg::Children(reply) => {
+                let _ = reply.send(
+                    state
+                        .children
+                        .iter()
+                        .map(|c| ChildCell {
+                            actor: c.spec.actor(),
+                            cell: c.cell.clone(),
+                            restarts: c.total_restarts,
+                        })
+                        .collect(),
+                );
+            }
         }
         Ok(())
     }
@@ -289,7 +330,13 @@ impl SupervisorState {
         // 2. A call is answered after every message queued before it: the normalizers have
         //    handed all their rows to the producer once they answer.
         for c in &self.children {
-            if let (ChildSpec::TickNormalizer(_), Some(cell)) = (&c.spec, &c.cell) {
+            if let (
+                ChildSpec::TickNormalizer(_)
+                | ChildSpec::L2Normalizer(_)
+                | ChildSpec::IndicatorsNormalizer(_),
+                Some(cell),
+            ) = (&c.spec, &c.cell)
+            {
                 let n: ActorRef<NormalizerMsg> = cell.clone().into();
                 let _ =
                     ractor::call_t!(n, NormalizerMsg::GetState, left(started).as_millis() as u64);
@@ -339,7 +386,9 @@ impl SupervisorState {
                     let r: ActorRef<WsMsg> = cell.into();
                     st.websocket = ractor::call_t!(r, WsMsg::GetState, T).ok();
                 }
-                ChildSpec::TickNormalizer(_) => {
+                ChildSpec::TickNormalizer(_)
+                | ChildSpec::L2Normalizer(_)
+                | ChildSpec::IndicatorsNormalizer(_) => {
                     let r: ActorRef<NormalizerMsg> = cell.into();
                     st.normalizers
                         .extend(ractor::call_t!(r, NormalizerMsg::GetState, T).ok());

@@ -36,6 +36,9 @@ pub enum Fault {
     NonUtf8Frame,
     /// One text frame that is not valid JSON on every websocket.
     MalformedFrame,
+    /// One text frame with exactly `text` on every websocket (tests craft odd but
+    /// real-shaped frames with it, e.g. a trade whose size IB sends empty).
+    RawFrame { text: String },
     /// The client lands in the 429 penalty box (default: the configured length).
     PenaltyBox {
         #[serde(default)]

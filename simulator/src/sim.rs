@@ -23,6 +23,7 @@ pub enum ConnEvent {
     Sts(Value),
     NonUtf8,
     Malformed,
+    Raw(String),
     /// The SSO session ended or was replaced: sockets of the old session close.
     SessionChanged,
 }
@@ -101,6 +102,9 @@ impl Sim {
             }
             Fault::MalformedFrame => {
                 let _ = self.events.send(ConnEvent::Malformed);
+            }
+            Fault::RawFrame { text } => {
+                let _ = self.events.send(ConnEvent::Raw(text));
             }
             Fault::StsUnauthenticated => {
                 let changed = self.apply(|s, _| {

@@ -557,7 +557,8 @@ impl Conn {
             ConnEvent::Malformed if !self.silenced => {
                 Step::send(Message::Text(r#"{"topic":"smd+265598","31":"189.6"#.into()))
             }
-            ConnEvent::NonUtf8 | ConnEvent::Malformed => Step::default(),
+            ConnEvent::Raw(text) if !self.silenced => Step::send(Message::Text(text.into())),
+            ConnEvent::NonUtf8 | ConnEvent::Malformed | ConnEvent::Raw(_) => Step::default(),
             ConnEvent::SessionChanged => {
                 if self.session.is_some() && self.session != self.sim.session_id() {
                     Step::end(End::Close(1000, "session ended"))

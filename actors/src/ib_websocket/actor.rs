@@ -97,6 +97,8 @@ pub struct WsState {
     last_data: Option<Instant>,
     frames: u64,
     quarantined: u64,
+    /// The account `sbd` needs, from the greeting's `act` frame.
+    account: Option<String>,
 }
 
 pub struct IbWebsocket;
@@ -129,6 +131,7 @@ impl Actor for IbWebsocket {
             last_data: None,
             frames: 0,
             quarantined: 0,
+            account: None,
         })
     }
 
@@ -154,6 +157,12 @@ impl Actor for IbWebsocket {
                     state.session = Some(session);
                     state.close("new session").await;
                     state.retry_at = Instant::now();
+                } else if state.conn.is_some() {
+                    // Re-authenticated on the same session: IB ended the subscriptions when it
+                    // said `authenticated:false`, so subscribe everything again.
+                    info!("session re-authenticated; re-subscribing");
+                    let conids: Vec<i64> = state.instruments.keys().copied().collect();
+                    state.subscribe(&conids).await;
                 }
             }
             WsMsg::SessionLost { reason } => {
@@ -264,9 +273,30 @@ impl WsState {
         for conid in conids {
             self.send(outbound::smd(*conid, &fields)).await;
         }
+        self.subscribe_books(conids).await;
         if let Some(c) = self.conn.as_mut() {
             c.last_subscribe = Some(Instant::now());
         }
+    }
+
+    /// `sbd` for the instruments configured with depth, once the account is known.
+    async fn subscribe_books(&mut self, conids: &[i64]) {
+        let Some(account) = self.account.clone() else {
+            return;
+        };
+        let books: Vec<i64> = conids
+            .iter()
+            .filter(|c| self.instruments.get(c).is_some_and(|i| i.depth))
+            .copied()
+            .collect();
+        for conid in &books {
+            self.send(outbound::sbd(&account, *conid)).await;
+        }
+        self.args
+            .metrics
+            .subscriptions
+            .with_label_values(&["sbd"])
+            .set(books.len() as i64);
     }
 
     async fn connect(&mut self, myself: &ActorRef<WsMsg>) {
@@ -437,6 +467,23 @@ impl WsState {
                 let conids: Vec<i64> = self.instruments.keys().copied().collect();
                 self.subscribe(&conids).await;
             }
+            InboundFrame::Accounts { accounts, selected } => {
+                let account = selected.or_else(|| accounts.first().cloned());
+                if account.is_some() && account != self.account {
+                    self.account = account;
+                    let conids: Vec<i64> = self.instruments.keys().copied().collect();
+                    self.subscribe_books(&conids).await;
+                }
+            }
+            InboundFrame::Book(book) => {
+                self.last_data = Some(Instant::now());
+                let frame = Arc::new(book);
+                self.broadcast(|| NormalizerMsg::Book {
+                    frame: frame.clone(),
+                    received_ns,
+                    permit: permit.clone(),
+                });
+            }
             InboundFrame::WaitingForSession => {
                 if let Some(s) = self.session.clone() {
                     self.send(outbound::session(&s)).await;
@@ -462,9 +509,7 @@ impl WsState {
             InboundFrame::Notice { topic, text } => info!(topic, text, "gateway notice"),
             InboundFrame::Error { message } => warn!(message, "gateway error frame"),
             InboundFrame::Heartbeat { .. }
-            | InboundFrame::Accounts { .. }
             | InboundFrame::TicReply
-            | InboundFrame::Book(_)
             | InboundFrame::Other { .. } => {}
         }
     }

@@ -3,13 +3,18 @@
 //! [`RowEmitter`], which validates every row against its schema and sends it to Kafka, or to
 //! `<category>_unqualified` with the reason when it does not qualify.
 
+pub mod indicators;
+pub mod l2;
 pub mod tick;
+
+#[cfg(test)]
+pub(crate) mod testkit;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use marketlane_protocol::ib::MarketDataFrame;
+use marketlane_protocol::ib::{BookFrame, MarketDataFrame};
 use marketlane_protocol::{RowMap, SchemaSet, UnqualifiedRecord};
 use ractor::RpcReplyPort;
 use ractor_cluster::RactorMessage;
@@ -23,6 +28,8 @@ use crate::kafka::{Produce, ProducerMsg};
 use crate::metrics::Metrics;
 use crate::names::{ActorNames, KAFKA_PRODUCER};
 
+pub use indicators::IndicatorsNormalizer;
+pub use l2::L2Normalizer;
 pub use tick::TickNormalizer;
 
 /// Instruments by conid: what this pod is subscribed to.
@@ -33,6 +40,12 @@ pub enum NormalizerMsg {
     /// One `smd` frame, as received.
     MarketData {
         frame: Arc<MarketDataFrame>,
+        received_ns: i64,
+        permit: Inflight,
+    },
+    /// One `sbd` BookTrader ladder, as received.
+    Book {
+        frame: Arc<BookFrame>,
         received_ns: i64,
         permit: Inflight,
     },
@@ -50,6 +63,30 @@ pub struct NormalizerSnapshot {
     pub frames: u64,
     pub rows: u64,
     pub quarantined: u64,
+}
+
+/// The raw frame as JSON, for quarantine records.
+pub fn frame_json(frame: &MarketDataFrame) -> Vec<u8> {
+    let mut obj: serde_json::Map<String, serde_json::Value> = frame
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    obj.insert("conid".into(), serde_json::json!(frame.conid));
+    obj.insert("_updated".into(), serde_json::json!(frame.updated_ms));
+    serde_json::to_vec(&obj).unwrap_or_default()
+}
+
+/// The subscribed instrument of a frame's conid, or the quarantine code and reason.
+pub fn instrument_of(
+    instruments: &InstrumentMap,
+    conid: Option<i64>,
+) -> Result<(i64, &Instrument), (&'static str, String)> {
+    let conid = conid.ok_or(("no_conid", "frame without conid".to_string()))?;
+    instruments
+        .get(&conid)
+        .map(|i| (conid, i))
+        .ok_or(("unknown_conid", format!("conid {conid} is not subscribed")))
 }
 
 /// Validates rows and hands them to the producer actor.

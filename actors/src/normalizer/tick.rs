@@ -18,7 +18,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Value, json};
 use tracing::{debug, instrument};
 
-use super::{Emitted, InstrumentMap, NormalizerMsg, NormalizerSnapshot, RowEmitter};
+use super::{
+    Emitted, InstrumentMap, NormalizerMsg, NormalizerSnapshot, RowEmitter, frame_json,
+    instrument_of,
+};
 use crate::backpressure::Inflight;
 use crate::ib_websocket::WsMsg;
 use crate::names::IB_WEBSOCKET;
@@ -83,6 +86,7 @@ impl Actor for TickNormalizer {
                     None => {}
                 }
             }
+            NormalizerMsg::Book { .. } => {}
             NormalizerMsg::Instruments(map) => {
                 state.snapshot.instruments = map.len();
                 state.trades.retain(|conid, _| map.contains_key(conid));
@@ -101,18 +105,6 @@ impl Actor for TickNormalizer {
     }
 }
 
-/// The raw frame as JSON, for quarantine records.
-fn frame_json(frame: &MarketDataFrame) -> Vec<u8> {
-    let mut obj: serde_json::Map<String, Value> = frame
-        .fields
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    obj.insert("conid".into(), json!(frame.conid));
-    obj.insert("_updated".into(), json!(frame.updated_ms));
-    serde_json::to_vec(&obj).unwrap_or_default()
-}
-
 impl TickState {
     #[instrument(level = "trace", skip_all, fields(category = TICK, conid = frame.conid))]
     async fn on_frame(
@@ -128,12 +120,7 @@ impl TickState {
         }
         let quarantine = |code: &'static str, reason: String| (code, reason);
         let outcome = (|| {
-            let conid = frame
-                .conid
-                .ok_or_else(|| quarantine("no_conid", "smd frame without conid".into()))?;
-            let instrument = self.instruments.get(&conid).ok_or_else(|| {
-                quarantine("unknown_conid", format!("conid {conid} is not subscribed"))
-            })?;
+            let (conid, instrument) = instrument_of(&self.instruments, frame.conid)?;
             let last = match has_last.map(parse_last_price).transpose() {
                 Ok(v) => v,
                 Err(e) => return Err(quarantine("bad_value", e.to_string())),
@@ -215,91 +202,17 @@ impl TickState {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-    use std::sync::Mutex;
-
-    use marketlane_protocol::SchemaSet;
-    use marketlane_protocol::ib::InboundFrame;
-    use marketlane_protocol::ib::parse_frame;
-
     use super::*;
-    use crate::config::{KafkaConfig, SecType};
-    use crate::contracts::Instrument;
-    use crate::kafka::{Produce, ProducerMsg};
-    use crate::metrics::Metrics;
-    use crate::names::{ActorNames, KAFKA_PRODUCER, TICK_NORMALIZER};
-
-    /// An in-process stand-in for the Kafka producer that records what it is handed.
-    struct FakeProducer;
-    impl Actor for FakeProducer {
-        type Msg = ProducerMsg;
-        type State = Arc<Mutex<Vec<Produce>>>;
-        type Arguments = Arc<Mutex<Vec<Produce>>>;
-        async fn pre_start(
-            &self,
-            _: ActorRef<Self::Msg>,
-            sink: Self::Arguments,
-        ) -> Result<Self::State, ActorProcessingErr> {
-            Ok(sink)
-        }
-        async fn handle(
-            &self,
-            _: ActorRef<Self::Msg>,
-            msg: Self::Msg,
-            sink: &mut Self::State,
-        ) -> Result<(), ActorProcessingErr> {
-            if let ProducerMsg::Produce(p) = msg {
-                sink.lock().unwrap().push(p);
-            }
-            Ok(())
-        }
-    }
-
-    fn frame(text: &str) -> Arc<MarketDataFrame> {
-        match parse_frame(text.as_bytes()).unwrap() {
-            InboundFrame::MarketData(md) => Arc::new(md),
-            other => panic!("not market data: {other:?}"),
-        }
-    }
+    use crate::names::TICK_NORMALIZER;
+    use crate::normalizer::testkit::Harness;
 
     #[tokio::test]
     async fn trades_from_deltas_table() {
-        let names = ActorNames::new(format!("tick_test_{}_", std::process::id()));
-        let sink = Arc::new(Mutex::new(Vec::new()));
-        let (producer, _) =
-            Actor::spawn(Some(names.name(KAFKA_PRODUCER)), FakeProducer, sink.clone())
-                .await
-                .unwrap();
-        let schemas =
-            SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap();
-        let emitter = RowEmitter {
-            schemas: Arc::new(schemas),
-            kafka: KafkaConfig::default(),
-            source_system: "ib".into(),
-            instance: "marketlane-0".into(),
-            names: names.clone(),
-            metrics: Arc::new(Metrics::new()),
-        };
-        let (n, _) = Actor::spawn(Some(names.name(TICK_NORMALIZER)), TickNormalizer, emitter)
-            .await
-            .unwrap();
-        let aapl = Instrument {
-            symbol: "AAPL".into(),
-            conid: 265_598,
-            sec_type: SecType::Stock,
-            exchange: "SMART".into(),
-            last_trading_day: None,
-            price_unit: "1_USdollar".into(),
-            size_unit: "100_shares".into(),
-        };
-        n.cast(NormalizerMsg::Instruments(Arc::new(
-            [(265_598, aapl)].into(),
-        )))
-        .unwrap();
-        n.cast(NormalizerMsg::Resubscribed(vec![265_598])).unwrap();
+        let h = Harness::start(TickNormalizer, TICK_NORMALIZER).await;
         // (frame, what it must produce: Some(Ok((price, size))) a row, Some(Err(code)) a
         // quarantine record, None nothing)
-        let table: Vec<(&str, Option<Result<(f64, f64), &str>>)> = vec![
+        type Expected = Option<Result<(f64, f64), &'static str>>;
+        let table: Vec<(&str, Expected)> = vec![
             // The snapshot repeats the last trade: it seeds, it is not a trade.
             (
                 r#"{"topic":"smd+265598","conid":265598,"_updated":1,"31":"189.60","7059":"3","84":"189.5","86":"189.7"}"#,
@@ -344,16 +257,7 @@ mod tests {
         ];
         let mut want_rows = 0;
         for (i, (text, want)) in table.iter().enumerate() {
-            n.cast(NormalizerMsg::MarketData {
-                frame: frame(text),
-                received_ns: 99,
-                permit: Inflight::none(),
-            })
-            .unwrap();
-            // A call is answered after the frame: the emitter has handed everything over.
-            ractor::call_t!(n, NormalizerMsg::GetState, 1000).unwrap();
-            ractor::call_t!(producer, ProducerMsg::GetState, 1000).ok();
-            let got: Vec<Produce> = sink.lock().unwrap().drain(..).collect();
+            let got = h.feed(text, 99).await;
             match want {
                 None => assert!(got.is_empty(), "frame {i} produced {got:?}"),
                 Some(Ok((price, size))) => {
@@ -385,10 +289,9 @@ mod tests {
                 }
             }
         }
-        let st = ractor::call_t!(n, NormalizerMsg::GetState, 1000).unwrap();
+        let st = ractor::call_t!(h.normalizer, NormalizerMsg::GetState, 1000).unwrap();
         assert_eq!(st.rows, want_rows);
         assert_eq!(st.quarantined, 3);
-        n.stop(None);
-        producer.stop(None);
+        h.stop();
     }
 }

@@ -441,5 +441,11 @@ async fn non_text_frames_are_not_json() {
         Some(Message::Text(t)) => assert!(serde_json::from_str::<Value>(t.as_str()).is_err()),
         other => panic!("expected a text frame, got {other:?}"),
     }
+    let raw = r#"{"topic":"smd+265598","conid":265598,"_updated":1,"31":"1.5","7059":""}"#;
+    h.inject(marketlane_simulator::Fault::RawFrame { text: raw.into() });
+    match next_msg(&mut ws, 1000).await {
+        Some(Message::Text(t)) => assert_eq!(t.as_str(), raw),
+        other => panic!("expected the raw frame, got {other:?}"),
+    }
     h.shutdown().await.expect("shutdown");
 }

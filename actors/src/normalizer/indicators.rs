@@ -1,0 +1,294 @@
+//! The indicators_market_data normalizer: IB's session statistics from `smd` frames (volume,
+//! open/high/low/close, prior close, change, mark, open interest), one row per field present,
+//! at IB's `_updated` time. Unlike trades, a snapshot frame's statistics are values as of that
+//! time, so they are emitted too. A field whose value cannot be read is quarantined alone; the
+//! frame's other fields still give rows.
+
+use std::sync::Arc;
+
+use marketlane_protocol::category::INDICATORS;
+use marketlane_protocol::ib::{
+    MarketDataFrame, field, parse_abbreviated, parse_last_price, parse_number,
+};
+use marketlane_protocol::{RowMap, row_id};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::{Value, json};
+use tracing::instrument;
+
+use super::{
+    Emitted, InstrumentMap, NormalizerMsg, NormalizerSnapshot, RowEmitter, frame_json,
+    instrument_of,
+};
+use crate::backpressure::Inflight;
+use crate::config::SecType;
+use crate::contracts::Instrument;
+use crate::ib_websocket::WsMsg;
+use crate::names::IB_WEBSOCKET;
+
+/// How a field's value is read and which unit it has.
+#[derive(Clone, Copy)]
+enum Unit {
+    /// The instrument's price unit.
+    Price,
+    Percent,
+    /// Shares for stocks (field 7762 is the exact volume), contracts for futures.
+    Volume,
+    Contracts,
+}
+
+/// IB field → (indicator_identifier, indicator_type, unit). 87 (abbreviated volume) is used
+/// only when the exact 7762 is absent.
+const FIELDS: &[(&str, &str, &str, Unit)] = &[
+    (field::VOLUME, "volume", "session_statistic", Unit::Volume),
+    (
+        field::VOLUME_ABBREV,
+        "volume",
+        "session_statistic",
+        Unit::Volume,
+    ),
+    (field::OPEN, "open", "session_statistic", Unit::Price),
+    (field::HIGH, "high", "session_statistic", Unit::Price),
+    (field::LOW, "low", "session_statistic", Unit::Price),
+    (field::CLOSE, "close", "session_statistic", Unit::Price),
+    (
+        field::PRIOR_CLOSE,
+        "prior_close",
+        "session_statistic",
+        Unit::Price,
+    ),
+    (field::CHANGE, "change", "session_statistic", Unit::Price),
+    (
+        field::CHANGE_PCT,
+        "change_percent",
+        "session_statistic",
+        Unit::Percent,
+    ),
+    (
+        field::CHANGE_SINCE_OPEN,
+        "change_since_open",
+        "session_statistic",
+        Unit::Price,
+    ),
+    (field::MARK, "mark", "valuation", Unit::Price),
+    (
+        field::OPEN_INTEREST,
+        "open_interest",
+        "positioning",
+        Unit::Contracts,
+    ),
+];
+
+fn unit_name(unit: Unit, instrument: &Instrument) -> String {
+    match unit {
+        Unit::Price => instrument.price_unit.clone(),
+        Unit::Percent => "1_percent".into(),
+        Unit::Volume => match instrument.sec_type {
+            SecType::Stock => "1_shares".into(),
+            SecType::Future => "1_contracts".into(),
+        },
+        Unit::Contracts => "1_contracts".into(),
+    }
+}
+
+/// Reads an indicator value: numbers with commas, K/M suffixes for 87, and the `C`/`H`
+/// prefixes IB may put on prices.
+fn read(field_id: &str, v: &Value) -> Result<f64, String> {
+    if field_id == field::VOLUME_ABBREV {
+        return parse_abbreviated(field_id, v).map_err(|e| e.to_string());
+    }
+    parse_number(field_id, v).or_else(|e| match parse_last_price(v) {
+        Ok(marketlane_protocol::ib::LastPrice::Trade(x))
+        | Ok(marketlane_protocol::ib::LastPrice::Halted(x))
+        | Ok(marketlane_protocol::ib::LastPrice::PriorClose(x)) => Ok(x),
+        Err(_) => Err(e.to_string()),
+    })
+}
+
+pub struct IndicatorsState {
+    emitter: RowEmitter,
+    instruments: InstrumentMap,
+    snapshot: NormalizerSnapshot,
+}
+
+pub struct IndicatorsNormalizer;
+
+impl Actor for IndicatorsNormalizer {
+    type Msg = NormalizerMsg;
+    type State = IndicatorsState;
+    type Arguments = RowEmitter;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        emitter: RowEmitter,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        if let Some(ws) = emitter.names.lookup::<WsMsg>(IB_WEBSOCKET) {
+            let _ = ws.cast(WsMsg::Announce);
+        }
+        Ok(IndicatorsState {
+            emitter,
+            instruments: Arc::default(),
+            snapshot: NormalizerSnapshot {
+                category: INDICATORS.into(),
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NormalizerMsg::MarketData {
+                frame,
+                received_ns,
+                permit,
+            } => {
+                state.snapshot.frames += 1;
+                state.on_frame(&frame, received_ns, &permit).await;
+            }
+            NormalizerMsg::Instruments(map) => {
+                state.snapshot.instruments = map.len();
+                state.instruments = map;
+            }
+            NormalizerMsg::Book { .. } | NormalizerMsg::Resubscribed(_) => {}
+            NormalizerMsg::GetState(reply) => {
+                let _ = reply.send(state.snapshot.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IndicatorsState {
+    #[instrument(level = "trace", skip_all, fields(category = INDICATORS, conid = frame.conid))]
+    async fn on_frame(&mut self, frame: &MarketDataFrame, received_ns: i64, permit: &Inflight) {
+        let present: Vec<_> = FIELDS
+            .iter()
+            .filter(|(f, ..)| frame.fields.contains_key(*f))
+            .filter(|(f, ..)| {
+                !(*f == field::VOLUME_ABBREV && frame.fields.contains_key(field::VOLUME))
+            })
+            .collect();
+        if present.is_empty() {
+            return;
+        }
+        let (conid, instrument) = match instrument_of(&self.instruments, frame.conid) {
+            Ok((c, i)) => (c, i.clone()),
+            Err((code, reason)) => {
+                self.snapshot.quarantined += 1;
+                self.emitter
+                    .quarantine(INDICATORS, code, reason, &frame_json(frame), permit)
+                    .await;
+                return;
+            }
+        };
+        let updated_ms = frame.updated_ms.unwrap_or(received_ns / 1_000_000);
+        let event_time = updated_ms.saturating_mul(1_000_000);
+        let source = self.emitter.source_system.clone();
+        for (field_id, identifier, kind, unit) in present {
+            let raw = &frame.fields[*field_id];
+            // An empty value means IB has none: nothing to report for that field.
+            if raw.as_str().is_some_and(|s| s.trim().is_empty()) {
+                continue;
+            }
+            let value = match read(field_id, raw) {
+                Ok(v) => v,
+                Err(reason) => {
+                    self.snapshot.quarantined += 1;
+                    self.emitter
+                        .quarantine(INDICATORS, "bad_value", reason, &frame_json(frame), permit)
+                        .await;
+                    continue;
+                }
+            };
+            let mut row = RowMap::new();
+            row.insert(
+                "row_id".into(),
+                json!(row_id(
+                    INDICATORS,
+                    &[
+                        &source,
+                        &conid.to_string(),
+                        &updated_ms.to_string(),
+                        identifier
+                    ]
+                )),
+            );
+            row.insert("source_system_name".into(), json!(source));
+            row.insert(
+                "component_instance_name".into(),
+                json!(self.emitter.instance),
+            );
+            row.insert("ingestion_time".into(), json!(received_ns));
+            row.insert("market_event_time".into(), json!(event_time));
+            row.insert("symbol_identifier".into(), json!(instrument.symbol));
+            row.insert("indicator_identifier".into(), json!(identifier));
+            row.insert("indicator_value".into(), json!(value));
+            row.insert(
+                "indicator_value_unit".into(),
+                json!(unit_name(*unit, &instrument)),
+            );
+            row.insert("indicator_type".into(), json!(kind));
+            match self.emitter.emit(INDICATORS, row, event_time, permit).await {
+                Emitted::Row => self.snapshot.rows += 1,
+                Emitted::Quarantined => self.snapshot.quarantined += 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::names::INDICATORS_NORMALIZER;
+    use crate::normalizer::testkit::{Harness, json};
+
+    #[tokio::test]
+    async fn session_statistics_table() {
+        let h = Harness::start(IndicatorsNormalizer, INDICATORS_NORMALIZER).await;
+        let frame = r#"{"topic":"smd+265598","conid":265598,"_updated":5,"7762":"1234567","87":"1.23M","7295":"188.10","70":"190.00","71":"187.90","7741":"C187.50","82":"+1.10","83":0.59,"7635":"189.62","31":"189.6"}"#;
+        let got = h.feed(frame, 9).await;
+        let by_id: BTreeMap<String, serde_json::Value> = got
+            .iter()
+            .map(json)
+            .map(|r| (r["indicator_identifier"].as_str().unwrap().to_string(), r))
+            .collect();
+        let want: &[(&str, f64, &str, &str)] = &[
+            ("volume", 1_234_567.0, "1_shares", "session_statistic"),
+            ("open", 188.10, "1_USdollar", "session_statistic"),
+            ("high", 190.0, "1_USdollar", "session_statistic"),
+            ("low", 187.90, "1_USdollar", "session_statistic"),
+            ("prior_close", 187.50, "1_USdollar", "session_statistic"),
+            ("change", 1.10, "1_USdollar", "session_statistic"),
+            ("change_percent", 0.59, "1_percent", "session_statistic"),
+            ("mark", 189.62, "1_USdollar", "valuation"),
+        ];
+        assert_eq!(by_id.len(), want.len(), "{by_id:?}");
+        for (id, value, unit, kind) in want {
+            let r = &by_id[*id];
+            assert_eq!(r["indicator_value"].as_f64().unwrap(), *value, "{id}");
+            assert_eq!(r["indicator_value_unit"], *unit, "{id}");
+            assert_eq!(r["indicator_type"], *kind, "{id}");
+            assert_eq!(r["market_event_time"], 5_000_000);
+            assert_eq!(r["indicator_identifier_state"], "ok");
+        }
+        // 87 stands in for volume only without 7762; a bad value is quarantined alone.
+        let got = h
+            .feed(
+                r#"{"topic":"smd+265598","conid":265598,"_updated":6,"87":"350K","70":"n/a"}"#,
+                9,
+            )
+            .await;
+        assert_eq!(got.len(), 2);
+        let rows: Vec<_> = got.iter().map(json).collect();
+        assert!(rows.iter().any(|r| r["indicator_identifier"] == "volume" && r["indicator_value"] == 350_000.0));
+        assert!(rows.iter().any(|r| r["reason_code"] == "bad_value"));
+        h.stop();
+    }
+}

@@ -1,0 +1,432 @@
+//! The l2_market_data normalizer: book levels from two sources.
+//!
+//! - Top of book from `smd` (84 bid, 86 ask, 88 bid size, 85 ask size): every later frame that
+//!   carries any of them gives both sides' level-1 rows (`max_level` 1) with the merged values,
+//!   at IB's `_updated` time. The first frame after a subscription only seeds the state, like
+//!   for trades.
+//! - `sbd` BookTrader ladders: each ladder is a full book, so it gives one row per side and
+//!   level (level 1 is the best price, `max_level` the rows of that side). IB gives no event
+//!   time for ladders: `l2_time` is the receive time and the row id is per pod (the seed notes
+//!   that L2 duplicates across pods cannot be recognised). The exchange of a ladder over all
+//!   deep exchanges is unknown, so `exchange_identifier` is missing (state `missing`).
+//!
+//! Sizes are kept in IB's unit (lots of 100 for US stocks: `size_unit` says so).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use marketlane_protocol::category::L2;
+use marketlane_protocol::ib::{BookFrame, MarketDataFrame, field, parse_number};
+use marketlane_protocol::{RowMap, row_id};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::{Value, json};
+use tracing::instrument;
+
+use super::{
+    Emitted, InstrumentMap, NormalizerMsg, NormalizerSnapshot, RowEmitter, frame_json,
+    instrument_of,
+};
+use crate::backpressure::Inflight;
+use crate::contracts::Instrument;
+use crate::ib_websocket::WsMsg;
+use crate::names::IB_WEBSOCKET;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct TopOfBook {
+    bid: Option<f64>,
+    ask: Option<f64>,
+    bid_size: Option<f64>,
+    ask_size: Option<f64>,
+    seeded: bool,
+}
+
+pub struct L2State {
+    emitter: RowEmitter,
+    instruments: InstrumentMap,
+    books: HashMap<i64, TopOfBook>,
+    snapshot: NormalizerSnapshot,
+}
+
+pub struct L2Normalizer;
+
+impl Actor for L2Normalizer {
+    type Msg = NormalizerMsg;
+    type State = L2State;
+    type Arguments = RowEmitter;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        emitter: RowEmitter,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        if let Some(ws) = emitter.names.lookup::<WsMsg>(IB_WEBSOCKET) {
+            let _ = ws.cast(WsMsg::Announce);
+        }
+        Ok(L2State {
+            emitter,
+            instruments: Arc::default(),
+            books: HashMap::new(),
+            snapshot: NormalizerSnapshot {
+                category: L2.into(),
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NormalizerMsg::MarketData {
+                frame,
+                received_ns,
+                permit,
+            } => {
+                state.snapshot.frames += 1;
+                state.on_top_of_book(&frame, received_ns, &permit).await;
+            }
+            NormalizerMsg::Book {
+                frame,
+                received_ns,
+                permit,
+            } => {
+                state.snapshot.frames += 1;
+                state.on_ladder(&frame, received_ns, &permit).await;
+            }
+            NormalizerMsg::Instruments(map) => {
+                state.snapshot.instruments = map.len();
+                state.books.retain(|conid, _| map.contains_key(conid));
+                state.instruments = map;
+            }
+            NormalizerMsg::Resubscribed(conids) => {
+                for c in conids {
+                    state.books.entry(c).or_default().seeded = false;
+                }
+            }
+            NormalizerMsg::GetState(reply) => {
+                let _ = reply.send(state.snapshot.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One book level as a row; `exchange` is `None` when the source does not say.
+struct Level<'a> {
+    instrument: &'a Instrument,
+    exchange: Option<&'a str>,
+    side: &'static str,
+    level: u32,
+    max_level: u32,
+    price: Option<f64>,
+    size: Option<f64>,
+    l2_time: i64,
+    /// What identifies the event besides side and level (IB `_updated`, or receive time).
+    event_key: String,
+}
+
+/// The price of a ladder row: `"189.60"`, or `"300 @ 189.60"` on the last-trade row.
+fn ladder_price(v: &Value) -> Option<f64> {
+    let text = v.as_str()?;
+    let price = text.rsplit('@').next()?.trim();
+    parse_number(field::LAST, &Value::String(price.to_string())).ok()
+}
+
+impl L2State {
+    async fn emit(&mut self, conid: i64, l: Level<'_>, received_ns: i64, permit: &Inflight) {
+        let source = self.emitter.source_system.clone();
+        let mut row = RowMap::new();
+        row.insert(
+            "row_id".into(),
+            json!(row_id(
+                L2,
+                &[
+                    &source,
+                    &conid.to_string(),
+                    &l.event_key,
+                    l.side,
+                    &l.level.to_string()
+                ]
+            )),
+        );
+        row.insert("source_system_name".into(), json!(source));
+        row.insert(
+            "component_instance_name".into(),
+            json!(self.emitter.instance),
+        );
+        row.insert("ingestion_time".into(), json!(received_ns));
+        row.insert("exchange_identifier".into(), json!(l.exchange));
+        row.insert("symbol_identifier".into(), json!(l.instrument.symbol));
+        row.insert("symbol_type".into(), json!(l.instrument.symbol_type()));
+        row.insert("price".into(), json!(l.price));
+        row.insert("price_unit".into(), json!(l.instrument.price_unit));
+        row.insert("size".into(), json!(l.size));
+        row.insert("size_unit".into(), json!(l.instrument.size_unit));
+        row.insert("side".into(), json!(l.side));
+        row.insert("level".into(), json!(l.level));
+        row.insert("max_level".into(), json!(l.max_level));
+        row.insert("l2_time".into(), json!(l.l2_time));
+        match self.emitter.emit(L2, row, l.l2_time, permit).await {
+            Emitted::Row => self.snapshot.rows += 1,
+            Emitted::Quarantined => self.snapshot.quarantined += 1,
+        }
+    }
+
+    #[instrument(level = "trace", skip_all, fields(category = L2, conid = frame.conid))]
+    async fn on_top_of_book(
+        &mut self,
+        frame: &MarketDataFrame,
+        received_ns: i64,
+        permit: &Inflight,
+    ) {
+        const QUOTE: [&str; 4] = [field::BID, field::ASK, field::BID_SIZE, field::ASK_SIZE];
+        if !QUOTE.iter().any(|f| frame.fields.contains_key(*f)) {
+            return;
+        }
+        let (conid, instrument) = match instrument_of(&self.instruments, frame.conid) {
+            Ok((c, i)) => (c, i.clone()),
+            Err((code, reason)) => {
+                self.snapshot.quarantined += 1;
+                self.emitter
+                    .quarantine(L2, code, reason, &frame_json(frame), permit)
+                    .await;
+                return;
+            }
+        };
+        let mut parsed = [None; 4];
+        for (i, f) in QUOTE.iter().enumerate() {
+            match frame.fields.get(*f) {
+                None => {}
+                // IB sends "" for a value it does not have: the level is cleared.
+                Some(Value::String(t)) if t.trim().is_empty() => parsed[i] = Some(None),
+                Some(v) => match parse_number(f, v) {
+                    Ok(x) => parsed[i] = Some(Some(x)),
+                    Err(e) => {
+                        self.snapshot.quarantined += 1;
+                        self.emitter
+                            .quarantine(L2, "bad_value", e.to_string(), &frame_json(frame), permit)
+                            .await;
+                        return;
+                    }
+                },
+            }
+        }
+        let book = self.books.entry(conid).or_default();
+        let slots = [
+            &mut book.bid,
+            &mut book.ask,
+            &mut book.bid_size,
+            &mut book.ask_size,
+        ];
+        for (slot, value) in slots.into_iter().zip(parsed) {
+            if let Some(v) = value {
+                *slot = v;
+            }
+        }
+        if !book.seeded {
+            book.seeded = true;
+            return;
+        }
+        let book = *book;
+        let updated_ms = frame.updated_ms.unwrap_or(received_ns / 1_000_000);
+        let l2_time = updated_ms.saturating_mul(1_000_000);
+        for (side, price, size) in [
+            ("bid", book.bid, book.bid_size),
+            ("ask", book.ask, book.ask_size),
+        ] {
+            let level = Level {
+                instrument: &instrument,
+                exchange: Some(instrument.exchange.as_str()),
+                side,
+                level: 1,
+                max_level: 1,
+                price,
+                size,
+                l2_time,
+                event_key: updated_ms.to_string(),
+            };
+            self.emit(conid, level, received_ns, permit).await;
+        }
+    }
+
+    #[instrument(level = "trace", skip_all, fields(category = L2, conid = frame.conid))]
+    async fn on_ladder(&mut self, frame: &BookFrame, received_ns: i64, permit: &Inflight) {
+        let raw = || {
+            serde_json::to_vec(&json!({
+                "topic": format!("sbd+{}+{}", frame.account.clone().unwrap_or_default(), frame.conid.unwrap_or_default()),
+                "rows": frame.rows.len(),
+            }))
+            .unwrap_or_default()
+        };
+        let (conid, instrument) = match instrument_of(&self.instruments, frame.conid) {
+            Ok((c, i)) => (c, i.clone()),
+            Err((code, reason)) => {
+                self.snapshot.quarantined += 1;
+                self.emitter
+                    .quarantine(L2, code, reason, &raw(), permit)
+                    .await;
+                return;
+            }
+        };
+        let mut bids: Vec<(f64, f64)> = Vec::new();
+        let mut asks: Vec<(f64, f64)> = Vec::new();
+        for r in &frame.rows {
+            let Some(price) = r.price.as_ref().and_then(ladder_price) else {
+                self.snapshot.quarantined += 1;
+                let reason = format!("ladder row {}: unreadable price {:?}", r.row, r.price);
+                self.emitter
+                    .quarantine(L2, "bad_value", reason, &raw(), permit)
+                    .await;
+                return;
+            };
+            for (side, v) in [(&mut bids, &r.bid), (&mut asks, &r.ask)] {
+                if let Some(v) = v {
+                    match parse_number("sbd size", v) {
+                        Ok(size) => side.push((price, size)),
+                        Err(e) => {
+                            self.snapshot.quarantined += 1;
+                            self.emitter
+                                .quarantine(L2, "bad_value", e.to_string(), &raw(), permit)
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        // Level 1 is the best price: the highest bid and the lowest ask.
+        bids.sort_by(|a, b| b.0.total_cmp(&a.0));
+        asks.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (side, levels) in [("bid", &bids), ("ask", &asks)] {
+            let max_level = u32::try_from(levels.len()).unwrap_or(u32::MAX);
+            for (i, (price, size)) in levels.iter().enumerate() {
+                let level = Level {
+                    instrument: &instrument,
+                    exchange: None,
+                    side,
+                    level: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                    max_level,
+                    price: Some(*price),
+                    size: Some(*size),
+                    l2_time: received_ns,
+                    event_key: format!("sbd-{}-{received_ns}", self.emitter.instance),
+                };
+                self.emit(conid, level, received_ns, permit).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::L2_NORMALIZER;
+    use crate::normalizer::testkit::{Harness, json};
+
+    /// (side, level, max_level, price, size) of each produced row, sorted.
+    fn levels(got: &[crate::kafka::Produce]) -> Vec<(String, u64, u64, f64, f64)> {
+        let mut v: Vec<_> = got
+            .iter()
+            .map(json)
+            .map(|r| {
+                assert!(r.get("reason_code").is_none(), "quarantined: {r}");
+                (
+                    r["side"].as_str().unwrap().to_string(),
+                    r["level"].as_u64().unwrap(),
+                    r["max_level"].as_u64().unwrap(),
+                    r["price"].as_f64().unwrap(),
+                    r["size"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        v
+    }
+
+    #[tokio::test]
+    async fn top_of_book_from_smd() {
+        let h = Harness::start(L2Normalizer, L2_NORMALIZER).await;
+        let snap = r#"{"topic":"smd+265598","conid":265598,"_updated":1,"84":"189.50","86":"189.70","88":"5","85":"1,300","31":"189.6"}"#;
+        assert!(h.feed(snap, 7).await.is_empty(), "a snapshot only seeds");
+        // Only the bid moved: both sides' level-1 rows, with the merged ask.
+        let got = h
+            .feed(
+                r#"{"topic":"smd+265598","conid":265598,"_updated":2,"84":"189.55"}"#,
+                7,
+            )
+            .await;
+        assert_eq!(
+            levels(&got),
+            vec![
+                ("ask".into(), 1, 1, 189.7, 1300.0),
+                ("bid".into(), 1, 1, 189.55, 5.0)
+            ]
+        );
+        let row = json(&got[0]);
+        assert_eq!(row["l2_time"], 2_000_000);
+        assert_eq!(row["exchange_identifier_state"], "ok");
+        assert_eq!(row["symbol_type"], "stocks");
+        assert_eq!(row["size_unit"], "100_shares");
+        // A trade-only frame says nothing about the book.
+        assert!(
+            h.feed(
+                r#"{"topic":"smd+265598","conid":265598,"_updated":3,"31":"189.6"}"#,
+                7
+            )
+            .await
+            .is_empty()
+        );
+        // A bad size is quarantined with the reason.
+        let got = h
+            .feed(
+                r#"{"topic":"smd+265598","conid":265598,"_updated":4,"88":"lots"}"#,
+                7,
+            )
+            .await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(json(&got[0])["reason_code"], "bad_value");
+        assert_eq!(got[0].topic, "l2_market_data_unqualified");
+        h.stop();
+    }
+
+    #[tokio::test]
+    async fn ladders_from_sbd() {
+        let h = Harness::start(L2Normalizer, L2_NORMALIZER).await;
+        let ladder = r#"{"topic":"sbd+DU1+265598","data":[
+            {"row":0,"focus":0,"price":"189.72","ask":"7"},
+            {"row":1,"focus":0,"price":"189.71","ask":"3"},
+            {"row":2,"focus":1,"price":"2 @ 189.65"},
+            {"row":3,"focus":0,"price":"189.60","bid":"1,100"},
+            {"row":4,"focus":0,"price":"189.59","bid":"4"}]}"#;
+        let got = h.feed(ladder, 42).await;
+        assert_eq!(
+            levels(&got),
+            vec![
+                ("ask".into(), 1, 2, 189.71, 3.0),
+                ("ask".into(), 2, 2, 189.72, 7.0),
+                ("bid".into(), 1, 2, 189.60, 1100.0),
+                ("bid".into(), 2, 2, 189.59, 4.0),
+            ]
+        );
+        let row = json(&got[0]);
+        assert_eq!(
+            row["l2_time"], 42,
+            "ladders carry no event time: receive time"
+        );
+        assert_eq!(row["exchange_identifier"], serde_json::Value::Null);
+        assert_eq!(row["exchange_identifier_state"], "missing");
+        let bad =
+            r#"{"topic":"sbd+DU1+265598","data":[{"row":0,"focus":0,"price":"x","ask":"7"}]}"#;
+        let got = h.feed(bad, 43).await;
+        assert_eq!(json(&got[0])["reason_code"], "bad_value");
+        let unknown = r#"{"topic":"sbd+DU1+5","data":[{"row":0,"focus":0,"price":"1","ask":"7"}]}"#;
+        assert_eq!(
+            json(&h.feed(unknown, 44).await[0])["reason_code"],
+            "unknown_conid"
+        );
+        h.stop();
+    }
+}
