@@ -35,6 +35,9 @@ pub struct Metrics {
     pub event_to_sink_latency: HistogramVec,
     pub actor_restarts: IntCounterVec,
     pub subscriptions: IntGaugeVec,
+    pub redis_writes: IntCounterVec,
+    pub redis_write_latency: HistogramVec,
+    pub cluster_members: IntGauge,
 }
 
 impl Metrics {
@@ -186,6 +189,24 @@ impl Metrics {
                 "marketlane_subscriptions",
                 "Market-data subscriptions held by this pod, by kind",
                 &["kind"],
+            ),
+            redis_writes: counter(
+                "marketlane_redis_writes_total",
+                "Redis pipeline writes of the calculators, by calculator and outcome",
+                &["calculator", "outcome"],
+            ),
+            redis_write_latency: histogram(
+                "marketlane_redis_write_latency_seconds",
+                "Duration of one Redis pipeline write, by calculator",
+                &["calculator"],
+            ),
+            cluster_members: reg(
+                &registry,
+                IntGauge::new(
+                    "marketlane_cluster_members",
+                    "Live members of the marketlane cluster this pod sees, itself included",
+                )
+                .expect("valid metric"),
             ),
             registry,
         }

@@ -29,6 +29,7 @@ pub struct Config {
     pub writer: WriterConfig,
     /// Seconds a SIGTERM drain may take before the daemon exits anyway.
     pub drain_deadline_secs: u64,
+    pub control: crate::control::ControlConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +80,7 @@ impl Default for Config {
             clickhouse: ClickHouseConfig::default(),
             writer: WriterConfig::default(),
             drain_deadline_secs: 25,
+            control: Default::default(),
         }
     }
 }
@@ -135,9 +137,8 @@ impl Config {
             }
             merge(&mut value, over);
         }
-        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
-            anyhow::anyhow!("config {}: {}", e.path(), e.inner().message())
-        })?;
+        let config: Config = serde_path_to_error::deserialize(value)
+            .map_err(|e| anyhow::anyhow!("config {}: {}", e.path(), e.inner().message()))?;
         config.validate()?;
         Ok(config)
     }
@@ -150,6 +151,13 @@ impl Config {
             bail!("config roles: at least one of connector, writer");
         }
         self.lane().validate()?;
+        self.control.validate()?;
+        // An error message may quote the URL; credentials belong in user/password.
+        if crate::control::redact::strip_url_userinfo(&self.clickhouse.url).is_some() {
+            bail!(
+                "config clickhouse.url: put credentials in clickhouse.user and clickhouse.password, not in the URL"
+            );
+        }
         Ok(())
     }
 

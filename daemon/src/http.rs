@@ -16,6 +16,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// Set once the lane has started (topics and tables exist, actors are up).
     pub ready: Arc<AtomicBool>,
+    /// Why the pod is not ready (`control::readiness`), for the `/readyz` body.
+    pub ready_reason: Arc<std::sync::Mutex<String>>,
 }
 
 async fn metrics(
@@ -32,11 +34,15 @@ async fn livez() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(s): State<HttpState>) -> (StatusCode, &'static str) {
+async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
     if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
+        (StatusCode::OK, "ready\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+        let why = s.ready_reason.lock().map(|r| r.clone()).unwrap_or_default();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
     }
 }
 

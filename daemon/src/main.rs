@@ -2,6 +2,8 @@
 //! tools (`schema ddl|check`), the reconciliation and the end-to-end demo.
 
 mod config;
+mod control;
+mod ctl;
 mod demo;
 mod http;
 mod reconcile;
@@ -52,6 +54,8 @@ enum Command {
     },
     /// The whole lane end to end against the simulator, with a reconciliation at the end.
     Demo(demo::DemoArgs),
+    /// Talk to a running daemon over its control socket.
+    Ctl(ctl::CtlArgs),
 }
 
 #[derive(Subcommand)]
@@ -113,8 +117,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
-            init_tracing(&config.log.level, config.log.json);
-            run::run(config).await?;
+            let log = control::LogControl::init(&config.log.level, config.log.json);
+            run::run(config, log).await?;
         }
         Command::Sim(args) => {
             init_tracing("info", false);
@@ -140,6 +144,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Ctl(args) => return Ok(ctl::run(args).await),
         Command::Demo(args) => {
             let r = demo::demo(args).await?;
             if r.lost > 0 || r.duplicates > 0 || r.emitted == 0 || r.clickhouse != r.emitted as u64

@@ -1,7 +1,7 @@
 //! `marketlane run`: the daemon itself.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,28 +12,65 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::control::{self, Daemon, LogControl, Readiness, readiness};
 use crate::http::{self, HttpState};
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
+    // Secrets never reach a log: the effective config is logged with them redacted.
+    info!(config = %control::redact::redacted(&config), "config");
     let schemas = Arc::new(
         SchemaSet::load_dir(&config.schemas_dir)
             .with_context(|| format!("schemas in {}", config.schemas_dir.display()))?,
     );
     let metrics = Arc::new(Metrics::new());
-    let ready = Arc::new(AtomicBool::new(false));
+    // Without a cluster this pod is its only member.
+    metrics.cluster_members.set(1);
+    let readiness = Readiness::new();
     let addr = http::serve(
         config.http.listen,
         HttpState {
             metrics: metrics.clone(),
-            ready: ready.clone(),
+            ready: readiness.ready.clone(),
+            ready_reason: readiness.reason.clone(),
         },
     )
     .await?;
     info!(%addr, instance = %config.instance, roles = ?config.roles, "marketlane starting");
-    let supervisor = marketlane_actors::lane::start(config.lane(), schemas, metrics)
+    let supervisor = marketlane_actors::lane::start(config.lane(), schemas.clone(), metrics)
         .await
         .context("cannot start the lane")?;
-    ready.store(true, Ordering::Relaxed);
+    readiness::spawn(
+        readiness.clone(),
+        readiness::ProbeTargets {
+            roles: config.roles.clone(),
+            supervisor: supervisor.clone(),
+            kafka: config.kafka.clone(),
+            clickhouse: config.clickhouse.clone(),
+        },
+        Duration::from_secs(2),
+    );
+    let daemon = Arc::new(Daemon {
+        supervisor: supervisor.clone(),
+        instance: config.instance.clone(),
+        roles: config.roles.clone(),
+        schemas_dir: config.schemas_dir.clone(),
+        schemas: std::sync::Mutex::new(schemas),
+        log,
+        readiness: readiness.clone(),
+        drain_deadline: Duration::from_secs(config.drain_deadline_secs),
+    });
+    // The control socket is for ops; a pod that cannot bind it still streams data.
+    let socket = if config.control.enabled {
+        match control::server::serve(&config.control, daemon).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                error!(error = format!("{e:#}"), "control socket unavailable");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let handle = supervisor.get_cell();
@@ -46,16 +83,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             anyhow::bail!("lane supervisor stopped");
         }
     }
-    ready.store(false, Ordering::Relaxed);
+    let already_drained = readiness.draining.swap(true, Ordering::SeqCst);
+    readiness.set(false, "draining");
     let deadline = Duration::from_secs(config.drain_deadline_secs);
-    match ractor::call_t!(
-        supervisor,
-        SupervisorMsg::Drain,
-        deadline.as_millis() as u64 + 1_000,
-        deadline
-    ) {
-        Ok(report) => info!(?report, "drained"),
-        Err(e) => warn!(error = %e, "drain did not finish within the deadline"),
+    if already_drained {
+        info!("already drained over the control socket");
+    } else {
+        match ractor::call_t!(
+            supervisor,
+            SupervisorMsg::Drain,
+            deadline.as_millis() as u64 + 1_000,
+            deadline
+        ) {
+            Ok(report) => info!(?report, "drained"),
+            Err(e) => warn!(error = %e, "drain did not finish within the deadline"),
+        }
+    }
+    if let Some(p) = &socket {
+        control::server::remove(p);
     }
     supervisor.stop(Some("shutdown".into()));
     Ok(())

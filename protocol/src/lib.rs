@@ -5,6 +5,7 @@
 //! - [`ib`]: Interactive Brokers Client Portal messages and value parsers.
 
 pub mod clickhouse;
+pub mod control;
 pub mod ib;
 pub mod row;
 pub mod schema;

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use super::state::SessionState;
-use crate::config::IbConfig;
+use crate::config::{IbConfig, SymbolConfig};
 use crate::contracts::{self, Instrument};
 use crate::ib_client::{IbClient, IbError};
 use crate::ib_websocket::WsMsg;
@@ -34,6 +34,36 @@ pub enum SessionMsg {
     /// A (re)started websocket actor asks for the session and instruments again.
     Announce,
     GetState(RpcReplyPort<SessionSnapshot>),
+    /// Ops subscribe a symbol at run time (control socket): resolve it and push the new
+    /// instrument map to the websocket. Not persisted: a restart goes back to the config.
+    AddSymbol(SymbolConfig, RpcReplyPort<Result<SymbolLine, SymbolError>>),
+    RemoveSymbol(String, RpcReplyPort<Result<Vec<i64>, SymbolError>>),
+    /// Every symbol this session streams, resolved or not.
+    Symbols(RpcReplyPort<Vec<SymbolLine>>),
+}
+
+/// One configured or added symbol and what it resolved to.
+#[derive(Debug, Clone, Serialize)]
+pub struct SymbolLine {
+    pub symbol: String,
+    pub sec_type: crate::config::SecType,
+    pub exchange: Option<String>,
+    pub conid: Option<i64>,
+    /// Futures: the contract's last trading day (`YYYYMMDD`).
+    pub last_trading_day: Option<u32>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SymbolError {
+    #[error("{0} is already subscribed")]
+    AlreadySubscribed(String),
+    #[error("{0} is not subscribed")]
+    NotSubscribed(String),
+    #[error("the ib session is {0}, not authenticated: cannot resolve contracts now")]
+    NotAuthenticated(&'static str),
+    #[error("{0}")]
+    Resolve(String),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,6 +94,8 @@ pub struct SessionActorState {
     initialized: bool,
     instruments: Arc<BTreeMap<i64, Instrument>>,
     unresolved: BTreeMap<String, String>,
+    /// The configured symbols plus those added over the control socket.
+    symbols: Vec<SymbolConfig>,
 }
 
 pub struct IbSession;
@@ -78,6 +110,7 @@ impl Actor for IbSession {
         myself: ActorRef<Self::Msg>,
         args: SessionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let symbols = args.ib.symbols.clone();
         let client = IbClient::new(args.ib, args.metrics.clone())?;
         let _ = myself.cast(SessionMsg::Check { generation: 0 });
         let st = SessionActorState {
@@ -92,6 +125,7 @@ impl Actor for IbSession {
             initialized: false,
             instruments: Arc::default(),
             unresolved: BTreeMap::new(),
+            symbols,
         };
         st.export_state();
         Ok(st)
@@ -140,12 +174,97 @@ impl Actor for IbSession {
                     unresolved_symbols: state.unresolved.clone(),
                 });
             }
+            SessionMsg::AddSymbol(symbol, reply) => {
+                let _ = reply.send(state.add_symbol(symbol).await);
+            }
+            SessionMsg::RemoveSymbol(symbol, reply) => {
+                let _ = reply.send(state.remove_symbol(&symbol));
+            }
+            SessionMsg::Symbols(reply) => {
+                let _ = reply.send(state.symbol_lines());
+            }
         }
         Ok(())
     }
 }
 
 impl SessionActorState {
+    fn symbol_lines(&self) -> Vec<SymbolLine> {
+        self.symbols
+            .iter()
+            .map(|s| {
+                let inst = self.instruments.values().find(|i| i.symbol == s.symbol);
+                SymbolLine {
+                    symbol: s.symbol.clone(),
+                    sec_type: s.sec_type,
+                    exchange: s.exchange.clone(),
+                    conid: inst.map(|i| i.conid),
+                    last_trading_day: inst.and_then(|i| i.last_trading_day),
+                    error: self.unresolved.get(&s.symbol).cloned(),
+                }
+            })
+            .collect()
+    }
+
+    async fn add_symbol(&mut self, symbol: SymbolConfig) -> Result<SymbolLine, SymbolError> {
+        if self.symbols.iter().any(|s| s.symbol == symbol.symbol) {
+            return Err(SymbolError::AlreadySubscribed(symbol.symbol));
+        }
+        if self.state != SessionState::Authenticated {
+            return Err(SymbolError::NotAuthenticated(self.state.label()));
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let resolved = contracts::resolve(&self.client, std::slice::from_ref(&symbol), now, 2)
+            .await
+            .remove(&symbol.symbol);
+        let inst = match resolved {
+            Some(Ok(inst)) => inst,
+            Some(Err(e)) => return Err(SymbolError::Resolve(e.to_string())),
+            None => {
+                return Err(SymbolError::Resolve(format!(
+                    "{} not resolved",
+                    symbol.symbol
+                )));
+            }
+        };
+        info!(symbol = %symbol.symbol, conid = inst.conid, "symbol added");
+        let mut map = (*self.instruments).clone();
+        map.insert(inst.conid, inst.clone());
+        self.instruments = Arc::new(map);
+        self.symbols.push(symbol.clone());
+        self.websocket(WsMsg::Instruments(self.instruments.clone()));
+        Ok(SymbolLine {
+            symbol: symbol.symbol,
+            sec_type: symbol.sec_type,
+            exchange: symbol.exchange,
+            conid: Some(inst.conid),
+            last_trading_day: inst.last_trading_day,
+            error: None,
+        })
+    }
+
+    fn remove_symbol(&mut self, symbol: &str) -> Result<Vec<i64>, SymbolError> {
+        let Some(i) = self.symbols.iter().position(|s| s.symbol == symbol) else {
+            return Err(SymbolError::NotSubscribed(symbol.to_string()));
+        };
+        self.symbols.remove(i);
+        self.unresolved.remove(symbol);
+        let mut map = (*self.instruments).clone();
+        let removed: Vec<i64> = map
+            .iter()
+            .filter(|(_, inst)| inst.symbol == symbol)
+            .map(|(c, _)| *c)
+            .collect();
+        map.retain(|_, inst| inst.symbol != symbol);
+        info!(symbol, ?removed, "symbol removed");
+        self.instruments = Arc::new(map);
+        self.websocket(WsMsg::Instruments(self.instruments.clone()));
+        Ok(removed)
+    }
+
     fn export_state(&self) {
         for s in SessionState::LABELS {
             self.metrics
@@ -270,7 +389,7 @@ impl SessionActorState {
     }
 
     async fn resolve_contracts(&mut self) {
-        let symbols = self.client.config().symbols.clone();
+        let symbols = self.symbols.clone();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)

@@ -1,0 +1,468 @@
+//! What each control command does. One function per command; each returns the reply's
+//! `result` or an error with its code. Actors are reached through the supervisor's child list
+//! and told apart by their message type, so a restarted actor is found again.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use marketlane_actors::Role;
+use marketlane_actors::clickhouse_writer::WriterMsg;
+use marketlane_actors::config::{SecType as IbSecType, SymbolConfig};
+use marketlane_actors::ib_session::SessionMsg;
+use marketlane_actors::ib_session::actor::SymbolError;
+use marketlane_actors::ib_websocket::WsMsg;
+use marketlane_actors::kafka::ProducerMsg;
+use marketlane_actors::names;
+use marketlane_actors::normalizer::NormalizerMsg;
+use marketlane_actors::supervisor::{ChildCell, SupervisorMsg};
+use marketlane_protocol::SchemaSet;
+use marketlane_protocol::control::{ActorStatus, Command, ErrorCode, SecType, StatusResult};
+use ractor::{ActorCell, ActorRef};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::{LogControl, Readiness};
+
+/// How long one actor may take to answer `GetState`.
+const STATE_TIMEOUT_MS: u64 = 2_000;
+/// Resolving a contract is a REST round trip or two, rate-limited.
+const RESOLVE_TIMEOUT_MS: u64 = 20_000;
+
+pub type CmdResult = Result<Value, (ErrorCode, String)>;
+
+fn err<T>(code: ErrorCode, message: impl Into<String>) -> Result<T, (ErrorCode, String)> {
+    Err((code, message.into()))
+}
+
+/// What the control socket can reach in the running daemon.
+pub struct Daemon {
+    pub supervisor: ActorRef<SupervisorMsg>,
+    pub instance: String,
+    pub roles: Vec<Role>,
+    pub schemas_dir: PathBuf,
+    /// The schemas the lane runs with (topics, tables, validation).
+    pub schemas: Mutex<Arc<SchemaSet>>,
+    pub log: LogControl,
+    pub readiness: Readiness,
+    pub drain_deadline: Duration,
+}
+
+/// The kinds of actor the control socket knows, by message type.
+fn kind_of(cell: &ActorCell) -> &'static str {
+    let is = |b: Option<bool>| b == Some(true);
+    if is(cell.is_message_type_of::<SessionMsg>()) {
+        "session"
+    } else if is(cell.is_message_type_of::<WsMsg>()) {
+        "websocket"
+    } else if is(cell.is_message_type_of::<NormalizerMsg>()) {
+        "normalizer"
+    } else if is(cell.is_message_type_of::<ProducerMsg>()) {
+        "producer"
+    } else if is(cell.is_message_type_of::<WriterMsg>()) {
+        "writer"
+    } else {
+        "other"
+    }
+}
+
+fn to_json(v: impl Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+async fn state_of(cell: &ActorCell, kind: &str) -> Value {
+    let t = STATE_TIMEOUT_MS;
+    match kind {
+        "session" => {
+            let r: ActorRef<SessionMsg> = cell.clone().into();
+            ractor::call_t!(r, SessionMsg::GetState, t).map_or(Value::Null, to_json)
+        }
+        "websocket" => {
+            let r: ActorRef<WsMsg> = cell.clone().into();
+            ractor::call_t!(r, WsMsg::GetState, t).map_or(Value::Null, to_json)
+        }
+        "normalizer" => {
+            let r: ActorRef<NormalizerMsg> = cell.clone().into();
+            ractor::call_t!(r, NormalizerMsg::GetState, t).map_or(Value::Null, to_json)
+        }
+        "producer" => {
+            let r: ActorRef<ProducerMsg> = cell.clone().into();
+            ractor::call_t!(r, ProducerMsg::GetState, t).map_or(Value::Null, to_json)
+        }
+        "writer" => {
+            let r: ActorRef<WriterMsg> = cell.clone().into();
+            ractor::call_t!(r, WriterMsg::GetState, t).map_or(Value::Null, to_json)
+        }
+        _ => Value::Null,
+    }
+}
+
+/// One line of the status table from an actor's snapshot: the fields ops look at first.
+fn summary(kind: &str, state: &Value) -> String {
+    let Value::Object(map) = state else {
+        return "no answer".into();
+    };
+    let keys: &[&str] = match kind {
+        "session" => &["state", "instruments", "seconds_since_last_good_tickle"],
+        "websocket" => &["connected", "subscribed", "frames", "reconnects"],
+        "normalizer" => &["category", "instruments", "frames", "rows", "quarantined"],
+        "producer" => &["produced", "acknowledged", "in_flight_frames"],
+        "writer" => &[
+            "paused",
+            "rows_inserted",
+            "batches",
+            "failed_inserts",
+            "retrying",
+        ],
+        _ => &[],
+    };
+    let fmt = |v: &Value| match v {
+        Value::Number(n) if n.is_f64() => format!("{:.1}", n.as_f64().unwrap_or_default()),
+        Value::String(s) => s.clone(),
+        Value::Object(m) => m.len().to_string(),
+        other => other.to_string(),
+    };
+    let mut parts: Vec<String> = keys
+        .iter()
+        .filter_map(|k| map.get(*k).filter(|v| !v.is_null()).map(|v| (k, v)))
+        .map(|(k, v)| format!("{k}={}", fmt(v)))
+        .collect();
+    if parts.is_empty() {
+        parts = map
+            .iter()
+            .filter(|(_, v)| v.is_number() || v.is_boolean() || v.is_string())
+            .take(4)
+            .map(|(k, v)| format!("{k}={}", fmt(v)))
+            .collect();
+    }
+    if let Some(Value::String(e)) = map.get("last_error").or(map.get("last_failure")) {
+        parts.push(format!("last_error={e:?}"));
+    }
+    parts.join(" ")
+}
+
+impl Daemon {
+    pub async fn execute(&self, command: Command) -> CmdResult {
+        match command {
+            Command::Status => self.status().await,
+            Command::Subscriptions => self.subscriptions().await,
+            Command::Subscribe {
+                symbol,
+                sec_type,
+                exchange,
+            } => self.subscribe(symbol, sec_type, exchange).await,
+            Command::Unsubscribe { symbol } => self.unsubscribe(symbol).await,
+            Command::Rebalance => self.rebalance().await,
+            Command::Reauth => self.reauth().await,
+            Command::Pause { actor } => self.pause_resume(&actor, true).await,
+            Command::Resume { actor } => self.pause_resume(&actor, false).await,
+            Command::Drain { deadline_secs } => self.drain(deadline_secs).await,
+            Command::ReloadSchemas => self.reload_schemas(),
+            Command::LogLevel { level } => self.log_level(level),
+        }
+    }
+
+    async fn children(&self) -> Result<Vec<ChildCell>, (ErrorCode, String)> {
+        ractor::call_t!(self.supervisor, SupervisorMsg::Children, STATE_TIMEOUT_MS).or_else(|e| {
+            err(
+                ErrorCode::Timeout,
+                format!("the lane supervisor did not answer (busy draining or stuck): {e}"),
+            )
+        })
+    }
+
+    fn roles(&self) -> Vec<String> {
+        self.roles
+            .iter()
+            .map(|r| match r {
+                Role::Connector => "connector".to_string(),
+                Role::Writer => "writer".to_string(),
+            })
+            .collect()
+    }
+
+    async fn status(&self) -> CmdResult {
+        let mut actors = Vec::new();
+        for child in self.children().await? {
+            let (kind, state) = match &child.cell {
+                Some(cell) => {
+                    let kind = kind_of(cell);
+                    (kind, state_of(cell, kind).await)
+                }
+                None => ("restarting", Value::Null),
+            };
+            actors.push(ActorStatus {
+                summary: if child.cell.is_some() {
+                    summary(kind, &state)
+                } else {
+                    "waiting to be restarted".into()
+                },
+                actor: child.actor,
+                kind: kind.into(),
+                alive: child.cell.is_some(),
+                restarts: child.restarts,
+                state,
+            });
+        }
+        Ok(to_json(StatusResult {
+            instance: self.instance.clone(),
+            roles: self.roles(),
+            ready: self.readiness.is_ready(),
+            ready_reason: self.readiness.reason(),
+            draining: self.readiness.draining.load(Ordering::Relaxed),
+            log_level: self.log.current(),
+            cluster: None,
+            actors,
+        }))
+    }
+
+    async fn session(&self) -> Result<ActorRef<SessionMsg>, (ErrorCode, String)> {
+        if !self.roles.contains(&Role::Connector) {
+            return err(
+                ErrorCode::Unavailable,
+                format!(
+                    "this pod runs no connector (roles: {})",
+                    self.roles().join(",")
+                ),
+            );
+        }
+        let children = self.children().await?;
+        let child = children
+            .into_iter()
+            .find(|c| c.actor == names::IB_SESSION)
+            .ok_or((
+                ErrorCode::Unavailable,
+                "no ib session in this pod".to_string(),
+            ))?;
+        match child.cell {
+            Some(cell) => Ok(cell.into()),
+            None => err(
+                ErrorCode::Unavailable,
+                "the ib session actor is restarting or stopped (drained?)",
+            ),
+        }
+    }
+
+    async fn subscriptions(&self) -> CmdResult {
+        let session = self.session().await?;
+        let symbols = ractor::call_t!(session, SessionMsg::Symbols, STATE_TIMEOUT_MS)
+            .or_else(|e| err(ErrorCode::Timeout, format!("ib session: {e}")))?;
+        Ok(json!({
+            "instance": self.instance,
+            "cluster": null,
+            "note": "no cluster configured: this pod's subscriptions only",
+            "symbols": symbols,
+        }))
+    }
+
+    async fn subscribe(
+        &self,
+        symbol: String,
+        sec_type: SecType,
+        exchange: Option<String>,
+    ) -> CmdResult {
+        let session = self.session().await?;
+        let config = SymbolConfig {
+            symbol,
+            sec_type: match sec_type {
+                SecType::Stock => IbSecType::Stock,
+                SecType::Future => IbSecType::Future,
+            },
+            exchange,
+            depth: false,
+        };
+        let r = ractor::call_t!(session, SessionMsg::AddSymbol, RESOLVE_TIMEOUT_MS, config)
+            .or_else(|e| err(ErrorCode::Timeout, format!("ib session: {e}")))?;
+        r.map(to_json).map_err(symbol_error)
+    }
+
+    async fn unsubscribe(&self, symbol: String) -> CmdResult {
+        let session = self.session().await?;
+        let r = ractor::call_t!(
+            session,
+            SessionMsg::RemoveSymbol,
+            STATE_TIMEOUT_MS,
+            symbol.clone()
+        )
+        .or_else(|e| err(ErrorCode::Timeout, format!("ib session: {e}")))?;
+        r.map(|conids| json!({"symbol": symbol, "unsubscribed_conids": conids}))
+            .map_err(symbol_error)
+    }
+
+    async fn rebalance(&self) -> CmdResult {
+        let mut local = 0;
+        if let Ok(session) = self.session().await
+            && let Ok(symbols) = ractor::call_t!(session, SessionMsg::Symbols, STATE_TIMEOUT_MS)
+        {
+            local = symbols.len();
+        }
+        err(
+            ErrorCode::Unavailable,
+            format!(
+                "no cluster configured: nothing to rebalance ({} streams all {local} of its symbols itself)",
+                self.instance
+            ),
+        )
+    }
+
+    async fn reauth(&self) -> CmdResult {
+        let session = self.session().await?;
+        let before = ractor::call_t!(session, SessionMsg::GetState, STATE_TIMEOUT_MS)
+            .map(|s| s.state.label())
+            .unwrap_or("unknown");
+        session
+            .cast(SessionMsg::Reauthenticate)
+            .or_else(|e| err(ErrorCode::Failed, format!("ib session: {e}")))?;
+        info!(
+            state_before = before,
+            "re-authentication requested over the control socket"
+        );
+        Ok(json!({"requested": true, "state_before": before}))
+    }
+
+    async fn pause_resume(&self, actor: &str, pause: bool) -> CmdResult {
+        let children = self.children().await?;
+        let wanted = [actor.to_string(), names::writer(actor)];
+        let Some(child) = children.iter().find(|c| wanted.contains(&c.actor)) else {
+            let writers: Vec<&str> = children
+                .iter()
+                .filter(|c| c.actor.starts_with("clickhouse_writer_"))
+                .map(|c| c.actor.as_str())
+                .collect();
+            return err(
+                ErrorCode::NotFound,
+                format!(
+                    "no writer or calculator named {actor:?} in this pod; writers: {}",
+                    if writers.is_empty() {
+                        "none".to_string()
+                    } else {
+                        writers.join(", ")
+                    }
+                ),
+            );
+        };
+        let Some(cell) = child.cell.clone() else {
+            return err(
+                ErrorCode::Unavailable,
+                format!("{} is restarting; try again", child.actor),
+            );
+        };
+        match kind_of(&cell) {
+            "writer" => {
+                let w: ActorRef<WriterMsg> = cell.into();
+                w.cast(if pause {
+                    WriterMsg::Pause
+                } else {
+                    WriterMsg::Resume
+                })
+                .or_else(|e| err(ErrorCode::Failed, format!("{}: {e}", child.actor)))?;
+                // Answered after the pause/resume: the state shows it took effect.
+                let st = ractor::call_t!(w, WriterMsg::GetState, STATE_TIMEOUT_MS)
+                    .or_else(|e| err(ErrorCode::Timeout, format!("{}: {e}", child.actor)))?;
+                info!(actor = %child.actor, paused = st.paused, "writer paused/resumed over the control socket");
+                Ok(json!({"actor": child.actor, "kind": "writer", "paused": st.paused}))
+            }
+            kind => err(
+                ErrorCode::BadArgs,
+                format!(
+                    "{} is a {kind}; only writers and calculators can be paused",
+                    child.actor
+                ),
+            ),
+        }
+    }
+
+    async fn drain(&self, deadline_secs: Option<f64>) -> CmdResult {
+        if self.readiness.draining.swap(true, Ordering::SeqCst) {
+            return err(ErrorCode::Unavailable, "already drained or draining");
+        }
+        self.readiness.set(false, "draining");
+        let deadline = deadline_secs
+            .map(Duration::from_secs_f64)
+            .unwrap_or(self.drain_deadline);
+        info!(?deadline, "drain requested over the control socket");
+        let report = ractor::call_t!(
+            self.supervisor,
+            SupervisorMsg::Drain,
+            deadline.as_millis() as u64 + 2_000,
+            deadline
+        )
+        .or_else(|e| err(ErrorCode::Timeout, format!("drain: {e}")))?;
+        let mut v = to_json(report);
+        if let Value::Object(m) = &mut v {
+            m.insert(
+                "note".into(),
+                "intake stopped, writers flushed and paused; the pod stays up unready until restarted"
+                    .into(),
+            );
+        }
+        Ok(v)
+    }
+
+    fn reload_schemas(&self) -> CmdResult {
+        let loaded = SchemaSet::load_dir(&self.schemas_dir).map_err(|e| {
+            (
+                ErrorCode::Failed,
+                format!(
+                    "schemas in {} do not validate, nothing changed: {e}",
+                    self.schemas_dir.display()
+                ),
+            )
+        })?;
+        let running = self
+            .schemas
+            .lock()
+            .map(|s| s.clone())
+            .map_err(|_| (ErrorCode::Failed, "schema lock poisoned".to_string()))?;
+        let names =
+            |s: &SchemaSet| -> BTreeSet<String> { s.iter().map(|c| c.category.clone()).collect() };
+        let (old, new) = (names(&running), names(&loaded));
+        let added: Vec<&String> = new.difference(&old).collect();
+        let removed: Vec<&String> = old.difference(&new).collect();
+        let changed: Vec<&String> = new
+            .intersection(&old)
+            .filter(|c| {
+                let (a, b) = (running.get(c).ok(), loaded.get(c).ok());
+                // `source` is the file path; only the schema itself counts.
+                a.map(|a| (&a.fields, &a.sort_key, &a.event_time, &a.kafka_key))
+                    != b.map(|b| (&b.fields, &b.sort_key, &b.event_time, &b.kafka_key))
+            })
+            .collect();
+        info!(?added, ?removed, ?changed, "schemas reloaded and validated");
+        Ok(json!({
+            "dir": self.schemas_dir.display().to_string(),
+            "categories": new.len(),
+            "added": added,
+            "removed": removed,
+            "changed": changed,
+            "applied": false,
+            "note": "validated against the running set; the running lane keeps its schemas until restarted (no writer hook for live schema growth in this build)",
+        }))
+    }
+
+    fn log_level(&self, level: Option<String>) -> CmdResult {
+        match level {
+            None => Ok(json!({"level": self.log.current()})),
+            Some(level) => {
+                let previous = self
+                    .log
+                    .set(&level)
+                    .map_err(|e| (ErrorCode::BadArgs, format!("log-level: {e}")))?;
+                info!(previous, level, "log level changed over the control socket");
+                Ok(json!({"previous": previous, "level": level}))
+            }
+        }
+    }
+}
+
+fn symbol_error(e: SymbolError) -> (ErrorCode, String) {
+    let code = match e {
+        SymbolError::AlreadySubscribed(_) | SymbolError::Resolve(_) => ErrorCode::Failed,
+        SymbolError::NotSubscribed(_) => ErrorCode::NotFound,
+        SymbolError::NotAuthenticated(_) => ErrorCode::Unavailable,
+    };
+    (code, e.to_string())
+}
