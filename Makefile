@@ -10,12 +10,12 @@ DEMO_SECONDS ?= 60
 export DEMO_SECONDS
 CARGO ?= cargo
 
-.PHONY: demo test deps build build-release stack-up stack-down fmt-check clippy unit-test integration-test
+.PHONY: demo test deps build build-release stack-up stack-down fmt-check clippy unit-test integration-test ops-deps ops-check
 
 demo: deps stack-up build-release
 	$(CARGO_TARGET_DIR)/release/marketlane demo --seconds $(DEMO_SECONDS)
 
-test: deps fmt-check clippy unit-test stack-up integration-test
+test: deps fmt-check clippy unit-test stack-up ops-check integration-test
 
 deps:
 	@scripts/build-deps
@@ -43,3 +43,12 @@ unit-test:
 
 integration-test: build
 	MARKETLANE_BIN=$(CARGO_TARGET_DIR)/debug/marketlane $(CARGO) test -p marketlane-tests -- --test-threads=1
+
+# Operations checks: promtool (for the metric-spec test's live scrape) and the Kubernetes
+# manifests (generated files current, overlays render, schemas validate: scripts/validate-k8s).
+ops-deps:
+	@command -v promtool >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q prometheus; }
+	@command -v kubernetes-validate >/dev/null 2>&1 || python3 -m pip install -q kubernetes-validate==1.37.0
+
+ops-check: ops-deps
+	scripts/validate-k8s
