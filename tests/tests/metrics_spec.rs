@@ -82,7 +82,10 @@ fn parse_exposition(text: &str) -> BTreeMap<String, (String, BTreeSet<String>)> 
             );
         }
     }
-    for l in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for l in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let name_end = l.find(['{', ' ']).unwrap();
         let sample = &l[..name_end];
         let family = types
