@@ -75,6 +75,25 @@ pub struct IbConfig {
     /// Market-data fields requested with every `smd`.
     pub fields: Vec<String>,
     pub symbols: Vec<SymbolConfig>,
+    /// A subscribed symbol without a frame for this long is flagged silent and re-requested.
+    #[serde(with = "humantime_secs")]
+    pub silent_after: Duration,
+    /// How long to wait after a 429 before trying again (IB's penalty box: 10 minutes).
+    #[serde(with = "humantime_secs")]
+    pub penalty_box: Duration,
+    /// Re-resolve contracts this often, to roll futures before their last trading day.
+    #[serde(with = "humantime_secs")]
+    pub contract_refresh: Duration,
+    /// Start and supervise the gateway as a child process (e.g. `["bin/run.sh", "root/conf.yaml"]`).
+    pub gateway_command: Option<Vec<String>>,
+    /// Run when the gateway has no brokerage session (an ibeam-style login helper); its
+    /// outcome is recorded in the session state. At most once per `login_retry`.
+    pub login_command: Option<Vec<String>>,
+    #[serde(with = "humantime_secs")]
+    pub login_retry: Duration,
+    /// Append every raw websocket frame with its receive time to this file (`marketlane
+    /// replay` reads it).
+    pub record_path: Option<std::path::PathBuf>,
 }
 
 impl Default for IbConfig {
@@ -94,6 +113,13 @@ impl Default for IbConfig {
             .map(String::from)
             .to_vec(),
             symbols: Vec::new(),
+            silent_after: Duration::from_secs(120),
+            penalty_box: Duration::from_secs(600),
+            contract_refresh: Duration::from_secs(6 * 3600),
+            gateway_command: None,
+            login_command: None,
+            login_retry: Duration::from_secs(300),
+            record_path: None,
         }
     }
 }
@@ -118,8 +144,19 @@ impl IbConfig {
                 "must be under 9 minutes: IB ends smd subscriptions after 10 minutes",
             ));
         }
-        if self.heartbeat_timeout < Duration::from_secs(1) {
-            return Err(bad("ib.heartbeat_timeout", "must be at least 1 s"));
+        if self.heartbeat_timeout < Duration::from_millis(100) {
+            return Err(bad("ib.heartbeat_timeout", "must be at least 0.1 s"));
+        }
+        for (key, cmd) in [
+            ("ib.gateway_command", &self.gateway_command),
+            ("ib.login_command", &self.login_command),
+        ] {
+            if cmd
+                .as_ref()
+                .is_some_and(|c| c.is_empty() || c[0].trim().is_empty())
+            {
+                return Err(bad(key, "an empty command; leave it out instead"));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.symbols.iter().enumerate() {

@@ -3,7 +3,6 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use marketlane_protocol::ib::{
@@ -64,12 +63,19 @@ impl IbClient {
                 url: config.gateway_url.clone(),
                 message: e.to_string(),
             })?;
-        let per_sec = |n: u32| Quota::per_second(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
+        // IB counts requests in sliding windows (10 per second, 1 tickle per second). A bursty
+        // limiter could put 2× the rate into one window, and transit jitter can bring two
+        // requests closer at the gateway than we sent them: space every request evenly, with
+        // a margin.
+        let spaced = |ms: u64| {
+            Quota::with_period(std::time::Duration::from_millis(ms))
+                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::MIN)
+        };
         Ok(Self {
             http,
-            // Stay a little under IB's 10/s so clock skew never crosses it.
-            global: RateLimiter::direct(per_sec(9)),
-            tickle: RateLimiter::direct(per_sec(1)),
+            global: RateLimiter::direct(spaced(125)),
+            tickle: RateLimiter::direct(spaced(1_100)),
             config,
             metrics,
         })
@@ -207,14 +213,5 @@ impl IbClient {
             Some(serde_json::json!({"symbol": symbol, "name": false, "secType": sec_type})),
         )
         .await
-    }
-
-    /// Backoff after an error: the penalty box for 429, otherwise `base`.
-    pub fn backoff_for(err: &IbError, base: Duration) -> Duration {
-        match err {
-            // IB's penalty box lasts 10 minutes; probing earlier only extends it.
-            IbError::RateLimited(_) => Duration::from_secs(600),
-            _ => base,
-        }
     }
 }

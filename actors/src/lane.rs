@@ -11,6 +11,7 @@ use tracing::info;
 use crate::backpressure::InflightLimit;
 use crate::clickhouse_writer::{ClickHouse, SinkError, WriterArgs, WriterKind};
 use crate::config::{ClickHouseConfig, ConfigError, IbConfig, KafkaConfig, WriterConfig};
+use crate::ib_gateway::GatewayArgs;
 use crate::ib_session::SessionArgs;
 use crate::ib_websocket::WsArgs;
 use crate::kafka::ProducerArgs;
@@ -109,6 +110,9 @@ pub async fn start(
             metrics: metrics.clone(),
             inflight,
         }));
+        if let Some(command) = config.ib.gateway_command.clone() {
+            children.push(ChildSpec::Gateway(GatewayArgs { command }));
+        }
         children.push(ChildSpec::Session(SessionArgs {
             ib: config.ib.clone(),
             names: config.names.clone(),

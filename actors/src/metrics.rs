@@ -17,6 +17,8 @@ pub struct Metrics {
     pub ib_session_state: IntGaugeVec,
     pub ib_last_tickle_timestamp: Gauge,
     pub ib_requests: IntCounterVec,
+    pub ib_login_attempts: IntCounterVec,
+    pub silent_symbols: IntGauge,
     pub ws_reconnects: IntCounterVec,
     pub ws_connected: IntGauge,
     pub ws_frames: IntCounterVec,
@@ -90,6 +92,19 @@ impl Metrics {
                 "marketlane_ib_requests_total",
                 "REST requests to the gateway by endpoint and outcome",
                 &["endpoint", "outcome"],
+            ),
+            ib_login_attempts: counter(
+                "marketlane_ib_login_attempts_total",
+                "Runs of the configured login command by outcome",
+                &["outcome"],
+            ),
+            silent_symbols: reg(
+                &registry,
+                IntGauge::new(
+                    "marketlane_silent_symbols",
+                    "Subscribed symbols without a frame for longer than ib.silent_after",
+                )
+                .expect("valid metric"),
             ),
             ws_reconnects: counter(
                 "marketlane_ws_reconnects_total",

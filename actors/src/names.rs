@@ -27,6 +27,7 @@ impl ActorNames {
 }
 
 pub const IB_SESSION: &str = "ib_session";
+pub const IB_GATEWAY: &str = "ib_gateway";
 pub const IB_WEBSOCKET: &str = "ib_websocket";
 pub const KAFKA_PRODUCER: &str = "kafka_producer";
 pub const TICK_NORMALIZER: &str = "normalizer_tick_market_data";

@@ -16,6 +16,7 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::clickhouse_writer::{ClickHouseWriter, WriterArgs, WriterMsg, WriterSnapshot};
+use crate::ib_gateway::{GatewayArgs, GatewayMsg, GatewayProcess, GatewaySnapshot};
 use crate::ib_session::{IbSession, SessionArgs, SessionMsg, SessionSnapshot};
 use crate::ib_websocket::{IbWebsocket, WsArgs, WsMsg, WsSnapshot};
 use crate::kafka::{KafkaProducer, ProducerArgs, ProducerMsg, ProducerSnapshot};
@@ -40,6 +41,7 @@ pub enum ChildSpec {
     IndicatorsNormalizer(RowEmitter),
     Websocket(WsArgs),
     Session(SessionArgs),
+    Gateway(GatewayArgs),
     Writer(String, WriterArgs),
 }
 
@@ -53,6 +55,7 @@ impl ChildSpec {
             Self::IndicatorsNormalizer(_) => names::INDICATORS_NORMALIZER.into(),
             Self::Websocket(_) => names::IB_WEBSOCKET.into(),
             Self::Session(_) => names::IB_SESSION.into(),
+            Self::Gateway(_) => names::IB_GATEWAY.into(),
             Self::Writer(name, _) => name.clone(),
         }
     }
@@ -83,6 +86,10 @@ impl ChildSpec {
                     .get_cell()
             }
             Self::Websocket(a) => Actor::spawn_linked(name, IbWebsocket, a, sup)
+                .await?
+                .0
+                .get_cell(),
+            Self::Gateway(a) => Actor::spawn_linked(name, GatewayProcess, a, sup)
                 .await?
                 .0
                 .get_cell(),
@@ -129,6 +136,7 @@ pub struct DrainReport {
 /// The observable state of the whole tree (control socket `status`, tests).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LaneStatus {
+    pub gateway: Option<GatewaySnapshot>,
     pub session: Option<SessionSnapshot>,
     pub websocket: Option<WsSnapshot>,
     pub normalizers: Vec<NormalizerSnapshot>,
@@ -378,6 +386,10 @@ impl SupervisorState {
                 continue;
             };
             match &c.spec {
+                ChildSpec::Gateway(_) => {
+                    let r: ActorRef<GatewayMsg> = cell.into();
+                    st.gateway = ractor::call_t!(r, GatewayMsg::GetState, T).ok();
+                }
                 ChildSpec::Session(_) => {
                     let r: ActorRef<SessionMsg> = cell.into();
                     st.session = ractor::call_t!(r, SessionMsg::GetState, T).ok();

@@ -7,6 +7,7 @@ mod ctl;
 mod demo;
 mod http;
 mod reconcile;
+mod replay;
 mod run;
 mod schema_cmd;
 
@@ -37,7 +38,12 @@ enum Command {
         /// TOML config file; environment variables MARKETLANE__SECTION__KEY override it.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Append every raw websocket frame with its receive time to FILE (for `replay`).
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
     },
+    /// Feed recorded or hand-written websocket frames through the normalizers; print the rows.
+    Replay(replay::ReplayArgs),
     /// Run the IB Client Portal gateway simulator.
     Sim(marketlane_simulator::SimArgs),
     /// Category schema tools.
@@ -115,8 +121,11 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => {
-            let config = Config::load(config.as_deref(), std::env::vars())?;
+        Command::Run { config, record } => {
+            let mut config = Config::load(config.as_deref(), std::env::vars())?;
+            if record.is_some() {
+                config.ib.record_path = record;
+            }
             let log = control::LogControl::init(&config.log.level, config.log.json);
             run::run(config, log).await?;
         }
@@ -144,6 +153,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Replay(args) => replay::replay(args).await?,
         Command::Ctl(args) => return Ok(ctl::run(args).await),
         Command::Demo(args) => {
             let r = demo::demo(args).await?;

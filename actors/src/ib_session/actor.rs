@@ -17,9 +17,10 @@ use super::state::SessionState;
 use crate::config::{IbConfig, SymbolConfig};
 use crate::contracts::{self, Instrument};
 use crate::ib_client::{IbClient, IbError};
+use crate::ib_gateway::GatewayMsg;
 use crate::ib_websocket::WsMsg;
 use crate::metrics::Metrics;
-use crate::names::{ActorNames, IB_WEBSOCKET};
+use crate::names::{ActorNames, IB_GATEWAY, IB_WEBSOCKET};
 
 #[derive(RactorMessage)]
 pub enum SessionMsg {
@@ -73,6 +74,8 @@ pub struct SessionSnapshot {
     pub last_failure: Option<String>,
     pub instruments: usize,
     pub unresolved_symbols: BTreeMap<String, String>,
+    /// Outcome of the last login command, if one is configured and ran.
+    pub last_login_outcome: Option<String>,
 }
 
 #[derive(Clone)]
@@ -94,6 +97,10 @@ pub struct SessionActorState {
     initialized: bool,
     instruments: Arc<BTreeMap<i64, Instrument>>,
     unresolved: BTreeMap<String, String>,
+    last_resolve: Option<Instant>,
+    unreachable_since: Option<Instant>,
+    /// When the login command last ran and how it went.
+    last_login: Option<(Instant, String)>,
     /// The configured symbols plus those added over the control socket.
     symbols: Vec<SymbolConfig>,
 }
@@ -125,6 +132,9 @@ impl Actor for IbSession {
             initialized: false,
             instruments: Arc::default(),
             unresolved: BTreeMap::new(),
+            last_resolve: None,
+            unreachable_since: None,
+            last_login: None,
             symbols,
         };
         st.export_state();
@@ -172,6 +182,7 @@ impl Actor for IbSession {
                     last_failure: state.last_failure.clone(),
                     instruments: state.instruments.len(),
                     unresolved_symbols: state.unresolved.clone(),
+                    last_login_outcome: state.last_login.as_ref().map(|(_, o)| o.clone()),
                 });
             }
             SessionMsg::AddSymbol(symbol, reply) => {
@@ -309,18 +320,31 @@ impl SessionActorState {
             Err(IbError::NoSession(m)) => {
                 self.initialized = false;
                 self.fail(SessionState::NeedsLogin, format!("no session: {m}"));
+                self.run_login_hook().await;
                 return Duration::from_secs(5);
             }
             Err(e @ IbError::RateLimited(_)) => {
-                let wait = IbClient::backoff_for(&e, Duration::from_secs(5));
+                // Probing before IB's penalty box ends only extends it.
                 self.fail(SessionState::PenaltyBox, e.to_string());
-                return wait;
+                return self.client.config().penalty_box;
             }
             Err(e) => {
                 self.fail(SessionState::GatewayUnreachable, e.to_string());
+                let since = *self.unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(60)
+                    && let Some(gw) = self.names.lookup::<GatewayMsg>(IB_GATEWAY)
+                {
+                    // A supervised gateway that stopped answering is restarted (ibeam does
+                    // the same); without one, ops must look.
+                    let _ = gw.cast(GatewayMsg::Restart {
+                        reason: format!("unreachable for {:?}: {e}", since.elapsed()),
+                    });
+                    self.unreachable_since = None;
+                }
                 return Duration::from_secs(2);
             }
         };
+        self.unreachable_since = None;
         let status = match tickle.iserver.and_then(|i| i.auth_status) {
             Some(s) => s,
             None => match self.client.auth_status().await {
@@ -355,7 +379,11 @@ impl SessionActorState {
             self.initialized = true;
             let was = self.state.clone();
             self.set_state(SessionState::Authenticated);
-            if self.instruments.is_empty() || !self.unresolved.is_empty() {
+            let refresh = self.client.config().contract_refresh;
+            if self.instruments.is_empty()
+                || !self.unresolved.is_empty()
+                || self.last_resolve.is_none_or(|t| t.elapsed() >= refresh)
+            {
                 self.resolve_contracts().await;
             }
             let session = tickle.session.unwrap_or_default();
@@ -388,7 +416,52 @@ impl SessionActorState {
         Duration::from_secs(1)
     }
 
+    /// Runs the configured login command (at most once per `login_retry`) and records how it
+    /// went: a gateway without a brokerage session needs a human or a helper to log in.
+    async fn run_login_hook(&mut self) {
+        let config = self.client.config();
+        let Some(cmd) = config.login_command.clone() else {
+            return;
+        };
+        if self
+            .last_login
+            .as_ref()
+            .is_some_and(|(t, _)| t.elapsed() < config.login_retry)
+        {
+            return;
+        }
+        info!(command = %cmd[0], "no brokerage session: running the login command");
+        let run = tokio::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .kill_on_drop(true)
+            .output();
+        let outcome = match tokio::time::timeout(Duration::from_secs(120), run).await {
+            Err(_) => "timed out after 120 s".to_string(),
+            Ok(Err(e)) => format!("cannot start: {e}"),
+            Ok(Ok(out)) if out.status.success() => "ok".to_string(),
+            Ok(Ok(out)) => {
+                let tail: String = String::from_utf8_lossy(&out.stderr)
+                    .chars()
+                    .rev()
+                    .take(300)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                format!("{}: {}", out.status, tail.trim())
+            }
+        };
+        let label = if outcome == "ok" { "ok" } else { "failed" };
+        self.metrics
+            .ib_login_attempts
+            .with_label_values(&[label])
+            .inc();
+        info!(outcome = %outcome, "login command finished");
+        self.last_login = Some((Instant::now(), outcome));
+    }
+
     async fn resolve_contracts(&mut self) {
+        self.last_resolve = Some(Instant::now());
         let symbols = self.symbols.clone();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -4,6 +4,7 @@
 //! expiry, and watches the server's 10 s heartbeat: a socket that stays open but goes quiet is
 //! treated as dead. Frames go to the normalizers; frames that cannot be read are quarantined.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use super::connection::{self, WsSink};
+use super::recorder::Recorder;
 use crate::backpressure::{Inflight, InflightLimit};
 use crate::config::IbConfig;
 use crate::ib_session::SessionMsg;
@@ -64,6 +66,8 @@ pub struct WsSnapshot {
     pub seconds_since_last_frame: Option<f64>,
     pub frames: u64,
     pub quarantined_frames: u64,
+    /// Symbols without a frame for longer than `ib.silent_after`.
+    pub silent_symbols: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -99,6 +103,12 @@ pub struct WsState {
     quarantined: u64,
     /// The account `sbd` needs, from the greeting's `act` frame.
     account: Option<String>,
+    /// Last market-data frame per conid, and the conids flagged silent.
+    last_seen: HashMap<i64, Instant>,
+    silent: BTreeSet<i64>,
+    last_silence_check: Instant,
+    recorder: Option<Recorder>,
+    last_nudge: Option<Instant>,
 }
 
 pub struct IbWebsocket;
@@ -114,6 +124,10 @@ impl Actor for IbWebsocket {
         args: WsArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(Duration::from_millis(250), || WsMsg::Tick);
+        let recorder = match &args.ib.record_path {
+            Some(path) => Some(Recorder::open(path)?),
+            None => None,
+        };
         // After a restart, the session actor re-sends the session and the instruments.
         if let Some(s) = args.names.lookup::<SessionMsg>(IB_SESSION) {
             let _ = s.cast(SessionMsg::Announce);
@@ -132,6 +146,11 @@ impl Actor for IbWebsocket {
             frames: 0,
             quarantined: 0,
             account: None,
+            last_seen: HashMap::new(),
+            silent: BTreeSet::new(),
+            last_silence_check: Instant::now(),
+            recorder,
+            last_nudge: None,
         })
     }
 
@@ -161,8 +180,7 @@ impl Actor for IbWebsocket {
                     // Re-authenticated on the same session: IB ended the subscriptions when it
                     // said `authenticated:false`, so subscribe everything again.
                     info!("session re-authenticated; re-subscribing");
-                    let conids: Vec<i64> = state.instruments.keys().copied().collect();
-                    state.subscribe(&conids).await;
+                    state.subscribe_all().await;
                 }
             }
             WsMsg::SessionLost { reason } => {
@@ -236,6 +254,11 @@ impl Actor for IbWebsocket {
                         .map(|c| c.last_frame.elapsed().as_secs_f64()),
                     frames: state.frames,
                     quarantined_frames: state.quarantined,
+                    silent_symbols: state
+                        .silent
+                        .iter()
+                        .filter_map(|c| state.instruments.get(c).map(|i| i.symbol.clone()))
+                        .collect(),
                 });
             }
         }
@@ -274,6 +297,12 @@ impl WsState {
             self.send(outbound::smd(*conid, &fields)).await;
         }
         self.subscribe_books(conids).await;
+    }
+
+    /// Subscribes every instrument; IB's expiry refresh counts from now.
+    async fn subscribe_all(&mut self) {
+        let conids: Vec<i64> = self.instruments.keys().copied().collect();
+        self.subscribe(&conids).await;
         if let Some(c) = self.conn.as_mut() {
             c.last_subscribe = Some(Instant::now());
         }
@@ -337,8 +366,24 @@ impl WsState {
             }
             Err(e) => {
                 warn!(error = %e, "websocket connect failed");
+                self.nudge_session();
                 self.schedule_retry();
             }
+        }
+    }
+
+    /// Asks the session actor to check the session now (at most every 2 s): a socket that
+    /// cannot connect or is not recognised often means the gateway restarted.
+    fn nudge_session(&mut self) {
+        if self
+            .last_nudge
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            return;
+        }
+        self.last_nudge = Some(Instant::now());
+        if let Some(s) = self.args.names.lookup::<SessionMsg>(IB_SESSION) {
+            let _ = s.cast(SessionMsg::SocketUnauthenticated);
         }
     }
 
@@ -396,6 +441,10 @@ impl WsState {
             }
             self.send(outbound::TIC.to_string()).await;
         }
+        if self.last_silence_check.elapsed() >= Duration::from_secs(1) {
+            self.last_silence_check = Instant::now();
+            self.check_silence().await;
+        }
         let due = self
             .conn
             .as_ref()
@@ -420,8 +469,54 @@ impl WsState {
         }
     }
 
+    /// Flags subscribed symbols that have been silent longer than `silent_after` (counted
+    /// from the later of their last frame and the subscription) and re-requests them.
+    async fn check_silence(&mut self) {
+        let Some(since) = self.conn.as_ref().and_then(|c| c.last_subscribe) else {
+            return;
+        };
+        let limit = self.args.ib.silent_after;
+        let newly: Vec<i64> = self
+            .instruments
+            .keys()
+            .filter(|c| !self.silent.contains(c))
+            .filter(|c| {
+                let last = self
+                    .last_seen
+                    .get(c)
+                    .copied()
+                    .map_or(since, |t| t.max(since));
+                last.elapsed() > limit
+            })
+            .copied()
+            .collect();
+        if newly.is_empty() {
+            return;
+        }
+        for conid in &newly {
+            let symbol = self
+                .instruments
+                .get(conid)
+                .map(|i| i.symbol.clone())
+                .unwrap_or_default();
+            warn!(symbol, conid, silent_for = ?limit, "symbol is silent; subscribing it afresh");
+            self.silent.insert(*conid);
+            // umd + smd makes a fresh subscription whatever state IB kept, so the next frame is
+            // a snapshot, which the normalizers are told to expect.
+            self.send(outbound::umd(*conid)).await;
+        }
+        self.subscribe(&newly).await;
+        self.args
+            .metrics
+            .silent_symbols
+            .set(self.silent.len() as i64);
+    }
+
     async fn on_frame(&mut self, data: &[u8], permit: Inflight) {
         self.frames += 1;
+        if let Some(r) = self.recorder.as_mut() {
+            r.write(data);
+        }
         if let Some(c) = self.conn.as_mut() {
             c.last_frame = Instant::now();
         }
@@ -464,8 +559,7 @@ impl WsState {
                 {
                     metrics.ws_gap_seconds.observe(at.elapsed().as_secs_f64());
                 }
-                let conids: Vec<i64> = self.instruments.keys().copied().collect();
-                self.subscribe(&conids).await;
+                self.subscribe_all().await;
             }
             InboundFrame::Accounts { accounts, selected } => {
                 let account = selected.or_else(|| accounts.first().cloned());
@@ -488,17 +582,24 @@ impl WsState {
                 if let Some(s) = self.session.clone() {
                     self.send(outbound::session(&s)).await;
                 }
+                // The gateway may have restarted with a new session: have it checked now.
+                self.nudge_session();
             }
             InboundFrame::Status(st) => {
                 if st.authenticated == Some(false) || st.competing == Some(true) {
                     warn!(?st, "gateway says the session is not usable");
-                    if let Some(s) = self.args.names.lookup::<SessionMsg>(IB_SESSION) {
-                        let _ = s.cast(SessionMsg::SocketUnauthenticated);
-                    }
+                    self.nudge_session();
                 }
             }
             InboundFrame::MarketData(md) => {
                 self.last_data = Some(Instant::now());
+                if let Some(conid) = md.conid {
+                    self.last_seen.insert(conid, Instant::now());
+                    if self.silent.remove(&conid) {
+                        info!(conid, "symbol streams again");
+                        metrics.silent_symbols.set(self.silent.len() as i64);
+                    }
+                }
                 let frame = Arc::new(md);
                 self.broadcast(|| NormalizerMsg::MarketData {
                     frame: frame.clone(),

@@ -1,5 +1,6 @@
-//! The gateway websocket (`ib_websocket/{actor.rs,connection.rs}`).
+//! The gateway websocket (`ib_websocket/{actor.rs,connection.rs,recorder.rs}`).
 pub mod actor;
 pub mod connection;
+pub mod recorder;
 
 pub use actor::{IbWebsocket, WsArgs, WsMsg, WsSnapshot};
