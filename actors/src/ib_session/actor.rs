@@ -412,7 +412,14 @@ impl SessionActorState {
         if let Err(e) = self.client.reauthenticate().await {
             self.last_failure = Some(format!("reauthenticate: {e}"));
         }
-        self.initialized = false;
+        // The brokerage bridge does not come back by itself after a reset: open it again.
+        match self.client.ssodh_init().await {
+            Ok(_) => self.initialized = true,
+            Err(e) => {
+                self.initialized = false;
+                self.last_failure = Some(format!("ssodh/init after reauthenticate: {e}"));
+            }
+        }
         Duration::from_secs(1)
     }
 
