@@ -29,6 +29,8 @@ pub enum Role {
     Connector,
     /// Kafka → ClickHouse writers.
     Writer,
+    /// Kafka → rolling indicators → Redis (and indicator rows back to Kafka).
+    Calculator,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +43,7 @@ pub struct LaneConfig {
     pub kafka: KafkaConfig,
     pub clickhouse: ClickHouseConfig,
     pub writer: WriterConfig,
+    pub calculators: crate::calculator::CalculatorConfig,
     /// Registered-name prefix (tests running two lanes in one process).
     pub names: ActorNames,
 }
@@ -64,7 +67,8 @@ impl LaneConfig {
         self.ib.validate()?;
         self.kafka.validate()?;
         self.clickhouse.validate()?;
-        self.writer.validate()
+        self.writer.validate()?;
+        self.calculators.validate()
     }
 }
 
@@ -119,6 +123,9 @@ pub async fn start(
             metrics: metrics.clone(),
         }));
     }
+    if config.roles.contains(&Role::Calculator) {
+        calculator_children(&config, &schemas, &metrics, &mut children)?;
+    }
     if config.roles.contains(&Role::Writer) {
         let ch = ClickHouse::connect(&config.clickhouse).await?;
         info!(version = %ch.version, "clickhouse connected");
@@ -166,4 +173,69 @@ pub async fn start(
     .await
     .map_err(|e| LaneError::Spawn(e.to_string()))?;
     Ok(sup)
+}
+
+/// The calculator workers, then one consumer per source topic the specs read (workers first,
+/// so the consumers find them); plus a producer for the indicator rows when this pod runs no
+/// connector.
+fn calculator_children(
+    config: &LaneConfig,
+    schemas: &Arc<SchemaSet>,
+    metrics: &Arc<Metrics>,
+    children: &mut Vec<ChildSpec>,
+) -> Result<(), LaneError> {
+    use crate::calculator::{ConsumerArgs, Shared, WorkerArgs};
+    let specs = config.calculators.compile()?;
+    if specs.is_empty() {
+        info!("calculator role without specs: no calculators started");
+        return Ok(());
+    }
+    let mut sources: Vec<&'static str> = specs.iter().map(|s| s.source).collect();
+    sources.sort_unstable();
+    sources.dedup();
+    let emitter = RowEmitter {
+        schemas: schemas.clone(),
+        kafka: config.kafka.clone(),
+        source_system: config.source_system.clone(),
+        instance: config.instance.clone(),
+        names: config.names.clone(),
+        metrics: metrics.clone(),
+    };
+    let consumers: Vec<String> = sources
+        .iter()
+        .map(|c| names::calculator_consumer(c))
+        .collect();
+    let shared = Arc::new(Shared::new(
+        config.calculators.clone(),
+        specs,
+        consumers.clone(),
+        emitter,
+    ));
+    if !config.roles.contains(&Role::Connector) {
+        children.push(ChildSpec::Producer(ProducerArgs {
+            kafka: config.kafka.clone(),
+            metrics: metrics.clone(),
+            inflight: InflightLimit::new(config.kafka.max_in_flight_frames),
+        }));
+    }
+    for index in 0..shared.workers.len() {
+        children.push(ChildSpec::CalculatorWorker(WorkerArgs {
+            index,
+            shared: shared.clone(),
+        }));
+    }
+    for (name, category) in consumers.into_iter().zip(sources) {
+        let schema = schemas
+            .get(category)
+            .map_err(|_| LaneError::UnknownCategory(category.to_string()))?;
+        children.push(ChildSpec::CalculatorConsumer(
+            name,
+            ConsumerArgs {
+                schema: Arc::new(schema.clone()),
+                kafka: config.kafka.clone(),
+                shared: shared.clone(),
+            },
+        ));
+    }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! the failure matrix.
 
 pub mod backpressure;
+pub mod calculator;
 pub mod clickhouse_writer;
 pub mod config;
 pub mod contracts;

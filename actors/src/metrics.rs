@@ -40,6 +40,8 @@ pub struct Metrics {
     pub redis_writes: IntCounterVec,
     pub redis_write_latency: HistogramVec,
     pub cluster_members: IntGauge,
+    pub calculator_rows: IntCounterVec,
+    pub calculator_pending_keys: IntGaugeVec,
 }
 
 impl Metrics {
@@ -222,6 +224,16 @@ impl Metrics {
                     "Live members of the marketlane cluster this pod sees, itself included",
                 )
                 .expect("valid metric"),
+            ),
+            calculator_rows: counter(
+                "marketlane_calculator_rows_total",
+                "Rows read by the calculators, by category and outcome (applied, duplicate, late, invalid)",
+                &["category", "outcome"],
+            ),
+            calculator_pending_keys: gauge(
+                "marketlane_calculator_pending_keys",
+                "Computed values waiting for Redis (at most one per key), by calculator worker",
+                &["calculator"],
             ),
             registry,
         }

@@ -37,3 +37,11 @@ pub const INDICATORS_NORMALIZER: &str = "normalizer_indicators_market_data";
 pub fn writer(category: &str) -> String {
     format!("clickhouse_writer_{category}")
 }
+
+pub fn calculator_consumer(category: &str) -> String {
+    format!("calculator_consumer_{category}")
+}
+
+pub fn calculator_worker(index: usize) -> String {
+    format!("calculator_worker_{index}")
+}

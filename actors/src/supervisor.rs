@@ -43,6 +43,8 @@ pub enum ChildSpec {
     Session(SessionArgs),
     Gateway(GatewayArgs),
     Writer(String, WriterArgs),
+    CalculatorWorker(crate::calculator::WorkerArgs),
+    CalculatorConsumer(String, crate::calculator::ConsumerArgs),
 }
 
 impl ChildSpec {
@@ -57,6 +59,8 @@ impl ChildSpec {
             Self::Session(_) => names::IB_SESSION.into(),
             Self::Gateway(_) => names::IB_GATEWAY.into(),
             Self::Writer(name, _) => name.clone(),
+            Self::CalculatorWorker(a) => names::calculator_worker(a.index),
+            Self::CalculatorConsumer(name, _) => name.clone(),
         }
     }
 
@@ -101,6 +105,18 @@ impl ChildSpec {
                 .await?
                 .0
                 .get_cell(),
+            Self::CalculatorWorker(a) => {
+                Actor::spawn_linked(name, crate::calculator::CalculatorWorker, a, sup)
+                    .await?
+                    .0
+                    .get_cell()
+            }
+            Self::CalculatorConsumer(_, a) => {
+                Actor::spawn_linked(name, crate::calculator::CalculatorConsumer, a, sup)
+                    .await?
+                    .0
+                    .get_cell()
+            }
         };
         Ok(cell)
     }
@@ -142,6 +158,8 @@ pub struct LaneStatus {
     pub normalizers: Vec<NormalizerSnapshot>,
     pub producer: Option<ProducerSnapshot>,
     pub writers: Vec<WriterSnapshot>,
+    pub calculator_workers: Vec<crate::calculator::WorkerSnapshot>,
+    pub calculator_consumers: Vec<crate::calculator::ConsumerSnapshot>,
     pub restarts: HashMap<String, usize>,
 }
 
@@ -350,6 +368,17 @@ impl SupervisorState {
                     ractor::call_t!(n, NormalizerMsg::GetState, left(started).as_millis() as u64);
             }
         }
+        // 2b. The calculator workers compute and produce what they hold (and write Redis).
+        for c in &self.children {
+            if let (ChildSpec::CalculatorWorker(_), Some(cell)) = (&c.spec, &c.cell) {
+                let w: ActorRef<crate::calculator::WorkerMsg> = cell.clone().into();
+                let _ = ractor::call_t!(
+                    w,
+                    crate::calculator::WorkerMsg::Barrier,
+                    left(started).as_millis() as u64
+                );
+            }
+        }
         // 3. Flush the producer.
         let mut producer_flushed = true;
         if let Some(cell) = self.cell_of(names::KAFKA_PRODUCER) {
@@ -413,6 +442,17 @@ impl SupervisorState {
                     let r: ActorRef<WriterMsg> = cell.into();
                     st.writers
                         .extend(ractor::call_t!(r, WriterMsg::GetState, T).ok());
+                }
+                ChildSpec::CalculatorWorker(_) => {
+                    let r: ActorRef<crate::calculator::WorkerMsg> = cell.into();
+                    st.calculator_workers
+                        .extend(ractor::call_t!(r, crate::calculator::WorkerMsg::GetState, T).ok());
+                }
+                ChildSpec::CalculatorConsumer(..) => {
+                    let r: ActorRef<crate::calculator::ConsumerMsg> = cell.into();
+                    st.calculator_consumers.extend(
+                        ractor::call_t!(r, crate::calculator::ConsumerMsg::GetState, T).ok(),
+                    );
                 }
             }
         }

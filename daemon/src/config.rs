@@ -27,6 +27,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub clickhouse: ClickHouseConfig,
     pub writer: WriterConfig,
+    /// Rolling Redis calculators (role `calculator`): Redis, teams and their indicator specs.
+    pub calculators: marketlane_actors::calculator::CalculatorConfig,
     /// Seconds a SIGTERM drain may take before the daemon exits anyway.
     pub drain_deadline_secs: u64,
     pub control: crate::control::ControlConfig,
@@ -79,6 +81,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             clickhouse: ClickHouseConfig::default(),
             writer: WriterConfig::default(),
+            calculators: Default::default(),
             drain_deadline_secs: 25,
             control: Default::default(),
         }
@@ -170,6 +173,7 @@ impl Config {
             kafka: self.kafka.clone(),
             clickhouse: self.clickhouse.clone(),
             writer: self.writer.clone(),
+            calculators: self.calculators.clone(),
             names: ActorNames::default(),
         }
     }

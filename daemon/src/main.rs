@@ -7,6 +7,7 @@ mod ctl;
 mod demo;
 mod http;
 mod reconcile;
+mod redis_acl;
 mod replay;
 mod run;
 mod schema_cmd;
@@ -60,6 +61,8 @@ enum Command {
     },
     /// The whole lane end to end against the simulator, with a reconciliation at the end.
     Demo(demo::DemoArgs),
+    /// Print (or apply) the Redis ACL users of the calculator config.
+    RedisAcl(redis_acl::RedisAclArgs),
     /// Talk to a running daemon over its control socket.
     Ctl(ctl::CtlArgs),
 }
@@ -155,6 +158,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Replay(args) => replay::replay(args).await?,
         Command::Ctl(args) => return Ok(ctl::run(args).await),
+        Command::RedisAcl(args) => redis_acl::run(args).await?,
         Command::Demo(args) => {
             let r = demo::demo(args).await?;
             if r.lost > 0 || r.duplicates > 0 || r.emitted == 0 || r.clickhouse != r.emitted as u64

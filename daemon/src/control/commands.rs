@@ -180,6 +180,7 @@ impl Daemon {
             .map(|r| match r {
                 Role::Connector => "connector".to_string(),
                 Role::Writer => "writer".to_string(),
+                Role::Calculator => "calculator".to_string(),
             })
             .collect()
     }

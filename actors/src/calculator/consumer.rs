@@ -1,0 +1,395 @@
+//! The calculator consumer: one per source topic. It reads every partition of its topic (manual
+//! assignment: one calculator pod holds all symbols of its config), parses the rows and routes
+//! each to the worker that owns its symbol.
+//!
+//! Warm restart: on start it reads from `warm_restart_lookback` ago (by Kafka message time) or
+//! from the group's committed offset, whichever is older. Rows before the committed offset only
+//! refill the windows; values are written from the first row after it, so the first write after
+//! a restart is already right. Offsets are committed at checkpoints, after every worker has
+//! applied the rows read so far and Redis holds the values they produced.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use marketlane_protocol::category::TICK;
+use marketlane_protocol::{CategorySchema, RowMap};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use serde_json::Value as Json;
+use tracing::{info, warn};
+
+use super::Shared;
+use super::engine::{BookLevel, CalcRow, Trade};
+use super::worker::WorkerMsg;
+use crate::config::KafkaConfig;
+
+#[derive(RactorMessage)]
+pub enum ConsumerMsg {
+    Poll,
+    /// A worker restarted without its windows: seek back to the warm-restart start.
+    Rewind,
+    GetState(RpcReplyPort<ConsumerSnapshot>),
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConsumerSnapshot {
+    pub topic: String,
+    pub rows: u64,
+    pub refill_rows: u64,
+    pub invalid_rows: u64,
+    pub checkpoints: u64,
+    pub last_checkpoint_ok: bool,
+    /// Next offset to read, by partition.
+    pub positions: HashMap<i32, i64>,
+    /// First offset whose values are written, by partition (rows before refill windows only).
+    pub live_from: HashMap<i32, i64>,
+}
+
+#[derive(Clone)]
+pub struct ConsumerArgs {
+    pub schema: Arc<CategorySchema>,
+    pub kafka: KafkaConfig,
+    pub shared: Arc<Shared>,
+}
+
+pub struct ConsumerState {
+    args: ConsumerArgs,
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    positions: HashMap<i32, i64>,
+    live_from: HashMap<i32, i64>,
+    last_checkpoint: Instant,
+    snapshot: ConsumerSnapshot,
+}
+
+pub struct CalculatorConsumer;
+
+impl Actor for CalculatorConsumer {
+    type Msg = ConsumerMsg;
+    type State = ConsumerState;
+    type Arguments = ConsumerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ConsumerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let topic = args.kafka.topic(&args.schema.topic());
+        let consumer: StreamConsumer = crate::kafka::client_config(&args.kafka)
+            .set("group.id", &args.shared.config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.queue.backoff.ms", "10")
+            // Bounds what librdkafka prefetches while the workers hold us back.
+            .set("queued.max.messages.kbytes", "16384")
+            .create()?;
+        let mut state = ConsumerState {
+            args,
+            consumer: Arc::new(consumer),
+            topic: topic.clone(),
+            positions: HashMap::new(),
+            live_from: HashMap::new(),
+            last_checkpoint: Instant::now(),
+            snapshot: ConsumerSnapshot {
+                topic,
+                ..Default::default()
+            },
+        };
+        state.seek_warm_start().await?;
+        let _ = myself.cast(ConsumerMsg::Poll);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ConsumerMsg::Poll => {
+                state.poll().await;
+                if state.last_checkpoint.elapsed() >= state.args.shared.config.checkpoint_interval {
+                    state.checkpoint().await;
+                }
+                let _ = myself.cast(ConsumerMsg::Poll);
+            }
+            ConsumerMsg::Rewind => {
+                // Failing lets the supervisor restart us, which seeks again.
+                state.seek_warm_start().await?;
+            }
+            ConsumerMsg::GetState(reply) => {
+                let mut s = state.snapshot.clone();
+                s.positions = state.positions.clone();
+                s.live_from = state.live_from.clone();
+                let _ = reply.send(s);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ConsumerState {
+    /// Assigns every partition at its warm-restart start (see the module doc).
+    async fn seek_warm_start(&mut self) -> Result<(), ActorProcessingErr> {
+        let lookback = self.args.shared.config.warm_restart_lookback;
+        // Freshly created topics answer "not leader" for a moment: retry for up to 30 s.
+        let mut attempt = 0;
+        let plan = loop {
+            let consumer = self.consumer.clone();
+            let topic = self.topic.clone();
+            let result = tokio::task::spawn_blocking(move || plan(&consumer, &topic, lookback))
+                .await
+                .map_err(|e| format!("warm-start plan: {e}"))?;
+            match result {
+                Ok(plan) => break plan,
+                Err(e) if attempt < 60 => {
+                    attempt += 1;
+                    if attempt % 10 == 1 {
+                        warn!(topic = %self.topic, error = %e, "warm-start plan failed; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        self.positions.clear();
+        self.live_from.clear();
+        for (p, start, live) in plan {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(start))?;
+            self.positions.insert(p, start);
+            self.live_from.insert(p, live);
+        }
+        self.consumer.assign(&tpl)?;
+        info!(topic = %self.topic, positions = ?self.positions, live_from = ?self.live_from,
+            "calculator consumer assigned (warm restart)");
+        Ok(())
+    }
+
+    /// Reads what is there (up to 2 000 rows or 50 ms), hands it to the workers.
+    async fn poll(&mut self) {
+        let workers = self.args.shared.workers.len();
+        let mut batches: Vec<Vec<(CalcRow, bool)>> = vec![Vec::new(); workers];
+        let consumer = self.consumer.clone();
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let mut read = 0;
+        while read < 2_000 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let m = match tokio::time::timeout(left, consumer.recv()).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => {
+                    warn!(topic = %self.topic, error = %e, "consumer error");
+                    break;
+                }
+                Err(_) => break,
+            };
+            read += 1;
+            let (p, o) = (m.partition(), m.offset());
+            self.positions.insert(p, o + 1);
+            let live = self.live_from.get(&p).is_none_or(|l| o >= *l);
+            match parse(&self.args.schema, m.payload().unwrap_or_default()) {
+                Ok(row) => {
+                    if live {
+                        self.snapshot.rows += 1;
+                    } else {
+                        self.snapshot.refill_rows += 1;
+                    }
+                    let w = worker_of(row.symbol(), workers);
+                    batches[w].push((row, live));
+                }
+                Err(reason) => {
+                    // The ClickHouse writer quarantines bad rows; the calculators skip them.
+                    self.snapshot.invalid_rows += 1;
+                    self.args
+                        .shared
+                        .metrics
+                        .calculator_rows
+                        .with_label_values(&[self.args.schema.category.as_str(), "invalid"])
+                        .inc();
+                    if self.snapshot.invalid_rows.is_power_of_two() {
+                        warn!(topic = %self.topic, partition = p, offset = o, reason, "row skipped");
+                    }
+                }
+            }
+        }
+        for (w, rows) in batches.into_iter().enumerate() {
+            if rows.is_empty() {
+                continue;
+            }
+            // Waiting for a permit is the backpressure: no polling until the worker catches up.
+            let Ok(permit) = self.args.shared.permits[w].clone().acquire_owned().await else {
+                return;
+            };
+            let name = &self.args.shared.workers[w];
+            let mut msg = Some(WorkerMsg::Rows { rows, permit });
+            // A worker being restarted is looked up again until it is back.
+            while let Some(m) = msg.take() {
+                match self.args.shared.names.lookup::<WorkerMsg>(name) {
+                    Some(worker) => match worker.cast(m) {
+                        Ok(()) => {}
+                        Err(ractor::MessagingErr::SendErr(back)) => {
+                            msg = Some(back);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(_) => {}
+                    },
+                    None => {
+                        msg = Some(m);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits the positions once every worker has applied the rows read so far and written
+    /// their values to Redis; otherwise commits nothing (the rows are replayed after a crash).
+    async fn checkpoint(&mut self) {
+        self.last_checkpoint = Instant::now();
+        self.snapshot.checkpoints += 1;
+        let positions = self.positions.clone();
+        let mut ok = true;
+        for name in &self.args.shared.workers {
+            let Some(worker) = self.args.shared.names.lookup::<WorkerMsg>(name) else {
+                ok = false;
+                continue;
+            };
+            ok &= matches!(
+                ractor::call_t!(worker, WorkerMsg::Barrier, 10_000),
+                Ok(true)
+            );
+        }
+        self.snapshot.last_checkpoint_ok = ok;
+        if !ok {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &positions {
+            let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o));
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
+        {
+            warn!(topic = %self.topic, error = %e, "checkpoint commit failed");
+        }
+    }
+}
+
+/// (partition, start offset, first live offset) of every partition of `topic`.
+fn plan(
+    consumer: &StreamConsumer,
+    topic: &str,
+    lookback: Duration,
+) -> Result<Vec<(i32, i64, i64)>, ActorProcessingErr> {
+    let timeout = Duration::from_secs(10);
+    let md = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(format!("topic {topic} has no partitions").into());
+    }
+    let mut all = TopicPartitionList::new();
+    for p in &partitions {
+        all.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(all, timeout)?;
+    let since_ms = (marketlane_protocol::now_ns() / 1_000_000) - lookback.as_millis() as i64;
+    let mut times = TopicPartitionList::new();
+    for p in &partitions {
+        times.add_partition_offset(topic, *p, Offset::Offset(since_ms))?;
+    }
+    let by_time = consumer.offsets_for_times(times, timeout)?;
+    let mut out = Vec::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        let lookback_start = match by_time.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) if o >= 0 => o,
+            // No message since then: nothing to refill.
+            _ => high,
+        }
+        .max(low);
+        let committed = committed
+            .find_partition(topic, p)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o.clamp(low, high)),
+                _ => None,
+            });
+        let (start, live) = match committed {
+            Some(c) => (lookback_start.min(c), c),
+            None => (lookback_start, lookback_start),
+        };
+        out.push((p, start, live));
+    }
+    Ok(out)
+}
+
+/// The worker that owns `symbol` (FNV-1a: stable across runs and pods).
+pub fn worker_of(symbol: &str, workers: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in symbol.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % workers.max(1) as u64) as usize
+}
+
+/// A Kafka payload of `schema`'s category as a calculator row.
+pub fn parse(schema: &CategorySchema, payload: &[u8]) -> Result<CalcRow, String> {
+    let row = schema.validate_json(payload).map_err(|e| e.to_string())?;
+    from_row(&schema.category, &row)
+}
+
+/// A validated category row as a calculator row.
+pub fn from_row(category: &str, row: &RowMap) -> Result<CalcRow, String> {
+    let s = |k: &str| -> Result<String, String> {
+        row.get(k)
+            .and_then(Json::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("{k} missing"))
+    };
+    let f = |k: &str| -> Result<f64, String> {
+        row.get(k)
+            .and_then(Json::as_f64)
+            .ok_or_else(|| format!("{k} missing"))
+    };
+    let i = |k: &str| -> Result<i64, String> {
+        row.get(k)
+            .and_then(Json::as_i64)
+            .ok_or_else(|| format!("{k} missing"))
+    };
+    if category == TICK {
+        return Ok(CalcRow::Trade(Trade {
+            row_id: s("row_id")?,
+            symbol: s("symbol_identifier")?,
+            time: i("tick_time")?,
+            price: f("price")?,
+            size: f("size")?,
+            price_unit: s("price_unit")?,
+            size_unit: s("size_unit")?,
+        }));
+    }
+    Ok(CalcRow::Book(BookLevel {
+        row_id: s("row_id")?,
+        symbol: s("symbol_identifier")?,
+        time: i("l2_time")?,
+        bid: s("side")? == "bid",
+        level: u32::try_from(i("level")?).map_err(|e| e.to_string())?,
+        max_level: u32::try_from(i("max_level")?).map_err(|e| e.to_string())?,
+        price: f("price")?,
+        size: f("size")?,
+        price_unit: s("price_unit")?,
+        size_unit: s("size_unit")?,
+    }))
+}

@@ -1,0 +1,419 @@
+//! The indicators themselves, free of actors and I/O: per-symbol windows of trades and the
+//! level-2 book, and the evaluation of every spec on them. The golden tests drive this directly.
+//!
+//! Window semantics (all in event time: `tick_time`, `l2_time`):
+//! - `as_of` of a symbol is the greatest event time seen for it in the spec's source category.
+//! - A time window W holds the trades with `as_of - W < tick_time <= as_of` (lower bound
+//!   exclusive, upper inclusive); a tick window N the last N trades ordered by
+//!   `(tick_time, row_id)`.
+//! - Book indicators read, per (side, level), the row with the greatest `(l2_time, row_id)`;
+//!   levels above the `max_level` of the side's latest row, and levels of size 0, are empty.
+//! - Every value is a function of the rows in its window only, so arrival order within the
+//!   window does not matter, a duplicate row (same `row_id`) is ignored, and a replayed Kafka
+//!   range changes nothing. A row older than everything the symbol still keeps is late and
+//!   ignored (counted).
+//! - Empty windows: vwap, sma, ema → no value; realized volatility needs two trades (one
+//!   return) → no value; trade count and volume → 0; mid and spread need both level-1 sides,
+//!   book imbalance a non-zero size within the top N levels → no value otherwise.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::config::{Kind, Spec, Window};
+
+/// One trade of `tick_market_data`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trade {
+    pub row_id: String,
+    pub symbol: String,
+    pub time: i64,
+    pub price: f64,
+    pub size: f64,
+    pub price_unit: String,
+    pub size_unit: String,
+}
+
+/// One level of `l2_market_data`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BookLevel {
+    pub row_id: String,
+    pub symbol: String,
+    pub time: i64,
+    pub bid: bool,
+    pub level: u32,
+    pub max_level: u32,
+    pub price: f64,
+    pub size: f64,
+    pub price_unit: String,
+    pub size_unit: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CalcRow {
+    Trade(Trade),
+    Book(BookLevel),
+}
+
+impl CalcRow {
+    pub fn symbol(&self) -> &str {
+        match self {
+            Self::Trade(t) => &t.symbol,
+            Self::Book(b) => &b.symbol,
+        }
+    }
+}
+
+/// What became of one applied row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    New,
+    Duplicate,
+    Late,
+}
+
+impl Applied {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::New => "applied",
+            Self::Duplicate => "duplicate",
+            Self::Late => "late",
+        }
+    }
+}
+
+/// One computed value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Value {
+    pub value: Option<f64>,
+    /// Event time the value belongs to (ns).
+    pub as_of: i64,
+    pub unit: String,
+}
+
+/// The trades a symbol still needs: the union of what its specs' windows can reach.
+#[derive(Debug, Default)]
+struct Trades {
+    rows: BTreeMap<(i64, String), (f64, f64)>,
+    as_of: Option<i64>,
+    keep_ns: i64,
+    keep_n: usize,
+    price_unit: String,
+    size_unit: String,
+}
+
+impl Trades {
+    fn apply(&mut self, t: &Trade) -> Applied {
+        let key = (t.time, t.row_id.clone());
+        if self.rows.contains_key(&key) {
+            return Applied::Duplicate;
+        }
+        let as_of = self.as_of.unwrap_or(t.time).max(t.time);
+        let below_time = t.time <= as_of.saturating_sub(self.keep_ns);
+        let below_count = self.rows.len() >= self.keep_n
+            && self.rows.keys().next().is_some_and(|first| key < *first);
+        if self.as_of.is_some() && below_time && below_count {
+            return Applied::Late;
+        }
+        self.as_of = Some(as_of);
+        self.rows.insert(key, (t.price, t.size));
+        if self
+            .rows
+            .keys()
+            .next_back()
+            .is_some_and(|k| k.0 == t.time && k.1 == t.row_id)
+        {
+            self.price_unit.clone_from(&t.price_unit);
+            self.size_unit.clone_from(&t.size_unit);
+        }
+        let cutoff = as_of.saturating_sub(self.keep_ns);
+        while self.rows.len() > self.keep_n
+            && self.rows.keys().next().is_some_and(|k| k.0 <= cutoff)
+        {
+            self.rows.pop_first();
+        }
+        Applied::New
+    }
+
+    /// The (price, size) pairs of `window`, oldest first.
+    fn window(&self, window: Window) -> Vec<(f64, f64)> {
+        let Some(as_of) = self.as_of else {
+            return Vec::new();
+        };
+        match window {
+            Window::Time(ns) => {
+                let lo = as_of.saturating_sub(ns);
+                self.rows
+                    .range((lo + 1, String::new())..)
+                    .map(|(_, v)| *v)
+                    .collect()
+            }
+            Window::Ticks(n) => {
+                let skip = self.rows.len().saturating_sub(n);
+                self.rows.values().skip(skip).copied().collect()
+            }
+            Window::Book => Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Level {
+    time: i64,
+    row_id: String,
+    max_level: u32,
+    price: f64,
+    size: f64,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    /// (is_bid, level) → the latest row of that level.
+    levels: BTreeMap<(bool, u32), Level>,
+    as_of: Option<i64>,
+    price_unit: String,
+    size_unit: String,
+}
+
+impl Book {
+    fn apply(&mut self, b: &BookLevel) -> Applied {
+        let new = Level {
+            time: b.time,
+            row_id: b.row_id.clone(),
+            max_level: b.max_level,
+            price: b.price,
+            size: b.size,
+        };
+        let key = (b.bid, b.level);
+        match self.levels.get(&key) {
+            Some(old) if (old.time, &old.row_id) == (new.time, &new.row_id) => {
+                return Applied::Duplicate;
+            }
+            Some(old) if (old.time, &old.row_id) > (new.time, &new.row_id) => {
+                return Applied::Late;
+            }
+            _ => {}
+        }
+        if self.as_of.is_none_or(|t| b.time >= t) {
+            self.price_unit.clone_from(&b.price_unit);
+            self.size_unit.clone_from(&b.size_unit);
+        }
+        self.as_of = Some(self.as_of.unwrap_or(b.time).max(b.time));
+        self.levels.insert(key, new);
+        Applied::New
+    }
+
+    /// Depth of a side: `max_level` of its most recent row.
+    fn depth(&self, bid: bool) -> u32 {
+        self.levels
+            .range((bid, 0)..=(bid, u32::MAX))
+            .map(|(_, l)| l)
+            .max_by(|a, b| (a.time, &a.row_id).cmp(&(b.time, &b.row_id)))
+            .map_or(0, |l| l.max_level)
+    }
+
+    /// (price, size) of a live level.
+    fn level(&self, bid: bool, level: u32) -> Option<(f64, f64)> {
+        if level > self.depth(bid) {
+            return None;
+        }
+        self.levels
+            .get(&(bid, level))
+            .filter(|l| l.size > 0.0)
+            .map(|l| (l.price, l.size))
+    }
+}
+
+/// Everything one symbol keeps.
+#[derive(Debug, Default)]
+pub struct SymbolState {
+    trades: Trades,
+    book: Book,
+    /// Indices (into the engine's specs) of the specs that match this symbol.
+    pub specs: Vec<usize>,
+}
+
+/// The calculators of one worker: state per symbol it owns.
+pub struct Engine {
+    specs: Arc<Vec<Spec>>,
+    symbols: HashMap<String, SymbolState>,
+}
+
+impl Engine {
+    pub fn new(specs: Arc<Vec<Spec>>) -> Self {
+        Self {
+            specs,
+            symbols: HashMap::new(),
+        }
+    }
+
+    pub fn specs(&self) -> &[Spec] {
+        &self.specs
+    }
+
+    pub fn symbols(&self) -> usize {
+        self.symbols.len()
+    }
+
+    /// Rows held in windows and books, for the state snapshot.
+    pub fn rows_held(&self) -> usize {
+        self.symbols
+            .values()
+            .map(|s| s.trades.rows.len() + s.book.levels.len())
+            .sum()
+    }
+
+    fn state(&mut self, symbol: &str) -> &mut SymbolState {
+        if !self.symbols.contains_key(symbol) {
+            let specs: Vec<usize> = self
+                .specs
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.matches(symbol))
+                .map(|(i, _)| i)
+                .collect();
+            let mut st = SymbolState::default();
+            for i in &specs {
+                match self.specs[*i].window {
+                    Window::Time(ns) => st.trades.keep_ns = st.trades.keep_ns.max(ns),
+                    Window::Ticks(n) => st.trades.keep_n = st.trades.keep_n.max(n),
+                    Window::Book => {}
+                }
+            }
+            st.specs = specs;
+            self.symbols.insert(symbol.to_string(), st);
+        }
+        // Inserted just above when missing.
+        self.symbols.get_mut(symbol).expect("symbol state present")
+    }
+
+    /// Applies one row. Returns what became of it and the specs whose value may have changed
+    /// (empty when the symbol matches no spec of the row's category, or the row changed nothing).
+    pub fn apply(&mut self, row: &CalcRow) -> (Applied, Vec<usize>) {
+        let specs = self.specs.clone();
+        let st = self.state(row.symbol());
+        let (outcome, source) = match row {
+            CalcRow::Trade(t) => (st.trades.apply(t), marketlane_protocol::category::TICK),
+            CalcRow::Book(b) => (st.book.apply(b), marketlane_protocol::category::L2),
+        };
+        if outcome != Applied::New {
+            return (outcome, Vec::new());
+        }
+        let touched = st
+            .specs
+            .iter()
+            .copied()
+            .filter(|i| specs[*i].source == source)
+            .collect();
+        (outcome, touched)
+    }
+
+    /// The current value of spec `i` for `symbol`, `None` before the symbol's first row.
+    pub fn evaluate(&self, i: usize, symbol: &str) -> Option<Value> {
+        let spec = &self.specs[i];
+        let st = self.symbols.get(symbol)?;
+        if spec.window == Window::Book {
+            let as_of = st.book.as_of?;
+            let unit = match spec.kind {
+                Kind::BookImbalance => "1_ratio".to_string(),
+                _ => st.book.price_unit.clone(),
+            };
+            return Some(Value {
+                value: book_value(spec, &st.book),
+                as_of,
+                unit,
+            });
+        }
+        let as_of = st.trades.as_of?;
+        Some(evaluate_trades(spec, &st.trades, as_of))
+    }
+
+    /// Spec `i` for `symbol` evaluated at an explicit event time `at` (≥ the symbol's `as_of`),
+    /// e.g. after a quiet period: the time window may then be empty.
+    pub fn evaluate_at(&self, i: usize, symbol: &str, at: i64) -> Option<Value> {
+        let spec = &self.specs[i];
+        let st = self.symbols.get(symbol)?;
+        if spec.window == Window::Book {
+            return self.evaluate(i, symbol);
+        }
+        let mut view = Trades {
+            rows: st.trades.rows.clone(),
+            as_of: Some(at.max(st.trades.as_of.unwrap_or(at))),
+            keep_ns: st.trades.keep_ns,
+            keep_n: st.trades.keep_n,
+            price_unit: st.trades.price_unit.clone(),
+            size_unit: st.trades.size_unit.clone(),
+        };
+        let as_of = view.as_of.unwrap_or(at);
+        view.as_of = Some(as_of);
+        Some(evaluate_trades(spec, &view, as_of))
+    }
+}
+
+fn evaluate_trades(spec: &Spec, trades: &Trades, as_of: i64) -> Value {
+    let w = trades.window(spec.window);
+    let n = w.len();
+    let value = match spec.kind {
+        Kind::Vwap => {
+            let volume: f64 = w.iter().map(|(_, s)| s).sum();
+            (volume > 0.0).then(|| w.iter().map(|(p, s)| p * s).sum::<f64>() / volume)
+        }
+        Kind::Sma => (n > 0).then(|| w.iter().map(|(p, _)| p).sum::<f64>() / n as f64),
+        Kind::Ema => {
+            // Seeded with the oldest price of the window, alpha = 2 / (N + 1): a function of
+            // the window alone, so a restart that refills the window reproduces it exactly.
+            let span = if let Window::Ticks(span) = spec.window {
+                span
+            } else {
+                n
+            };
+            let alpha = 2.0 / (span as f64 + 1.0);
+            w.split_first().map(|((first, _), rest)| {
+                rest.iter()
+                    .fold(*first, |e, (p, _)| alpha * p + (1.0 - alpha) * e)
+            })
+        }
+        Kind::RealizedVolatility => {
+            let returns: Vec<f64> = w
+                .windows(2)
+                .filter(|pair| pair[0].0 > 0.0 && pair[1].0 > 0.0)
+                .map(|pair| (pair[1].0 / pair[0].0).ln())
+                .collect();
+            (!returns.is_empty()).then(|| returns.iter().map(|r| r * r).sum::<f64>().sqrt())
+        }
+        Kind::TradeCount => Some(n as f64),
+        Kind::Volume => Some(w.iter().map(|(_, s)| s).sum()),
+        Kind::Mid | Kind::Spread | Kind::BookImbalance => None,
+    };
+    let unit = match spec.kind {
+        Kind::Vwap | Kind::Sma | Kind::Ema => trades.price_unit.clone(),
+        Kind::Volume => trades.size_unit.clone(),
+        Kind::TradeCount => "1_trades".into(),
+        _ => "1_ratio".into(),
+    };
+    Value { value, as_of, unit }
+}
+
+fn book_value(spec: &Spec, book: &Book) -> Option<f64> {
+    match spec.kind {
+        Kind::Mid | Kind::Spread => {
+            let (bid, _) = book.level(true, 1)?;
+            let (ask, _) = book.level(false, 1)?;
+            Some(if spec.kind == Kind::Mid {
+                (bid + ask) / 2.0
+            } else {
+                ask - bid
+            })
+        }
+        Kind::BookImbalance => {
+            let side = |bid: bool| -> f64 {
+                (1..=spec.levels as u32)
+                    .filter_map(|l| book.level(bid, l))
+                    .map(|(_, s)| s)
+                    .sum()
+            };
+            let (b, a) = (side(true), side(false));
+            (b + a > 0.0).then(|| (b - a) / (b + a))
+        }
+        _ => None,
+    }
+}

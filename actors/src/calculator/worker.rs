@@ -1,0 +1,308 @@
+//! A calculator worker: owns the windows of the symbols routed to it (a symbol always goes to
+//! the same worker), recomputes the specs a row touched once per coalescing interval, produces
+//! each value as an `indicators_market_data` row and writes it to Redis.
+//!
+//! Backpressure: the consumer needs one of the worker's permits per batch it hands over; the
+//! permit returns when the batch is applied. A slow Redis slows the flush, so permits run out
+//! and the consumer stops polling Kafka. Redis down (failure row 9): the values stay in
+//! `pending` (at most one per key, so memory is bounded by the key count), the windows keep
+//! being updated, and the write is retried with back-off until Redis is back.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use marketlane_protocol::category::INDICATORS;
+use marketlane_protocol::{RowMap, row_id};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+use serde::Serialize;
+use serde_json::Value as Json;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::ConsumerMsg;
+use super::Shared;
+use super::engine::{Applied, CalcRow, Engine};
+use super::redis::{RedisSink, Update};
+use crate::backpressure::Inflight;
+
+#[derive(RactorMessage)]
+pub enum WorkerMsg {
+    /// Rows of one poll. `live` false: a warm-restart refill row (updates the windows only).
+    Rows {
+        rows: Vec<(CalcRow, bool)>,
+        permit: OwnedSemaphorePermit,
+    },
+    /// Coalescing tick: compute what changed, produce it, write Redis.
+    Flush,
+    /// Flushes now; replies whether Redis holds every value computed so far (checkpoint).
+    Barrier(RpcReplyPort<bool>),
+    GetState(RpcReplyPort<WorkerSnapshot>),
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerSnapshot {
+    pub worker: usize,
+    pub symbols: usize,
+    pub rows_held: usize,
+    pub applied: u64,
+    pub duplicates: u64,
+    pub late: u64,
+    pub values_computed: u64,
+    pub keys_written: u64,
+    pub pending_keys: usize,
+    pub failed_writes: u64,
+    pub redis_connected: bool,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct WorkerArgs {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+}
+
+pub struct WorkerState {
+    index: usize,
+    /// `calculator` label of the metrics: the worker's registered name.
+    label: String,
+    shared: Arc<Shared>,
+    engine: Engine,
+    sink: RedisSink,
+    /// (spec, symbol) whose value may have changed since the last flush.
+    dirty: BTreeSet<(usize, String)>,
+    /// Values not yet in Redis, by key: the newest wins (coalescing).
+    pending: HashMap<(usize, String), Update>,
+    retry_backoff: Duration,
+    retry_at: Option<Instant>,
+    snapshot: WorkerSnapshot,
+}
+
+pub struct CalculatorWorker;
+
+impl Actor for CalculatorWorker {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: WorkerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let c = &args.shared.config;
+        let sink = RedisSink::connect(&c.redis, c.key_ttl, c.publish)?;
+        // A restarted worker lost its windows: the consumers replay from their warm-restart
+        // start; the other workers drop those rows as duplicates.
+        for name in &args.shared.consumers {
+            if let Some(consumer) = args.shared.names.lookup::<ConsumerMsg>(name) {
+                info!(worker = args.index, consumer = %name, "asking for a refill");
+                let _ = consumer.cast(ConsumerMsg::Rewind);
+            }
+        }
+        myself.send_after(c.coalesce_interval, || WorkerMsg::Flush);
+        Ok(WorkerState {
+            index: args.index,
+            label: crate::names::calculator_worker(args.index),
+            engine: Engine::new(args.shared.specs.clone()),
+            shared: args.shared,
+            sink,
+            dirty: BTreeSet::new(),
+            pending: HashMap::new(),
+            retry_backoff: Duration::from_millis(100),
+            retry_at: None,
+            snapshot: WorkerSnapshot {
+                worker: args.index,
+                ..Default::default()
+            },
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Rows { rows, permit } => {
+                state.apply(rows);
+                drop(permit);
+            }
+            WorkerMsg::Flush => {
+                state.flush().await;
+                myself.send_after(state.shared.config.coalesce_interval, || WorkerMsg::Flush);
+            }
+            WorkerMsg::Barrier(reply) => {
+                state.retry_at = None;
+                state.flush().await;
+                let _ = reply.send(state.pending.is_empty() && state.dirty.is_empty());
+            }
+            WorkerMsg::GetState(reply) => {
+                let mut s = state.snapshot.clone();
+                s.symbols = state.engine.symbols();
+                s.rows_held = state.engine.rows_held();
+                s.pending_keys = state.pending.len();
+                s.redis_connected = state.sink.is_connected();
+                let _ = reply.send(s);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WorkerState {
+    fn apply(&mut self, rows: Vec<(CalcRow, bool)>) {
+        let metrics = &self.shared.metrics;
+        for (row, live) in rows {
+            let category = match row {
+                CalcRow::Trade(_) => marketlane_protocol::category::TICK,
+                CalcRow::Book(_) => marketlane_protocol::category::L2,
+            };
+            let (outcome, touched) = self.engine.apply(&row);
+            metrics
+                .calculator_rows
+                .with_label_values(&[category, outcome.label()])
+                .inc();
+            match outcome {
+                Applied::New => self.snapshot.applied += 1,
+                Applied::Duplicate => self.snapshot.duplicates += 1,
+                Applied::Late => self.snapshot.late += 1,
+            }
+            if live {
+                for i in touched {
+                    self.dirty.insert((i, row.symbol().to_string()));
+                }
+            }
+        }
+    }
+
+    /// Computes the dirty values, produces them to Kafka, and writes everything pending to
+    /// Redis unless a retry back-off is running.
+    async fn flush(&mut self) {
+        let now = marketlane_protocol::now_ns();
+        let dirty = std::mem::take(&mut self.dirty);
+        for (i, symbol) in dirty {
+            let Some(v) = self.engine.evaluate(i, &symbol) else {
+                continue;
+            };
+            let spec = &self.engine.specs()[i];
+            let span = info_span!("calculator", team = %spec.team, indicator = %spec.name, %symbol);
+            let update = Update {
+                team: spec.team.clone(),
+                indicator: spec.name.clone(),
+                symbol: symbol.clone(),
+                kind: spec.kind.name(),
+                indicator_type: spec.kind.indicator_type(),
+                window: spec.window.label(),
+                value: v.value,
+                unit: v.unit,
+                as_of: v.as_of,
+                computed_at: now,
+                source: spec.source,
+            };
+            self.snapshot.values_computed += 1;
+            self.produce(&update).instrument(span).await;
+            self.pending.insert((i, symbol), update);
+        }
+        self.shared
+            .metrics
+            .calculator_pending_keys
+            .with_label_values(&[self.label.as_str()])
+            .set(self.pending.len() as i64);
+        if self.pending.is_empty() || self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let updates: Vec<Update> = self.pending.values().cloned().collect();
+        let metrics = &self.shared.metrics;
+        let started = Instant::now();
+        let result = self.sink.write(&updates).await;
+        metrics
+            .redis_write_latency
+            .with_label_values(&[self.label.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                let written = marketlane_protocol::now_ns();
+                for u in &updates {
+                    metrics
+                        .event_to_sink_latency
+                        .with_label_values(&[u.source, "redis"])
+                        .observe((written - u.as_of).max(0) as f64 / 1e9);
+                }
+                metrics
+                    .redis_writes
+                    .with_label_values(&[self.label.as_str(), "ok"])
+                    .inc();
+                self.snapshot.keys_written += updates.len() as u64;
+                self.snapshot.last_error = None;
+                self.pending.clear();
+                self.retry_at = None;
+                self.retry_backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                metrics
+                    .redis_writes
+                    .with_label_values(&[self.label.as_str(), "error"])
+                    .inc();
+                if self.snapshot.failed_writes.is_multiple_of(20) {
+                    warn!(worker = self.index, error = %e, keys = updates.len(),
+                        "redis write failed; keeping the values and retrying");
+                }
+                self.snapshot.failed_writes += 1;
+                self.snapshot.last_error = Some(e.to_string());
+                self.retry_at = Some(Instant::now() + self.retry_backoff);
+                self.retry_backoff = (self.retry_backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        metrics
+            .calculator_pending_keys
+            .with_label_values(&[self.label.as_str()])
+            .set(self.pending.len() as i64);
+    }
+
+    /// The value as an `indicators_market_data` row, with an id that only depends on team,
+    /// indicator, symbol and event time (a recomputation after a restart collapses with it).
+    async fn produce(&self, u: &Update) {
+        let identifier = format!("{}:{}", u.team, u.indicator);
+        let mut row = RowMap::new();
+        let id = row_id(
+            INDICATORS,
+            &[&u.team, &u.indicator, &u.symbol, &u.as_of.to_string()],
+        );
+        row.insert("row_id".into(), Json::String(id));
+        row.insert(
+            "source_system_name".into(),
+            Json::String(self.shared.emitter.source_system.clone()),
+        );
+        row.insert(
+            "component_instance_name".into(),
+            Json::String(self.shared.emitter.instance.clone()),
+        );
+        row.insert("ingestion_time".into(), Json::from(u.computed_at));
+        row.insert("market_event_time".into(), Json::from(u.as_of));
+        row.insert("symbol_identifier".into(), Json::String(u.symbol.clone()));
+        row.insert("indicator_identifier".into(), Json::String(identifier));
+        row.insert(
+            "indicator_value".into(),
+            u.value.map_or(Json::Null, Json::from),
+        );
+        row.insert(
+            "indicator_value_unit".into(),
+            if u.unit.is_empty() {
+                Json::Null
+            } else {
+                Json::String(u.unit.clone())
+            },
+        );
+        row.insert(
+            "indicator_type".into(),
+            Json::String(u.indicator_type.to_string()),
+        );
+        self.shared
+            .emitter
+            .emit(INDICATORS, row, u.as_of, &Inflight::none())
+            .await;
+    }
+}
