@@ -104,20 +104,30 @@ fn type_name(v: &Value) -> String {
 impl CategorySchema {
     /// Validates `row` against the schema and returns it in column order, with the state
     /// column of every nullable field set. Unknown columns are errors (they would be lost).
-    pub fn validate(&self, mut row: RowMap) -> Result<RowMap, RowError> {
+    pub fn validate(&self, row: RowMap) -> Result<RowMap, RowError> {
+        self.validate_borrowed(&row)
+    }
+
+    /// [`Self::validate`] without taking the row, so a caller can still quarantine it as it was.
+    pub fn validate_borrowed(&self, row: &RowMap) -> Result<RowMap, RowError> {
         let mut out = Map::with_capacity(self.fields.len() + 4);
-        match row.remove(ROW_ID) {
+        match row.get(ROW_ID) {
             Some(Value::String(id)) if !id.is_empty() => {
-                out.insert(ROW_ID.to_string(), Value::String(id));
+                out.insert(ROW_ID.to_string(), Value::String(id.clone()));
             }
             _ => return Err(RowError::MissingRowId),
         }
+        // Columns of the row that the schema knows (fields, their states, row_id).
+        let mut known = 1;
         let mut states = Vec::new();
         for field in &self.fields {
-            let value = row.remove(&field.name).unwrap_or(Value::Null);
-            if field.nullable {
+            let value = row.get(&field.name).unwrap_or(&Value::Null);
+            if row.contains_key(&field.name) {
+                known += 1;
+            }
+            if field.nullable && row.contains_key(&format!("{}{STATE_SUFFIX}", field.name)) {
                 // A state sent by the producer is recomputed, never trusted.
-                row.remove(&format!("{}{STATE_SUFFIX}", field.name));
+                known += 1;
             }
             if value.is_null() {
                 if !field.nullable {
@@ -134,7 +144,7 @@ impl CategorySchema {
             };
             match field.dtype {
                 Dtype::String => {
-                    let s = value.as_str().ok_or_else(|| wrong(&value))?;
+                    let s = value.as_str().ok_or_else(|| wrong(value))?;
                     if s.is_empty() {
                         return Err(RowError::EmptyString(field.name.clone()));
                     }
@@ -147,16 +157,16 @@ impl CategorySchema {
                     }
                 }
                 Dtype::Float64 => {
-                    let f = value.as_f64().ok_or_else(|| wrong(&value))?;
+                    let f = value.as_f64().ok_or_else(|| wrong(value))?;
                     if !f.is_finite() {
                         return Err(RowError::NotFinite(field.name.clone()));
                     }
                 }
                 Dtype::Int64 => {
-                    value.as_i64().ok_or_else(|| wrong(&value))?;
+                    value.as_i64().ok_or_else(|| wrong(value))?;
                 }
                 Dtype::Timestamp => {
-                    let t = value.as_i64().ok_or_else(|| wrong(&value))?;
+                    let t = value.as_i64().ok_or_else(|| wrong(value))?;
                     if t < 0 {
                         return Err(RowError::OutOfRange {
                             field: field.name.clone(),
@@ -166,7 +176,7 @@ impl CategorySchema {
                     }
                 }
                 Dtype::UInt32 => {
-                    let n = value.as_u64().ok_or_else(|| wrong(&value))?;
+                    let n = value.as_u64().ok_or_else(|| wrong(value))?;
                     if n > u64::from(u32::MAX) {
                         return Err(RowError::OutOfRange {
                             field: field.name.clone(),
@@ -179,10 +189,22 @@ impl CategorySchema {
             if field.nullable {
                 states.push((field.name.as_str(), STATE_OK));
             }
-            out.insert(field.name.clone(), value);
+            out.insert(field.name.clone(), value.clone());
         }
-        if let Some(extra) = row.keys().next() {
-            return Err(RowError::UnknownField(extra.clone()));
+        if known < row.len() {
+            let extra = row
+                .keys()
+                .find(|k| {
+                    k.as_str() != ROW_ID
+                        && self.field(k).is_none()
+                        && !k
+                            .strip_suffix(STATE_SUFFIX)
+                            .and_then(|f| self.field(f))
+                            .is_some_and(|f| f.nullable)
+                })
+                .cloned()
+                .unwrap_or_default();
+            return Err(RowError::UnknownField(extra));
         }
         for (name, state) in states {
             out.insert(format!("{name}{STATE_SUFFIX}"), Value::String(state.into()));

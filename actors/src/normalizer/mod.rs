@@ -126,8 +126,7 @@ impl RowEmitter {
                 return Emitted::Quarantined;
             }
         };
-        let raw_for_error = serde_json::to_vec(&row).unwrap_or_default();
-        match schema.validate(row) {
+        match schema.validate_borrowed(&row) {
             Ok(valid) => {
                 for f in schema.fields.iter().filter(|f| f.nullable) {
                     if valid.get(&f.name).is_none_or(serde_json::Value::is_null) {
@@ -159,7 +158,9 @@ impl RowEmitter {
                 Emitted::Row
             }
             Err(e) => {
-                self.quarantine(category, e.code(), e.to_string(), &raw_for_error, permit)
+                // Serialized only here: a valid row never pays for its quarantine copy.
+                let raw = serde_json::to_vec(&row).unwrap_or_default();
+                self.quarantine(category, e.code(), e.to_string(), &raw, permit)
                     .await;
                 Emitted::Quarantined
             }
