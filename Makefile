@@ -10,12 +10,12 @@ DEMO_SECONDS ?= 60
 export DEMO_SECONDS
 CARGO ?= cargo
 
-.PHONY: demo test deps build build-release stack-up stack-down fmt-check clippy unit-test integration-test ops-deps ops-check
+.PHONY: demo test chdb-check deps build build-release stack-up stack-down fmt-check clippy unit-test integration-test ops-deps ops-check
 
 demo: deps stack-up build-release
 	$(CARGO_TARGET_DIR)/release/marketlane demo --seconds $(DEMO_SECONDS)
 
-test: deps fmt-check clippy unit-test stack-up ops-check integration-test
+test: deps fmt-check clippy unit-test chdb-check stack-up ops-check integration-test
 
 deps:
 	@scripts/build-deps
@@ -43,6 +43,13 @@ unit-test:
 
 integration-test: build
 	MARKETLANE_BIN=$(CARGO_TARGET_DIR)/debug/marketlane $(CARGO) test -p marketlane-tests -- --test-threads=1
+
+# The DDL for current ClickHouse (production), checked in-process with chdb (PyPI chdb-core,
+# ClickHouse 26.x): every table and view, sample rows, snapshot queries, dedup tokens.
+chdb-check: build
+	@python3 -c 'import chdb' 2>/dev/null || python3 -m pip install -q chdb-core
+	$(CARGO_TARGET_DIR)/debug/marketlane schema ddl --server-version 26.1.1 --database marketlane > $(CARGO_TARGET_DIR)/ddl-26.1.1.sql
+	python3 scripts/chdb-check.py $(CARGO_TARGET_DIR)/ddl-26.1.1.sql schemas
 
 # Operations checks: promtool (for the metric-spec test's live scrape) and the Kubernetes
 # manifests (generated files current, overlays render, schemas validate: scripts/validate-k8s).

@@ -160,6 +160,12 @@ pub async fn start(
                 ));
             }
         }
+        children.push(ChildSpec::Retention(
+            crate::clickhouse_writer::RetentionArgs {
+                clickhouse: ch.clone(),
+                schemas: schemas.clone(),
+            },
+        ));
     }
     let (sup, _) = Actor::spawn(
         Some(config.names.name("lane_supervisor")),

@@ -30,6 +30,7 @@ pub const IB_SESSION: &str = "ib_session";
 pub const IB_GATEWAY: &str = "ib_gateway";
 pub const IB_WEBSOCKET: &str = "ib_websocket";
 pub const KAFKA_PRODUCER: &str = "kafka_producer";
+pub const CLICKHOUSE_RETENTION: &str = "clickhouse_retention";
 pub const TICK_NORMALIZER: &str = "normalizer_tick_market_data";
 pub const L2_NORMALIZER: &str = "normalizer_l2_market_data";
 pub const INDICATORS_NORMALIZER: &str = "normalizer_indicators_market_data";

@@ -43,6 +43,7 @@ pub enum ChildSpec {
     Session(SessionArgs),
     Gateway(GatewayArgs),
     Writer(String, WriterArgs),
+    Retention(crate::clickhouse_writer::RetentionArgs),
     CalculatorWorker(crate::calculator::WorkerArgs),
     CalculatorConsumer(String, crate::calculator::ConsumerArgs),
 }
@@ -59,6 +60,7 @@ impl ChildSpec {
             Self::Session(_) => names::IB_SESSION.into(),
             Self::Gateway(_) => names::IB_GATEWAY.into(),
             Self::Writer(name, _) => name.clone(),
+            Self::Retention(_) => names::CLICKHOUSE_RETENTION.into(),
             Self::CalculatorWorker(a) => names::calculator_worker(a.index),
             Self::CalculatorConsumer(name, _) => name.clone(),
         }
@@ -105,6 +107,12 @@ impl ChildSpec {
                 .await?
                 .0
                 .get_cell(),
+            Self::Retention(a) => {
+                Actor::spawn_linked(name, crate::clickhouse_writer::ClickHouseRetention, a, sup)
+                    .await?
+                    .0
+                    .get_cell()
+            }
             Self::CalculatorWorker(a) => {
                 Actor::spawn_linked(name, crate::calculator::CalculatorWorker, a, sup)
                     .await?
@@ -158,6 +166,7 @@ pub struct LaneStatus {
     pub normalizers: Vec<NormalizerSnapshot>,
     pub producer: Option<ProducerSnapshot>,
     pub writers: Vec<WriterSnapshot>,
+    pub retention: Option<crate::clickhouse_writer::RetentionSnapshot>,
     pub calculator_workers: Vec<crate::calculator::WorkerSnapshot>,
     pub calculator_consumers: Vec<crate::calculator::ConsumerSnapshot>,
     pub restarts: HashMap<String, usize>,
@@ -442,6 +451,12 @@ impl SupervisorState {
                     let r: ActorRef<WriterMsg> = cell.into();
                     st.writers
                         .extend(ractor::call_t!(r, WriterMsg::GetState, T).ok());
+                }
+                ChildSpec::Retention(_) => {
+                    let r: ActorRef<crate::clickhouse_writer::RetentionMsg> = cell.into();
+                    st.retention =
+                        ractor::call_t!(r, crate::clickhouse_writer::RetentionMsg::GetState, T)
+                            .ok();
                 }
                 ChildSpec::CalculatorWorker(_) => {
                     let r: ActorRef<crate::calculator::WorkerMsg> = cell.into();

@@ -330,6 +330,9 @@ pub fn create_unqualified_table(category: &str, opts: &DdlOptions) -> String {
     if caps.ttl {
         let _ = writeln!(sql, "TTL {at} + INTERVAL {} DAY", opts.retention_days);
     }
+    if caps.insert_deduplication_token {
+        let _ = writeln!(sql, "SETTINGS non_replicated_deduplication_window = 1000");
+    }
     sql
 }
 
@@ -372,17 +375,301 @@ pub fn encode_unqualified(
     buf.extend_from_slice(&quarantined_at.to_le_bytes());
 }
 
-/// All DDL statements: the database, then each category's ingestion and quarantine tables.
+/// All DDL statements: the databases, the writers' offsets table, each category's ingestion,
+/// quarantine and snapshot tables with the snapshot view, and (on servers with SQL access
+/// control) the analyst role, user and grants.
 pub fn create_all<'a>(
     schemas: impl IntoIterator<Item = &'a CategorySchema>,
     opts: &DdlOptions,
 ) -> Vec<String> {
-    let mut out = vec![format!("CREATE DATABASE IF NOT EXISTS `{}`", opts.database)];
+    let mut out = vec![
+        format!("CREATE DATABASE IF NOT EXISTS `{}`", opts.database),
+        format!(
+            "CREATE DATABASE IF NOT EXISTS `{}`",
+            state_database(&opts.database)
+        ),
+        create_offsets_table(opts),
+    ];
     for s in schemas {
         out.push(create_ingestion_table(s, opts));
         out.push(create_unqualified_table(&s.category, opts));
+        out.push(create_snapshot_table(s, opts));
+        out.push(create_snapshot_view(s, opts));
     }
+    out.extend(analyst_access(opts));
     out
+}
+
+// ---------------------------------------------------------------- writer offsets (state) ---
+
+/// The writers' own database. It holds the per-partition offsets table and is kept apart from
+/// the analysts' database, because 18.16 can restrict a users.xml user only by database.
+pub fn state_database(database: &str) -> String {
+    format!("{database}_state")
+}
+
+/// Per-partition state of the writers: the offset range of the last batch and whether its
+/// insert was acknowledged (`after`) or only about to be sent (`before`). The writer seeks to it
+/// on partition assignment; Kafka's committed offsets are advisory.
+pub const OFFSETS_TABLE: &str = "writer_offsets";
+
+/// Whether a batch's range was written before its insert or after ClickHouse acknowledged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchPhase {
+    Before = 1,
+    After = 2,
+}
+
+pub fn create_offsets_table(opts: &DdlOptions) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS `{}`.`{OFFSETS_TABLE}`\n(\n    `topic` String,\n    `partition` Int32,\n    \
+         `min_offset` Int64,\n    `max_offset` Int64,\n    `phase` Enum8('before' = 1, 'after' = 2),\n    \
+         `seq` UInt64\n)\nENGINE = ReplacingMergeTree(seq)\nORDER BY (`topic`, `partition`)\n",
+        state_database(&opts.database)
+    )
+}
+
+pub fn offsets_insert_statement(database: &str) -> String {
+    format!(
+        "INSERT INTO `{}`.`{OFFSETS_TABLE}` (`topic`, `partition`, `min_offset`, `max_offset`, `phase`, `seq`) FORMAT RowBinary",
+        state_database(database)
+    )
+}
+
+/// Appends one offsets-state row in RowBinary. `seq` orders the rows of a partition (the
+/// latest wins); the writer uses the wall clock in nanoseconds, made strictly increasing.
+pub fn encode_offset_state(
+    topic: &str,
+    partition: i32,
+    range: (i64, i64),
+    phase: BatchPhase,
+    seq: u64,
+    buf: &mut Vec<u8>,
+) {
+    put_string(buf, topic);
+    buf.extend_from_slice(&partition.to_le_bytes());
+    buf.extend_from_slice(&range.0.to_le_bytes());
+    buf.extend_from_slice(&range.1.to_le_bytes());
+    buf.push(phase as u8);
+    buf.extend_from_slice(&seq.to_le_bytes());
+}
+
+/// The latest state per partition of `topic`: `partition, min_offset, max_offset, phase`.
+pub fn offsets_query(database: &str, topic: &str) -> String {
+    format!(
+        "SELECT `partition`, argMax(`min_offset`, `seq`), argMax(`max_offset`, `seq`), \
+         toString(argMax(`phase`, `seq`)) FROM `{}`.`{OFFSETS_TABLE}` WHERE `topic` = '{}' \
+         GROUP BY `partition`",
+        state_database(database),
+        topic.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
+/// The `insert_deduplication_token` of a batch (clickhouse-kafka-connect's scheme): a replayed
+/// batch cut at the same offsets gets the same token and the server drops it.
+pub fn dedup_token(topic: &str, partition: i32, min_offset: i64, max_offset: i64) -> String {
+    format!("{topic}-{partition}-{min_offset}-{max_offset}")
+}
+
+// ------------------------------------------------------------------------------ snapshots ---
+
+pub fn snapshot_table(category: &str) -> String {
+    format!("{category}_snapshot")
+}
+
+pub fn snapshot_view(category: &str) -> String {
+    format!("{category}_snapshot_mv")
+}
+
+/// Column of the snapshot table that orders versions of one key: the event time in ns.
+pub const SNAPSHOT_VERSION: &str = "snapshot_version";
+
+/// The sorting key of a snapshot table: the schema's `snapshot_key`. Nullable key fields (the
+/// seed's `indicator_identifier`) enter as `ifNull(x, '')`: sorting keys cannot be Nullable.
+fn snapshot_order(schema: &CategorySchema) -> Vec<String> {
+    schema
+        .snapshot_key
+        .iter()
+        .map(|k| match schema.field(k) {
+            Some(f) if f.nullable => format!("ifNull(`{k}`, '')"),
+            _ => format!("`{k}`"),
+        })
+        .collect()
+}
+
+/// `CREATE TABLE` of a category's snapshot table: the ingestion columns plus
+/// [`SNAPSHOT_VERSION`], a ReplacingMergeTree by the snapshot key that keeps the row with the
+/// latest event time. Bounded by the number of keys, so it has no TTL.
+pub fn create_snapshot_table(schema: &CategorySchema, opts: &DdlOptions) -> String {
+    let cols = snapshot_column_definitions(schema, opts.capabilities);
+    format!(
+        "CREATE TABLE IF NOT EXISTS `{}`.`{}`\n(\n    {}\n)\nENGINE = ReplacingMergeTree(`{SNAPSHOT_VERSION}`)\nORDER BY ({})\n",
+        opts.database,
+        snapshot_table(&schema.category),
+        cols.join(",\n    "),
+        snapshot_order(schema).join(", ")
+    )
+}
+
+/// Column definitions of a snapshot table: the ingestion columns without the MATERIALIZED
+/// `DateTime` companions (18.16 cannot push into a view target that has them), plus the version.
+pub fn snapshot_column_definitions(
+    schema: &CategorySchema,
+    caps: ServerCapabilities,
+) -> Vec<String> {
+    let mut cols: Vec<String> = column_definitions(schema, caps)
+        .into_iter()
+        .filter(|c| !c.contains(" MATERIALIZED "))
+        .collect();
+    cols.push(format!("`{SNAPSHOT_VERSION}` UInt64"));
+    cols
+}
+
+/// The materialized view that feeds the snapshot table from every insert into the ingestion
+/// table. It names its columns, so a schema change recreates it (see [`plan_schema_change`]).
+pub fn create_snapshot_view(schema: &CategorySchema, opts: &DdlOptions) -> String {
+    let cols: Vec<String> = schema.columns().iter().map(|c| format!("`{c}`")).collect();
+    let version = if opts.capabilities.datetime64 {
+        format!("toUInt64(toUnixTimestamp64Nano(`{}`))", schema.event_time)
+    } else {
+        format!("toUInt64(`{}`)", schema.event_time)
+    };
+    format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS `{db}`.`{mv}` TO `{db}`.`{snap}`\nAS SELECT {cols}, {version} AS `{SNAPSHOT_VERSION}`\nFROM `{db}`.`{src}`\n",
+        db = opts.database,
+        mv = snapshot_view(&schema.category),
+        snap = snapshot_table(&schema.category),
+        cols = cols.join(", "),
+        src = schema.category,
+    )
+}
+
+/// The analyst's query for the latest row per key, with `FINAL` (exact; merges at read time).
+pub fn snapshot_query_final(schema: &CategorySchema, database: &str) -> String {
+    let cols: Vec<String> = schema.columns().iter().map(|c| format!("`{c}`")).collect();
+    // Plain key columns: 18.16 rejects the sorting-key expressions again in ORDER BY with FINAL.
+    let key: Vec<String> = schema
+        .snapshot_key
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect();
+    format!(
+        "SELECT {} FROM `{database}`.`{}` FINAL ORDER BY {}",
+        cols.join(", "),
+        snapshot_table(&schema.category),
+        key.join(", ")
+    )
+}
+
+/// The same answer with `argMax` per key (no `FINAL`; works on every server and table engine).
+pub fn snapshot_query_argmax(schema: &CategorySchema, database: &str) -> String {
+    let key: Vec<String> = schema
+        .snapshot_key
+        .iter()
+        .map(|k| format!("`{k}`"))
+        .collect();
+    let cols: Vec<String> = schema
+        .columns()
+        .iter()
+        .map(|c| {
+            if schema.snapshot_key.contains(c) {
+                format!("`{c}`")
+            } else {
+                format!("argMax(`{c}`, `{SNAPSHOT_VERSION}`) AS `{c}`")
+            }
+        })
+        .collect();
+    format!(
+        "SELECT {} FROM `{database}`.`{}` GROUP BY {} ORDER BY {}",
+        cols.join(", "),
+        snapshot_table(&schema.category),
+        key.join(", "),
+        key.join(", ")
+    )
+}
+
+// ------------------------------------------------------------------------- analyst access ---
+
+/// The role analysts get on servers with SQL access control (users.xml on older ones).
+pub const ANALYST_ROLE: &str = "marketlane_analyst";
+/// The analyst user: no password and loopback only, like the users.xml one of the local stack;
+/// ops give it a password and hosts with `ALTER USER` where it is reached from elsewhere.
+pub const ANALYST_USER: &str = "analyst";
+
+/// Role, grants and user: SELECT on the analysts' database and nothing else (the writers'
+/// offsets live in [`state_database`], which the role cannot see). Empty on servers without SQL
+/// access control: there the analyst is defined in users.xml.
+pub fn analyst_access(opts: &DdlOptions) -> Vec<String> {
+    if !opts.capabilities.sql_access_control {
+        return Vec::new();
+    }
+    vec![
+        format!("CREATE ROLE IF NOT EXISTS `{ANALYST_ROLE}`"),
+        format!("GRANT SELECT ON `{}`.* TO `{ANALYST_ROLE}`", opts.database),
+        format!(
+            "CREATE USER IF NOT EXISTS `{ANALYST_USER}` IDENTIFIED WITH no_password HOST LOCAL DEFAULT ROLE `{ANALYST_ROLE}`"
+        ),
+        format!("GRANT `{ANALYST_ROLE}` TO `{ANALYST_USER}`"),
+    ]
+}
+
+// ---------------------------------------------------------------------------- schema growth ---
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SchemaChangeError {
+    #[error(
+        "table {table} has column {column}, which schema {schema_file} no longer defines: \
+         removing a field is refused. Put the field back (nullable if producers stop filling it); \
+         dropping a column is the seed's 6-month shrink procedure, done by a human after \
+         every consumer stopped reading it"
+    )]
+    FieldRemoved {
+        table: String,
+        column: String,
+        schema_file: String,
+    },
+}
+
+/// The `ALTER TABLE … ADD COLUMN` statements that bring `table` (an ingestion or snapshot
+/// table of `schema`) from its `existing` column names to the schema. Rows written before read
+/// the column's default. A column the schema no longer has is an error, never a drop.
+pub fn plan_schema_change(
+    schema: &CategorySchema,
+    table: &str,
+    existing: &[String],
+    opts: &DdlOptions,
+) -> Result<Vec<String>, SchemaChangeError> {
+    let wanted = schema.columns();
+    for col in existing {
+        let generated = col == SNAPSHOT_VERSION
+            || col
+                .strip_suffix(DATETIME_COMPANION_SUFFIX)
+                .is_some_and(|base| wanted.iter().any(|w| w == base));
+        if !generated && !wanted.contains(col) {
+            return Err(SchemaChangeError::FieldRemoved {
+                table: table.to_string(),
+                column: col.clone(),
+                schema_file: schema.source.display().to_string(),
+            });
+        }
+    }
+    let defs = if table == snapshot_table(&schema.category) {
+        snapshot_column_definitions(schema, opts.capabilities)
+    } else {
+        column_definitions(schema, opts.capabilities)
+    };
+    let mut out = Vec::new();
+    for def in defs {
+        // A definition starts with the backquoted column name.
+        let name = def.split('`').nth(1).unwrap_or_default();
+        if !existing.iter().any(|e| e == name) {
+            out.push(format!(
+                "ALTER TABLE `{}`.`{table}` ADD COLUMN {def}",
+                opts.database
+            ));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -531,6 +818,106 @@ mod tests {
         assert_eq!(buf, want);
         let stmt = unqualified_insert_statement("t", "db");
         assert!(stmt.contains("`db`.`t_unqualified` (`category`"), "{stmt}");
+    }
+
+    #[test]
+    fn snapshot_tables_views_and_queries_follow_the_snapshot_key() {
+        let s = schemas();
+        let ind = s.get("indicators_market_data").unwrap();
+        let legacy = create_snapshot_table(ind, &opts("18.16.1"));
+        assert!(
+            legacy.contains("ORDER BY (`source_system_name`, `symbol_identifier`, ifNull(`indicator_identifier`, ''))"),
+            "{legacy}"
+        );
+        assert!(
+            legacy.contains("ReplacingMergeTree(`snapshot_version`)")
+                && !legacy.contains("MATERIALIZED")
+        );
+        let view = create_snapshot_view(ind, &opts("18.16.1"));
+        assert!(
+            view.contains("toUInt64(`market_event_time`) AS `snapshot_version`"),
+            "{view}"
+        );
+        let modern = create_snapshot_view(ind, &opts("26.1.1"));
+        assert!(
+            modern.contains("toUnixTimestamp64Nano(`market_event_time`)"),
+            "{modern}"
+        );
+        let l2 = s.get("l2_market_data").unwrap();
+        let q = snapshot_query_argmax(l2, "db");
+        assert!(
+            q.contains("argMax(`price`, `snapshot_version`) AS `price`"),
+            "{q}"
+        );
+        assert!(
+            q.contains("GROUP BY `source_system_name`, `symbol_identifier`, `side`, `level`"),
+            "{q}"
+        );
+        assert!(snapshot_query_final(l2, "db").contains("`db`.`l2_market_data_snapshot` FINAL"));
+    }
+
+    #[test]
+    fn offsets_state_and_dedup_token() {
+        assert_eq!(dedup_token("p_tick", 2, 10, 19), "p_tick-2-10-19");
+        let ddl = create_offsets_table(&opts("18.16.1"));
+        assert!(ddl.contains("`marketlane_state`.`writer_offsets`"), "{ddl}");
+        let mut buf = Vec::new();
+        encode_offset_state("t", 1, (5, 9), BatchPhase::After, 7, &mut buf);
+        let mut want = vec![1, b't'];
+        want.extend_from_slice(&1i32.to_le_bytes());
+        want.extend_from_slice(&5i64.to_le_bytes());
+        want.extend_from_slice(&9i64.to_le_bytes());
+        want.push(2);
+        want.extend_from_slice(&7u64.to_le_bytes());
+        assert_eq!(buf, want);
+        assert!(offsets_query("db", "it's").contains("'it\\'s'"));
+    }
+
+    #[test]
+    fn analyst_access_only_where_sql_access_control_exists() {
+        assert!(analyst_access(&opts("18.16.1")).is_empty());
+        let sql = analyst_access(&opts("26.1.1")).join(";");
+        assert!(
+            sql.contains("GRANT SELECT ON `marketlane`.* TO `marketlane_analyst`"),
+            "{sql}"
+        );
+        assert!(!sql.contains("marketlane_state"));
+        let all = create_all(schemas().iter(), &opts("26.1.1"));
+        assert_eq!(all.len(), 3 + 4 * 4 + 4);
+    }
+
+    #[test]
+    fn schema_growth_adds_columns_and_refuses_removals() {
+        let s = schemas();
+        let tick = s.get("tick_market_data").unwrap();
+        let o = opts("18.16.1");
+        let mut existing: Vec<String> = tick.columns();
+        existing.push("tick_time_dt".into());
+        existing.push("ingestion_time_dt".into());
+        assert!(
+            plan_schema_change(tick, "tick_market_data", &existing, &o)
+                .unwrap()
+                .is_empty()
+        );
+        existing.retain(|c| c != "size_unit");
+        let add = plan_schema_change(tick, "tick_market_data", &existing, &o).unwrap();
+        assert_eq!(
+            add,
+            ["ALTER TABLE `marketlane`.`tick_market_data` ADD COLUMN `size_unit` String"]
+        );
+        existing.push("venue".into());
+        let err = plan_schema_change(tick, "tick_market_data", &existing, &o).unwrap_err();
+        assert!(
+            err.to_string().contains("column venue") && err.to_string().contains("refused"),
+            "{err}"
+        );
+        let mut snap = tick.columns();
+        snap.push(SNAPSHOT_VERSION.into());
+        assert!(
+            plan_schema_change(tick, "tick_market_data_snapshot", &snap, &o)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

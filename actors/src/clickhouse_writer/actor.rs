@@ -1,23 +1,36 @@
 //! The ClickHouse writer actor: one per category topic (and one per `_unqualified` topic).
 //!
-//! It consumes its topic in a consumer group, cuts batches by size and age, inserts them as
-//! RowBinary and commits the Kafka offsets only after ClickHouse has acknowledged the batch.
-//! A failed insert keeps the batch and retries it with back-off; nothing advances meanwhile.
-//! A row that fails its schema goes to the quarantine table with its Kafka coordinates; it
-//! never blocks the batch. Ingestion tables are ReplacingMergeTree keyed by `row_id`, so a
-//! batch replayed after a crash between insert and commit collapses into the original.
+//! Exactly-once after clickhouse-kafka-connect's design:
+//! - batches are cut per partition, so each insert covers one offset range `[min, max]`;
+//! - before the insert the range is written to the offsets table as `before`, after
+//!   ClickHouse acknowledged it as `after` (`clickhouse_writer/sink.rs`);
+//! - on partition assignment the writer reads that state and seeks: after `after` to `max + 1`,
+//!   after `before` to `min`, and then cuts the first batch at exactly `max`, so a batch that may
+//!   or may not have landed is sent again with the same range and the same
+//!   `insert_deduplication_token` (`topic-partition-min-max`), which the server drops on tables
+//!   with a deduplication window. Kafka's committed offsets are only advisory (a fresh consumer
+//!   group starts where the state says). On 18.16, which has no token, the replayed range
+//!   collapses in the ReplacingMergeTree (`row_id` last in the key) and reads exactly with FINAL.
+//!
+//! A failed insert keeps the batch and retries it with back-off; nothing advances meanwhile. A
+//! row that fails its schema goes to the quarantine table with its Kafka coordinates and never
+//! blocks or retries the batch.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use marketlane_protocol::clickhouse::{
-    encode_row_binary, encode_unqualified, insert_statement, unqualified_insert_statement,
+    BatchPhase, dedup_token, encode_row_binary, encode_unqualified, insert_statement,
+    unqualified_insert_statement, unqualified_table,
 };
 use marketlane_protocol::{CategorySchema, UnqualifiedRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -62,9 +75,12 @@ pub enum WriterMsg {
     Poll,
     Pause,
     Resume,
-    /// Flushes the current batch and commits; replies whether it succeeded.
+    /// Flushes the current batches and commits; replies whether it succeeded.
     Drain(RpcReplyPort<bool>),
     GetState(RpcReplyPort<WriterSnapshot>),
+    /// The schema grew (`reload_schemas`): flush what was encoded under the old one, then
+    /// encode with the new one. Replies whether the flush succeeded.
+    ReloadSchema(Arc<CategorySchema>, RpcReplyPort<bool>),
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -79,6 +95,10 @@ pub struct WriterSnapshot {
     pub failed_inserts: u64,
     pub retrying: bool,
     pub last_error: Option<String>,
+    /// Partitions assigned, with the next offset the writer expects from each.
+    pub partitions: BTreeMap<i32, i64>,
+    /// Batches re-sent with their original range after a restart (`before` state found).
+    pub replayed_ranges: u64,
 }
 
 #[derive(Clone)]
@@ -91,36 +111,104 @@ pub struct WriterArgs {
     pub instance: String,
 }
 
+/// Assignment changes seen by librdkafka's rebalance callback, handled by the actor.
+enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Rebalance-aware consumer context: newly assigned partitions are paused inside the callback
+/// (before any fetch), so the actor can read their state from ClickHouse and seek first.
 #[derive(Default)]
-struct Batch {
+pub struct RebalanceContext {
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let event = match rebalance {
+            Rebalance::Assign(tpl) => {
+                if let Err(e) = consumer.pause(tpl) {
+                    warn!(error = %e, "cannot pause newly assigned partitions");
+                }
+                RebalanceEvent::Assigned(tpl.elements().iter().map(|e| e.partition()).collect())
+            }
+            Rebalance::Revoke(tpl) => {
+                RebalanceEvent::Revoked(tpl.elements().iter().map(|e| e.partition()).collect())
+            }
+            Rebalance::Error(e) => {
+                warn!(error = %e, "rebalance error");
+                return;
+            }
+        };
+        if let Ok(mut events) = self.events.lock() {
+            events.push(event);
+        }
+    }
+}
+
+type WriterConsumer = StreamConsumer<RebalanceContext>;
+
+/// The rows of one partition waiting for their insert: offsets `[min_offset, max_offset]`.
+struct PartitionBatch {
     rows: Vec<u8>,
     row_count: usize,
     quarantine: Vec<u8>,
     quarantine_count: usize,
-    /// Highest offset per partition in the batch.
-    offsets: BTreeMap<(String, i32), i64>,
+    min_offset: i64,
+    max_offset: i64,
     event_times: Vec<i64>,
-    started: Option<Instant>,
+    started: Instant,
+    /// The data insert was acknowledged (a retry then only writes the state).
+    inserted: bool,
 }
 
-impl Batch {
-    fn is_empty(&self) -> bool {
-        self.offsets.is_empty()
+impl PartitionBatch {
+    fn new(offset: i64) -> Self {
+        Self {
+            rows: Vec::new(),
+            row_count: 0,
+            quarantine: Vec::new(),
+            quarantine_count: 0,
+            min_offset: offset,
+            max_offset: offset,
+            event_times: Vec::new(),
+            started: Instant::now(),
+            inserted: false,
+        }
     }
+
+    fn len(&self) -> usize {
+        self.row_count + self.quarantine_count
+    }
+}
+
+/// Where a partition stands: the next offset to take, and a range to re-cut exactly.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    next: i64,
+    /// After a `before` state: the first batch must end at exactly this offset.
+    replay_until: Option<i64>,
 }
 
 pub struct WriterState {
     args: WriterArgs,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<WriterConsumer>,
     topic: String,
     table: String,
     insert_sql: String,
     quarantine_sql: String,
-    batch: Batch,
+    batches: BTreeMap<i32, PartitionBatch>,
+    /// Partitions whose batch is cut and waits for (or retries) its insert.
+    due: Vec<i32>,
+    positions: HashMap<i32, Position>,
     paused: bool,
     retry_backoff: Option<Duration>,
     snapshot: WriterSnapshot,
     last_lag_update: Instant,
+    last_seq: u64,
 }
 
 pub struct ClickHouseWriter;
@@ -136,7 +224,7 @@ impl Actor for ClickHouseWriter {
         args: WriterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let topic = args.kafka.topic(&args.kind.topic());
-        let consumer: StreamConsumer = crate::kafka::client_config(&args.kafka)
+        let consumer: WriterConsumer = crate::kafka::client_config(&args.kafka)
             .set("group.id", &args.writer.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -146,16 +234,13 @@ impl Actor for ClickHouseWriter {
             .set("max.poll.interval.ms", "3600000")
             .set("session.timeout.ms", "10000")
             .set("fetch.queue.backoff.ms", "10")
-            .create()?;
+            .create_with_context(RebalanceContext::default())?;
         consumer.subscribe(&[topic.as_str()])?;
         let category = args.kind.category().to_string();
         let database = args.clickhouse.config.database.clone();
         let (table, insert_sql) = match &args.kind {
             WriterKind::Category(s) => (s.category.clone(), insert_statement(s, &database)),
-            WriterKind::Quarantine { category } => (
-                marketlane_protocol::clickhouse::unqualified_table(category),
-                String::new(),
-            ),
+            WriterKind::Quarantine { category } => (unqualified_table(category), String::new()),
         };
         let quarantine_sql = unqualified_insert_statement(&category, &database);
         info!(topic, table, "writer started");
@@ -172,10 +257,13 @@ impl Actor for ClickHouseWriter {
             table,
             insert_sql,
             quarantine_sql,
-            batch: Batch::default(),
+            batches: BTreeMap::new(),
+            due: Vec::new(),
+            positions: HashMap::new(),
             paused: false,
             retry_backoff: None,
             last_lag_update: Instant::now(),
+            last_seq: 0,
         })
     }
 
@@ -191,14 +279,19 @@ impl Actor for ClickHouseWriter {
                     return Ok(());
                 }
                 if let Some(backoff) = state.retry_backoff
-                    && !state.flush().await
+                    && !state.flush_due().await
                 {
                     let next = (backoff * 2).min(state.args.writer.retry_max_backoff);
                     state.retry_backoff = Some(next);
                     myself.send_after(backoff, || WriterMsg::Poll);
                     return Ok(());
                 }
-                state.poll_batch().await;
+                // Reading ClickHouse state for new partitions is retried on the next poll.
+                if let Err(e) = state.poll_batch().await {
+                    warn!(topic = %state.topic, error = %e, "cannot position new partitions");
+                    myself.send_after(state.args.writer.retry_backoff, || WriterMsg::Poll);
+                    return Ok(());
+                }
                 state.update_lag();
                 let _ = myself.cast(WriterMsg::Poll);
             }
@@ -215,14 +308,25 @@ impl Actor for ClickHouseWriter {
                     let _ = myself.cast(WriterMsg::Poll);
                 }
             }
+            WriterMsg::ReloadSchema(schema, reply) => {
+                let ok = state.flush_all().await;
+                if ok && let WriterKind::Category(_) = state.args.kind {
+                    info!(topic = %state.topic, "schema reloaded");
+                    state.insert_sql =
+                        insert_statement(&schema, &state.args.clickhouse.config.database);
+                    state.args.kind = WriterKind::Category(schema);
+                }
+                let _ = reply.send(ok);
+            }
             WriterMsg::Drain(reply) => {
-                let ok = state.batch.is_empty() || state.flush().await;
+                let ok = state.flush_all().await;
                 let _ = reply.send(ok);
             }
             WriterMsg::GetState(reply) => {
                 let mut s = state.snapshot.clone();
-                s.batch_rows = state.batch.row_count;
+                s.batch_rows = state.batches.values().map(PartitionBatch::len).sum();
                 s.retrying = state.retry_backoff.is_some();
+                s.partitions = state.positions.iter().map(|(p, x)| (*p, x.next)).collect();
                 let _ = reply.send(s);
             }
         }
@@ -230,24 +334,50 @@ impl Actor for ClickHouseWriter {
     }
 }
 
+/// Why a message was not added to a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Skip {
+    /// Already stored (offset below the partition's position).
+    Stored,
+    /// The partition was just repositioned: the message comes again from the new position.
+    Repositioned,
+}
+
 impl WriterState {
-    /// Reads messages into the batch until it is full or old enough, then flushes it. A failed
-    /// flush switches to retry mode, where no new message is read.
-    async fn poll_batch(&mut self) {
+    /// Reads messages into the per-partition batches until one is due (full, old, or at the
+    /// end of a replayed range), then inserts the due ones. A failed flush switches to retry
+    /// mode, where no new message is read.
+    async fn poll_batch(&mut self) -> Result<(), super::SinkError> {
+        self.handle_rebalance().await?;
         let max_age = self.args.writer.batch_max_age;
-        let deadline = self.batch.started.unwrap_or_else(Instant::now) + max_age;
         let consumer = self.consumer.clone();
         let mut read = 0;
-        while self.batch.row_count + self.batch.quarantine_count < self.args.writer.batch_rows
-            && read < 10_000
-        {
+        while self.due.is_empty() && read < 10_000 {
+            let oldest = self
+                .batches
+                .iter()
+                .filter(|(p, _)| !self.replaying(**p))
+                .map(|(_, b)| b.started)
+                .min();
+            let deadline = oldest.unwrap_or_else(Instant::now) + max_age;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 break;
             }
             match tokio::time::timeout(remaining, consumer.recv()).await {
                 Ok(Ok(m)) => {
-                    self.add(&m);
+                    let repositioned = self.handle_rebalance().await?;
+                    if self.skip(&m, &repositioned).is_none() {
+                        self.add(&m);
+                        let p = m.partition();
+                        let full = self
+                            .batches
+                            .get(&p)
+                            .is_some_and(|b| b.len() >= self.args.writer.batch_rows);
+                        if full && !self.replaying(p) && !self.due.contains(&p) {
+                            self.due.push(p);
+                        }
+                    }
                     read += 1;
                 }
                 Ok(Err(e)) => {
@@ -257,32 +387,181 @@ impl WriterState {
                 Err(_) => break,
             }
         }
-        let full =
-            self.batch.row_count + self.batch.quarantine_count >= self.args.writer.batch_rows;
-        let old = Instant::now() >= deadline;
-        if !self.batch.is_empty() && (full || old) {
-            if !self.flush().await {
-                self.retry_backoff = Some(self.args.writer.retry_backoff);
+        for (p, b) in &self.batches {
+            let old = b.started.elapsed() >= max_age && !self.replaying(*p);
+            if (old || b.len() >= self.args.writer.batch_rows && !self.replaying(*p))
+                && !self.due.contains(p)
+            {
+                self.due.push(*p);
             }
-        } else if self.batch.is_empty() {
-            self.batch.started = None;
+        }
+        if !self.due.is_empty() && !self.flush_due().await {
+            self.retry_backoff = Some(self.args.writer.retry_backoff);
+        }
+        Ok(())
+    }
+
+    /// Flushes every batch now (drain, schema reload). A partition still re-cutting a replayed
+    /// range is dropped instead: flushing it early would change its range and token, and it is
+    /// read again from the stored state.
+    async fn flush_all(&mut self) -> bool {
+        let replaying: Vec<i32> = self
+            .positions
+            .iter_mut()
+            .filter(|(_, p)| p.replay_until.is_some())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in replaying {
+            if let Some(b) = self.batches.remove(&p)
+                && let Some(pos) = self.positions.get_mut(&p)
+            {
+                pos.next = b.min_offset;
+                self.seek(p, b.min_offset).await;
+            }
+        }
+        let all: Vec<i32> = self.batches.keys().copied().collect();
+        for p in all {
+            if !self.due.contains(&p) {
+                self.due.push(p);
+            }
+        }
+        self.flush_due().await
+    }
+
+    fn replaying(&self, partition: i32) -> bool {
+        self.positions
+            .get(&partition)
+            .is_some_and(|p| p.replay_until.is_some())
+    }
+
+    /// Applies assignment changes: revoked partitions lose their unsent batches (the next owner
+    /// starts from the stored state); assigned ones are positioned from the stored state, then
+    /// resumed. Returns the partitions it repositioned.
+    async fn handle_rebalance(&mut self) -> Result<Vec<i32>, super::SinkError> {
+        let events = match self.consumer.context().events.lock() {
+            Ok(mut e) => std::mem::take(&mut *e),
+            Err(_) => Vec::new(),
+        };
+        let mut repositioned = Vec::new();
+        for event in events {
+            match event {
+                RebalanceEvent::Revoked(parts) => {
+                    for p in parts {
+                        self.batches.remove(&p);
+                        self.due.retain(|d| *d != p);
+                        self.positions.remove(&p);
+                    }
+                }
+                RebalanceEvent::Assigned(parts) => match self.position(&parts).await {
+                    Ok(sought) => repositioned.extend(sought),
+                    Err(e) => {
+                        // The partitions stay paused until their state can be read.
+                        if let Ok(mut events) = self.consumer.context().events.lock() {
+                            events.insert(0, RebalanceEvent::Assigned(parts));
+                        }
+                        return Err(e);
+                    }
+                },
+            }
+        }
+        Ok(repositioned)
+    }
+
+    /// Positions assigned partitions from their stored state; returns those it sought.
+    async fn position(&mut self, parts: &[i32]) -> Result<Vec<i32>, super::SinkError> {
+        let states = self.args.clickhouse.partition_states(&self.topic).await?;
+        let mut tpl = TopicPartitionList::new();
+        let mut sought = Vec::new();
+        for &p in parts {
+            let pos = match states.get(&p) {
+                Some(s) if s.phase == BatchPhase::After => Position {
+                    next: s.max_offset + 1,
+                    replay_until: None,
+                },
+                Some(s) => Position {
+                    next: s.min_offset,
+                    replay_until: Some(s.max_offset),
+                },
+                None => Position {
+                    next: 0,
+                    replay_until: None,
+                },
+            };
+            if states.contains_key(&p) {
+                self.seek(p, pos.next).await;
+                sought.push(p);
+            }
+            info!(topic = %self.topic, partition = p, next = pos.next, replay_until = ?pos.replay_until, "partition assigned");
+            self.batches.remove(&p);
+            self.positions.insert(p, pos);
+            let _ = tpl.add_partition(&self.topic, p);
+        }
+        if let Err(e) = self.consumer.resume(&tpl) {
+            warn!(topic = %self.topic, error = %e, "cannot resume assigned partitions");
+        }
+        Ok(sought)
+    }
+
+    /// Seeks a freshly assigned partition; librdkafka may need a moment before it accepts.
+    async fn seek(&self, partition: i32, offset: i64) {
+        for attempt in 0..20 {
+            match self.consumer.seek(
+                &self.topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            ) {
+                Ok(()) => return,
+                Err(e) if attempt == 19 => {
+                    warn!(topic = %self.topic, partition, offset, error = %e, "seek failed; the stored offsets filter replays");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
     }
 
-    fn add(&mut self, m: &BorrowedMessage<'_>) {
-        if self.batch.started.is_none() {
-            self.batch.started = Some(Instant::now());
+    fn skip(&mut self, m: &BorrowedMessage<'_>, repositioned: &[i32]) -> Option<Skip> {
+        let p = m.partition();
+        if repositioned.contains(&p) {
+            return Some(Skip::Repositioned);
         }
-        let key = (m.topic().to_string(), m.partition());
-        let max = self.batch.offsets.entry(key).or_insert(m.offset());
-        *max = (*max).max(m.offset());
+        let pos = self.positions.entry(p).or_insert(Position {
+            next: 0,
+            replay_until: None,
+        });
+        if m.offset() < pos.next {
+            return Some(Skip::Stored);
+        }
+        // The replayed range is gone from Kafka (retention): nothing to re-cut.
+        if pos.replay_until.is_some_and(|end| m.offset() > end) && !self.batches.contains_key(&p) {
+            pos.replay_until = None;
+        }
+        None
+    }
+
+    fn add(&mut self, m: &BorrowedMessage<'_>) {
+        let partition = m.partition();
+        let offset = m.offset();
+        let batch = self
+            .batches
+            .entry(partition)
+            .or_insert_with(|| PartitionBatch::new(offset));
+        batch.max_offset = offset;
+        if let Some(pos) = self.positions.get_mut(&partition) {
+            pos.next = offset + 1;
+            if pos.replay_until == Some(offset) {
+                pos.replay_until = None;
+                self.due.push(partition);
+                self.snapshot.replayed_ranges += 1;
+            }
+        }
         let payload = m.payload().unwrap_or_default();
         let now = marketlane_protocol::now_ns();
         let coords = |mut rec: UnqualifiedRecord| {
             rec.source_topic
                 .get_or_insert_with(|| m.topic().to_string());
-            rec.source_partition.get_or_insert(m.partition());
-            rec.source_offset.get_or_insert(m.offset());
+            rec.source_partition.get_or_insert(partition);
+            rec.source_offset.get_or_insert(offset);
             rec
         };
         let category = self.args.kind.category().to_string();
@@ -290,7 +569,7 @@ impl WriterState {
             WriterKind::Category(schema) => {
                 let encoded = schema.validate_json(payload).and_then(|row| {
                     let t = row.get(&schema.event_time).and_then(|v| v.as_i64());
-                    encode_row_binary(schema, &row, &mut self.batch.rows)
+                    encode_row_binary(schema, &row, &mut batch.rows)
                         .map(|()| t)
                         .map_err(|e| marketlane_protocol::RowError::WrongType {
                             field: e.column,
@@ -300,9 +579,9 @@ impl WriterState {
                 });
                 match encoded {
                     Ok(t) => {
-                        self.batch.row_count += 1;
+                        batch.row_count += 1;
                         if let Some(t) = t {
-                            self.batch.event_times.push(t);
+                            batch.event_times.push(t);
                         }
                     }
                     Err(e) => {
@@ -321,8 +600,8 @@ impl WriterState {
                             &self.args.instance,
                             now,
                         ));
-                        encode_unqualified(&rec, now, &mut self.batch.quarantine);
-                        self.batch.quarantine_count += 1;
+                        encode_unqualified(&rec, now, &mut batch.quarantine);
+                        batch.quarantine_count += 1;
                     }
                 }
             }
@@ -339,69 +618,127 @@ impl WriterState {
                             now,
                         )
                     });
-                encode_unqualified(&coords(rec), now, &mut self.batch.quarantine);
-                self.batch.quarantine_count += 1;
+                encode_unqualified(&coords(rec), now, &mut batch.quarantine);
+                batch.quarantine_count += 1;
             }
         }
     }
 
-    /// Inserts the batch and commits its offsets. Returns false (keeping the batch) on failure.
-    async fn flush(&mut self) -> bool {
+    /// A strictly increasing version for the offsets state of this writer.
+    fn next_seq(&mut self) -> u64 {
+        let now = marketlane_protocol::now_ns().max(0) as u64;
+        self.last_seq = now.max(self.last_seq + 1);
+        self.last_seq
+    }
+
+    /// Inserts the due partition batches: state `before`, the data with its token, state
+    /// `after`, then the advisory Kafka commit. Returns false (keeping every batch) on failure.
+    async fn flush_due(&mut self) -> bool {
+        if self.due.is_empty() {
+            self.retry_backoff = None;
+            return true;
+        }
         let started = Instant::now();
-        let ch = &self.args.clickhouse;
+        let ch = self.args.clickhouse.clone();
+        let ranges: Vec<(i32, i64, i64)> = self
+            .due
+            .iter()
+            .filter_map(|p| {
+                self.batches
+                    .get(p)
+                    .map(|b| (*p, b.min_offset, b.max_offset))
+            })
+            .collect();
+        if ranges.is_empty() {
+            self.due.clear();
+            self.retry_backoff = None;
+            return true;
+        }
+        let seq = self.next_seq();
+        if let Err(e) = ch
+            .write_states(&self.topic, &ranges, BatchPhase::Before, seq)
+            .await
+        {
+            return self.failed(
+                marketlane_protocol::clickhouse::OFFSETS_TABLE,
+                e.to_string(),
+            );
+        }
+        let quarantine_table = unqualified_table(self.args.kind.category());
+        for &(p, min, max) in &ranges {
+            let Some(batch) = self.batches.get(&p) else {
+                continue;
+            };
+            if batch.inserted {
+                continue;
+            }
+            let token = dedup_token(&self.topic, p, min, max);
+            if batch.row_count > 0
+                && let Err(e) = ch
+                    .insert(&self.insert_sql, batch.rows.clone().into(), Some(&token))
+                    .await
+            {
+                let table = self.table.clone();
+                return self.failed(&table, e.to_string());
+            }
+            if batch.quarantine_count > 0
+                && let Err(e) = ch
+                    .insert(
+                        &self.quarantine_sql,
+                        batch.quarantine.clone().into(),
+                        Some(&token),
+                    )
+                    .await
+            {
+                return self.failed(&quarantine_table, e.to_string());
+            }
+            if let Some(b) = self.batches.get_mut(&p) {
+                b.inserted = true;
+            }
+        }
+        let seq = self.next_seq();
+        if let Err(e) = ch
+            .write_states(&self.topic, &ranges, BatchPhase::After, seq)
+            .await
+        {
+            return self.failed(
+                marketlane_protocol::clickhouse::OFFSETS_TABLE,
+                e.to_string(),
+            );
+        }
         let metrics = &self.args.metrics;
-        // The buffers stay in the batch until both inserts succeeded, for the retry.
-        let rows = bytes::Bytes::from(std::mem::take(&mut self.batch.rows));
-        let quarantine = bytes::Bytes::from(std::mem::take(&mut self.batch.quarantine));
-        let mut failure = None;
-        if self.batch.row_count > 0
-            && let Err(e) = ch.insert(&self.insert_sql, rows.clone()).await
-        {
-            failure = Some((self.table.clone(), e.to_string()));
-        }
-        if failure.is_none()
-            && self.batch.quarantine_count > 0
-            && let Err(e) = ch.insert(&self.quarantine_sql, quarantine.clone()).await
-        {
-            let table =
-                marketlane_protocol::clickhouse::unqualified_table(self.args.kind.category());
-            failure = Some((table, e.to_string()));
-        }
-        if let Some((table, error)) = failure {
-            self.batch.rows = rows.to_vec();
-            self.batch.quarantine = quarantine.to_vec();
-            return self.failed(&table, error);
-        }
-        let elapsed = started.elapsed().as_secs_f64();
         metrics
             .clickhouse_insert_duration
             .with_label_values(&[self.table.as_str()])
-            .observe(elapsed);
-        metrics
-            .clickhouse_rows_inserted
-            .with_label_values(&[self.table.as_str()])
-            .inc_by(self.batch.row_count as u64);
+            .observe(started.elapsed().as_secs_f64());
         let now = marketlane_protocol::now_ns();
         let category = self.args.kind.category().to_string();
         let hist = metrics
             .event_to_sink_latency
             .with_label_values(&[category.as_str(), "clickhouse"]);
-        for t in &self.batch.event_times {
-            hist.observe((now - t).max(0) as f64 / 1e9);
-        }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.batch.offsets {
-            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1));
+        for &(p, _, max) in &ranges {
+            let Some(batch) = self.batches.remove(&p) else {
+                continue;
+            };
+            metrics
+                .clickhouse_rows_inserted
+                .with_label_values(&[self.table.as_str()])
+                .inc_by(batch.row_count as u64);
+            for t in &batch.event_times {
+                hist.observe((now - t).max(0) as f64 / 1e9);
+            }
+            self.snapshot.rows_inserted += batch.row_count as u64;
+            self.snapshot.rows_quarantined += batch.quarantine_count as u64;
+            self.snapshot.batches += 1;
+            let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(max + 1));
         }
-        // The batch is in ClickHouse: a failed commit only means a replay, which collapses.
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
-            warn!(topic = %self.topic, error = %e, "offset commit failed; the batch may be replayed");
+        // Advisory only: the offsets table is what a new owner of the partition starts from.
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            warn!(topic = %self.topic, error = %e, "offset commit failed (advisory)");
         }
-        self.snapshot.rows_inserted += self.batch.row_count as u64;
-        self.snapshot.rows_quarantined += self.batch.quarantine_count as u64;
-        self.snapshot.batches += 1;
+        self.due.clear();
         self.snapshot.last_error = None;
-        self.batch = Batch::default();
         self.retry_backoff = None;
         true
     }
@@ -424,51 +761,21 @@ impl WriterState {
             return;
         }
         self.last_lag_update = Instant::now();
-        let consumer = self.consumer.clone();
         let metrics = self.args.metrics.clone();
         let group = self.args.writer.group_id.clone();
+        let topic = self.topic.clone();
+        let positions: Vec<(i32, i64)> = self.positions.iter().map(|(p, x)| (*p, x.next)).collect();
+        let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || {
-            let Ok(assignment) = consumer.assignment() else {
-                return;
-            };
-            let Ok(positions) = consumer.position() else {
-                return;
-            };
-            for el in assignment.elements() {
-                let Ok((_, high)) =
-                    consumer.fetch_watermarks(el.topic(), el.partition(), Duration::from_secs(1))
+            for (p, next) in positions {
+                let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1))
                 else {
                     continue;
                 };
-                let pos = positions
-                    .find_partition(el.topic(), el.partition())
-                    .and_then(|p| match p.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    });
-                let committed = consumer
-                    .committed_offsets(
-                        {
-                            let mut t = TopicPartitionList::new();
-                            t.add_partition(el.topic(), el.partition());
-                            t
-                        },
-                        Duration::from_secs(1),
-                    )
-                    .ok()
-                    .and_then(|t| {
-                        t.find_partition(el.topic(), el.partition()).and_then(|p| {
-                            match p.offset() {
-                                Offset::Offset(o) => Some(o),
-                                _ => None,
-                            }
-                        })
-                    });
-                let done = committed.or(pos).unwrap_or(0);
                 metrics
                     .consumer_lag
-                    .with_label_values(&[group.as_str(), el.topic(), &el.partition().to_string()])
-                    .set((high - done).max(0));
+                    .with_label_values(&[group.as_str(), topic.as_str(), &p.to_string()])
+                    .set((high - next).max(0));
             }
         });
     }

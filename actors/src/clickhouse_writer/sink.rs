@@ -1,18 +1,39 @@
-//! The ClickHouse side of the writer: server version detection, DDL, and RowBinary inserts.
+//! The ClickHouse side of the writer: server version detection, DDL and schema growth, the
+//! per-partition offsets state, RowBinary inserts with deduplication tokens, and retention by
+//! partition drop on servers without TTL.
 
-use marketlane_protocol::SchemaSet;
-use marketlane_protocol::clickhouse::{self as ch, DdlOptions, ServerVersion};
+use std::collections::BTreeMap;
+
+use marketlane_protocol::clickhouse::{
+    self as ch, BatchPhase, DdlOptions, SchemaChangeError, ServerVersion,
+};
+use marketlane_protocol::{CategorySchema, SchemaSet};
+use tracing::{info, warn};
 
 use crate::config::ClickHouseConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// Retryable: the server is down, overloaded or refused the request.
     #[error("clickhouse at {url} unreachable or failing: {message}")]
     Server { url: String, message: String },
     #[error("clickhouse returned an unreadable version {0:?}")]
     Version(String),
     #[error("ddl failed: {message}\n{statement}")]
     Ddl { statement: String, message: String },
+    /// Not retryable: a human must fix the schema file.
+    #[error(transparent)]
+    SchemaChange(#[from] SchemaChangeError),
+    #[error("clickhouse answered {query:?} with an unreadable line {line:?}")]
+    Answer { query: String, line: String },
+}
+
+/// The stored state of one partition (see [`ch::OFFSETS_TABLE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionState {
+    pub min_offset: i64,
+    pub max_offset: i64,
+    pub phase: BatchPhase,
 }
 
 /// A connected ClickHouse: the client and what the server supports.
@@ -56,29 +77,297 @@ impl ClickHouse {
         }
     }
 
-    /// Creates the database and every category's ingestion and quarantine tables.
-    pub async fn apply_ddl(&self, schemas: &SchemaSet) -> Result<(), SinkError> {
-        for statement in ch::create_all(schemas.iter(), &self.ddl_options()) {
-            self.client
-                .query(&statement)
-                .execute()
-                .await
-                .map_err(|e| SinkError::Ddl {
-                    statement: statement.clone(),
-                    message: e.to_string(),
-                })?;
-        }
-        Ok(())
-    }
-
-    /// Sends one RowBinary batch; returns only once ClickHouse has acknowledged it.
-    pub async fn insert(&self, statement: &str, rows: bytes::Bytes) -> Result<(), SinkError> {
-        let err = |e: clickhouse::error::Error| SinkError::Server {
+    fn server_err(&self, e: clickhouse::error::Error) -> SinkError {
+        SinkError::Server {
             url: self.config.url.clone(),
             message: e.to_string(),
-        };
+        }
+    }
+
+    async fn ddl(&self, statement: &str) -> Result<(), SinkError> {
+        self.client
+            .query(statement)
+            .execute()
+            .await
+            .map_err(|e| SinkError::Ddl {
+                statement: statement.to_string(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Runs a query and returns its rows as tab-separated fields.
+    pub async fn query_tsv(&self, sql: &str) -> Result<Vec<Vec<String>>, SinkError> {
+        let bytes = self
+            .client
+            .query(sql)
+            .fetch_bytes("TabSeparated")
+            .map_err(|e| self.server_err(e))?
+            .collect()
+            .await
+            .map_err(|e| self.server_err(e))?;
+        Ok(String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('\t').map(String::from).collect())
+            .collect())
+    }
+
+    /// Creates the databases, the offsets table, every category's tables and snapshot view and
+    /// (modern servers) the analyst role, then brings existing tables up to the schemas.
+    pub async fn apply_ddl(&self, schemas: &SchemaSet) -> Result<Vec<String>, SinkError> {
+        // Views last: 18.16 analyses a view's query even when it exists, so the columns it
+        // names must be there (schema growth) first.
+        let (views, tables): (Vec<String>, Vec<String>) =
+            ch::create_all(schemas.iter(), &self.ddl_options())
+                .into_iter()
+                .partition(|s| s.starts_with("CREATE MATERIALIZED VIEW"));
+        for statement in tables {
+            let access = ["CREATE ROLE", "CREATE USER", "GRANT"]
+                .iter()
+                .any(|p| statement.starts_with(p));
+            match self.ddl(&statement).await {
+                // The writer's user may lack access management: the analyst role is then
+                // created by ops from `marketlane schema ddl`; the data path does not need it.
+                Err(e) if access => warn!(error = %e, "cannot create the analyst access"),
+                r => r?,
+            }
+        }
+        let ran = self.sync_schemas(schemas).await?;
+        for statement in views {
+            self.ddl(&statement).await?;
+        }
+        Ok(ran)
+    }
+
+    /// Schema growth (start and `reload-schemas`): a field added to a schema file becomes an
+    /// `ADD COLUMN` on the ingestion and snapshot tables (old rows read the default) and the
+    /// snapshot view is recreated with it. A removed field is refused with an explanation before
+    /// anything changes. Returns the statements it ran.
+    pub async fn sync_schemas(&self, schemas: &SchemaSet) -> Result<Vec<String>, SinkError> {
+        let opts = self.ddl_options();
+        let mut plan: Vec<(&CategorySchema, Vec<String>)> = Vec::new();
+        for schema in schemas.iter() {
+            let mut alters = Vec::new();
+            for table in [
+                schema.category.clone(),
+                ch::snapshot_table(&schema.category),
+            ] {
+                let existing = self.columns(&table).await?;
+                if existing.is_empty() {
+                    // A category new since start: create its tables as at start.
+                    alters.extend([
+                        ch::create_ingestion_table(schema, &opts),
+                        ch::create_unqualified_table(&schema.category, &opts),
+                        ch::create_snapshot_table(schema, &opts),
+                    ]);
+                    break;
+                }
+                alters.extend(ch::plan_schema_change(schema, &table, &existing, &opts)?);
+            }
+            if !alters.is_empty() {
+                plan.push((schema, alters));
+            }
+        }
+        let mut ran = Vec::new();
+        for (schema, alters) in plan {
+            for a in alters {
+                info!(category = %schema.category, statement = %a, "schema grew");
+                self.ddl(&a).await?;
+                ran.push(a);
+            }
+            // The view names its columns: recreate it so the new column reaches the snapshot.
+            // Rows inserted between the two statements miss the snapshot until the next row of
+            // their key; the writers call this before they start consuming.
+            let drop = format!(
+                "DROP TABLE IF EXISTS `{}`.`{}`",
+                opts.database,
+                ch::snapshot_view(&schema.category)
+            );
+            self.ddl(&drop).await?;
+            let create = ch::create_snapshot_view(schema, &opts);
+            self.ddl(&create).await?;
+            ran.push(drop);
+            ran.push(create);
+        }
+        Ok(ran)
+    }
+
+    async fn columns(&self, table: &str) -> Result<Vec<String>, SinkError> {
+        let sql = format!(
+            "SELECT name FROM system.columns WHERE database = '{}' AND table = '{table}'",
+            self.config.database
+        );
+        Ok(self
+            .query_tsv(&sql)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect())
+    }
+
+    /// Sends one RowBinary batch; returns only once ClickHouse has acknowledged it. With a
+    /// token (servers that support it), a batch the table has already seen is dropped.
+    pub async fn insert(
+        &self,
+        statement: &str,
+        rows: bytes::Bytes,
+        dedup_token: Option<&str>,
+    ) -> Result<(), SinkError> {
         let mut insert = self.client.insert_formatted_with(statement.to_string());
-        insert.send(rows).await.map_err(err)?;
-        insert.end().await.map_err(err)
+        if let Some(token) = dedup_token
+            && self.version.capabilities().insert_deduplication_token
+        {
+            insert = insert.with_setting("insert_deduplication_token", token);
+        }
+        insert.send(rows).await.map_err(|e| self.server_err(e))?;
+        insert.end().await.map_err(|e| self.server_err(e))
+    }
+
+    /// The stored state of every partition of `topic` that has one.
+    pub async fn partition_states(
+        &self,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, PartitionState>, SinkError> {
+        let sql = ch::offsets_query(&self.config.database, topic);
+        let mut out = BTreeMap::new();
+        for row in self.query_tsv(&sql).await? {
+            let bad = || SinkError::Answer {
+                query: sql.clone(),
+                line: row.join("\t"),
+            };
+            let [p, min, max, phase] = row.as_slice() else {
+                return Err(bad());
+            };
+            let phase = match phase.as_str() {
+                "before" => BatchPhase::Before,
+                "after" => BatchPhase::After,
+                _ => return Err(bad()),
+            };
+            out.insert(
+                p.parse().map_err(|_| bad())?,
+                PartitionState {
+                    min_offset: min.parse().map_err(|_| bad())?,
+                    max_offset: max.parse().map_err(|_| bad())?,
+                    phase,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Records the ranges of a set of partition batches in one insert.
+    pub async fn write_states(
+        &self,
+        topic: &str,
+        ranges: &[(i32, i64, i64)],
+        phase: BatchPhase,
+        seq: u64,
+    ) -> Result<(), SinkError> {
+        let mut buf = Vec::with_capacity(ranges.len() * 48);
+        for (p, min, max) in ranges {
+            ch::encode_offset_state(topic, *p, (*min, *max), phase, seq, &mut buf);
+        }
+        self.insert(
+            &ch::offsets_insert_statement(&self.config.database),
+            buf.into(),
+            None,
+        )
+        .await
+    }
+
+    /// Retention on servers without TTL: drops the daily partitions of the ingestion and
+    /// quarantine tables older than `retention_days` before `today` (`YYYYMMDD`, UTC). Returns
+    /// the `table partition` pairs it dropped.
+    pub async fn drop_expired_partitions(
+        &self,
+        schemas: &SchemaSet,
+        today: u32,
+    ) -> Result<Vec<String>, SinkError> {
+        let cutoff = yyyymmdd_minus_days(today, self.config.retention_days);
+        let tables: Vec<String> = schemas
+            .iter()
+            .flat_map(|s| [s.category.clone(), ch::unqualified_table(&s.category)])
+            .map(|t| format!("'{t}'"))
+            .collect();
+        let sql = format!(
+            "SELECT DISTINCT table, partition FROM system.parts WHERE active AND database = '{}' \
+             AND table IN ({}) AND toUInt32OrZero(partition) BETWEEN 1 AND {}",
+            self.config.database,
+            tables.join(", "),
+            cutoff.saturating_sub(1)
+        );
+        let mut dropped = Vec::new();
+        for row in self.query_tsv(&sql).await? {
+            let [table, partition] = row.as_slice() else {
+                continue;
+            };
+            let stmt = format!(
+                "ALTER TABLE `{}`.`{table}` DROP PARTITION {partition}",
+                self.config.database
+            );
+            self.ddl(&stmt).await?;
+            info!(table, partition, "retention: dropped partition");
+            dropped.push(format!("{table} {partition}"));
+        }
+        Ok(dropped)
+    }
+}
+
+/// `YYYYMMDD` `days` days before `day` (proleptic Gregorian, UTC).
+pub fn yyyymmdd_minus_days(day: u32, days: u32) -> u32 {
+    let (y, m, d) = (day / 10_000, day / 100 % 100, day % 100);
+    let n = days_from_civil(y as i64, m as i64, d as i64) - days as i64;
+    let (y, m, d) = civil_from_days(n);
+    (y as u32) * 10_000 + (m as u32) * 100 + d as u32
+}
+
+/// Today as `YYYYMMDD`, UTC.
+pub fn today_utc() -> u32 {
+    let days = marketlane_protocol::now_ns().div_euclid(86_400 * 1_000_000_000);
+    let (y, m, d) = civil_from_days(days);
+    (y as u32) * 10_000 + (m as u32) * 100 + d as u32
+}
+
+// Howard Hinnant's civil-date algorithms.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_step_back_over_months_and_leap_years() {
+        assert_eq!(yyyymmdd_minus_days(20261125, 3), 20261122);
+        assert_eq!(yyyymmdd_minus_days(20260302, 3), 20260227);
+        assert_eq!(yyyymmdd_minus_days(20240301, 1), 20240229);
+        assert_eq!(yyyymmdd_minus_days(20270101, 1), 20261231);
+        assert!(today_utc() > 20250101);
     }
 }

@@ -1,0 +1,700 @@
+//! The ClickHouse writers on the real local stack (ClickHouse 18.16 here): every category into
+//! its ingestion, quarantine and snapshot tables, exactly-once across replays and SIGKILLs,
+//! schema growth, retention and the read-only analyst.
+//!
+//! l2 and indicators rows are produced into Kafka by the test (valid category rows), as are tick
+//! and economic rows here: these tests are about the writer, not the connectors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use marketlane_protocol::{CategorySchema, Dtype, SchemaSet, row_id};
+use marketlane_tests::{
+    Proc, clickhouse, clickhouse_url, eventually, free_port, kafka_bootstrap, run_marketlane,
+    unique, workspace_root,
+};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::{Map, Value, json};
+
+fn schemas() -> SchemaSet {
+    SchemaSet::load_dir(&workspace_root().join("schemas")).unwrap()
+}
+
+/// A writer-only daemon config (`roles = ["writer"]`).
+#[allow(clippy::too_many_arguments)]
+fn writer_config(
+    dir: &Path,
+    name: &str,
+    prefix: &str,
+    db: &str,
+    group: &str,
+    categories: &[&str],
+    schemas_dir: &Path,
+    http_port: u16,
+) -> PathBuf {
+    let cats: Vec<String> = categories.iter().map(|c| format!("{c:?}")).collect();
+    let text = format!(
+        r#"instance = "writer-test"
+roles = ["writer"]
+schemas_dir = {schemas:?}
+drain_deadline_secs = 5
+[http]
+listen = "127.0.0.1:{http_port}"
+[kafka]
+bootstrap_servers = {kafka:?}
+topic_prefix = {prefix:?}
+partitions = 3
+[clickhouse]
+url = {ch:?}
+database = {db:?}
+[writer]
+categories = [{cats}]
+group_id = {group:?}
+batch_rows = 300
+batch_max_age = 0.2
+"#,
+        schemas = schemas_dir.display().to_string(),
+        kafka = kafka_bootstrap(),
+        ch = clickhouse_url(),
+        cats = cats.join(", "),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts `marketlane run` with `config` and waits until it is ready (topics and tables exist).
+async fn start_writer(config: &Path, log: &Path, http_port: u16) -> Proc {
+    let mut p = Proc::spawn(&["run", "-c", config.to_str().unwrap()], log).unwrap();
+    let url = format!("http://127.0.0.1:{http_port}/readyz");
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let mut ready = false;
+    while !ready && std::time::Instant::now() < until {
+        if let Ok(Some(_)) = p.0.try_wait() {
+            break;
+        }
+        ready = reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if !ready {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(
+        ready,
+        "writer not ready:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    p
+}
+
+fn producer() -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka_bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+fn produce(p: &BaseProducer, topic: &str, rows: &[(String, Vec<u8>)]) {
+    for (key, payload) in rows {
+        loop {
+            match p.send(BaseRecord::to(topic).key(key).payload(payload)) {
+                Ok(()) => break,
+                Err((_, _)) => {
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// A valid row of `schema`, number `i`: key fields cycle through `keys` values, the event time
+/// grows with `i`, so the latest row of a key is the one with the largest `i`.
+fn sample_row(schema: &CategorySchema, i: u64, keys: u64, t0: i64) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(
+        "row_id".into(),
+        json!(row_id(&schema.category, &["test", &i.to_string()])),
+    );
+    for f in &schema.fields {
+        let in_key = schema.snapshot_key.contains(&f.name);
+        let v = match f.dtype {
+            Dtype::String if f.name == "source_system_name" => json!("test"),
+            Dtype::String if !f.allowed.is_empty() => {
+                json!(f.allowed[(i % f.allowed.len() as u64) as usize])
+            }
+            Dtype::String if in_key => json!(format!("{}_{}", f.name, i % keys)),
+            Dtype::String => json!(format!("{}_v", f.name)),
+            Dtype::Float64 => json!(i as f64 + 0.5),
+            Dtype::Int64 => json!(i),
+            Dtype::UInt32 => json!(i % keys + 1),
+            Dtype::Timestamp => json!(t0 + i as i64 * 1_000),
+        };
+        m.insert(f.name.clone(), v);
+    }
+    m
+}
+
+fn key_of(schema: &CategorySchema, row: &Map<String, Value>) -> String {
+    schema
+        .snapshot_key
+        .iter()
+        .map(|k| row[k].to_string())
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+async fn scalar(sql: &str) -> u64 {
+    clickhouse(sql).await.unwrap().trim().parse().unwrap_or(0)
+}
+
+async fn lines(sql: &str) -> Vec<String> {
+    clickhouse(sql)
+        .await
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Everything an analyst can see of a category, as sorted text, to compare before and after.
+async fn table_contents(db: &str, schema: &CategorySchema) -> (Vec<String>, Vec<String>, u64) {
+    let c = &schema.category;
+    let cols: Vec<String> = schema.columns();
+    let main = lines(&format!(
+        "SELECT {} FROM {db}.{c} FINAL ORDER BY row_id",
+        cols.join(", ")
+    ))
+    .await;
+    let snap = lines(&marketlane_protocol::clickhouse::snapshot_query_final(
+        schema, db,
+    ))
+    .await;
+    let unq = scalar(&format!(
+        "SELECT count() FROM (SELECT * FROM {db}.{c}_unqualified FINAL)"
+    ))
+    .await;
+    (main, snap, unq)
+}
+
+/// Rows the running writer inserted into the ingestion tables, from its `/metrics`.
+async fn rows_inserted(http_port: u16, schemas: &SchemaSet) -> u64 {
+    let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{http_port}/metrics")).await else {
+        return 0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    schemas
+        .iter()
+        .filter_map(|s| {
+            let prefix = format!(
+                "marketlane_clickhouse_rows_inserted_total{{table=\"{}\"}} ",
+                s.category
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .sum::<f64>() as u64
+}
+
+async fn drop_db(db: &str) {
+    let _ = clickhouse(&format!("DROP DATABASE IF EXISTS {db}")).await;
+    let _ = clickhouse(&format!("DROP DATABASE IF EXISTS {db}_state")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_category_reaches_its_snapshot_table_and_a_replay_changes_nothing() {
+    let schemas = schemas();
+    let prefix = format!("{}_", unique("ch_"));
+    let db = unique("ch_");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cats: Vec<&str> = schemas.iter().map(|s| s.category.as_str()).collect();
+    let cfg = writer_config(
+        dir.path(),
+        "w1",
+        &prefix,
+        &db,
+        &unique("g1_"),
+        &cats,
+        &workspace_root().join("schemas"),
+        port,
+    );
+    let mut w = start_writer(&cfg, &dir.path().join("w1.log"), port).await;
+    let p = producer();
+    let t0 = marketlane_protocol::now_ns();
+    const N: u64 = 400;
+    const KEYS: u64 = 7;
+    let mut latest: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for schema in schemas.iter() {
+        let mut rows = Vec::new();
+        let mut last = BTreeMap::new();
+        for i in 0..N {
+            let row = sample_row(schema, i, KEYS, t0);
+            last.insert(
+                key_of(schema, &row),
+                row["row_id"].as_str().unwrap().to_string(),
+            );
+            rows.push((i.to_string(), serde_json::to_vec(&row).unwrap()));
+        }
+        // A poison row: the writer quarantines it with its Kafka coordinates.
+        rows.push(("bad".into(), b"{not json".to_vec()));
+        produce(&p, &format!("{prefix}{}", schema.category), &rows);
+        latest.insert(schema.category.clone(), last);
+    }
+    for schema in schemas.iter() {
+        let c = &schema.category;
+        let done = eventually(Duration::from_secs(60), || async {
+            scalar(&format!("SELECT count() FROM {db}.{c} FINAL")).await == N
+                && scalar(&format!("SELECT count() FROM {db}.{c}_unqualified")).await == 1
+        })
+        .await;
+        assert!(done, "{c}: rows did not arrive");
+        // The snapshot holds exactly the latest row per key, by FINAL and by argMax alike.
+        let want: BTreeSet<String> = latest[c].values().cloned().collect();
+        let snap: BTreeSet<String> = lines(&format!("SELECT row_id FROM {db}.{c}_snapshot FINAL"))
+            .await
+            .into_iter()
+            .collect();
+        assert_eq!(snap, want, "{c}: snapshot");
+        let final_q = lines(&marketlane_protocol::clickhouse::snapshot_query_final(
+            schema, &db,
+        ))
+        .await;
+        let argmax_q = lines(&marketlane_protocol::clickhouse::snapshot_query_argmax(
+            schema, &db,
+        ))
+        .await;
+        assert_eq!(final_q.len(), want.len(), "{c}");
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted(final_q),
+            sorted(argmax_q),
+            "{c}: FINAL and argMax disagree"
+        );
+        let coords = clickhouse(&format!(
+            "SELECT source_topic, source_offset >= 0, reason_code FROM {db}.{c}_unqualified"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(coords.trim(), format!("{prefix}{c}\t1\tnot_json"), "{c}");
+    }
+    let mut before = BTreeMap::new();
+    for schema in schemas.iter() {
+        before.insert(schema.category.clone(), table_contents(&db, schema).await);
+    }
+    w.terminate();
+
+    // 1. A fresh consumer group: Kafka has no offsets for it, the writer starts where the
+    //    offsets table says, and nothing is inserted again (not even physically).
+    let cfg2 = writer_config(
+        dir.path(),
+        "w2",
+        &prefix,
+        &db,
+        &unique("g2_"),
+        &cats,
+        &workspace_root().join("schemas"),
+        port,
+    );
+    let mut w2 = start_writer(&cfg2, &dir.path().join("w2.log"), port).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for schema in schemas.iter() {
+        let c = &schema.category;
+        assert_eq!(
+            table_contents(&db, schema).await,
+            before[c],
+            "{c}: fresh group"
+        );
+    }
+    assert_eq!(
+        rows_inserted(port, &schemas).await,
+        0,
+        "a fresh group re-inserted rows"
+    );
+    w2.terminate();
+
+    // 2. The offsets state lost as well: the whole topics are replayed from offset 0 and
+    //    collapse in the ReplacingMergeTree; what an analyst reads (FINAL) is unchanged.
+    clickhouse(&format!("TRUNCATE TABLE {db}_state.writer_offsets"))
+        .await
+        .unwrap();
+    let cfg3 = writer_config(
+        dir.path(),
+        "w3",
+        &prefix,
+        &db,
+        &unique("g3_"),
+        &cats,
+        &workspace_root().join("schemas"),
+        port,
+    );
+    let mut w3 = start_writer(&cfg3, &dir.path().join("w3.log"), port).await;
+    let replayed = eventually(Duration::from_secs(60), || async {
+        rows_inserted(port, &schemas).await >= 4 * N
+    })
+    .await;
+    assert!(replayed, "the replay did not happen");
+    for schema in schemas.iter() {
+        let c = &schema.category;
+        assert_eq!(
+            table_contents(&db, schema).await,
+            before[c],
+            "{c}: replay from 0"
+        );
+    }
+    w3.terminate();
+    drop_db(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_of_the_writer_mid_batch_ten_times_keeps_every_row_once() {
+    let schemas = schemas();
+    let tick = schemas.get("tick_market_data").unwrap().clone();
+    let prefix = format!("{}_", unique("k_"));
+    let db = unique("k_");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let topic = format!("{prefix}tick_market_data");
+    let schemas_dir = workspace_root().join("schemas");
+    let cfg = |n: usize| {
+        writer_config(
+            dir.path(),
+            &format!("k{n}"),
+            &prefix,
+            &db,
+            // Kafka commits are advisory: every restart may even use a fresh group.
+            &unique(&format!("kg{n}_")),
+            &["tick_market_data"],
+            &schemas_dir,
+            port,
+        )
+    };
+    let mut w = start_writer(&cfg(0), &dir.path().join("k0.log"), port).await;
+    // Load: a producer thread writes rows continuously while the writer is killed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer_thread = {
+        let stop = stop.clone();
+        let topic = topic.clone();
+        let tick = tick.clone();
+        std::thread::spawn(move || {
+            let p = producer();
+            let t0 = marketlane_protocol::now_ns();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let rows: Vec<(String, Vec<u8>)> = (i..i + 200)
+                    .map(|j| {
+                        let row = sample_row(&tick, j, 50, t0);
+                        (j.to_string(), serde_json::to_vec(&row).unwrap())
+                    })
+                    .collect();
+                produce(&p, &topic, &rows);
+                i += 200;
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            i
+        })
+    };
+    let mut replays = 0;
+    for cycle in 1..=10u64 {
+        // Kill at varying points of the batch cycle (batches are cut every 0.2 s or 300 rows).
+        tokio::time::sleep(Duration::from_millis(1_500 + cycle * 137 % 700)).await;
+        let _ = w.0.kill();
+        let _ = w.0.wait();
+        let log = dir.path().join(format!("k{}.log", cycle - 1));
+        replays += std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("partition assigned") && l.contains("Some("))
+            .count();
+        w = start_writer(
+            &cfg(cycle as usize),
+            &dir.path().join(format!("k{cycle}.log")),
+            port,
+        )
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let emitted = producer_thread.join().unwrap();
+    let done = eventually(Duration::from_secs(90), || async {
+        scalar(&format!("SELECT count() FROM {db}.tick_market_data FINAL")).await >= emitted
+    })
+    .await;
+    let counts = clickhouse(&format!(
+        "SELECT count(), uniqExact(row_id), min(price), max(price) FROM {db}.tick_market_data FINAL"
+    ))
+    .await
+    .unwrap();
+    let physical = scalar(&format!("SELECT count() FROM {db}.tick_market_data")).await;
+    println!(
+        "emitted={emitted} stored(FINAL)={} physical={physical} restarts_with_replayed_range={replays}",
+        counts.trim()
+    );
+    assert!(done, "not every row arrived: {counts}");
+    assert_eq!(
+        counts.trim(),
+        format!("{emitted}\t{emitted}\t0.5\t{}", emitted as f64 - 0.5),
+        "every emitted row once"
+    );
+    w.terminate();
+    drop_db(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn analyst_reads_but_cannot_insert_alter_or_read_the_offsets() {
+    // The analyst of scripts/clickhouse/users.xml.tmpl may read `marketlane` and
+    // `marketlane_it` (this test's database) only.
+    let db = "marketlane_it";
+    drop_db(db).await;
+    let out = run_marketlane(&[
+        "schema",
+        "ddl",
+        "--server-version",
+        "18.16.1",
+        "--database",
+        db,
+    ])
+    .unwrap();
+    assert!(out.status.success());
+    for stmt in String::from_utf8(out.stdout).unwrap().split(";\n") {
+        let stmt: String = stmt
+            .lines()
+            .filter(|l| !l.starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if !stmt.trim().is_empty() {
+            clickhouse(&stmt).await.unwrap();
+        }
+    }
+    clickhouse(&format!(
+        "INSERT INTO {db}_state.writer_offsets VALUES ('t', 0, 0, 9, 'after', 1)"
+    ))
+    .await
+    .unwrap();
+    let as_analyst = |sql: String| async move {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/?user=analyst", clickhouse_url()))
+            .body(sql)
+            .send()
+            .await
+            .unwrap();
+        let ok = resp.status().is_success();
+        (ok, resp.text().await.unwrap())
+    };
+    for table in [
+        "tick_market_data",
+        "tick_market_data_snapshot",
+        "l2_market_data_unqualified",
+    ] {
+        let (ok, text) = as_analyst(format!("SELECT count() FROM {db}.{table}")).await;
+        assert!(ok, "analyst cannot read {table}: {text}");
+    }
+    let denied = [
+        format!("INSERT INTO {db}.tick_market_data (row_id) VALUES ('x')"),
+        format!("ALTER TABLE {db}.tick_market_data ADD COLUMN x String"),
+        format!("ALTER TABLE {db}.tick_market_data DELETE WHERE 1"),
+        format!("DROP TABLE {db}.tick_market_data"),
+        format!("SELECT * FROM {db}_state.writer_offsets"),
+        format!("CREATE TABLE {db}.x (a String) ENGINE = Memory"),
+    ];
+    for sql in denied {
+        let (ok, text) = as_analyst(sql.clone()).await;
+        assert!(!ok, "analyst was allowed: {sql}");
+        assert!(
+            text.contains("readonly")
+                || text.contains("Access denied")
+                || text.contains("ACCESS_DENIED"),
+            "{sql}: {text}"
+        );
+    }
+    assert_eq!(
+        scalar(&format!("SELECT count() FROM {db}.tick_market_data")).await,
+        0
+    );
+    drop_db(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_growth_adds_a_column_and_a_removed_field_is_refused() {
+    let prefix = format!("{}_", unique("s_"));
+    let db = unique("s_");
+    let dir = tempfile::tempdir().unwrap();
+    let sdir = dir.path().join("schemas");
+    std::fs::create_dir(&sdir).unwrap();
+    for e in std::fs::read_dir(workspace_root().join("schemas")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), sdir.join(e.file_name())).unwrap();
+    }
+    let port = free_port();
+    let topic = format!("{prefix}tick_market_data");
+    let cfg = |n: &str| {
+        writer_config(
+            dir.path(),
+            n,
+            &prefix,
+            &db,
+            "schema-growth",
+            &["tick_market_data"],
+            &sdir,
+            port,
+        )
+    };
+    let mut w = start_writer(&cfg("a"), &dir.path().join("a.log"), port).await;
+    let tick = SchemaSet::load_dir(&sdir)
+        .unwrap()
+        .get("tick_market_data")
+        .unwrap()
+        .clone();
+    let t0 = marketlane_protocol::now_ns();
+    let p = producer();
+    let old: Vec<(String, Vec<u8>)> = (0..50)
+        .map(|i| {
+            (
+                i.to_string(),
+                serde_json::to_vec(&sample_row(&tick, i, 5, t0)).unwrap(),
+            )
+        })
+        .collect();
+    produce(&p, &topic, &old);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            scalar(&format!("SELECT count() FROM {db}.tick_market_data FINAL")).await == 50
+        })
+        .await
+    );
+    w.terminate();
+
+    // Grow: a new nullable field in the schema file.
+    let path = sdir.join("tick_market_data.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("{text}\n[[field]]\nname = \"trade_condition\"\ndtype = \"string\"\nnullable = true\ndescription = \"test field\"\n"),
+    )
+    .unwrap();
+    let mut w = start_writer(&cfg("b"), &dir.path().join("b.log"), port).await;
+    for table in ["tick_market_data", "tick_market_data_snapshot"] {
+        let cols = clickhouse(&format!(
+            "SELECT name FROM system.columns WHERE database = '{db}' AND table = '{table}' AND name LIKE 'trade_condition%' ORDER BY name"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(cols, "trade_condition\ntrade_condition_state\n", "{table}");
+    }
+    let grown = SchemaSet::load_dir(&sdir)
+        .unwrap()
+        .get("tick_market_data")
+        .unwrap()
+        .clone();
+    let new: Vec<(String, Vec<u8>)> = (50..80)
+        .map(|i| {
+            let mut row = sample_row(&grown, i, 5, t0);
+            row.insert("trade_condition".into(), json!("odd_lot"));
+            (i.to_string(), serde_json::to_vec(&row).unwrap())
+        })
+        .collect();
+    produce(&p, &topic, &new);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            scalar(&format!("SELECT count() FROM {db}.tick_market_data FINAL")).await == 80
+        })
+        .await,
+        "rows stopped flowing after the schema grew"
+    );
+    let by_value = clickhouse(&format!(
+        "SELECT ifNull(trade_condition, 'NULL') AS c, count() FROM {db}.tick_market_data FINAL GROUP BY c ORDER BY c"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        by_value, "NULL\t50\nodd_lot\t30\n",
+        "old rows read the default"
+    );
+    let snap = scalar(&format!(
+        "SELECT countIf(trade_condition = 'odd_lot') FROM {db}.tick_market_data_snapshot FINAL"
+    ))
+    .await;
+    assert_eq!(snap, 5, "the snapshot view carries the new column");
+    w.terminate();
+
+    // Shrink: a removed field is refused with an explanation, and nothing is changed.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let shrunk = text.replace(
+        "[[field]]\nname = \"size_unit\"\ndtype = \"string\"\nlow_cardinality = true\ndescription = \"amount_name, e.g. 100_shares, 1_contracts\"\n",
+        "",
+    );
+    assert_ne!(shrunk, text);
+    std::fs::write(&path, shrunk).unwrap();
+    let out = run_marketlane(&["run", "-c", cfg("c").to_str().unwrap()]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("column size_unit") && stderr.contains("removing a field is refused"),
+        "{stderr}"
+    );
+    assert_eq!(
+        scalar(&format!(
+            "SELECT count() FROM system.columns WHERE database = '{db}' AND name = 'size_unit' AND table IN ('tick_market_data', 'tick_market_data_snapshot')"
+        ))
+        .await,
+        2
+    );
+    drop_db(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_drops_partitions_older_than_the_configured_days() {
+    let prefix = format!("{}_", unique("r_"));
+    let db = unique("r_");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = writer_config(
+        dir.path(),
+        "r",
+        &prefix,
+        &db,
+        "retention",
+        &["numeric_economic_data"],
+        &workspace_root().join("schemas"),
+        port,
+    );
+    // Tables first (a writer start), then rows of today, 2 days ago and 5 days ago.
+    let mut w = start_writer(&cfg, &dir.path().join("r0.log"), port).await;
+    w.terminate();
+    let day = 86_400_000_000_000i64;
+    let now = marketlane_protocol::now_ns();
+    for (i, age) in [0i64, 2, 5].iter().enumerate() {
+        clickhouse(&format!(
+            "INSERT INTO {db}.numeric_economic_data (row_id, source_system_name, component_instance_name, ingestion_time, publisher_identifier, release_identifier, release_time, release_field, release_field_value, release_field_value_unit) VALUES ('r{i}', 's', 'c', {}, 'EIA', 'weekly', {now}, 'f', 1, 'u')",
+            now - age * day
+        ))
+        .await
+        .unwrap();
+    }
+    let mut w = start_writer(&cfg, &dir.path().join("r1.log"), port).await;
+    let swept = eventually(Duration::from_secs(30), || async {
+        scalar(&format!("SELECT count() FROM {db}.numeric_economic_data")).await == 2
+    })
+    .await;
+    let left = clickhouse(&format!(
+        "SELECT row_id FROM {db}.numeric_economic_data ORDER BY row_id"
+    ))
+    .await
+    .unwrap();
+    assert!(swept, "{left}");
+    assert_eq!(
+        left, "r0\nr1\n",
+        "default 3 days: the 5-day-old partition is dropped"
+    );
+    w.terminate();
+    drop_db(&db).await;
+}
