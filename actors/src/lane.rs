@@ -11,6 +11,7 @@ use tracing::info;
 use crate::backpressure::InflightLimit;
 use crate::clickhouse_writer::{ClickHouse, SinkError, WriterArgs, WriterKind};
 use crate::config::{ClickHouseConfig, ConfigError, IbConfig, KafkaConfig, WriterConfig};
+use crate::econ::{EconArgs, EconConfig};
 use crate::ib_gateway::GatewayArgs;
 use crate::ib_session::SessionArgs;
 use crate::ib_websocket::WsArgs;
@@ -43,6 +44,8 @@ pub struct LaneConfig {
     pub kafka: KafkaConfig,
     pub clickhouse: ClickHouseConfig,
     pub writer: WriterConfig,
+    /// The economic release feed connector (runs with the connector role when `url` is set).
+    pub econ: EconConfig,
     pub calculators: crate::calculator::CalculatorConfig,
     /// Registered-name prefix (tests running two lanes in one process).
     pub names: ActorNames,
@@ -68,6 +71,7 @@ impl LaneConfig {
         self.kafka.validate()?;
         self.clickhouse.validate()?;
         self.writer.validate()?;
+        self.econ.validate()?;
         self.calculators.validate()
     }
 }
@@ -110,10 +114,18 @@ pub async fn start(
             ]
             .map(String::from)
             .to_vec(),
-            emitter,
+            emitter: emitter.clone(),
             metrics: metrics.clone(),
             inflight,
         }));
+        if config.econ.url.is_some() {
+            let mut econ_emitter = emitter.clone();
+            econ_emitter.source_system = config.econ.source_system.clone();
+            children.push(ChildSpec::Econ(EconArgs {
+                config: config.econ.clone(),
+                emitter: econ_emitter,
+            }));
+        }
         if let Some(command) = config.ib.gateway_command.clone() {
             children.push(ChildSpec::Gateway(GatewayArgs { command }));
         }

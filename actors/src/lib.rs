@@ -6,6 +6,7 @@ pub mod calculator;
 pub mod clickhouse_writer;
 pub mod config;
 pub mod contracts;
+pub mod econ;
 pub mod ib_client;
 pub mod ib_gateway;
 pub mod ib_session;

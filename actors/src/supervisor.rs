@@ -16,6 +16,7 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::clickhouse_writer::{ClickHouseWriter, WriterArgs, WriterMsg, WriterSnapshot};
+use crate::econ::{EconArgs, EconMsg, EconPoller, EconSnapshot};
 use crate::ib_gateway::{GatewayArgs, GatewayMsg, GatewayProcess, GatewaySnapshot};
 use crate::ib_session::{IbSession, SessionArgs, SessionMsg, SessionSnapshot};
 use crate::ib_websocket::{IbWebsocket, WsArgs, WsMsg, WsSnapshot};
@@ -42,6 +43,7 @@ pub enum ChildSpec {
     Websocket(WsArgs),
     Session(SessionArgs),
     Gateway(GatewayArgs),
+    Econ(EconArgs),
     Writer(String, WriterArgs),
     Retention(crate::clickhouse_writer::RetentionArgs),
     CalculatorWorker(crate::calculator::WorkerArgs),
@@ -59,6 +61,7 @@ impl ChildSpec {
             Self::Websocket(_) => names::IB_WEBSOCKET.into(),
             Self::Session(_) => names::IB_SESSION.into(),
             Self::Gateway(_) => names::IB_GATEWAY.into(),
+            Self::Econ(_) => names::ECON_POLLER.into(),
             Self::Writer(name, _) => name.clone(),
             Self::Retention(_) => names::CLICKHOUSE_RETENTION.into(),
             Self::CalculatorWorker(a) => names::calculator_worker(a.index),
@@ -92,6 +95,10 @@ impl ChildSpec {
                     .get_cell()
             }
             Self::Websocket(a) => Actor::spawn_linked(name, IbWebsocket, a, sup)
+                .await?
+                .0
+                .get_cell(),
+            Self::Econ(a) => Actor::spawn_linked(name, EconPoller, a, sup)
                 .await?
                 .0
                 .get_cell(),
@@ -161,6 +168,7 @@ pub struct DrainReport {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LaneStatus {
     pub gateway: Option<GatewaySnapshot>,
+    pub econ: Option<EconSnapshot>,
     pub session: Option<SessionSnapshot>,
     pub websocket: Option<WsSnapshot>,
     pub normalizers: Vec<NormalizerSnapshot>,
@@ -424,6 +432,10 @@ impl SupervisorState {
                 continue;
             };
             match &c.spec {
+                ChildSpec::Econ(_) => {
+                    let r: ActorRef<EconMsg> = cell.into();
+                    st.econ = ractor::call_t!(r, EconMsg::GetState, T).ok();
+                }
                 ChildSpec::Gateway(_) => {
                     let r: ActorRef<GatewayMsg> = cell.into();
                     st.gateway = ractor::call_t!(r, GatewayMsg::GetState, T).ok();

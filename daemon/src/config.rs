@@ -27,6 +27,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub clickhouse: ClickHouseConfig,
     pub writer: WriterConfig,
+    /// The economic release feed connector (with the connector role, when `econ.url` is set).
+    pub econ: marketlane_actors::econ::EconConfig,
     /// Rolling Redis calculators (role `calculator`): Redis, teams and their indicator specs.
     pub calculators: marketlane_actors::calculator::CalculatorConfig,
     /// Seconds a SIGTERM drain may take before the daemon exits anyway.
@@ -81,6 +83,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             clickhouse: ClickHouseConfig::default(),
             writer: WriterConfig::default(),
+            econ: Default::default(),
             calculators: Default::default(),
             drain_deadline_secs: 25,
             control: Default::default(),
@@ -173,6 +176,7 @@ impl Config {
             kafka: self.kafka.clone(),
             clickhouse: self.clickhouse.clone(),
             writer: self.writer.clone(),
+            econ: self.econ.clone(),
             calculators: self.calculators.clone(),
             names: ActorNames::default(),
         }

@@ -203,6 +203,10 @@ database = "{db}"
 [writer]
 batch_max_age = 0.5
 
+[econ]
+url = "http://127.0.0.1:{gateway_port}/econ/releases"
+poll_interval = 2.0
+
 {symbols}"#,
         schemas = args.schemas_dir.canonicalize()?.display(),
         kafka = args.kafka,

@@ -108,7 +108,8 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/sim/login", post(admin_login))
         .route("/sim/ledger/summary", get(admin_ledger_summary))
         .route("/sim/ledger/entries", get(admin_ledger_entries))
-        .route("/sim/status", get(admin_status));
+        .route("/sim/status", get(admin_status))
+        .route("/econ/releases", get(econ_releases));
     Router::new()
         .nest("/v1/api", api.clone())
         .nest("/v1/portal", api)
@@ -544,6 +545,11 @@ async fn admin_ledger_summary(State(sim): S) -> Json<Value> {
 
 async fn admin_ledger_entries(State(sim): S) -> Json<Value> {
     Json(serde_json::to_value(sim.ledger.entries()).unwrap_or_default())
+}
+
+/// The economic release feed (not part of the IB gateway; the platform's second source).
+async fn econ_releases(State(sim): S) -> Json<Value> {
+    Json(crate::econ::releases_at(sim.cfg.seed, sim.clock.now_ms()))
 }
 
 async fn admin_status(State(sim): S) -> Json<Value> {

@@ -7,6 +7,7 @@
 
 mod clock;
 pub mod config;
+pub mod econ;
 pub mod error;
 pub mod fault;
 mod http;
