@@ -574,6 +574,10 @@ pub fn snapshot_query_argmax(schema: &CategorySchema, database: &str) -> String 
         .map(|c| {
             if schema.snapshot_key.contains(c) {
                 format!("`{c}`")
+            } else if schema.field(c).is_some_and(|f| f.nullable) {
+                // Aggregates skip NULLs: a plain argMax would return an older non-NULL value
+                // where the latest row has none. A tuple is never NULL, so it keeps the NULL.
+                format!("tupleElement(argMax(tuple(`{c}`), `{SNAPSHOT_VERSION}`), 1) AS `{c}`")
             } else {
                 format!("argMax(`{c}`, `{SNAPSHOT_VERSION}`) AS `{c}`")
             }

@@ -269,3 +269,124 @@ database = "{db}"
     daemon.terminate();
     clickhouse(&format!("DROP DATABASE {db}")).await.unwrap();
 }
+
+/// Trades, book levels (top of book and an `sbd` ladder) and IB's session statistics, from the
+/// simulator through the normalizers, Kafka and the writers into each category's snapshot
+/// table; the documented analyst queries (`FINAL` and `argMax`) agree on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn market_categories_reach_their_snapshot_tables_from_the_simulator() {
+    use marketlane_protocol::SchemaSet;
+    use marketlane_protocol::clickhouse::{snapshot_query_argmax, snapshot_query_final};
+
+    let prefix = format!("{}_", unique("s_"));
+    let db = unique("s_");
+    let dir = tempfile::tempdir().unwrap();
+    let gw = free_port();
+    let http = free_port();
+    let _sim = Proc::spawn(
+        &[
+            "sim",
+            "--listen",
+            &format!("127.0.0.1:{gw}"),
+            "--seed",
+            "9",
+            "--book-depth",
+            "5",
+        ],
+        &dir.path().join("sim.log"),
+    )
+    .unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"instance = "snapshot-test-0"
+schemas_dir = "{schemas}"
+[http]
+listen = "127.0.0.1:{http}"
+[ib]
+gateway_url = "http://127.0.0.1:{gw}"
+symbols = [{{ symbol = "AAPL", depth = true }}, {{ symbol = "XOM" }}, {{ symbol = "CL", sec_type = "future", exchange = "NYMEX" }}]
+[kafka]
+bootstrap_servers = "{kafka}"
+topic_prefix = "{prefix}"
+[clickhouse]
+database = "{db}"
+[writer]
+batch_max_age = 0.2
+"#,
+            schemas = workspace_root().join("schemas").display(),
+            kafka = kafka_bootstrap(),
+        ),
+    )
+    .unwrap();
+    let mut daemon = Proc::spawn(
+        &["run", "--config", config.to_str().unwrap()],
+        &dir.path().join("daemon.log"),
+    )
+    .unwrap();
+    let count = |sql: String| async move {
+        clickhouse(&sql)
+            .await
+            .map(|c| c.trim().parse::<u64>().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    // Every symbol traded; AAPL's ladder gives 5 levels a side, the others level 1 a side.
+    let filled = eventually(Duration::from_secs(60), || async {
+        count(format!("SELECT count() FROM {db}.tick_market_data_snapshot FINAL")).await == 3
+            && count(format!("SELECT count() FROM {db}.l2_market_data_snapshot FINAL")).await
+                == 14
+            && count(format!(
+                "SELECT uniqExact(symbol_identifier) FROM {db}.indicators_market_data_snapshot FINAL"
+            ))
+            .await
+                == 3
+    })
+    .await;
+    daemon.terminate();
+    assert!(
+        filled,
+        "snapshot tables not filled; logs in {}",
+        dir.path().display()
+    );
+    let levels = clickhouse(&format!(
+        "SELECT side, max(level), max(max_level) FROM {db}.l2_market_data_snapshot FINAL WHERE symbol_identifier = 'AAPL' GROUP BY side ORDER BY side"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(levels, "ask\t5\t5\nbid\t5\t5\n");
+    let volume = count(format!(
+        "SELECT count() FROM {db}.indicators_market_data_snapshot FINAL WHERE indicator_identifier = 'volume'"
+    ))
+    .await;
+    assert_eq!(volume, 3, "one latest volume per symbol");
+    let schemas = SchemaSet::load_dir(&workspace_root().join("schemas")).unwrap();
+    for category in [
+        "tick_market_data",
+        "l2_market_data",
+        "indicators_market_data",
+    ] {
+        let schema = schemas.get(category).unwrap();
+        let mut final_rows: Vec<String> = clickhouse(&snapshot_query_final(schema, &db))
+            .await
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        let mut argmax_rows: Vec<String> = clickhouse(&snapshot_query_argmax(schema, &db))
+            .await
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        final_rows.sort();
+        argmax_rows.sort();
+        assert!(!final_rows.is_empty(), "{category}");
+        assert_eq!(
+            final_rows, argmax_rows,
+            "{category}: FINAL and argMax disagree"
+        );
+    }
+    clickhouse(&format!("DROP DATABASE {db}")).await.unwrap();
+    let _ = clickhouse(&format!("DROP DATABASE IF EXISTS {db}_state")).await;
+}
