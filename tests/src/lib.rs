@@ -89,6 +89,9 @@ impl Proc {
     }
 
     pub fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();

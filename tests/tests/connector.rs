@@ -47,6 +47,17 @@ impl Lane {
     /// `sim_args` are extra simulator flags (`None`: the daemon starts the gateway itself,
     /// from `ib_extra`); `ib_extra` is more TOML for the `[ib]` section.
     fn start(sim_args: Option<&[&str]>, ib_extra: &str, gw: u16) -> Self {
+        Self::start_with_symbols(sim_args, ib_extra, gw, SYMBOLS)
+    }
+
+    /// As [`Lane::start`], with `symbols` (a TOML `symbols = [...]` line) instead of the
+    /// default five.
+    fn start_with_symbols(
+        sim_args: Option<&[&str]>,
+        ib_extra: &str,
+        gw: u16,
+        symbols: &str,
+    ) -> Self {
         let dir = RunDir::new();
         let http = free_port();
         let prefix = format!("{}_", unique("c_"));
@@ -68,7 +79,7 @@ schemas_dir = "{schemas}"
 listen = "127.0.0.1:{http}"
 [ib]
 gateway_url = "http://127.0.0.1:{gw}"
-{SYMBOLS}
+{symbols}
 {ib_extra}
 [kafka]
 bootstrap_servers = "{kafka}"
@@ -582,5 +593,40 @@ async fn session_expiry_after_its_maximum_age_is_recovered() {
         started.elapsed().as_secs_f64()
     );
     assert!(resumed.is_some());
+    lane.finish().await;
+}
+
+/// A symbol that never streams (here: over the gateway's market-data line cap) is flagged
+/// silent, and an unknown symbol is a clear error that names it; the others stream on.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_and_unknown_symbols_are_reported() {
+    let symbols = SYMBOLS.replace("symbols = [", "symbols = [{ symbol = \"NOPE\" }, ");
+    let lane = Lane::start_with_symbols(
+        Some(&["--line-cap", "4"]),
+        "silent_after = 3.0",
+        free_port(),
+        &symbols,
+    );
+    lane.wait_for_rows(5).await;
+    let flagged = eventually(Duration::from_secs(30), || async {
+        lane.metric("marketlane_silent_symbols").await >= 1.0
+    })
+    .await;
+    assert!(
+        flagged,
+        "the symbol over the line cap was not flagged silent"
+    );
+    assert!(
+        log_has(lane.dir.path(), "daemon.log", "cannot resolve symbol")
+            && log_has(lane.dir.path(), "daemon.log", "NOPE"),
+        "no error naming the unknown symbol"
+    );
+    let symbols: BTreeSet<String> = lane
+        .rows()
+        .iter()
+        .filter_map(|r| r["symbol_identifier"].as_str().map(String::from))
+        .collect();
+    assert!(symbols.len() >= 3, "streaming symbols: {symbols:?}");
+    assert!(!symbols.contains("NOPE"));
     lane.finish().await;
 }
