@@ -80,16 +80,16 @@ impl ChildSpec {
                 .await?
                 .0
                 .get_cell(),
-            Self::TickNormalizer(a) => Actor::spawn_linked(name, TickNormalizer, a, sup)
+            Self::TickNormalizer(a) => Actor::spawn_linked(name, TickNormalizer::new(), a, sup)
                 .await?
                 .0
                 .get_cell(),
-            Self::L2Normalizer(a) => Actor::spawn_linked(name, L2Normalizer, a, sup)
+            Self::L2Normalizer(a) => Actor::spawn_linked(name, L2Normalizer::new(), a, sup)
                 .await?
                 .0
                 .get_cell(),
             Self::IndicatorsNormalizer(a) => {
-                Actor::spawn_linked(name, IndicatorsNormalizer, a, sup)
+                Actor::spawn_linked(name, IndicatorsNormalizer::new(), a, sup)
                     .await?
                     .0
                     .get_cell()

@@ -153,21 +153,21 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let normalizers: Vec<ActorRef<NormalizerMsg>> = vec![
         Actor::spawn(
             Some(names.name(names::TICK_NORMALIZER)),
-            TickNormalizer,
+            TickNormalizer::new(),
             emitter.clone(),
         )
         .await?
         .0,
         Actor::spawn(
             Some(names.name(names::L2_NORMALIZER)),
-            L2Normalizer,
+            L2Normalizer::new(),
             emitter.clone(),
         )
         .await?
         .0,
         Actor::spawn(
             Some(names.name(names::INDICATORS_NORMALIZER)),
-            IndicatorsNormalizer,
+            IndicatorsNormalizer::new(),
             emitter.clone(),
         )
         .await?

@@ -4,26 +4,18 @@
 //! time, so they are emitted too. A field whose value cannot be read is quarantined alone; the
 //! frame's other fields still give rows.
 
-use std::sync::Arc;
-
 use marketlane_protocol::category::INDICATORS;
 use marketlane_protocol::ib::{
     MarketDataFrame, field, parse_abbreviated, parse_last_price, parse_number,
 };
 use marketlane_protocol::{RowMap, row_id};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Value, json};
 use tracing::instrument;
 
-use super::{
-    Emitted, InstrumentMap, NormalizerMsg, NormalizerSnapshot, RowEmitter, frame_json,
-    instrument_of,
-};
+use super::{Core, Normalize, frame_json, instrument_of};
 use crate::backpressure::Inflight;
 use crate::config::SecType;
 use crate::contracts::Instrument;
-use crate::ib_websocket::WsMsg;
-use crate::names::IB_WEBSOCKET;
 
 /// How a field's value is read and which unit it has.
 #[derive(Clone, Copy)]
@@ -104,140 +96,94 @@ fn read(field_id: &str, v: &Value) -> Result<f64, String> {
     })
 }
 
-pub struct IndicatorsState {
-    emitter: RowEmitter,
-    instruments: InstrumentMap,
-    snapshot: NormalizerSnapshot,
-}
+/// The indicators normalizer keeps no per-conid state: every statistic is a value as of its
+/// frame.
+#[derive(Default)]
+pub struct Statistics;
 
-pub struct IndicatorsNormalizer;
+impl Normalize for Statistics {
+    const CATEGORY: &'static str = INDICATORS;
 
-impl Actor for IndicatorsNormalizer {
-    type Msg = NormalizerMsg;
-    type State = IndicatorsState;
-    type Arguments = RowEmitter;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        emitter: RowEmitter,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        if let Some(ws) = emitter.names.lookup::<WsMsg>(IB_WEBSOCKET) {
-            let _ = ws.cast(WsMsg::Announce);
-        }
-        Ok(IndicatorsState {
-            emitter,
-            instruments: Arc::default(),
-            snapshot: NormalizerSnapshot {
-                category: INDICATORS.into(),
-                ..Default::default()
-            },
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            NormalizerMsg::MarketData {
-                frame,
-                received_ns,
-                permit,
-            } => {
-                state.snapshot.frames += 1;
-                state.on_frame(&frame, received_ns, &permit).await;
-            }
-            NormalizerMsg::Instruments(map) => {
-                state.snapshot.instruments = map.len();
-                state.instruments = map;
-            }
-            NormalizerMsg::Book { .. } | NormalizerMsg::Resubscribed(_) => {}
-            NormalizerMsg::GetState(reply) => {
-                let _ = reply.send(state.snapshot.clone());
-            }
-        }
-        Ok(())
+    async fn market_data(
+        &mut self,
+        core: &mut Core,
+        frame: &MarketDataFrame,
+        received_ns: i64,
+        permit: &Inflight,
+    ) {
+        on_frame(core, frame, received_ns, permit).await;
     }
 }
 
-impl IndicatorsState {
-    #[instrument(level = "trace", skip_all, fields(category = INDICATORS, conid = frame.conid))]
-    async fn on_frame(&mut self, frame: &MarketDataFrame, received_ns: i64, permit: &Inflight) {
-        let present: Vec<_> = FIELDS
-            .iter()
-            .filter(|(f, ..)| frame.fields.contains_key(*f))
-            .filter(|(f, ..)| {
-                !(*f == field::VOLUME_ABBREV && frame.fields.contains_key(field::VOLUME))
-            })
-            .collect();
-        if present.is_empty() {
+#[instrument(level = "trace", skip_all, fields(category = INDICATORS, conid = frame.conid))]
+async fn on_frame(core: &mut Core, frame: &MarketDataFrame, received_ns: i64, permit: &Inflight) {
+    let present: Vec<_> = FIELDS
+        .iter()
+        .filter(|(f, ..)| frame.fields.contains_key(*f))
+        .filter(|(f, ..)| !(*f == field::VOLUME_ABBREV && frame.fields.contains_key(field::VOLUME)))
+        .collect();
+    if present.is_empty() {
+        return;
+    }
+    let (conid, instrument) = match instrument_of(&core.instruments, frame.conid) {
+        Ok((c, i)) => (c, i.clone()),
+        Err((code, reason)) => {
+            core.snapshot.quarantined += 1;
+            core.emitter
+                .quarantine(INDICATORS, code, reason, &frame_json(frame), permit)
+                .await;
             return;
         }
-        let (conid, instrument) = match instrument_of(&self.instruments, frame.conid) {
-            Ok((c, i)) => (c, i.clone()),
-            Err((code, reason)) => {
-                self.snapshot.quarantined += 1;
-                self.emitter
-                    .quarantine(INDICATORS, code, reason, &frame_json(frame), permit)
+    };
+    let updated_ms = frame.updated_ms.unwrap_or(received_ns / 1_000_000);
+    let event_time = updated_ms.saturating_mul(1_000_000);
+    let source = core.emitter.source_system.clone();
+    for (field_id, identifier, kind, unit) in present {
+        let raw = &frame.fields[*field_id];
+        // An empty value means IB has none: nothing to report for that field.
+        if raw.as_str().is_some_and(|s| s.trim().is_empty()) {
+            continue;
+        }
+        let value = match read(field_id, raw) {
+            Ok(v) => v,
+            Err(reason) => {
+                core.snapshot.quarantined += 1;
+                core.emitter
+                    .quarantine(INDICATORS, "bad_value", reason, &frame_json(frame), permit)
                     .await;
-                return;
-            }
-        };
-        let updated_ms = frame.updated_ms.unwrap_or(received_ns / 1_000_000);
-        let event_time = updated_ms.saturating_mul(1_000_000);
-        let source = self.emitter.source_system.clone();
-        for (field_id, identifier, kind, unit) in present {
-            let raw = &frame.fields[*field_id];
-            // An empty value means IB has none: nothing to report for that field.
-            if raw.as_str().is_some_and(|s| s.trim().is_empty()) {
                 continue;
             }
-            let value = match read(field_id, raw) {
-                Ok(v) => v,
-                Err(reason) => {
-                    self.snapshot.quarantined += 1;
-                    self.emitter
-                        .quarantine(INDICATORS, "bad_value", reason, &frame_json(frame), permit)
-                        .await;
-                    continue;
-                }
-            };
-            let mut row = RowMap::new();
-            row.insert(
-                "row_id".into(),
-                json!(row_id(
-                    INDICATORS,
-                    &[
-                        &source,
-                        &conid.to_string(),
-                        &updated_ms.to_string(),
-                        identifier
-                    ]
-                )),
-            );
-            row.insert("source_system_name".into(), json!(source));
-            row.insert(
-                "component_instance_name".into(),
-                json!(self.emitter.instance),
-            );
-            row.insert("ingestion_time".into(), json!(received_ns));
-            row.insert("market_event_time".into(), json!(event_time));
-            row.insert("symbol_identifier".into(), json!(instrument.symbol));
-            row.insert("indicator_identifier".into(), json!(identifier));
-            row.insert("indicator_value".into(), json!(value));
-            row.insert(
-                "indicator_value_unit".into(),
-                json!(unit_name(*unit, &instrument)),
-            );
-            row.insert("indicator_type".into(), json!(kind));
-            match self.emitter.emit(INDICATORS, row, event_time, permit).await {
-                Emitted::Row => self.snapshot.rows += 1,
-                Emitted::Quarantined => self.snapshot.quarantined += 1,
-            }
-        }
+        };
+        let mut row = RowMap::new();
+        row.insert(
+            "row_id".into(),
+            json!(row_id(
+                INDICATORS,
+                &[
+                    &source,
+                    &conid.to_string(),
+                    &updated_ms.to_string(),
+                    identifier
+                ]
+            )),
+        );
+        row.insert("source_system_name".into(), json!(source));
+        row.insert(
+            "component_instance_name".into(),
+            json!(core.emitter.instance),
+        );
+        row.insert("ingestion_time".into(), json!(received_ns));
+        row.insert("market_event_time".into(), json!(event_time));
+        row.insert("symbol_identifier".into(), json!(instrument.symbol));
+        row.insert("indicator_identifier".into(), json!(identifier));
+        row.insert("indicator_value".into(), json!(value));
+        row.insert(
+            "indicator_value_unit".into(),
+            json!(unit_name(*unit, &instrument)),
+        );
+        row.insert("indicator_type".into(), json!(kind));
+        let emitted = core.emitter.emit(INDICATORS, row, event_time, permit).await;
+        core.count(emitted);
     }
 }
 
@@ -245,13 +191,16 @@ impl IndicatorsState {
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::*;
     use crate::names::INDICATORS_NORMALIZER;
     use crate::normalizer::testkit::{Harness, json};
 
     #[tokio::test]
     async fn session_statistics_table() {
-        let h = Harness::start(IndicatorsNormalizer, INDICATORS_NORMALIZER).await;
+        let h = Harness::start(
+            crate::normalizer::IndicatorsNormalizer::new(),
+            INDICATORS_NORMALIZER,
+        )
+        .await;
         let frame = r#"{"topic":"smd+265598","conid":265598,"_updated":5,"7762":"1234567","87":"1.23M","7295":"188.10","70":"190.00","71":"187.90","7741":"C187.50","82":"+1.10","83":0.59,"7635":"189.62","31":"189.6"}"#;
         let got = h.feed(frame, 9).await;
         let by_id: BTreeMap<String, serde_json::Value> = got

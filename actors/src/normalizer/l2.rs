@@ -13,23 +13,16 @@
 //! Sizes are kept in IB's unit (lots of 100 for US stocks: `size_unit` says so).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use marketlane_protocol::category::L2;
 use marketlane_protocol::ib::{BookFrame, MarketDataFrame, field, parse_number};
 use marketlane_protocol::{RowMap, row_id};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Value, json};
 use tracing::instrument;
 
-use super::{
-    Emitted, InstrumentMap, NormalizerMsg, NormalizerSnapshot, RowEmitter, frame_json,
-    instrument_of,
-};
+use super::{Core, InstrumentMap, Normalize, frame_json, instrument_of};
 use crate::backpressure::Inflight;
 use crate::contracts::Instrument;
-use crate::ib_websocket::WsMsg;
-use crate::names::IB_WEBSOCKET;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct TopOfBook {
@@ -40,77 +33,44 @@ struct TopOfBook {
     seeded: bool,
 }
 
-pub struct L2State {
-    emitter: RowEmitter,
-    instruments: InstrumentMap,
+/// Per-conid top of book of the l2 normalizer (ladders need no state: each is a full book).
+#[derive(Default)]
+pub struct Books {
     books: HashMap<i64, TopOfBook>,
-    snapshot: NormalizerSnapshot,
 }
 
-pub struct L2Normalizer;
+impl Normalize for Books {
+    const CATEGORY: &'static str = L2;
 
-impl Actor for L2Normalizer {
-    type Msg = NormalizerMsg;
-    type State = L2State;
-    type Arguments = RowEmitter;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        emitter: RowEmitter,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        if let Some(ws) = emitter.names.lookup::<WsMsg>(IB_WEBSOCKET) {
-            let _ = ws.cast(WsMsg::Announce);
-        }
-        Ok(L2State {
-            emitter,
-            instruments: Arc::default(),
-            books: HashMap::new(),
-            snapshot: NormalizerSnapshot {
-                category: L2.into(),
-                ..Default::default()
-            },
-        })
+    async fn market_data(
+        &mut self,
+        core: &mut Core,
+        frame: &MarketDataFrame,
+        received_ns: i64,
+        permit: &Inflight,
+    ) {
+        self.on_top_of_book(core, frame, received_ns, permit).await;
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            NormalizerMsg::MarketData {
-                frame,
-                received_ns,
-                permit,
-            } => {
-                state.snapshot.frames += 1;
-                state.on_top_of_book(&frame, received_ns, &permit).await;
-            }
-            NormalizerMsg::Book {
-                frame,
-                received_ns,
-                permit,
-            } => {
-                state.snapshot.frames += 1;
-                state.on_ladder(&frame, received_ns, &permit).await;
-            }
-            NormalizerMsg::Instruments(map) => {
-                state.snapshot.instruments = map.len();
-                state.books.retain(|conid, _| map.contains_key(conid));
-                state.instruments = map;
-            }
-            NormalizerMsg::Resubscribed(conids) => {
-                for c in conids {
-                    state.books.entry(c).or_default().seeded = false;
-                }
-            }
-            NormalizerMsg::GetState(reply) => {
-                let _ = reply.send(state.snapshot.clone());
-            }
+    async fn book(
+        &mut self,
+        core: &mut Core,
+        frame: &BookFrame,
+        received_ns: i64,
+        permit: &Inflight,
+    ) {
+        on_ladder(core, frame, received_ns, permit).await;
+    }
+
+    fn retain(&mut self, instruments: &InstrumentMap) {
+        self.books
+            .retain(|conid, _| instruments.contains_key(conid));
+    }
+
+    fn resubscribed(&mut self, conids: &[i64]) {
+        for c in conids {
+            self.books.entry(*c).or_default().seeded = false;
         }
-        Ok(())
     }
 }
 
@@ -135,49 +95,48 @@ fn ladder_price(v: &Value) -> Option<f64> {
     parse_number(field::LAST, &Value::String(price.to_string())).ok()
 }
 
-impl L2State {
-    async fn emit(&mut self, conid: i64, l: Level<'_>, received_ns: i64, permit: &Inflight) {
-        let source = self.emitter.source_system.clone();
-        let mut row = RowMap::new();
-        row.insert(
-            "row_id".into(),
-            json!(row_id(
-                L2,
-                &[
-                    &source,
-                    &conid.to_string(),
-                    &l.event_key,
-                    l.side,
-                    &l.level.to_string()
-                ]
-            )),
-        );
-        row.insert("source_system_name".into(), json!(source));
-        row.insert(
-            "component_instance_name".into(),
-            json!(self.emitter.instance),
-        );
-        row.insert("ingestion_time".into(), json!(received_ns));
-        row.insert("exchange_identifier".into(), json!(l.exchange));
-        row.insert("symbol_identifier".into(), json!(l.instrument.symbol));
-        row.insert("symbol_type".into(), json!(l.instrument.symbol_type()));
-        row.insert("price".into(), json!(l.price));
-        row.insert("price_unit".into(), json!(l.instrument.price_unit));
-        row.insert("size".into(), json!(l.size));
-        row.insert("size_unit".into(), json!(l.instrument.size_unit));
-        row.insert("side".into(), json!(l.side));
-        row.insert("level".into(), json!(l.level));
-        row.insert("max_level".into(), json!(l.max_level));
-        row.insert("l2_time".into(), json!(l.l2_time));
-        match self.emitter.emit(L2, row, l.l2_time, permit).await {
-            Emitted::Row => self.snapshot.rows += 1,
-            Emitted::Quarantined => self.snapshot.quarantined += 1,
-        }
-    }
+async fn emit(core: &mut Core, conid: i64, l: Level<'_>, received_ns: i64, permit: &Inflight) {
+    let source = core.emitter.source_system.clone();
+    let mut row = RowMap::new();
+    row.insert(
+        "row_id".into(),
+        json!(row_id(
+            L2,
+            &[
+                &source,
+                &conid.to_string(),
+                &l.event_key,
+                l.side,
+                &l.level.to_string()
+            ]
+        )),
+    );
+    row.insert("source_system_name".into(), json!(source));
+    row.insert(
+        "component_instance_name".into(),
+        json!(core.emitter.instance),
+    );
+    row.insert("ingestion_time".into(), json!(received_ns));
+    row.insert("exchange_identifier".into(), json!(l.exchange));
+    row.insert("symbol_identifier".into(), json!(l.instrument.symbol));
+    row.insert("symbol_type".into(), json!(l.instrument.symbol_type()));
+    row.insert("price".into(), json!(l.price));
+    row.insert("price_unit".into(), json!(l.instrument.price_unit));
+    row.insert("size".into(), json!(l.size));
+    row.insert("size_unit".into(), json!(l.instrument.size_unit));
+    row.insert("side".into(), json!(l.side));
+    row.insert("level".into(), json!(l.level));
+    row.insert("max_level".into(), json!(l.max_level));
+    row.insert("l2_time".into(), json!(l.l2_time));
+    let emitted = core.emitter.emit(L2, row, l.l2_time, permit).await;
+    core.count(emitted);
+}
 
+impl Books {
     #[instrument(level = "trace", skip_all, fields(category = L2, conid = frame.conid))]
     async fn on_top_of_book(
         &mut self,
+        core: &mut Core,
         frame: &MarketDataFrame,
         received_ns: i64,
         permit: &Inflight,
@@ -186,11 +145,11 @@ impl L2State {
         if !QUOTE.iter().any(|f| frame.fields.contains_key(*f)) {
             return;
         }
-        let (conid, instrument) = match instrument_of(&self.instruments, frame.conid) {
+        let (conid, instrument) = match instrument_of(&core.instruments, frame.conid) {
             Ok((c, i)) => (c, i.clone()),
             Err((code, reason)) => {
-                self.snapshot.quarantined += 1;
-                self.emitter
+                core.snapshot.quarantined += 1;
+                core.emitter
                     .quarantine(L2, code, reason, &frame_json(frame), permit)
                     .await;
                 return;
@@ -205,8 +164,8 @@ impl L2State {
                 Some(v) => match parse_number(f, v) {
                     Ok(x) => parsed[i] = Some(Some(x)),
                     Err(e) => {
-                        self.snapshot.quarantined += 1;
-                        self.emitter
+                        core.snapshot.quarantined += 1;
+                        core.emitter
                             .quarantine(L2, "bad_value", e.to_string(), &frame_json(frame), permit)
                             .await;
                         return;
@@ -248,81 +207,80 @@ impl L2State {
                 l2_time,
                 event_key: updated_ms.to_string(),
             };
-            self.emit(conid, level, received_ns, permit).await;
+            emit(core, conid, level, received_ns, permit).await;
         }
     }
+}
 
-    #[instrument(level = "trace", skip_all, fields(category = L2, conid = frame.conid))]
-    async fn on_ladder(&mut self, frame: &BookFrame, received_ns: i64, permit: &Inflight) {
-        let raw = || {
-            serde_json::to_vec(&json!({
-                "topic": format!("sbd+{}+{}", frame.account.clone().unwrap_or_default(), frame.conid.unwrap_or_default()),
-                "rows": frame.rows.len(),
-            }))
-            .unwrap_or_default()
+#[instrument(level = "trace", skip_all, fields(category = L2, conid = frame.conid))]
+async fn on_ladder(core: &mut Core, frame: &BookFrame, received_ns: i64, permit: &Inflight) {
+    let raw = || {
+        serde_json::to_vec(&json!({
+            "topic": format!("sbd+{}+{}", frame.account.clone().unwrap_or_default(), frame.conid.unwrap_or_default()),
+            "rows": frame.rows.len(),
+        }))
+        .unwrap_or_default()
+    };
+    let (conid, instrument) = match instrument_of(&core.instruments, frame.conid) {
+        Ok((c, i)) => (c, i.clone()),
+        Err((code, reason)) => {
+            core.snapshot.quarantined += 1;
+            core.emitter
+                .quarantine(L2, code, reason, &raw(), permit)
+                .await;
+            return;
+        }
+    };
+    let mut bids: Vec<(f64, f64)> = Vec::new();
+    let mut asks: Vec<(f64, f64)> = Vec::new();
+    for r in &frame.rows {
+        let Some(price) = r.price.as_ref().and_then(ladder_price) else {
+            core.snapshot.quarantined += 1;
+            let reason = format!("ladder row {}: unreadable price {:?}", r.row, r.price);
+            core.emitter
+                .quarantine(L2, "bad_value", reason, &raw(), permit)
+                .await;
+            return;
         };
-        let (conid, instrument) = match instrument_of(&self.instruments, frame.conid) {
-            Ok((c, i)) => (c, i.clone()),
-            Err((code, reason)) => {
-                self.snapshot.quarantined += 1;
-                self.emitter
-                    .quarantine(L2, code, reason, &raw(), permit)
-                    .await;
-                return;
-            }
-        };
-        let mut bids: Vec<(f64, f64)> = Vec::new();
-        let mut asks: Vec<(f64, f64)> = Vec::new();
-        for r in &frame.rows {
-            let Some(price) = r.price.as_ref().and_then(ladder_price) else {
-                self.snapshot.quarantined += 1;
-                let reason = format!("ladder row {}: unreadable price {:?}", r.row, r.price);
-                self.emitter
-                    .quarantine(L2, "bad_value", reason, &raw(), permit)
-                    .await;
-                return;
-            };
-            for (side, v) in [(&mut bids, &r.bid), (&mut asks, &r.ask)] {
-                if let Some(v) = v {
-                    match parse_number("sbd size", v) {
-                        Ok(size) => side.push((price, size)),
-                        Err(e) => {
-                            self.snapshot.quarantined += 1;
-                            self.emitter
-                                .quarantine(L2, "bad_value", e.to_string(), &raw(), permit)
-                                .await;
-                            return;
-                        }
+        for (side, v) in [(&mut bids, &r.bid), (&mut asks, &r.ask)] {
+            if let Some(v) = v {
+                match parse_number("sbd size", v) {
+                    Ok(size) => side.push((price, size)),
+                    Err(e) => {
+                        core.snapshot.quarantined += 1;
+                        core.emitter
+                            .quarantine(L2, "bad_value", e.to_string(), &raw(), permit)
+                            .await;
+                        return;
                     }
                 }
             }
         }
-        // Level 1 is the best price: the highest bid and the lowest ask.
-        bids.sort_by(|a, b| b.0.total_cmp(&a.0));
-        asks.sort_by(|a, b| a.0.total_cmp(&b.0));
-        for (side, levels) in [("bid", &bids), ("ask", &asks)] {
-            let max_level = u32::try_from(levels.len()).unwrap_or(u32::MAX);
-            for (i, (price, size)) in levels.iter().enumerate() {
-                let level = Level {
-                    instrument: &instrument,
-                    exchange: None,
-                    side,
-                    level: u32::try_from(i + 1).unwrap_or(u32::MAX),
-                    max_level,
-                    price: Some(*price),
-                    size: Some(*size),
-                    l2_time: received_ns,
-                    event_key: format!("sbd-{}-{received_ns}", self.emitter.instance),
-                };
-                self.emit(conid, level, received_ns, permit).await;
-            }
+    }
+    // Level 1 is the best price: the highest bid and the lowest ask.
+    bids.sort_by(|a, b| b.0.total_cmp(&a.0));
+    asks.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (side, levels) in [("bid", &bids), ("ask", &asks)] {
+        let max_level = u32::try_from(levels.len()).unwrap_or(u32::MAX);
+        for (i, (price, size)) in levels.iter().enumerate() {
+            let level = Level {
+                instrument: &instrument,
+                exchange: None,
+                side,
+                level: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                max_level,
+                price: Some(*price),
+                size: Some(*size),
+                l2_time: received_ns,
+                event_key: format!("sbd-{}-{received_ns}", core.emitter.instance),
+            };
+            emit(core, conid, level, received_ns, permit).await;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::names::L2_NORMALIZER;
     use crate::normalizer::testkit::{Harness, json};
 
@@ -348,7 +306,7 @@ mod tests {
 
     #[tokio::test]
     async fn top_of_book_from_smd() {
-        let h = Harness::start(L2Normalizer, L2_NORMALIZER).await;
+        let h = Harness::start(crate::normalizer::L2Normalizer::new(), L2_NORMALIZER).await;
         let snap = r#"{"topic":"smd+265598","conid":265598,"_updated":1,"84":"189.50","86":"189.70","88":"5","85":"1,300","31":"189.6"}"#;
         assert!(h.feed(snap, 7).await.is_empty(), "a snapshot only seeds");
         // Only the bid moved: both sides' level-1 rows, with the merged ask.
@@ -394,7 +352,7 @@ mod tests {
 
     #[tokio::test]
     async fn ladders_from_sbd() {
-        let h = Harness::start(L2Normalizer, L2_NORMALIZER).await;
+        let h = Harness::start(crate::normalizer::L2Normalizer::new(), L2_NORMALIZER).await;
         let ladder = r#"{"topic":"sbd+DU1+265598","data":[
             {"row":0,"focus":0,"price":"189.72","ask":"7"},
             {"row":1,"focus":0,"price":"189.71","ask":"3"},

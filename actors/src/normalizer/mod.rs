@@ -11,12 +11,13 @@ pub mod tick;
 pub(crate) mod testkit;
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
 use marketlane_protocol::ib::{BookFrame, MarketDataFrame};
 use marketlane_protocol::{RowMap, SchemaSet, UnqualifiedRecord};
-use ractor::RpcReplyPort;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use serde::Serialize;
 use tracing::warn;
@@ -24,13 +25,17 @@ use tracing::warn;
 use crate::backpressure::Inflight;
 use crate::config::KafkaConfig;
 use crate::contracts::Instrument;
+use crate::ib_websocket::WsMsg;
 use crate::kafka::{Produce, ProducerMsg};
 use crate::metrics::Metrics;
-use crate::names::{ActorNames, KAFKA_PRODUCER};
+use crate::names::{ActorNames, IB_WEBSOCKET, KAFKA_PRODUCER};
 
-pub use indicators::IndicatorsNormalizer;
-pub use l2::L2Normalizer;
-pub use tick::TickNormalizer;
+/// The trades normalizer (tick_market_data).
+pub type TickNormalizer = Normalizer<tick::Trades>;
+/// The book normalizer (l2_market_data).
+pub type L2Normalizer = Normalizer<l2::Books>;
+/// The session-statistics normalizer (indicators_market_data).
+pub type IndicatorsNormalizer = Normalizer<indicators::Statistics>;
 
 /// Instruments by conid: what this pod is subscribed to.
 pub type InstrumentMap = Arc<BTreeMap<i64, Instrument>>;
@@ -63,6 +68,131 @@ pub struct NormalizerSnapshot {
     pub frames: u64,
     pub rows: u64,
     pub quarantined: u64,
+}
+
+/// What every normalizer keeps besides its own per-conid state: where its rows go, what is
+/// subscribed, and its observable counters.
+pub struct Core {
+    pub emitter: RowEmitter,
+    pub instruments: InstrumentMap,
+    pub snapshot: NormalizerSnapshot,
+}
+
+impl Core {
+    pub fn count(&mut self, emitted: Emitted) {
+        match emitted {
+            Emitted::Row => self.snapshot.rows += 1,
+            Emitted::Quarantined => self.snapshot.quarantined += 1,
+        }
+    }
+}
+
+/// One category's rule for turning IB frames into rows; [`Normalizer`] is the actor around it.
+pub trait Normalize: Default + Send + 'static {
+    const CATEGORY: &'static str;
+
+    fn market_data(
+        &mut self,
+        core: &mut Core,
+        frame: &MarketDataFrame,
+        received_ns: i64,
+        permit: &Inflight,
+    ) -> impl std::future::Future<Output = ()> + Send;
+
+    /// `sbd` ladders; only the book normalizer reads them.
+    fn book(
+        &mut self,
+        _core: &mut Core,
+        _frame: &BookFrame,
+        _received_ns: i64,
+        _permit: &Inflight,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// The subscribed instruments changed: forget conids no longer in `instruments`.
+    fn retain(&mut self, _instruments: &InstrumentMap) {}
+
+    /// These conids were subscribed again: their next frame is a snapshot.
+    fn resubscribed(&mut self, _conids: &[i64]) {}
+}
+
+/// The normalizer actor: the same shell for every category, around its [`Normalize`] rule.
+pub struct Normalizer<N>(PhantomData<fn() -> N>);
+
+impl<N> Normalizer<N> {
+    pub fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<N> Default for Normalizer<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<N: Normalize> Actor for Normalizer<N> {
+    type Msg = NormalizerMsg;
+    type State = (Core, N);
+    type Arguments = RowEmitter;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        emitter: RowEmitter,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // A (re)started normalizer asks the websocket for the instruments (and a reconnect,
+        // which brings the snapshot frames its lost state needs).
+        if let Some(ws) = emitter.names.lookup::<WsMsg>(IB_WEBSOCKET) {
+            let _ = ws.cast(WsMsg::Announce);
+        }
+        let core = Core {
+            emitter,
+            instruments: Arc::default(),
+            snapshot: NormalizerSnapshot {
+                category: N::CATEGORY.into(),
+                ..Default::default()
+            },
+        };
+        Ok((core, N::default()))
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        (core, rule): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NormalizerMsg::MarketData {
+                frame,
+                received_ns,
+                permit,
+            } => {
+                core.snapshot.frames += 1;
+                rule.market_data(core, &frame, received_ns, &permit).await;
+            }
+            NormalizerMsg::Book {
+                frame,
+                received_ns,
+                permit,
+            } => {
+                core.snapshot.frames += 1;
+                rule.book(core, &frame, received_ns, &permit).await;
+            }
+            NormalizerMsg::Instruments(map) => {
+                core.snapshot.instruments = map.len();
+                rule.retain(&map);
+                core.instruments = map;
+            }
+            NormalizerMsg::Resubscribed(conids) => rule.resubscribed(&conids),
+            NormalizerMsg::GetState(reply) => {
+                let _ = reply.send(core.snapshot.clone());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The raw frame as JSON, for quarantine records.

@@ -9,22 +9,15 @@
 //! same id for the same trade.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use marketlane_protocol::category::TICK;
 use marketlane_protocol::ib::{LastPrice, MarketDataFrame, field, parse_last_price, parse_number};
 use marketlane_protocol::{RowMap, row_id};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::{Value, json};
 use tracing::{debug, instrument};
 
-use super::{
-    Emitted, InstrumentMap, NormalizerMsg, NormalizerSnapshot, RowEmitter, frame_json,
-    instrument_of,
-};
+use super::{Core, Emitted, InstrumentMap, Normalize, frame_json, instrument_of};
 use crate::backpressure::Inflight;
-use crate::ib_websocket::WsMsg;
-use crate::names::IB_WEBSOCKET;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct TradeState {
@@ -34,81 +27,44 @@ struct TradeState {
     seeded: bool,
 }
 
-pub struct TickState {
-    emitter: RowEmitter,
-    instruments: InstrumentMap,
+/// Per-conid trade state of the tick normalizer.
+#[derive(Default)]
+pub struct Trades {
     trades: HashMap<i64, TradeState>,
-    snapshot: NormalizerSnapshot,
 }
 
-pub struct TickNormalizer;
+impl Normalize for Trades {
+    const CATEGORY: &'static str = TICK;
 
-impl Actor for TickNormalizer {
-    type Msg = NormalizerMsg;
-    type State = TickState;
-    type Arguments = RowEmitter;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        emitter: RowEmitter,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        if let Some(ws) = emitter.names.lookup::<WsMsg>(IB_WEBSOCKET) {
-            let _ = ws.cast(WsMsg::Announce);
+    async fn market_data(
+        &mut self,
+        core: &mut Core,
+        frame: &MarketDataFrame,
+        received_ns: i64,
+        permit: &Inflight,
+    ) {
+        if let Some(e) = self.on_frame(core, frame, received_ns, permit).await {
+            core.count(e);
         }
-        Ok(TickState {
-            emitter,
-            instruments: Arc::default(),
-            trades: HashMap::new(),
-            snapshot: NormalizerSnapshot {
-                category: TICK.into(),
-                ..Default::default()
-            },
-        })
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            NormalizerMsg::MarketData {
-                frame,
-                received_ns,
-                permit,
-            } => {
-                state.snapshot.frames += 1;
-                match state.on_frame(&frame, received_ns, &permit).await {
-                    Some(Emitted::Row) => state.snapshot.rows += 1,
-                    Some(Emitted::Quarantined) => state.snapshot.quarantined += 1,
-                    None => {}
-                }
-            }
-            NormalizerMsg::Book { .. } => {}
-            NormalizerMsg::Instruments(map) => {
-                state.snapshot.instruments = map.len();
-                state.trades.retain(|conid, _| map.contains_key(conid));
-                state.instruments = map;
-            }
-            NormalizerMsg::Resubscribed(conids) => {
-                for c in conids {
-                    state.trades.entry(c).or_default().seeded = false;
-                }
-            }
-            NormalizerMsg::GetState(reply) => {
-                let _ = reply.send(state.snapshot.clone());
-            }
+    fn retain(&mut self, instruments: &InstrumentMap) {
+        self.trades
+            .retain(|conid, _| instruments.contains_key(conid));
+    }
+
+    fn resubscribed(&mut self, conids: &[i64]) {
+        for c in conids {
+            self.trades.entry(*c).or_default().seeded = false;
         }
-        Ok(())
     }
 }
 
-impl TickState {
+impl Trades {
     #[instrument(level = "trace", skip_all, fields(category = TICK, conid = frame.conid))]
     async fn on_frame(
         &mut self,
+        core: &Core,
         frame: &MarketDataFrame,
         received_ns: i64,
         permit: &Inflight,
@@ -120,7 +76,7 @@ impl TickState {
         }
         let quarantine = |code: &'static str, reason: String| (code, reason);
         let outcome = (|| {
-            let (conid, instrument) = instrument_of(&self.instruments, frame.conid)?;
+            let (conid, instrument) = instrument_of(&core.instruments, frame.conid)?;
             let last = match has_last.map(parse_last_price).transpose() {
                 Ok(v) => v,
                 Err(e) => return Err(quarantine("bad_value", e.to_string())),
@@ -139,7 +95,7 @@ impl TickState {
         let (conid, instrument, last, size) = match outcome {
             Ok(v) => v,
             Err((code, reason)) => {
-                self.emitter
+                core.emitter
                     .quarantine(TICK, code, reason, &frame_json(frame), permit)
                     .await;
                 return Some(Emitted::Quarantined);
@@ -171,7 +127,7 @@ impl TickState {
         let tick_time = updated_ms.saturating_mul(1_000_000);
         let st = *st;
         let mut row = RowMap::new();
-        let source = self.emitter.source_system.clone();
+        let source = core.emitter.source_system.clone();
         row.insert(
             "row_id".into(),
             json!(row_id(
@@ -182,7 +138,7 @@ impl TickState {
         row.insert("source_system_name".into(), json!(source));
         row.insert(
             "component_instance_name".into(),
-            json!(self.emitter.instance),
+            json!(core.emitter.instance),
         );
         row.insert("ingestion_time".into(), json!(received_ns));
         row.insert("exchange_identifier".into(), json!(instrument.exchange));
@@ -196,7 +152,7 @@ impl TickState {
         );
         row.insert("size_unit".into(), json!(instrument.size_unit));
         row.insert("tick_time".into(), json!(tick_time));
-        Some(self.emitter.emit(TICK, row, tick_time, permit).await)
+        Some(core.emitter.emit(TICK, row, tick_time, permit).await)
     }
 }
 
@@ -204,11 +160,12 @@ impl TickState {
 mod tests {
     use super::*;
     use crate::names::TICK_NORMALIZER;
+    use crate::normalizer::NormalizerMsg;
     use crate::normalizer::testkit::Harness;
 
     #[tokio::test]
     async fn trades_from_deltas_table() {
-        let h = Harness::start(TickNormalizer, TICK_NORMALIZER).await;
+        let h = Harness::start(crate::normalizer::TickNormalizer::new(), TICK_NORMALIZER).await;
         // (frame, what it must produce: Some(Ok((price, size))) a row, Some(Err(code)) a
         // quarantine record, None nothing)
         type Expected = Option<Result<(f64, f64), &'static str>>;
