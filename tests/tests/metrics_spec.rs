@@ -156,11 +156,13 @@ database = "{db}"
             .await
             .ok()
     };
-    // Wait until rows went the whole way, so that the data-path families have samples.
+    // Wait until rows went the whole way, so that the data-path families have samples
+    // (the writers export their lag on assignment, then every 2 s, beside the inserts).
     let flowed = eventually(Duration::from_secs(90), || async {
-        scrape()
-            .await
-            .is_some_and(|t| t.contains("marketlane_clickhouse_rows_inserted_total{"))
+        scrape().await.is_some_and(|t| {
+            t.contains("marketlane_clickhouse_rows_inserted_total{")
+                && t.contains("marketlane_consumer_lag{")
+        })
     })
     .await;
     let log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();

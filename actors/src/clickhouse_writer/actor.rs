@@ -208,6 +208,8 @@ pub struct WriterState {
     retry_backoff: Option<Duration>,
     snapshot: WriterSnapshot,
     last_lag_update: Instant,
+    /// Partitions in the last lag export; a newly assigned one is exported at once.
+    lag_partitions: usize,
     last_seq: u64,
 }
 
@@ -263,6 +265,7 @@ impl Actor for ClickHouseWriter {
             paused: false,
             retry_backoff: None,
             last_lag_update: Instant::now(),
+            lag_partitions: 0,
             last_seq: 0,
         })
     }
@@ -757,10 +760,12 @@ impl WriterState {
 
     /// Exports the consumer lag every few seconds (watermark look-ups are blocking calls).
     fn update_lag(&mut self) {
-        if self.last_lag_update.elapsed() < Duration::from_secs(2) {
+        let assignment_changed = self.positions.len() != self.lag_partitions;
+        if !assignment_changed && self.last_lag_update.elapsed() < Duration::from_secs(2) {
             return;
         }
         self.last_lag_update = Instant::now();
+        self.lag_partitions = self.positions.len();
         let metrics = self.args.metrics.clone();
         let group = self.args.writer.group_id.clone();
         let topic = self.topic.clone();
