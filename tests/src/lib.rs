@@ -2,6 +2,8 @@
 //! `scripts/stack up` starts (Kafka, ClickHouse, Redis on loopback) and the `marketlane`
 //! binary; every test uses its own topic prefix and ClickHouse database.
 
+pub mod harness;
+
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
