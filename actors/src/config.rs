@@ -94,6 +94,11 @@ pub struct IbConfig {
     /// Append every raw websocket frame with its receive time to this file (`marketlane
     /// replay` reads it).
     pub record_path: Option<std::path::PathBuf>,
+    /// The IB user this pod's gateway logs in as (given to `login_command` as `IB_USERNAME`).
+    /// IB allows one brokerage session per user, so every connector pod needs its own.
+    pub username: Option<String>,
+    /// One IB user per StatefulSet ordinal (`marketlane-0` takes the first); sets `username`.
+    pub usernames: Vec<String>,
 }
 
 impl Default for IbConfig {
@@ -120,6 +125,8 @@ impl Default for IbConfig {
             login_command: None,
             login_retry: Duration::from_secs(300),
             record_path: None,
+            username: None,
+            usernames: Vec::new(),
         }
     }
 }
@@ -176,6 +183,33 @@ impl IbConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Sets `username` from `usernames` by the ordinal that ends `instance` (`marketlane-1` → 1).
+    pub fn resolve_username(&mut self, instance: &str) -> Result<(), ConfigError> {
+        if self.usernames.is_empty() {
+            return Ok(());
+        }
+        let ordinal = instance
+            .rsplit_once('-')
+            .and_then(|(_, n)| n.parse::<usize>().ok())
+            .ok_or_else(|| {
+                bad(
+                    "ib.usernames",
+                    format!("instance {instance:?} has no StatefulSet ordinal (name-N)"),
+                )
+            })?;
+        let user = self.usernames.get(ordinal).ok_or_else(|| {
+            bad(
+                "ib.usernames",
+                format!(
+                    "{} users for ordinal {ordinal} of {instance}: IB allows one session per user",
+                    self.usernames.len()
+                ),
+            )
+        })?;
+        self.username = Some(user.clone());
         Ok(())
     }
 
@@ -377,6 +411,25 @@ pub mod humantime_secs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_ordinal_gets_its_own_ib_user() {
+        let mut ib = IbConfig {
+            usernames: vec!["liveuser".into(), "paperuser".into()],
+            ..Default::default()
+        };
+        ib.resolve_username("marketlane-1").unwrap();
+        assert_eq!(ib.username.as_deref(), Some("paperuser"));
+        ib.resolve_username("marketlane-0").unwrap();
+        assert_eq!(ib.username.as_deref(), Some("liveuser"));
+        let e = ib.resolve_username("marketlane-2").unwrap_err();
+        assert_eq!(e.key, "ib.usernames");
+        assert!(e.message.contains("ordinal 2"), "{e}");
+        assert!(ib.resolve_username("marketlane").is_err());
+        let mut none = IbConfig::default();
+        none.resolve_username("whatever").unwrap();
+        assert_eq!(none.username, None);
+    }
 
     #[test]
     fn defaults_validate() {

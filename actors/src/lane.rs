@@ -47,6 +47,8 @@ pub struct LaneConfig {
     /// The economic release feed connector (runs with the connector role when `url` is set).
     pub econ: EconConfig,
     pub calculators: crate::calculator::CalculatorConfig,
+    /// Connector pods splitting the symbols (with the connector role, when enabled).
+    pub cluster: crate::cluster::ClusterConfig,
     /// Registered-name prefix (tests running two lanes in one process).
     pub names: ActorNames,
 }
@@ -72,6 +74,7 @@ impl LaneConfig {
         self.clickhouse.validate()?;
         self.writer.validate()?;
         self.econ.validate()?;
+        self.cluster.validate()?;
         self.calculators.validate()
     }
 }
@@ -133,7 +136,17 @@ pub async fn start(
             ib: config.ib.clone(),
             names: config.names.clone(),
             metrics: metrics.clone(),
+            clustered: config.cluster.enabled,
         }));
+        if config.cluster.enabled {
+            children.push(ChildSpec::Cluster(crate::cluster::ClusterArgs {
+                config: config.cluster.clone(),
+                instance: config.instance.clone(),
+                symbols: config.ib.symbols.iter().map(|s| s.symbol.clone()).collect(),
+                names: config.names.clone(),
+                metrics: metrics.clone(),
+            }));
+        }
     }
     if config.roles.contains(&Role::Calculator) {
         calculator_children(&config, &schemas, &metrics, &mut children)?;

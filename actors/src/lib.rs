@@ -4,6 +4,7 @@
 pub mod backpressure;
 pub mod calculator;
 pub mod clickhouse_writer;
+pub mod cluster;
 pub mod config;
 pub mod contracts;
 pub mod econ;

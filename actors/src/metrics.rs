@@ -40,6 +40,9 @@ pub struct Metrics {
     pub redis_writes: IntCounterVec,
     pub redis_write_latency: HistogramVec,
     pub cluster_members: IntGauge,
+    pub cluster_assigned_symbols: IntGauge,
+    pub cluster_unassigned_symbols: IntGauge,
+    pub cluster_membership_changes: IntCounterVec,
     pub calculator_rows: IntCounterVec,
     pub calculator_pending_keys: IntGaugeVec,
 }
@@ -224,6 +227,27 @@ impl Metrics {
                     "Live members of the marketlane cluster this pod sees, itself included",
                 )
                 .expect("valid metric"),
+            ),
+            cluster_assigned_symbols: reg(
+                &registry,
+                IntGauge::new(
+                    "marketlane_cluster_assigned_symbols",
+                    "Symbols this pod streams: its share of the assignment plus those it still hands over",
+                )
+                .expect("valid metric"),
+            ),
+            cluster_unassigned_symbols: reg(
+                &registry,
+                IntGauge::new(
+                    "marketlane_cluster_unassigned_symbols",
+                    "Configured symbols no live pod has a market-data line for",
+                )
+                .expect("valid metric"),
+            ),
+            cluster_membership_changes: counter(
+                "marketlane_cluster_membership_changes_total",
+                "Peers joining or leaving as this pod sees them, by change (joined, left, timed_out, draining)",
+                &["change"],
             ),
             calculator_rows: counter(
                 "marketlane_calculator_rows_total",

@@ -28,6 +28,7 @@ impl ActorNames {
 
 pub const IB_SESSION: &str = "ib_session";
 pub const IB_GATEWAY: &str = "ib_gateway";
+pub const CLUSTER: &str = "cluster";
 pub const ECON_POLLER: &str = "econ_poller";
 pub const IB_WEBSOCKET: &str = "ib_websocket";
 pub const KAFKA_PRODUCER: &str = "kafka_producer";

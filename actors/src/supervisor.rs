@@ -48,6 +48,7 @@ pub enum ChildSpec {
     Retention(crate::clickhouse_writer::RetentionArgs),
     CalculatorWorker(crate::calculator::WorkerArgs),
     CalculatorConsumer(String, crate::calculator::ConsumerArgs),
+    Cluster(crate::cluster::ClusterArgs),
 }
 
 impl ChildSpec {
@@ -66,6 +67,7 @@ impl ChildSpec {
             Self::Retention(_) => names::CLICKHOUSE_RETENTION.into(),
             Self::CalculatorWorker(a) => names::calculator_worker(a.index),
             Self::CalculatorConsumer(name, _) => name.clone(),
+            Self::Cluster(_) => names::CLUSTER.into(),
         }
     }
 
@@ -132,6 +134,10 @@ impl ChildSpec {
                     .0
                     .get_cell()
             }
+            Self::Cluster(a) => Actor::spawn_linked(name, crate::cluster::ClusterMember, a, sup)
+                .await?
+                .0
+                .get_cell(),
         };
         Ok(cell)
     }
@@ -159,6 +165,8 @@ pub struct ChildCell {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DrainReport {
+    /// Peers streamed this pod's symbols before it stopped its own (true without a cluster).
+    pub handed_over: bool,
     pub producer_flushed: bool,
     pub writers_flushed: bool,
     pub seconds: f64,
@@ -177,6 +185,7 @@ pub struct LaneStatus {
     pub retention: Option<crate::clickhouse_writer::RetentionSnapshot>,
     pub calculator_workers: Vec<crate::calculator::WorkerSnapshot>,
     pub calculator_consumers: Vec<crate::calculator::ConsumerSnapshot>,
+    pub cluster: Option<crate::cluster::ClusterSnapshot>,
     pub restarts: HashMap<String, usize>,
 }
 
@@ -363,13 +372,29 @@ impl SupervisorState {
         let started = Instant::now();
         self.draining = true;
         info!(?deadline, "draining");
+        let left = |s: Instant| deadline.saturating_sub(s.elapsed());
+        // 0. Leave the cluster: peers subscribe this pod's symbols while it still streams
+        //    them, so a rolling restart loses nothing.
+        let mut handed_over = true;
+        if let Some(cell) = self.cell_of(names::CLUSTER) {
+            let c: ActorRef<crate::cluster::ClusterMsg> = cell.into();
+            let wait = left(started).mul_f64(0.5);
+            handed_over = matches!(
+                ractor::call_t!(
+                    c,
+                    crate::cluster::ClusterMsg::Leave,
+                    wait.as_millis() as u64 + 1_000,
+                    wait.as_millis() as u64
+                ),
+                Ok(true)
+            );
+        }
         // 1. Stop intake.
         for actor in [names::IB_SESSION, names::IB_WEBSOCKET] {
             if let Some(cell) = self.cell_of(actor) {
                 cell.stop(Some("drain".into()));
             }
         }
-        let left = |s: Instant| deadline.saturating_sub(s.elapsed());
         // 2. A call is answered after every message queued before it: the normalizers have
         //    handed all their rows to the producer once they answer.
         for c in &self.children {
@@ -417,6 +442,7 @@ impl SupervisorState {
             }
         }
         DrainReport {
+            handed_over,
             producer_flushed,
             writers_flushed,
             seconds: started.elapsed().as_secs_f64(),
@@ -480,6 +506,10 @@ impl SupervisorState {
                     st.calculator_consumers.extend(
                         ractor::call_t!(r, crate::calculator::ConsumerMsg::GetState, T).ok(),
                     );
+                }
+                ChildSpec::Cluster(_) => {
+                    let r: ActorRef<crate::cluster::ClusterMsg> = cell.into();
+                    st.cluster = ractor::call_t!(r, crate::cluster::ClusterMsg::GetState, T).ok();
                 }
             }
         }

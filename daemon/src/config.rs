@@ -34,6 +34,8 @@ pub struct Config {
     /// Seconds a SIGTERM drain may take before the daemon exits anyway.
     pub drain_deadline_secs: u64,
     pub control: crate::control::ControlConfig,
+    /// Connector pods splitting the symbols over a ractor_cluster (off by default).
+    pub cluster: marketlane_actors::cluster::ClusterConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +89,7 @@ impl Default for Config {
             calculators: Default::default(),
             drain_deadline_secs: 25,
             control: Default::default(),
+            cluster: Default::default(),
         }
     }
 }
@@ -143,8 +146,9 @@ impl Config {
             }
             merge(&mut value, over);
         }
-        let config: Config = serde_path_to_error::deserialize(value)
+        let mut config: Config = serde_path_to_error::deserialize(value)
             .map_err(|e| anyhow::anyhow!("config {}: {}", e.path(), e.inner().message()))?;
+        config.ib.resolve_username(&config.instance)?;
         config.validate()?;
         Ok(config)
     }
@@ -178,6 +182,7 @@ impl Config {
             writer: self.writer.clone(),
             econ: self.econ.clone(),
             calculators: self.calculators.clone(),
+            cluster: self.cluster.clone(),
             names: ActorNames::default(),
         }
     }

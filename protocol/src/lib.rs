@@ -2,9 +2,12 @@
 //! - [`schema`]: category schemas loaded from `schemas/` (topics, validation, DDL source);
 //! - [`row`]: category rows, deterministic row ids, quarantine records;
 //! - [`clickhouse`]: version-aware DDL and RowBinary encoding;
-//! - [`ib`]: Interactive Brokers Client Portal messages and value parsers.
+//! - [`ib`]: Interactive Brokers Client Portal messages and value parsers;
+//! - [`cluster`]: heartbeats between connector pods;
+//! - [`control`]: the control socket's requests and replies.
 
 pub mod clickhouse;
+pub mod cluster;
 pub mod control;
 pub mod ib;
 pub mod row;

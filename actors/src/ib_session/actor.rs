@@ -4,7 +4,7 @@
 //! session instead of fighting it, and resolves the configured symbols once authenticated.
 //! The websocket actor is told when the session is ready and when it is lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +41,10 @@ pub enum SessionMsg {
     RemoveSymbol(String, RpcReplyPort<Result<Vec<i64>, SymbolError>>),
     /// Every symbol this session streams, resolved or not.
     Symbols(RpcReplyPort<Vec<SymbolLine>>),
+    /// The cluster's share of the configured symbols for this pod (sent every heartbeat; a
+    /// repeat of the same set changes nothing). Contracts of every configured symbol stay
+    /// resolved, so a takeover only has to send `smd`.
+    Assign(BTreeSet<String>),
 }
 
 /// One configured or added symbol and what it resolved to.
@@ -73,6 +77,8 @@ pub struct SessionSnapshot {
     pub seconds_since_last_good_tickle: Option<f64>,
     pub last_failure: Option<String>,
     pub instruments: usize,
+    /// Instruments handed to the websocket: the cluster's share (all without a cluster).
+    pub streamed_instruments: usize,
     pub unresolved_symbols: BTreeMap<String, String>,
     /// Outcome of the last login command, if one is configured and ran.
     pub last_login_outcome: Option<String>,
@@ -83,6 +89,8 @@ pub struct SessionArgs {
     pub ib: IbConfig,
     pub names: ActorNames,
     pub metrics: Arc<Metrics>,
+    /// A cluster assigns the symbols: stream none until it has.
+    pub clustered: bool,
 }
 
 pub struct SessionActorState {
@@ -103,6 +111,11 @@ pub struct SessionActorState {
     last_login: Option<(Instant, String)>,
     /// The configured symbols plus those added over the control socket.
     symbols: Vec<SymbolConfig>,
+    /// With a cluster: the symbols this pod streams (its share, plus symbols added here over
+    /// the control socket). `None`: every symbol.
+    assigned: Option<BTreeSet<String>>,
+    /// Symbols ops added over this pod's control socket (streamed whatever the assignment).
+    added_here: BTreeSet<String>,
 }
 
 pub struct IbSession;
@@ -136,6 +149,8 @@ impl Actor for IbSession {
             unreachable_since: None,
             last_login: None,
             symbols,
+            assigned: args.clustered.then(BTreeSet::new),
+            added_here: BTreeSet::new(),
         };
         st.export_state();
         Ok(st)
@@ -167,7 +182,7 @@ impl Actor for IbSession {
             }
             SessionMsg::Announce => {
                 if !state.instruments.is_empty() {
-                    state.websocket(WsMsg::Instruments(state.instruments.clone()));
+                    state.websocket(WsMsg::Instruments(state.streamed()));
                 }
                 if let (SessionState::Authenticated, Some(s)) = (&state.state, &state.session_id) {
                     state.websocket(WsMsg::SessionReady { session: s.clone() });
@@ -181,9 +196,21 @@ impl Actor for IbSession {
                         .map(|t| t.elapsed().as_secs_f64()),
                     last_failure: state.last_failure.clone(),
                     instruments: state.instruments.len(),
+                    streamed_instruments: state.streamed().len(),
                     unresolved_symbols: state.unresolved.clone(),
                     last_login_outcome: state.last_login.as_ref().map(|(_, o)| o.clone()),
                 });
+            }
+            SessionMsg::Assign(symbols) => {
+                let assigned: BTreeSet<String> = symbols
+                    .into_iter()
+                    .chain(state.added_here.iter().cloned())
+                    .collect();
+                if state.assigned.as_ref() != Some(&assigned) {
+                    info!(symbols = assigned.len(), "cluster assignment");
+                    state.assigned = Some(assigned);
+                    state.websocket(WsMsg::Instruments(state.streamed()));
+                }
             }
             SessionMsg::AddSymbol(symbol, reply) => {
                 let _ = reply.send(state.add_symbol(symbol).await);
@@ -200,6 +227,20 @@ impl Actor for IbSession {
 }
 
 impl SessionActorState {
+    /// The resolved instruments this pod streams: the assigned ones, or all without a cluster.
+    fn streamed(&self) -> Arc<BTreeMap<i64, Instrument>> {
+        match &self.assigned {
+            None => self.instruments.clone(),
+            Some(assigned) => Arc::new(
+                self.instruments
+                    .iter()
+                    .filter(|(_, i)| assigned.contains(&i.symbol))
+                    .map(|(c, i)| (*c, i.clone()))
+                    .collect(),
+            ),
+        }
+    }
+
     fn symbol_lines(&self) -> Vec<SymbolLine> {
         self.symbols
             .iter()
@@ -246,7 +287,11 @@ impl SessionActorState {
         map.insert(inst.conid, inst.clone());
         self.instruments = Arc::new(map);
         self.symbols.push(symbol.clone());
-        self.websocket(WsMsg::Instruments(self.instruments.clone()));
+        self.added_here.insert(symbol.symbol.clone());
+        if let Some(assigned) = &mut self.assigned {
+            assigned.insert(symbol.symbol.clone());
+        }
+        self.websocket(WsMsg::Instruments(self.streamed()));
         Ok(SymbolLine {
             symbol: symbol.symbol,
             sec_type: symbol.sec_type,
@@ -263,6 +308,10 @@ impl SessionActorState {
         };
         self.symbols.remove(i);
         self.unresolved.remove(symbol);
+        self.added_here.remove(symbol);
+        if let Some(assigned) = &mut self.assigned {
+            assigned.remove(symbol);
+        }
         let mut map = (*self.instruments).clone();
         let removed: Vec<i64> = map
             .iter()
@@ -272,7 +321,7 @@ impl SessionActorState {
         map.retain(|_, inst| inst.symbol != symbol);
         info!(symbol, ?removed, "symbol removed");
         self.instruments = Arc::new(map);
-        self.websocket(WsMsg::Instruments(self.instruments.clone()));
+        self.websocket(WsMsg::Instruments(self.streamed()));
         Ok(removed)
     }
 
@@ -438,10 +487,13 @@ impl SessionActorState {
             return;
         }
         info!(command = %cmd[0], "no brokerage session: running the login command");
-        let run = tokio::process::Command::new(&cmd[0])
-            .args(&cmd[1..])
-            .kill_on_drop(true)
-            .output();
+        let mut run = tokio::process::Command::new(&cmd[0]);
+        run.args(&cmd[1..]).kill_on_drop(true);
+        // The login helper logs in as this pod's IB user (per StatefulSet ordinal).
+        if let Some(user) = &config.username {
+            run.env("IB_USERNAME", user);
+        }
+        let run = run.output();
         let outcome = match tokio::time::timeout(Duration::from_secs(120), run).await {
             Err(_) => "timed out after 120 s".to_string(),
             Ok(Err(e)) => format!("cannot start: {e}"),
@@ -495,7 +547,7 @@ impl SessionActorState {
                 "instruments"
             );
             self.instruments = Arc::new(map);
-            self.websocket(WsMsg::Instruments(self.instruments.clone()));
+            self.websocket(WsMsg::Instruments(self.streamed()));
         }
     }
 }

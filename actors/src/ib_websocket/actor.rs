@@ -53,6 +53,9 @@ pub enum WsMsg {
     /// A (re)started normalizer asks for the instruments again.
     Announce,
     GetState(RpcReplyPort<WsSnapshot>),
+    /// Symbols with a market-data frame since they were (last) subscribed, within
+    /// `ib.silent_after`: what the cluster may count as taken over.
+    Streaming(RpcReplyPort<Vec<String>>),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -199,6 +202,10 @@ impl Actor for IbWebsocket {
                     .filter(|c| !map.contains_key(c))
                     .copied()
                     .collect();
+                // A symbol counts as streaming again only after a frame of the new subscription.
+                for conid in added.iter().chain(&removed) {
+                    state.last_seen.remove(conid);
+                }
                 state.instruments = map.clone();
                 state.broadcast(|| NormalizerMsg::Instruments(map.clone()));
                 state
@@ -229,6 +236,22 @@ impl Actor for IbWebsocket {
                 }
             }
             WsMsg::Tick => state.on_tick(&myself).await,
+            WsMsg::Streaming(reply) => {
+                let fresh = state.args.ib.silent_after;
+                let symbols = if state.conn.is_some() {
+                    state
+                        .instruments
+                        .iter()
+                        .filter(|(c, _)| {
+                            state.last_seen.get(c).is_some_and(|t| t.elapsed() < fresh)
+                        })
+                        .map(|(_, i)| i.symbol.clone())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let _ = reply.send(symbols);
+            }
             WsMsg::Announce => {
                 let map = state.instruments.clone();
                 state.broadcast(|| NormalizerMsg::Instruments(map.clone()));

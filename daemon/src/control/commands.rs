@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use marketlane_actors::Role;
 use marketlane_actors::clickhouse_writer::WriterMsg;
+use marketlane_actors::cluster::{ClusterMsg, ClusterSnapshot};
 use marketlane_actors::config::{SecType as IbSecType, SymbolConfig};
 use marketlane_actors::ib_session::SessionMsg;
 use marketlane_actors::ib_session::actor::SymbolError;
@@ -64,6 +65,8 @@ fn kind_of(cell: &ActorCell) -> &'static str {
         "producer"
     } else if is(cell.is_message_type_of::<WriterMsg>()) {
         "writer"
+    } else if is(cell.is_message_type_of::<ClusterMsg>()) {
+        "cluster"
     } else {
         "other"
     }
@@ -96,6 +99,10 @@ async fn state_of(cell: &ActorCell, kind: &str) -> Value {
             let r: ActorRef<WriterMsg> = cell.clone().into();
             ractor::call_t!(r, WriterMsg::GetState, t).map_or(Value::Null, to_json)
         }
+        "cluster" => {
+            let r: ActorRef<ClusterMsg> = cell.clone().into();
+            ractor::call_t!(r, ClusterMsg::GetState, t).map_or(Value::Null, to_json)
+        }
         _ => Value::Null,
     }
 }
@@ -117,12 +124,14 @@ fn summary(kind: &str, state: &Value) -> String {
             "failed_inserts",
             "retrying",
         ],
+        "cluster" => &["members", "held", "handing_over", "unassigned", "draining"],
         _ => &[],
     };
     let fmt = |v: &Value| match v {
         Value::Number(n) if n.is_f64() => format!("{:.1}", n.as_f64().unwrap_or_default()),
         Value::String(s) => s.clone(),
         Value::Object(m) => m.len().to_string(),
+        Value::Array(a) => a.len().to_string(),
         other => other.to_string(),
     };
     let mut parts: Vec<String> = keys
@@ -215,7 +224,7 @@ impl Daemon {
             ready_reason: self.readiness.reason(),
             draining: self.readiness.draining.load(Ordering::Relaxed),
             log_level: self.log.current(),
-            cluster: None,
+            cluster: self.cluster().await.map(to_json),
             actors,
         }))
     }
@@ -251,12 +260,31 @@ impl Daemon {
         let session = self.session().await?;
         let symbols = ractor::call_t!(session, SessionMsg::Symbols, STATE_TIMEOUT_MS)
             .or_else(|e| err(ErrorCode::Timeout, format!("ib session: {e}")))?;
-        Ok(json!({
-            "instance": self.instance,
-            "cluster": null,
-            "note": "no cluster configured: this pod's subscriptions only",
-            "symbols": symbols,
-        }))
+        Ok(match self.cluster().await {
+            Some(cluster) => json!({
+                "instance": self.instance,
+                "cluster": cluster,
+                "note": "symbols: contracts this pod resolved; cluster.owner: which pod streams each",
+                "symbols": symbols,
+            }),
+            None => json!({
+                "instance": self.instance,
+                "cluster": null,
+                "note": "no cluster configured: this pod's subscriptions only",
+                "symbols": symbols,
+            }),
+        })
+    }
+
+    /// The cluster member's view, if this pod runs one.
+    async fn cluster(&self) -> Option<ClusterSnapshot> {
+        let children = self.children().await.ok()?;
+        let cell = children
+            .into_iter()
+            .find(|c| c.actor == names::CLUSTER)?
+            .cell?;
+        let r: ActorRef<ClusterMsg> = cell.into();
+        ractor::call_t!(r, ClusterMsg::GetState, STATE_TIMEOUT_MS).ok()
     }
 
     async fn subscribe(
@@ -294,6 +322,31 @@ impl Daemon {
     }
 
     async fn rebalance(&self) -> CmdResult {
+        if let Some(cell) = self
+            .children()
+            .await?
+            .into_iter()
+            .find(|c| c.actor == names::CLUSTER)
+            .and_then(|c| c.cell)
+        {
+            // The split is a function of the live members: recompute it now and report it.
+            let r: ActorRef<ClusterMsg> = cell.into();
+            r.cast(ClusterMsg::Reassign)
+                .or_else(|e| err(ErrorCode::Failed, format!("cluster: {e}")))?;
+            let snap = ractor::call_t!(r, ClusterMsg::GetState, STATE_TIMEOUT_MS)
+                .or_else(|e| err(ErrorCode::Timeout, format!("cluster: {e}")))?;
+            let mut per_member = std::collections::BTreeMap::<String, usize>::new();
+            for owner in snap.owner.values() {
+                *per_member.entry(owner.clone()).or_default() += 1;
+            }
+            return Ok(json!({
+                "instance": self.instance,
+                "symbols_per_member": per_member,
+                "held": snap.held.len(),
+                "handing_over": snap.handing_over,
+                "unassigned": snap.unassigned,
+            }));
+        }
         let mut local = 0;
         if let Ok(session) = self.session().await
             && let Ok(symbols) = ractor::call_t!(session, SessionMsg::Symbols, STATE_TIMEOUT_MS)
