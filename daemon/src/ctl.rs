@@ -72,6 +72,11 @@ enum CtlCommand {
     LogLevel {
         level: Option<String>,
     },
+    /// Make a normalizer or writer panic (failure-matrix tests; needs
+    /// `control.allow_fault_injection`).
+    Fault {
+        actor: String,
+    },
     /// Send one raw request line (for scripts and debugging).
     Raw {
         line: String,
@@ -113,6 +118,10 @@ impl CtlCommand {
             Self::ReloadSchemas => Command::ReloadSchemas,
             Self::LogLevel { level } => Command::LogLevel {
                 level: level.clone(),
+            },
+            Self::Fault { actor } => Command::Fault {
+                actor: actor.clone(),
+                kind: marketlane_protocol::control::FaultKind::Panic,
             },
             Self::Raw { .. } => return None,
         })

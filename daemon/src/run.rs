@@ -58,6 +58,7 @@ pub async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
         log,
         readiness: readiness.clone(),
         drain_deadline: Duration::from_secs(config.drain_deadline_secs),
+        allow_fault_injection: config.control.allow_fault_injection,
     });
     // The control socket is for ops; a pod that cannot bind it still streams data.
     let socket = if config.control.enabled {

@@ -29,6 +29,7 @@ pub const COMMANDS: &[&str] = &[
     "drain",
     "reload-schemas",
     "log-level",
+    "fault",
 ];
 
 /// A request as it arrives; `args` is checked per command by [`Command::parse`].
@@ -160,6 +161,20 @@ pub enum Command {
     LogLevel {
         level: Option<String>,
     },
+    /// Fault injection for the failure-matrix tests (off unless
+    /// `control.allow_fault_injection`): make the named actor fail.
+    Fault {
+        actor: String,
+        kind: FaultKind,
+    },
+}
+
+/// What `fault` does to an actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// The actor panics in its message handler; its supervisor restarts it.
+    Panic,
 }
 
 /// A request that cannot become a [`Command`].
@@ -205,6 +220,13 @@ struct SymbolArgs {
 #[serde(deny_unknown_fields)]
 struct ActorArgs {
     actor: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultArgs {
+    actor: String,
+    kind: FaultKind,
 }
 
 #[derive(Deserialize)]
@@ -318,6 +340,16 @@ impl Command {
                 }
                 Self::LogLevel { level: a.level }
             }
+            "fault" => {
+                let a: FaultArgs = take(cmd, args)?;
+                if a.actor.trim().is_empty() {
+                    return Err(bad_args(cmd, "empty actor name"));
+                }
+                Self::Fault {
+                    actor: a.actor,
+                    kind: a.kind,
+                }
+            }
             other => {
                 return Err(ParseError {
                     code: ErrorCode::UnknownCommand,
@@ -350,6 +382,7 @@ impl Command {
             Self::Drain { deadline_secs } => ("drain", json!({ "deadline_secs": deadline_secs })),
             Self::ReloadSchemas => ("reload-schemas", Value::Null),
             Self::LogLevel { level } => ("log-level", json!({ "level": level })),
+            Self::Fault { actor, kind } => ("fault", json!({ "actor": actor, "kind": kind })),
         };
         (cmd.to_string(), args)
     }

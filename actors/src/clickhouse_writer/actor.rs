@@ -81,6 +81,8 @@ pub enum WriterMsg {
     /// The schema grew (`reload_schemas`): flush what was encoded under the old one, then
     /// encode with the new one. Replies whether the flush succeeded.
     ReloadSchema(Arc<CategorySchema>, RpcReplyPort<bool>),
+    /// Fault injection (control socket `fault`, failure-matrix row 11): panic in the handler.
+    InjectPanic,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -324,6 +326,9 @@ impl Actor for ClickHouseWriter {
             WriterMsg::Drain(reply) => {
                 let ok = state.flush_all().await;
                 let _ = reply.send(ok);
+            }
+            WriterMsg::InjectPanic => {
+                panic!("fault injected over the control socket");
             }
             WriterMsg::GetState(reply) => {
                 let mut s = state.snapshot.clone();

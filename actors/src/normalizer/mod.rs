@@ -59,6 +59,8 @@ pub enum NormalizerMsg {
     /// These conids were (re)subscribed: their next frame is a full snapshot, not an update.
     Resubscribed(Vec<i64>),
     GetState(RpcReplyPort<NormalizerSnapshot>),
+    /// Fault injection (control socket `fault`, failure-matrix row 11): panic in the handler.
+    InjectPanic,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -187,6 +189,9 @@ impl<N: Normalize> Actor for Normalizer<N> {
                 core.instruments = map;
             }
             NormalizerMsg::Resubscribed(conids) => rule.resubscribed(&conids),
+            NormalizerMsg::InjectPanic => {
+                panic!("fault injected over the control socket");
+            }
             NormalizerMsg::GetState(reply) => {
                 let _ = reply.send(core.snapshot.clone());
             }

@@ -20,7 +20,9 @@ use marketlane_actors::names;
 use marketlane_actors::normalizer::NormalizerMsg;
 use marketlane_actors::supervisor::{ChildCell, SupervisorMsg};
 use marketlane_protocol::SchemaSet;
-use marketlane_protocol::control::{ActorStatus, Command, ErrorCode, SecType, StatusResult};
+use marketlane_protocol::control::{
+    ActorStatus, Command, ErrorCode, FaultKind, SecType, StatusResult,
+};
 use ractor::{ActorCell, ActorRef};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -50,6 +52,7 @@ pub struct Daemon {
     pub log: LogControl,
     pub readiness: Readiness,
     pub drain_deadline: Duration,
+    pub allow_fault_injection: bool,
 }
 
 /// The kinds of actor the control socket knows, by message type.
@@ -171,6 +174,7 @@ impl Daemon {
             Command::Drain { deadline_secs } => self.drain(deadline_secs).await,
             Command::ReloadSchemas => self.reload_schemas(),
             Command::LogLevel { level } => self.log_level(level),
+            Command::Fault { actor, kind } => self.fault(&actor, kind).await,
         }
     }
 
@@ -375,6 +379,51 @@ impl Daemon {
             "re-authentication requested over the control socket"
         );
         Ok(json!({"requested": true, "state_before": before}))
+    }
+
+    async fn fault(&self, actor: &str, kind: FaultKind) -> CmdResult {
+        if !self.allow_fault_injection {
+            return err(
+                ErrorCode::Unavailable,
+                "fault injection is off (control.allow_fault_injection = false)",
+            );
+        }
+        let children = self.children().await?;
+        let Some(child) = children.iter().find(|c| c.actor == actor) else {
+            return err(
+                ErrorCode::NotFound,
+                format!("no actor named {actor:?} in this pod"),
+            );
+        };
+        let Some(cell) = child.cell.clone() else {
+            return err(
+                ErrorCode::Unavailable,
+                format!("{actor} is restarting; try again"),
+            );
+        };
+        let FaultKind::Panic = kind;
+        let sent = match kind_of(&cell) {
+            "normalizer" => ActorRef::<NormalizerMsg>::from(cell)
+                .cast(NormalizerMsg::InjectPanic)
+                .map_err(|e| e.to_string()),
+            "writer" => ActorRef::<WriterMsg>::from(cell)
+                .cast(WriterMsg::InjectPanic)
+                .map_err(|e| e.to_string()),
+            other => {
+                return err(
+                    ErrorCode::BadArgs,
+                    format!(
+                        "{actor} is a {other}; fault injection reaches normalizers and writers"
+                    ),
+                );
+            }
+        };
+        sent.or_else(|e| err(ErrorCode::Failed, format!("{actor}: {e}")))?;
+        tracing::warn!(
+            actor,
+            "fault injected over the control socket: the actor panics"
+        );
+        Ok(json!({"actor": actor, "kind": "panic", "restarts_before": child.restarts}))
     }
 
     async fn pause_resume(&self, actor: &str, pause: bool) -> CmdResult {

@@ -27,6 +27,8 @@ pub struct ControlConfig {
     pub socket: PathBuf,
     /// Peer uids allowed besides the daemon's own (which `kubectl exec` gets anyway).
     pub allowed_uids: Vec<u32>,
+    /// Accept `fault` (make an actor panic): for the failure-matrix tests, never in production.
+    pub allow_fault_injection: bool,
 }
 
 impl Default for ControlConfig {
@@ -35,6 +37,7 @@ impl Default for ControlConfig {
             enabled: true,
             socket: PathBuf::from(DEFAULT_SOCKET),
             allowed_uids: Vec::new(),
+            allow_fault_injection: false,
         }
     }
 }
