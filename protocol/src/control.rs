@@ -451,6 +451,10 @@ mod tests {
             Command::LogLevel {
                 level: Some("debug".into()),
             },
+            Command::Fault {
+                actor: "normalizer_tick_market_data".into(),
+                kind: FaultKind::Panic,
+            },
         ];
         assert_eq!(all.len(), COMMANDS.len());
         for c in all {
