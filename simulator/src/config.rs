@@ -1,7 +1,9 @@
 //! Command-line flags (`marketlane sim …`) and the plain config struct they convert into.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use crate::error::SimError;
 
@@ -84,6 +86,46 @@ pub struct SimArgs {
     /// Wall-clock delay of a `/iserver/marketdata/history` answer.
     #[arg(long, default_value_t = 250)]
     pub history_delay_ms: u64,
+    /// One more gateway in this process, as `ADDR=USERNAME:ACCOUNT` (repeatable), e.g.
+    /// `--gateway 127.0.0.1:5001=user2:DU7654321`: its own listener, brokerage session,
+    /// pacing, line cap, websockets, `/sim/fault` and `/sim/status`, on the same sim clock,
+    /// market and ledger as the `--listen` gateway (which keeps `--username`/`--account`).
+    #[arg(long = "gateway", value_name = "ADDR=USERNAME:ACCOUNT")]
+    pub gateways: Vec<GatewaySpec>,
+}
+
+/// One IB user's gateway: where it listens and whose session it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySpec {
+    pub listen: SocketAddr,
+    /// The IB username (`system`, `sso/validate`); also names the gateway in the ledger.
+    pub username: String,
+    /// The account id (`/iserver/accounts`, `act`).
+    pub account: String,
+}
+
+impl FromStr for GatewaySpec {
+    type Err = String;
+
+    /// `ADDR=USERNAME:ACCOUNT`. The address may be IPv6 (`[::1]:5001`): it never holds `=`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let shape = || format!("gateway {s:?} is not ADDR=USERNAME:ACCOUNT");
+        let (addr, who) = s.split_once('=').ok_or_else(shape)?;
+        let (username, account) = who.split_once(':').ok_or_else(shape)?;
+        let listen = addr
+            .trim()
+            .parse()
+            .map_err(|e| format!("gateway {s:?}: bad address {addr:?}: {e}"))?;
+        let (username, account) = (username.trim(), account.trim());
+        if username.is_empty() || account.is_empty() {
+            return Err(shape());
+        }
+        Ok(Self {
+            listen,
+            username: username.to_string(),
+            account: account.to_string(),
+        })
+    }
 }
 
 /// Everything the simulator needs to run; `Default` matches the CLI defaults except the listen
@@ -122,6 +164,8 @@ pub struct SimConfig {
     pub competing_grace_secs: u64,
     pub history_delay_ms: u64,
     pub conidless_probability: f64,
+    /// Gateways besides the primary one (`listen`/`username`/`account`).
+    pub gateways: Vec<GatewaySpec>,
 }
 
 impl Default for SimConfig {
@@ -155,6 +199,7 @@ impl Default for SimConfig {
             competing_grace_secs: 2,
             history_delay_ms: 250,
             conidless_probability: 0.0,
+            gateways: Vec::new(),
         }
     }
 }
@@ -186,6 +231,7 @@ impl From<SimArgs> for SimConfig {
             max_session_secs: a.max_session_secs,
             history_delay_ms: a.history_delay_ms,
             conidless_probability: a.conidless_probability,
+            gateways: a.gateways,
             ..Self::default()
         }
     }
@@ -234,7 +280,31 @@ impl SimConfig {
         if self.idle_timeout_secs == 0 {
             return bad("idle timeout must be > 0 s".into());
         }
+        let mut users = HashSet::new();
+        let mut addrs = HashSet::new();
+        for g in self.all_gateways() {
+            // One brokerage session per IB username: two gateways of one user would compete
+            // (the `competing` fault simulates that on one gateway).
+            if !users.insert(g.username.clone()) {
+                return bad(format!("gateway username {:?} used twice", g.username));
+            }
+            if g.listen.port() != 0 && !addrs.insert(g.listen) {
+                return bad(format!("gateway address {} used twice", g.listen));
+            }
+        }
         Ok(())
+    }
+
+    /// The primary gateway first, then the `--gateway` ones.
+    pub fn all_gateways(&self) -> Vec<GatewaySpec> {
+        let primary = GatewaySpec {
+            listen: self.listen,
+            username: self.username.clone(),
+            account: self.account.clone(),
+        };
+        std::iter::once(primary)
+            .chain(self.gateways.iter().cloned())
+            .collect()
     }
 }
 
@@ -281,5 +351,41 @@ mod tests {
         assert_eq!(c.line_cap, Some(100));
         assert!(parse(&["--speed", "0"]).validate().is_err());
         assert!(parse(&["--trade-probability", "1.5"]).validate().is_err());
+    }
+
+    #[test]
+    fn extra_gateways() {
+        let c = parse(&[
+            "--gateway",
+            "127.0.0.1:5001=user2:DU7654321",
+            "--gateway",
+            "[::1]:5002=user3:DU3",
+        ]);
+        assert!(c.validate().is_ok());
+        let all = c.all_gateways();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].username, "user1");
+        assert_eq!(
+            all[1],
+            GatewaySpec {
+                listen: "127.0.0.1:5001".parse().expect("addr"),
+                username: "user2".into(),
+                account: "DU7654321".into(),
+            }
+        );
+        assert_eq!(all[2].listen, "[::1]:5002".parse().expect("addr"));
+        for bad in [
+            "127.0.0.1:5001",
+            "127.0.0.1:5001=user2",
+            "x=user2:DU1",
+            "=u:a",
+        ] {
+            let v = ["sim", "--gateway", bad];
+            assert!(Cli::try_parse_from(v).is_err(), "{bad} accepted");
+        }
+        let dup_user = parse(&["--gateway", "127.0.0.1:5001=user1:DU2"]);
+        assert!(dup_user.validate().is_err());
+        let dup_addr = parse(&["--gateway", "127.0.0.1:5000=user2:DU2"]);
+        assert!(dup_addr.validate().is_err());
     }
 }

@@ -50,12 +50,15 @@ fn default_5xx() -> u16 {
     503
 }
 
-/// One scenario step: inject `fault` `at_secs` sim seconds after start.
+/// One scenario step: inject `fault` `at_secs` sim seconds after start, at the gateway of
+/// username `gateway` (default: the primary `--listen` gateway).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioStep {
     pub at_secs: f64,
     pub fault: Fault,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 pub fn load_scenario(path: &Path) -> Result<Vec<ScenarioStep>, SimError> {
@@ -101,11 +104,13 @@ mod tests {
         let p = dir.path().join("s.json");
         std::fs::write(
             &p,
-            r#"[{"at_secs":5,"fault":{"kind":"drop_tcp"}},{"at_secs":1,"fault":{"kind":"slow","millis":10,"seconds":2}}]"#,
+            r#"[{"at_secs":5,"fault":{"kind":"drop_tcp"},"gateway":"user2"},{"at_secs":1,"fault":{"kind":"slow","millis":10,"seconds":2}}]"#,
         )
         .expect("write");
         let s = load_scenario(&p).expect("load");
         assert_eq!(s[0].at_secs, 1.0);
         assert_eq!(s[1].fault, Fault::DropTcp);
+        assert_eq!(s[1].gateway.as_deref(), Some("user2"));
+        assert_eq!(s[0].gateway, None);
     }
 }

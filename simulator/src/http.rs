@@ -558,6 +558,8 @@ async fn admin_status(State(sim): S) -> Json<Value> {
     let st = s.status();
     Json(json!({
         "sim_time_ms": now,
+        "username": sim.cfg.username,
+        "account": sim.cfg.account,
         "session": s.sso.as_ref().map(|x| x.id.clone()),
         "authenticated": st.authenticated,
         "connected": st.connected,

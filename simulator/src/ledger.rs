@@ -1,5 +1,7 @@
 //! The ledger: what the simulator actually sent, one JSON object per line. It is the contract
-//! the connector is reconciled against; reconciliation dedups by (conid, updated).
+//! the connector is reconciled against; reconciliation dedups by (conid, updated). One ledger
+//! serves every gateway of the process: `gateway` (the username) says which one sent a line,
+//! and the same update sent by two gateways is still one (conid, updated) trade.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -25,6 +27,9 @@ pub enum LedgerEntry {
         price: f64,
         size: f64,
         conn: u64,
+        /// Username of the gateway that sent it (empty in ledgers older than the field).
+        #[serde(default)]
+        gateway: String,
     },
     /// A delta `smd` frame that carried any of 84/86/88/85; values are the full top of book
     /// at that update (sizes as sent, in lots for US stocks).
@@ -36,6 +41,9 @@ pub enum LedgerEntry {
         bid_size: f64,
         ask_size: f64,
         conn: u64,
+        /// Username of the gateway that sent it (empty in ledgers older than the field).
+        #[serde(default)]
+        gateway: String,
     },
     /// An `sbd` ladder; `levels` is the number of rows in its `data`.
     Book {
@@ -43,6 +51,9 @@ pub enum LedgerEntry {
         updated: i64,
         levels: usize,
         conn: u64,
+        /// Username of the gateway that sent it (empty in ledgers older than the field).
+        #[serde(default)]
+        gateway: String,
     },
 }
 
@@ -66,6 +77,15 @@ impl LedgerEntry {
     pub fn conn(&self) -> u64 {
         match self {
             Self::Trade { conn, .. } | Self::Quote { conn, .. } | Self::Book { conn, .. } => *conn,
+        }
+    }
+
+    /// Username of the gateway that sent it.
+    pub fn gateway(&self) -> &str {
+        match self {
+            Self::Trade { gateway, .. }
+            | Self::Quote { gateway, .. }
+            | Self::Book { gateway, .. } => gateway,
         }
     }
 }
@@ -215,6 +235,7 @@ mod tests {
             price: 189.6,
             size: 300.0,
             conn: 1,
+            gateway: "user1".into(),
         };
         l.record(t.clone());
         l.record(t.clone());
@@ -223,13 +244,14 @@ mod tests {
             updated: 2,
             levels: 10,
             conn: 1,
+            gateway: "user2".into(),
         });
         l.flush().expect("flush");
         let text = std::fs::read_to_string(&path).expect("read");
         let first = text.lines().next().expect("a line");
         assert_eq!(
             first,
-            r#"{"kind":"trade","conid":265598,"symbol":"AAPL","updated":1712596911593,"price":189.6,"size":300.0,"conn":1}"#
+            r#"{"kind":"trade","conid":265598,"symbol":"AAPL","updated":1712596911593,"price":189.6,"size":300.0,"conn":1,"gateway":"user1"}"#
         );
         let s = l.summary();
         assert_eq!(
@@ -237,5 +259,10 @@ mod tests {
             (2, 1, 1, 2)
         );
         assert_eq!(l.entries(), vec![t]);
+        // Lines written before the field existed still read.
+        let old: LedgerEntry =
+            serde_json::from_str(r#"{"kind":"book","conid":1,"updated":2,"levels":10,"conn":3}"#)
+                .expect("old line");
+        assert_eq!(old.gateway(), "");
     }
 }

@@ -1,4 +1,6 @@
-//! State shared by the REST handlers, the websocket connections and the background tasks.
+//! The state of one gateway (one IB username), shared by its REST handlers, its websocket
+//! connections and its background tasks. Every gateway of the process holds the same clock,
+//! market and ledger; session, pacer, faults, lines and sockets are its own.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +39,7 @@ pub struct HttpFaults {
 }
 
 pub struct Sim {
+    /// The process config with this gateway's `listen`, `username` and `account`.
     pub cfg: SimConfig,
     pub clock: SimClock,
     pub market: Arc<Market>,
@@ -45,7 +48,8 @@ pub struct Sim {
     pub pacer: Mutex<Pacer>,
     pub http_faults: Mutex<HttpFaults>,
     pub events: broadcast::Sender<ConnEvent>,
-    pub next_conn: AtomicU64,
+    /// Shared by all gateways: the market keys its subscribers by connection id.
+    pub next_conn: Arc<AtomicU64>,
     /// `smd` lines open across all connections (for `--line-cap`).
     pub lines: AtomicUsize,
     pub open_conns: AtomicUsize,

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::config::SimConfig;
 use crate::ledger::LedgerEntry;
 use crate::lock;
 use crate::market::{AVAILABILITY, Tick, parse_ib_number};
@@ -513,7 +514,7 @@ impl Conn {
             self.drop_sub(conid);
         }
         if let Some(sub) = self.subs.get_mut(&conid)
-            && let Some(o) = frame(sub, t, self.id, self.sim.cfg.conidless_probability)
+            && let Some(o) = frame(sub, t, self.id, &self.sim.cfg)
         {
             step.out.push(o);
         }
@@ -527,6 +528,7 @@ impl Conn {
                     updated: t.updated,
                     levels,
                     conn: self.id,
+                    gateway: self.sim.cfg.username.clone(),
                 }],
             });
         }
@@ -572,7 +574,7 @@ impl Conn {
 
 /// The frame of one tick for one subscription: full the first time, then only what changed
 /// since this connection's previous frame. `None` when nothing changed.
-fn frame(sub: &mut Sub, t: &Tick, conn: u64, conidless: f64) -> Option<Out> {
+fn frame(sub: &mut Sub, t: &Tick, conn: u64, cfg: &SimConfig) -> Option<Out> {
     let mut m = serde_json::Map::new();
     let first = !sub.first_sent;
     let mut trade_field = false;
@@ -617,7 +619,7 @@ fn frame(sub: &mut Sub, t: &Tick, conn: u64, conidless: f64) -> Option<Out> {
     m.insert("_updated".into(), json!(t.updated));
     // Deltas without conid/conidEx occur [O1; O3]; the topic still names the conid. The
     // choice hangs on the tick so that it is reproducible under a seed.
-    if first || !t.draw(conidless) {
+    if first || !t.draw(cfg.conidless_probability) {
         m.insert("conid".into(), json!(conid));
         m.insert("conidEx".into(), json!(sub.conid_ex));
     }
@@ -640,6 +642,7 @@ fn frame(sub: &mut Sub, t: &Tick, conn: u64, conidless: f64) -> Option<Out> {
                 price,
                 size: t.last_size,
                 conn,
+                gateway: cfg.username.clone(),
             });
         }
         if quote_field {
@@ -651,6 +654,7 @@ fn frame(sub: &mut Sub, t: &Tick, conn: u64, conidless: f64) -> Option<Out> {
                 bid_size: t.bid_size,
                 ask_size: t.ask_size,
                 conn,
+                gateway: cfg.username.clone(),
             });
         }
     }

@@ -53,11 +53,23 @@ pub async fn get(c: &reqwest::Client, h: &SimHandle, path: &str) -> (u16, Value)
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// POST `url`; (status, JSON body or Null).
+pub async fn post_url(c: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = c.post(url).send().await.expect("send");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 /// tickle + ssodh/init: a ready brokerage session. Returns the session id.
 pub async fn login(c: &reqwest::Client, h: &SimHandle) -> String {
-    let (s, t) = post(c, h, "/tickle").await;
+    login_at(c, &h.base_url()).await
+}
+
+/// [`login`] at the gateway whose `/v1/api` is `base`.
+pub async fn login_at(c: &reqwest::Client, base: &str) -> String {
+    let (s, t) = post_url(c, &format!("{base}/tickle")).await;
     assert_eq!(s, 200, "{t}");
-    let (s, b) = post(c, h, "/iserver/auth/ssodh/init").await;
+    let (s, b) = post_url(c, &format!("{base}/iserver/auth/ssodh/init")).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["authenticated"], true, "{b}");
     t["session"].as_str().expect("session").to_string()
@@ -65,7 +77,12 @@ pub async fn login(c: &reqwest::Client, h: &SimHandle) -> String {
 
 /// A websocket authenticated by the `{"session":…}` first frame, greeting consumed.
 pub async fn ws_session(h: &SimHandle, session: &str) -> Ws {
-    let (mut ws, _) = connect_async(h.ws_url()).await.expect("ws connect");
+    ws_session_at(&h.ws_url(), session).await
+}
+
+/// [`ws_session`] at the websocket `url`.
+pub async fn ws_session_at(url: &str, session: &str) -> Ws {
+    let (mut ws, _) = connect_async(url).await.expect("ws connect");
     let first = next_json(&mut ws, 2_000).await.expect("waiting frame");
     assert_eq!(first["message"], "waiting for session");
     send(&mut ws, &format!(r#"{{"session":"{session}"}}"#)).await;

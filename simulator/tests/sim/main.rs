@@ -3,6 +3,7 @@
 #[allow(dead_code)]
 mod common;
 mod faults;
+mod gateways;
 mod market;
 mod rest;
 mod ws;
