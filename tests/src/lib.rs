@@ -3,6 +3,7 @@
 //! binary; every test uses its own topic prefix and ClickHouse database.
 
 pub mod harness;
+pub mod netns;
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
