@@ -200,6 +200,43 @@ mod tests {
     }
 
     #[test]
+    fn the_statefulset_config_loads_with_the_environment_the_pods_get() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/base/config/marketlane.toml");
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("MARKETLANE__INSTANCE", "marketlane-1"),
+                (
+                    "MARKETLANE__CLUSTER__ADVERTISE_HOST",
+                    "marketlane-1.marketlane-headless",
+                ),
+                ("MARKETLANE__CLUSTER__COOKIE", "from-the-secret"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.cluster.enabled);
+        assert_eq!(
+            c.cluster.address(),
+            c.cluster.peers[1],
+            "a pod finds itself in peers"
+        );
+        assert_eq!(c.ib.username.as_deref(), Some("trader-paper"));
+        // Without the secret the pod refuses to start, naming the key.
+        let e = Config::load(
+            Some(&path),
+            env(&[
+                ("MARKETLANE__INSTANCE", "marketlane-0"),
+                (
+                    "MARKETLANE__CLUSTER__ADVERTISE_HOST",
+                    "marketlane-0.marketlane-headless",
+                ),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cluster.cookie"), "{e}");
+    }
+
+    #[test]
     fn defaults_then_file_then_env() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
