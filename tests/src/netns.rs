@@ -589,6 +589,23 @@ pub fn reachable(addr: SocketAddr, timeout: Duration) -> bool {
     TcpStream::connect_timeout(&addr, timeout).is_ok()
 }
 
+/// Whether `addr` accepts a TCP connection before `deadline` passes, trying again after a
+/// quick failure: right after [`Net::heal`] the neighbour (ARP) entry of a peer may still be
+/// marked failed from the partition, which fails a connect at once.
+pub fn reachable_within(addr: SocketAddr, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        if reachable(addr, left.min(Duration::from_secs(1))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Sends `request` on a fresh connection to `addr` and returns everything it answers until it
 /// closes or `timeout` passes without data (blocking; for probes inside [`Net::in_pod`]).
 pub fn exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> anyhow::Result<Vec<u8>> {

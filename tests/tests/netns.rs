@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use marketlane_tests::netns::{Net, can_run, exchange, reachable};
+use marketlane_tests::netns::{Net, can_run, exchange, reachable, reachable_within};
 use marketlane_tests::{Proc, eventually, kafka_payloads, unique};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -43,6 +43,13 @@ fn free_port_on(ip: std::net::IpAddr) -> u16 {
         .expect("a free port")
 }
 
+/// Whether a Kafka broker at `addr` answers an ApiVersions v0 request.
+fn kafka_answers(addr: SocketAddr) -> bool {
+    // size 10 | api_key 18 | api_version 0 | correlation_id 1 | client_id null
+    let req = [0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff];
+    exchange(addr, &req, CUT).is_ok_and(|b| b.len() > 8 && b[4..8] == [0, 0, 0, 1])
+}
+
 fn ch_addr(net: &Net) -> SocketAddr {
     let url = net.clickhouse_url_for_pods();
     let hostport = url
@@ -68,8 +75,16 @@ fn a_cut_link_isolates_the_pod_and_healing_restores_it() {
         .expect("bind in pod 1");
     let target = listener.local_addr().expect("addr");
     let ch = ch_addr(&net);
+    // Must connect (retrying a quick failure), or must not within CUT.
     let probe = |i: usize, addr: SocketAddr, t: Duration| {
-        net.in_pod(i, move || reachable(addr, t)).expect("in pod")
+        net.in_pod(i, move || {
+            if t == UP {
+                reachable_within(addr, t)
+            } else {
+                reachable(addr, t)
+            }
+        })
+        .expect("in pod")
     };
 
     assert!(probe(0, target, UP), "pod 0 cannot reach pod 1 at {target}");
@@ -175,18 +190,22 @@ fn kafka_clickhouse_and_redis_work_from_inside_a_pod() {
         .expect("in pod")
         .expect("kafka from the pod");
     assert!(!brokers.is_empty(), "no brokers in the metadata");
-    let got = kafka_payloads(&topic).expect("read back on the host");
-    assert_eq!(got, vec![payload.into_bytes()], "the pod's record");
-
-    // Cut, the pod reaches none of them.
-    net.cut(0).expect("cut");
-    let ch = ch_addr(&net);
     let kafka: SocketAddr = net
         .kafka_bootstrap_for_pods()
         .split(',')
         .next()
         .and_then(|a| a.parse().ok())
         .expect("kafka address");
+    assert!(
+        net.in_pod(0, move || kafka_answers(kafka)).expect("in pod"),
+        "the broker does not answer ApiVersions before the cut"
+    );
+    let got = kafka_payloads(&topic).expect("read back on the host");
+    assert_eq!(got, vec![payload.into_bytes()], "the pod's record");
+
+    // Cut, the pod reaches none of them.
+    net.cut(0).expect("cut");
+    let ch = ch_addr(&net);
     let redis: SocketAddr = SocketAddr::new(net.host_addr(), {
         let url = net.redis_url_for_pods();
         url.rsplit(':')
@@ -197,9 +216,7 @@ fn kafka_clickhouse_and_redis_work_from_inside_a_pod() {
     let isolated = net
         .in_pod(0, move || {
             // The pod's Kafka forwarder accepts locally, but the broker never answers.
-            let kafka_dead = exchange(kafka, &[0, 0, 0, 0], CUT)
-                .map(|b| b.is_empty())
-                .unwrap_or(true);
+            let kafka_dead = !kafka_answers(kafka);
             (!reachable(ch, CUT), !reachable(redis, CUT), kafka_dead)
         })
         .expect("in pod");
@@ -308,7 +325,7 @@ fn spawn_in_runs_the_binary_itself_in_the_pod_and_signals_reach_it() {
         "{pid} not in {pids:?}"
     );
     // The host reaches a pod too (the bridge is the host's).
-    assert!(reachable(addr, UP), "the host cannot reach pod 1");
+    assert!(reachable_within(addr, UP), "the host cannot reach pod 1");
 
     // SIGTERM reaches the simulator, which exits cleanly (a signal death would be `ip`'s).
     pod.terminate();
@@ -370,7 +387,10 @@ fn leftovers_of_a_crashed_run_are_removed() {
     let net = Net::new(TAG, 1).expect("a new run over the leftovers");
     assert!(!alive(pid), "the crashed run's process {pid} survived");
     let ch = ch_addr(&net);
-    assert!(net.in_pod(0, move || reachable(ch, UP)).expect("in pod"));
+    assert!(
+        net.in_pod(0, move || reachable_within(ch, UP))
+            .expect("in pod")
+    );
     drop(net);
     assert!(!netns_exists(&ns), "namespace {ns} left after drop");
     assert!(!link_exists(&br), "bridge {br} left after drop");
