@@ -10,7 +10,7 @@ DEMO_SECONDS ?= 60
 export DEMO_SECONDS
 CARGO ?= cargo
 
-.PHONY: demo test chdb-check deps build build-release stack-up stack-down fmt-check clippy unit-test integration-test ops-deps ops-check
+.PHONY: demo test chdb-check deps build build-release stack-up stack-down fmt-check clippy unit-test integration-test ops-deps ops-check bench bench-quick bench-build
 
 demo: deps stack-up build-release
 	$(CARGO_TARGET_DIR)/release/marketlane demo --seconds $(DEMO_SECONDS)
@@ -59,3 +59,17 @@ ops-deps:
 
 ops-check: ops-deps
 	scripts/validate-k8s
+
+# Load tests and benchmarks (load-tests/README.md): figures printed and written to
+# load-tests/results/<run>/report.md with PNG plots, never asserted. Under the stack lock so
+# that no service restart of another test lands in the middle. BENCH_ARGS adds driver flags.
+BENCH_ARGS ?=
+bench-build: build-release
+	$(CARGO) build --release -p marketlane-load-tests
+	@python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
+
+bench: deps stack-up bench-build
+	flock /tmp/marketlane-stack.lock $(CARGO_TARGET_DIR)/release/marketlane-bench $(BENCH_ARGS)
+
+bench-quick: deps stack-up bench-build
+	flock /tmp/marketlane-stack.lock $(CARGO_TARGET_DIR)/release/marketlane-bench --quick $(BENCH_ARGS)

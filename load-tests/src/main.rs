@@ -1,1 +1,213 @@
-fn main() {}
+//! `marketlane-bench`: the load driver of marketlane (issue #8). It runs the simulator at a
+//! configured rate against the daemon and the real local stack, measures rows/s per stage,
+//! latencies, RSS and CPU, recovery times, and ClickHouse's own Kafka engine on the same topic
+//! and server, and writes a markdown report with PNG plots to `load-tests/results/<run>/`.
+//!
+//! Figures are printed and written, never asserted: see `load-tests/README.md`.
+
+mod clickhouse;
+mod kafka;
+mod live;
+mod procs;
+mod prom;
+mod report;
+mod stage;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+use crate::live::{Env, LiveConfig};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "marketlane-bench",
+    about = "marketlane load tests and benchmarks"
+)]
+pub struct Args {
+    /// Short runs (under 5 minutes in all): one stage run, one drop and one kill.
+    #[arg(long)]
+    pub quick: bool,
+    /// The release binary.
+    #[arg(long, env = "MARKETLANE_BIN")]
+    pub bin: Option<PathBuf>,
+    /// Synthetic symbols SYM0001… streamed by the simulator, each with its book ladder.
+    #[arg(long, default_value_t = 1000)]
+    pub symbols: u32,
+    /// Frame interval per symbol (ms) of the run at the target rate (≈50,000 rows/s at 1,000
+    /// symbols and depth 5).
+    #[arg(long, default_value_t = 400)]
+    pub rate_interval_ms: u64,
+    /// Frame interval per symbol (ms) of the run that pushes as hard as the simulator can.
+    #[arg(long, default_value_t = 50)]
+    pub max_interval_ms: u64,
+    #[arg(long, default_value_t = 5)]
+    pub book_depth: usize,
+    #[arg(long, default_value_t = 0.6)]
+    pub trade_probability: f64,
+    /// Length of the steady window of each live run (s); default 60, 25 with --quick.
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// Rows pre-filled into the topic of each stage run; default 2,000,000, 500,000 with --quick.
+    #[arg(long)]
+    pub stage_rows: Option<u64>,
+    /// Stage runs (writer vs Kafka engine, order alternating); default 3, 1 with --quick.
+    #[arg(long)]
+    pub stage_runs: Option<usize>,
+    /// Websocket drops and pod kills of the recovery run; default 3, 1 with --quick.
+    #[arg(long)]
+    pub faults: Option<u32>,
+    /// Which parts to run (comma-separated): rate, max, recovery, stage.
+    #[arg(long, default_value = "rate,max,recovery,stage", value_delimiter = ',')]
+    pub parts: Vec<String>,
+    /// Leave the Kafka engine out of the live runs.
+    #[arg(long)]
+    pub no_engine: bool,
+    #[arg(long, env = "ML_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub kafka: String,
+    #[arg(
+        long,
+        env = "ML_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
+    pub clickhouse: String,
+    /// Where the report goes (a directory per run is made inside).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+fn default_bin() -> PathBuf {
+    // As the Makefile: CARGO_TARGET_DIR, else the shared cache dir, else the clone's target/.
+    let shared = PathBuf::from("/var/cache/marketlane/target");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            if shared.is_dir() {
+                shared
+            } else {
+                procs::repo_root().join("target")
+            }
+        });
+    target.join("release/marketlane")
+}
+
+fn stamp() -> String {
+    let secs = marketlane_protocol::now_ns() / 1_000_000_000;
+    let days = secs.div_euclid(86_400);
+    // Civil date from days (Howard Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let tod = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        tod / 3600,
+        tod / 60 % 60,
+        tod % 60
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin = args.bin.clone().unwrap_or_else(default_bin);
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release --bin marketlane`",
+            bin.display()
+        );
+    }
+    let ch = clickhouse::Ch::new(&args.clickhouse);
+    let server_version = ch.version().await;
+    if server_version.starts_with("unknown") {
+        bail!(
+            "ClickHouse is not answering at {} (scripts/stack up): {server_version}",
+            args.clickhouse
+        );
+    }
+    let run = stamp();
+    let profile = if args.quick { "quick" } else { "full" };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| procs::repo_root().join("load-tests/results"))
+        .join(format!("{run}-{profile}"));
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let work = procs::repo_root().join("var/bench").join(&run);
+    std::fs::create_dir_all(&work)?;
+    let env = Env {
+        bin,
+        kafka: args.kafka.clone(),
+        ch,
+        ch_url: args.clickhouse.clone(),
+        server_version,
+        stamp: run.replace('-', ""),
+        work,
+    };
+    let seconds = args.seconds.unwrap_or(if args.quick { 25 } else { 60 });
+    let faults = args.faults.unwrap_or(if args.quick { 1 } else { 3 });
+    let stage_rows = args
+        .stage_rows
+        .unwrap_or(if args.quick { 500_000 } else { 2_000_000 });
+    let stage_runs = args.stage_runs.unwrap_or(if args.quick { 1 } else { 3 });
+    let part = |p: &str| args.parts.iter().any(|x| x == p);
+    let warmup = if args.quick { 6 } else { 10 };
+    let base = LiveConfig {
+        name: String::new(),
+        symbols: args.symbols,
+        frame_interval_ms: args.rate_interval_ms,
+        book_depth: args.book_depth,
+        trade_probability: args.trade_probability,
+        seconds: seconds + warmup,
+        warmup,
+        ws_drops: 0,
+        pod_kills: 0,
+        engine: !args.no_engine,
+    };
+    let mut report = report::Report::new(&args, &env, &out, &run);
+    if part("rate") {
+        let c = LiveConfig {
+            name: "rate".into(),
+            ..base.clone()
+        };
+        report.live.push(live::run(&env, &c).await?);
+    }
+    if part("max") {
+        let c = LiveConfig {
+            name: "max".into(),
+            frame_interval_ms: args.max_interval_ms,
+            seconds: seconds.min(40) + warmup,
+            ..base.clone()
+        };
+        report.live.push(live::run(&env, &c).await?);
+    }
+    if part("recovery") {
+        let c = LiveConfig {
+            name: "recovery".into(),
+            frame_interval_ms: 500,
+            seconds: warmup + 5,
+            ws_drops: faults,
+            pod_kills: faults,
+            engine: false,
+            ..base.clone()
+        };
+        report.live.push(live::run(&env, &c).await?);
+    }
+    if part("stage") {
+        for n in 0..stage_runs {
+            report
+                .stages
+                .push(stage::run(&env, stage_rows, n, n % 2 == 0).await?);
+        }
+    }
+    let path = report.write()?;
+    println!("bench: report in {}", path.display());
+    Ok(())
+}
