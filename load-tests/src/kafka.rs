@@ -9,8 +9,10 @@ use marketlane_protocol::{CategorySchema, RowMap, row_id};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 fn admin(bootstrap: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
@@ -60,6 +62,29 @@ pub async fn delete_topics_with_prefix(bootstrap: &str, prefix: &str) -> anyhow:
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     admin.delete_topics(&refs, &AdminOptions::new()).await?;
     Ok(names.len())
+}
+
+/// Commits offset 0 of every partition of `topic` for `group`, so that a consumer of that group
+/// starts at the beginning. ClickHouse 18.16's Kafka engine has no offset-reset setting per table
+/// and its librdkafka resets to the end: without this it would skip a pre-filled topic.
+pub fn commit_beginning(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Offset(0))?;
+        }
+    }
+    if tpl.count() == 0 {
+        bail!("topic {topic} has no partitions");
+    }
+    consumer.commit(&tpl, CommitMode::Sync)?;
+    Ok(())
 }
 
 /// One valid `l2_market_data` row (validated by the schema, so the states are set exactly as

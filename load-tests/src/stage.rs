@@ -83,9 +83,13 @@ async fn engine_drain(env: &Env, prefix: &str, topic: &str, rows: u64) -> anyhow
     let engine_db = format!("{}engine", prefix.trim_end_matches('_'));
     let chp = ch_pid();
     let cpu0 = cpu(chp);
+    let group = format!("{prefix}engine");
+    let (bootstrap, t, g) = (env.kafka.clone(), topic.to_string(), group.clone());
+    tokio::task::spawn_blocking(move || crate::kafka::commit_beginning(&bootstrap, &g, &t))
+        .await??;
     let start = Instant::now();
     let r = async {
-        create_engine(env, &engine_db, topic, &format!("{prefix}engine")).await?;
+        create_engine(env, &engine_db, topic, &group).await?;
         wait_rows(
             env,
             &format!("`{engine_db}`.l2_market_data"),
