@@ -39,7 +39,9 @@ pub struct ClusterConfig {
     /// How often an unconnected peer is dialled again.
     #[serde(with = "humantime_secs")]
     pub redial_interval: Duration,
-    /// A symbol moving to another pod is released once that pod streams it, or after this.
+    /// A symbol moving to another pod is released once that pod streams it, or after this
+    /// (longer than the websocket watchdog, so a new owner whose socket died during a
+    /// partition has reconnected before the old one lets go).
     #[serde(with = "humantime_secs")]
     pub handover_timeout: Duration,
     /// After start, wait this long for peers before taking symbols alone.
@@ -74,7 +76,7 @@ impl Default for ClusterConfig {
             heartbeat_interval: Duration::from_millis(500),
             heartbeat_timeout: Duration::from_secs(3),
             redial_interval: Duration::from_secs(1),
-            handover_timeout: Duration::from_secs(10),
+            handover_timeout: Duration::from_secs(30),
             startup_grace: Duration::from_secs(2),
         }
     }

@@ -132,7 +132,8 @@ pub struct ClusterState {
     releasing: HashMap<String, Instant>,
     assignment: Assignment,
     assigned_once: bool,
-    streaming: Vec<String>,
+    /// Symbols with data on this pod's websocket, seconds since their last frame.
+    streaming: Vec<(String, f64)>,
     draining: bool,
     leave: Option<(RpcReplyPort<bool>, Instant)>,
     /// Peer address → when it was last dialled.
@@ -346,8 +347,19 @@ impl ClusterState {
             address: self.config().address(),
             line_budget: self.config().line_budget,
             draining: self.draining,
-            streaming: self.streaming.clone(),
+            streaming: self.fresh(),
         }
+    }
+
+    /// Symbols with a frame within `heartbeat_timeout`: what peers may count as taken over
+    /// (an old frame of a link that died since proves nothing).
+    fn fresh(&self) -> Vec<String> {
+        let limit = self.config().heartbeat_timeout.as_secs_f64();
+        self.streaming
+            .iter()
+            .filter(|(_, age)| *age <= limit)
+            .map(|(s, _)| s.clone())
+            .collect()
     }
 
     fn send_heartbeats(&mut self) {
@@ -560,7 +572,7 @@ impl ClusterState {
                 .entry(symbol.clone())
                 .or_insert_with(Instant::now);
             // Only a symbol with data here has anything to lose in a gap.
-            let streams_here = self.streaming.contains(symbol);
+            let streams_here = self.streaming.iter().any(|(s, _)| s == symbol);
             if !taken && streams_here && since.elapsed() < handover {
                 held.insert(symbol.clone());
             } else if !taken && streams_here {
@@ -617,7 +629,7 @@ impl ClusterState {
             address: self.config().address(),
             line_budget: self.config().line_budget,
             draining: self.draining,
-            streaming: self.streaming.len(),
+            streaming: self.fresh().len(),
             heartbeat_age_secs: 0.0,
             local: true,
         });
@@ -630,7 +642,7 @@ impl ClusterState {
             held: self.held.iter().cloned().collect(),
             handing_over: self.releasing.keys().cloned().collect(),
             unassigned: self.assignment.unassigned.clone(),
-            streaming: self.streaming.clone(),
+            streaming: self.fresh(),
             draining: self.draining,
             membership_changes: self.membership_changes,
         }

@@ -53,9 +53,10 @@ pub enum WsMsg {
     /// A (re)started normalizer asks for the instruments again.
     Announce,
     GetState(RpcReplyPort<WsSnapshot>),
-    /// Symbols with a market-data frame since they were (last) subscribed, within
-    /// `ib.silent_after`: what the cluster may count as taken over.
-    Streaming(RpcReplyPort<Vec<String>>),
+    /// Symbols with a market-data frame since they were (last) subscribed on the open
+    /// connection, with the seconds since their last frame: what the cluster may count as
+    /// taken over.
+    Streaming(RpcReplyPort<Vec<(String, f64)>>),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -237,15 +238,14 @@ impl Actor for IbWebsocket {
             }
             WsMsg::Tick => state.on_tick(&myself).await,
             WsMsg::Streaming(reply) => {
-                let fresh = state.args.ib.silent_after;
                 let symbols = if state.conn.is_some() {
                     state
                         .instruments
                         .iter()
-                        .filter(|(c, _)| {
-                            state.last_seen.get(c).is_some_and(|t| t.elapsed() < fresh)
+                        .filter_map(|(c, i)| {
+                            let age = state.last_seen.get(c)?.elapsed().as_secs_f64();
+                            Some((i.symbol.clone(), age))
                         })
-                        .map(|(_, i)| i.symbol.clone())
                         .collect()
                 } else {
                     Vec::new()
@@ -374,6 +374,8 @@ impl WsState {
                     self.args.inflight.clone(),
                 );
                 let now = Instant::now();
+                // Frames of an earlier connection say nothing about this one's subscriptions.
+                self.last_seen.clear();
                 self.conn = Some(Connection {
                     sink,
                     reader,
