@@ -266,7 +266,11 @@ pub struct DaemonConfig {
     pub database: String,
     pub writer_group: String,
     pub calculators: Option<Calculators>,
+    /// Where `/metrics` listens (a pod's own address in a network namespace).
+    pub http_host: String,
     pub http_port: u16,
+    /// ClickHouse as the daemon reaches it (the bridge address from a network namespace).
+    pub clickhouse_url: String,
     pub control_socket: PathBuf,
     pub drain_deadline_secs: u64,
     pub batch_max_age_secs: f64,
@@ -288,7 +292,9 @@ impl DaemonConfig {
             database: id.clone(),
             writer_group: format!("{id}_writer"),
             calculators: None,
+            http_host: "127.0.0.1".into(),
             http_port: free_port(),
+            clickhouse_url: crate::clickhouse_url(),
             control_socket: dir.join(format!("{id}-0.sock")),
             drain_deadline_secs: 25,
             batch_max_age_secs: 0.3,
@@ -366,7 +372,7 @@ impl DaemonConfig {
             "http".into(),
             table(vec![(
                 "listen",
-                format!("127.0.0.1:{}", self.http_port).into(),
+                format!("{}:{}", self.http_host, self.http_port).into(),
             )]),
         );
         root.insert(
@@ -387,7 +393,7 @@ impl DaemonConfig {
         root.insert(
             "clickhouse".into(),
             table(vec![
-                ("url", crate::clickhouse_url().into()),
+                ("url", self.clickhouse_url.clone().into()),
                 ("database", self.database.clone().into()),
             ]),
         );
@@ -426,10 +432,24 @@ pub struct Daemon {
     dir: PathBuf,
     proc: Option<Proc>,
     runs: u32,
+    launcher: Option<Launcher>,
 }
+
+/// Starts `marketlane ARGS` with its output in a log (e.g. inside a network namespace:
+/// [`crate::netns::Net::spawn_in`]).
+pub type Launcher = std::sync::Arc<dyn Fn(&[&str], &Path) -> anyhow::Result<Proc> + Send + Sync>;
 
 impl Daemon {
     pub fn spawn(config: DaemonConfig, dir: &Path) -> anyhow::Result<Self> {
+        Self::spawn_with(config, dir, None)
+    }
+
+    /// Like [`Daemon::spawn`], started (and restarted) by `launcher`.
+    pub fn spawn_with(
+        config: DaemonConfig,
+        dir: &Path,
+        launcher: Option<Launcher>,
+    ) -> anyhow::Result<Self> {
         let config_path = dir.join(format!("{}.toml", config.instance));
         std::fs::write(&config_path, config.to_toml())?;
         let mut d = Self {
@@ -438,6 +458,7 @@ impl Daemon {
             dir: dir.to_path_buf(),
             proc: None,
             runs: 0,
+            launcher,
         };
         d.start()?;
         Ok(d)
@@ -449,14 +470,15 @@ impl Daemon {
         let log = self
             .dir
             .join(format!("{}-{}.log", self.config.instance, self.runs));
-        self.proc = Some(Proc::spawn(
-            &[
-                "run",
-                "--config",
-                self.config_path.to_str().unwrap_or_default(),
-            ],
-            &log,
-        )?);
+        let args = [
+            "run",
+            "--config",
+            self.config_path.to_str().unwrap_or_default(),
+        ];
+        self.proc = Some(match &self.launcher {
+            Some(launch) => launch(&args, &log)?,
+            None => Proc::spawn(&args, &log)?,
+        });
         Ok(())
     }
 
@@ -506,7 +528,10 @@ impl Daemon {
     }
 
     pub async fn metrics(&self) -> Metrics {
-        let url = format!("http://127.0.0.1:{}/metrics", self.config.http_port);
+        let url = format!(
+            "http://{}:{}/metrics",
+            self.config.http_host, self.config.http_port
+        );
         let text = match reqwest::get(url).await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
@@ -522,9 +547,12 @@ impl Daemon {
 
     /// `/readyz` answered 200.
     pub async fn ready(&self) -> bool {
-        reqwest::get(format!("http://127.0.0.1:{}/readyz", self.config.http_port))
-            .await
-            .is_ok_and(|r| r.status().is_success())
+        reqwest::get(format!(
+            "http://{}:{}/readyz",
+            self.config.http_host, self.config.http_port
+        ))
+        .await
+        .is_ok_and(|r| r.status().is_success())
     }
 
     /// One control-socket request; the whole reply (`ok`, `result` or `error`).
@@ -595,11 +623,17 @@ impl Metrics {
 /// The lock every user of the shared stack takes around stopping a service.
 pub const STACK_LOCK: &str = "/tmp/marketlane-stack.lock";
 
-/// A stack service taken down under the exclusive [`STACK_LOCK`]. [`StackOutage::restore`]
-/// (or, if the test fails first, `Drop`) brings it back with `scripts/stack up`, and the lock
-/// is released once it is healthy again.
+/// The exclusive [`STACK_LOCK`] around taking one stack service down and up again. Take it
+/// before the lane starts ([`StackOutage::lock`]): another engineer's benchmark may hold the
+/// lock for minutes, and a lane should not stream for that long before its fault.
+/// [`StackOutage::kill`] SIGKILLs the service; [`StackOutage::restore`] (or, if the test fails
+/// first, `Drop`) brings it back with `scripts/stack up`; the lock is released when the value
+/// is dropped, after the service is healthy again.
 pub struct StackOutage {
     pub service: &'static str,
+    /// Seconds spent waiting for the lock.
+    pub waited: f64,
+    killed: bool,
     restored: bool,
     _lock: File,
 }
@@ -622,22 +656,47 @@ fn stack(args: &[&str]) -> anyhow::Result<String> {
 }
 
 impl StackOutage {
-    /// Waits for the exclusive lock, then SIGKILLs `service` (`scripts/stack kill`).
-    pub fn kill(service: &'static str) -> anyhow::Result<Self> {
+    /// Waits up to `timeout` for the exclusive lock (blocking the thread).
+    pub fn lock(service: &'static str, timeout: Duration) -> anyhow::Result<Self> {
         let lock = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(STACK_LOCK)
             .with_context(|| format!("open {STACK_LOCK}"))?;
-        lock.lock().with_context(|| format!("lock {STACK_LOCK}"))?;
-        let outage = Self {
+        let started = Instant::now();
+        let mut told = false;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < timeout => {
+                    if !told {
+                        eprintln!("waiting for {STACK_LOCK} (held by another user of the stack)");
+                        told = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    bail!("{STACK_LOCK} still held by someone else after {timeout:?}")
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("lock {STACK_LOCK}"));
+                }
+            }
+        }
+        Ok(Self {
             service,
+            waited: started.elapsed().as_secs_f64(),
+            killed: false,
             restored: false,
             _lock: lock,
-        };
-        stack(&["kill", service])?;
-        Ok(outage)
+        })
+    }
+
+    /// SIGKILLs the service (`scripts/stack kill SERVICE`).
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.killed = true;
+        stack(&["kill", self.service]).map(|_| ())
     }
 
     /// `scripts/stack up SERVICE` (waits until healthy); how long that took.
@@ -651,7 +710,8 @@ impl StackOutage {
 
 impl Drop for StackOutage {
     fn drop(&mut self) {
-        if !self.restored
+        if self.killed
+            && !self.restored
             && let Err(e) = stack(&["up", self.service])
         {
             eprintln!("could not bring {} back up: {e:#}", self.service);
@@ -737,25 +797,11 @@ impl Lane {
 
     /// Tick rows in Kafka so far.
     pub fn kafka_ticks(&self) -> Vec<Value> {
-        kafka_payloads(&self.tick_topic())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|p| serde_json::from_slice(p).ok())
-            .collect()
+        kafka_rows(&self.tick_topic())
     }
 
-    /// The tick table's event time in ns, on 18.16 (`Int64`) and current servers.
     async fn tick_time_ns(&self) -> anyhow::Result<&'static str> {
-        let t = clickhouse(&format!(
-            "SELECT type FROM system.columns WHERE database = '{}' AND table = '{TICK}' AND name = 'tick_time'",
-            self.db()
-        ))
-        .await?;
-        Ok(if t.trim().starts_with("DateTime64") {
-            "toUnixTimestamp64Nano(tick_time)"
-        } else {
-            "tick_time"
-        })
+        tick_time_ns(self.db()).await
     }
 
     /// Symbols with stored trades, and how many each (`FINAL`).
@@ -865,70 +911,7 @@ impl Lane {
         settle: Duration,
     ) -> anyhow::Result<Reconciliation> {
         let trades = self.sim.ledger_trades()?;
-        let until = Instant::now() + settle;
-        loop {
-            let r = self.reconcile_once(&trades, gaps).await?;
-            if r.lost == 0 || Instant::now() >= until {
-                return Ok(r);
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    async fn reconcile_once(
-        &self,
-        trades: &[LedgerTrade],
-        gaps: &[(i64, i64)],
-    ) -> anyhow::Result<Reconciliation> {
-        let db = self.db();
-        let stored: BTreeSet<String> = clickhouse(&format!("SELECT row_id FROM {db}.{TICK} FINAL"))
-            .await?
-            .lines()
-            .map(String::from)
-            .collect();
-        let counts = clickhouse(&format!(
-            "SELECT count(), uniqExact(row_id) FROM {db}.{TICK} FINAL"
-        ))
-        .await?;
-        let mut it = counts.split_whitespace().map(|n| n.parse::<u64>());
-        let (count, distinct) = match (it.next(), it.next()) {
-            (Some(Ok(c)), Some(Ok(d))) => (c, d),
-            _ => bail!("unexpected count answer {counts:?}"),
-        };
-        let in_gap = |t: &LedgerTrade| {
-            gaps.iter()
-                .any(|(a, b)| t.updated_ms >= *a && t.updated_ms <= *b)
-        };
-        let mut r = Reconciliation {
-            emitted: trades.len(),
-            stored: count,
-            distinct,
-            duplicates: count.saturating_sub(distinct),
-            ..Default::default()
-        };
-        let ledger_ids: BTreeSet<&str> = trades.iter().map(|t| t.row_id.as_str()).collect();
-        for t in trades {
-            let here = stored.contains(&t.row_id);
-            if in_gap(t) {
-                r.in_gaps += 1;
-                r.gap_missing += usize::from(!here);
-            } else {
-                r.counted += 1;
-                r.lost += usize::from(!here);
-            }
-        }
-        r.phantoms = stored
-            .iter()
-            .filter(|id| !ledger_ids.contains(id.as_str()))
-            .count();
-        let mut in_kafka: BTreeMap<String, usize> = BTreeMap::new();
-        for row in self.kafka_ticks() {
-            if let Some(id) = row["row_id"].as_str() {
-                *in_kafka.entry(id.to_string()).or_default() += 1;
-            }
-        }
-        r.kafka_duplicates = in_kafka.values().filter(|n| **n > 1).count();
-        Ok(r)
+        reconcile_ticks(self.db(), &self.tick_topic(), &trades, gaps, settle).await
     }
 
     /// Waits up to `timeout` until Redis is current for every stored symbol (see
@@ -991,16 +974,126 @@ impl Lane {
     }
 }
 
+/// Rows of a topic as JSON (tick rows: `kafka_rows(&lane.tick_topic())`).
+pub fn kafka_rows(topic: &str) -> Vec<Value> {
+    kafka_payloads(topic)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| serde_json::from_slice(p).ok())
+        .collect()
+}
+
+/// The tick table's event time in ns, on 18.16 (`Int64`) and current servers.
+pub async fn tick_time_ns(db: &str) -> anyhow::Result<&'static str> {
+    let t = clickhouse(&format!(
+        "SELECT type FROM system.columns WHERE database = '{db}' AND table = '{TICK}' AND name = 'tick_time'"
+    ))
+    .await?;
+    Ok(if t.trim().starts_with("DateTime64") {
+        "toUnixTimestamp64Nano(tick_time)"
+    } else {
+        "tick_time"
+    })
+}
+
+/// Compares ledger trades with the tick table of `db` (and the tick topic) by row id. Trades
+/// whose event time falls in one of `gaps` (ms, inclusive) may be missing; every other one
+/// must be stored. Waits up to `settle` for the writers to catch up before it reports. One
+/// pod or several sharing the lane's table: the comparison is the same.
+pub async fn reconcile_ticks(
+    db: &str,
+    topic: &str,
+    trades: &[LedgerTrade],
+    gaps: &[(i64, i64)],
+    settle: Duration,
+) -> anyhow::Result<Reconciliation> {
+    let until = Instant::now() + settle;
+    loop {
+        let r = reconcile_once(db, topic, trades, gaps).await?;
+        if r.lost == 0 || Instant::now() >= until {
+            return Ok(r);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn reconcile_once(
+    db: &str,
+    topic: &str,
+    trades: &[LedgerTrade],
+    gaps: &[(i64, i64)],
+) -> anyhow::Result<Reconciliation> {
+    let stored: BTreeSet<String> = clickhouse(&format!("SELECT row_id FROM {db}.{TICK} FINAL"))
+        .await?
+        .lines()
+        .map(String::from)
+        .collect();
+    let counts = clickhouse(&format!(
+        "SELECT count(), uniqExact(row_id) FROM {db}.{TICK} FINAL"
+    ))
+    .await?;
+    let mut it = counts.split_whitespace().map(|n| n.parse::<u64>());
+    let (count, distinct) = match (it.next(), it.next()) {
+        (Some(Ok(c)), Some(Ok(d))) => (c, d),
+        _ => bail!("unexpected count answer {counts:?}"),
+    };
+    let in_gap = |t: &LedgerTrade| {
+        gaps.iter()
+            .any(|(a, b)| t.updated_ms >= *a && t.updated_ms <= *b)
+    };
+    let mut r = Reconciliation {
+        emitted: trades.len(),
+        stored: count,
+        distinct,
+        duplicates: count.saturating_sub(distinct),
+        ..Default::default()
+    };
+    let ledger_ids: BTreeSet<&str> = trades.iter().map(|t| t.row_id.as_str()).collect();
+    for t in trades {
+        let here = stored.contains(&t.row_id);
+        if in_gap(t) {
+            r.in_gaps += 1;
+            r.gap_missing += usize::from(!here);
+        } else {
+            r.counted += 1;
+            r.lost += usize::from(!here);
+        }
+    }
+    r.phantoms = stored
+        .iter()
+        .filter(|id| !ledger_ids.contains(id.as_str()))
+        .count();
+    let mut in_kafka: BTreeMap<String, usize> = BTreeMap::new();
+    for row in kafka_rows(topic) {
+        if let Some(id) = row["row_id"].as_str() {
+            *in_kafka.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    r.kafka_duplicates = in_kafka.values().filter(|n| **n > 1).count();
+    Ok(r)
+}
+
 /// Drops everything a lane of `config` created outside its run directory.
 pub async fn drop_lane_data(config: &DaemonConfig) {
     let db = &config.database;
-    let _ = clickhouse(&format!("DROP DATABASE IF EXISTS {db}")).await;
-    let _ = clickhouse(&format!("DROP DATABASE IF EXISTS {db}_state")).await;
-    if let Err(e) = delete_topics(&config.kafka_prefix).await {
-        eprintln!("cannot delete the topics {}*: {e:#}", config.kafka_prefix);
+    for d in [db.clone(), format!("{db}_state")] {
+        let sql = format!("DROP DATABASE IF EXISTS {d}");
+        match tokio::time::timeout(Duration::from_secs(60), clickhouse(&sql)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("cannot drop database {d}: {e:#}"),
+            Err(_) => eprintln!("cannot drop database {d}: no answer within 60 s"),
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(60), delete_topics(&config.kafka_prefix)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("cannot delete the topics {}*: {e:#}", config.kafka_prefix),
+        Err(_) => eprintln!(
+            "cannot delete the topics {}*: timed out",
+            config.kafka_prefix
+        ),
     }
     if let Some(c) = &config.calculators
-        && let Ok(client) = redis_client().await
+        && let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(10), redis_client()).await
     {
         let keys: Vec<String> = client
             .custom(

@@ -88,7 +88,7 @@ async fn finish(mut lane: Lane, row: &str, measured: &[Measured]) -> Reconciliat
     for m in measured {
         println!("{}", fault_row_line(row, m.name, m.recovery, &r));
     }
-    let gap_secs: f64 = gaps.iter().map(|(a, b)| (b - a) as f64 / 1e3).sum();
+    let gap_secs = gaps.iter().fold(0.0, |s, (a, b)| s + (b - a) as f64 / 1e3);
     println!(
         "  row {row}: emitted={} counted={} stored={} distinct={} phantoms={} kafka_duplicates={} \
          gap_window={gap_secs:.1}s gap_trades={} gap_missing={} redis_current={}/{}",
@@ -104,7 +104,12 @@ async fn finish(mut lane: Lane, row: &str, measured: &[Measured]) -> Reconciliat
         redis.symbols
     );
     let dir = lane.dir.clone();
+    let cleaning = Instant::now();
     lane.cleanup().await;
+    println!(
+        "  row {row}: cleanup {:.1}s",
+        cleaning.elapsed().as_secs_f64()
+    );
     for m in measured {
         assert!(
             m.recovery.is_some(),
@@ -370,17 +375,21 @@ async fn row05_pacing_penalty_box() {
     finish(lane, "5", &[penalty]).await;
 }
 
-/// Rows 7–9: SIGKILL `service` of the shared stack under the exclusive lock, keep it down for
-/// `down`, bring it back; the recovery is from the kill to the first trade after the kill in
-/// `sink`. Nothing may be lost: no gap.
-async fn stack_fault(
-    lane: &Lane,
-    service: &'static str,
+/// Rows 7–9: takes the exclusive stack lock (waiting while another engineer's benchmark holds
+/// it), starts the lane, SIGKILLs `service` of the shared stack, keeps it down for `down` and
+/// brings it back; the recovery is from the kill to the first trade after the kill in `sink`.
+/// Nothing may be lost: no gap.
+async fn stack_row(
     name: &'static str,
+    service: &'static str,
     down: Duration,
     sink: Sink,
-) -> (Measured, f64) {
-    let mut outage = tokio::task::block_in_place(|| StackOutage::kill(service))
+) -> (Lane, Measured, f64) {
+    let mut outage =
+        tokio::task::block_in_place(|| StackOutage::lock(service, Duration::from_secs(1200)))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    let lane = start(name, SimBuilder::new(SEED), |c| c).await;
+    tokio::task::block_in_place(|| outage.kill())
         .unwrap_or_else(|e| panic!("cannot take {service} down: {e:#}"));
     let since = Instant::now();
     let killed = now_ms();
@@ -391,22 +400,23 @@ async fn stack_fault(
     }
     let up_secs = tokio::task::block_in_place(|| outage.restore())
         .unwrap_or_else(|e| panic!("cannot bring {service} back: {e:#}"));
+    println!(
+        "  {name}: waited {:.1}s for {}; {service} down {:.1}s + {up_secs:.1}s until healthy; \
+         in-flight frames peaked at {max_in_flight}",
+        outage.waited,
+        marketlane_tests::harness::STACK_LOCK,
+        down.as_secs_f64()
+    );
     drop(outage);
     let recovery = lane
         .first_after(sink, killed, since, RECOVERY_TIMEOUT)
         .await;
-    println!(
-        "  {name}: down {:.1}s + {up_secs:.1}s until healthy again; in-flight frames peaked at {max_in_flight}",
-        down.as_secs_f64()
-    );
-    (
-        Measured {
-            name,
-            recovery,
-            gap: None,
-        },
-        max_in_flight,
-    )
+    let m = Measured {
+        name,
+        recovery,
+        gap: None,
+    };
+    (lane, m, max_in_flight)
 }
 
 /// Row 7: Kafka is SIGKILLed for 8 s (plus its restart). The producer keeps the rows and
@@ -414,15 +424,8 @@ async fn stack_fault(
 /// the idempotent producer wrote no row twice, not even in the topic.
 #[tokio::test(flavor = "multi_thread")]
 async fn row07_kafka_down() {
-    let lane = start("row07_", SimBuilder::new(SEED), |c| c).await;
-    let (m, max_in_flight) = stack_fault(
-        &lane,
-        "kafka",
-        "kafka_down",
-        Duration::from_secs(8),
-        Sink::Kafka,
-    )
-    .await;
+    let (lane, m, max_in_flight) =
+        stack_row("kafka_down", "kafka", Duration::from_secs(8), Sink::Kafka).await;
     assert!(
         max_in_flight <= 100_000.0,
         "in-flight frames beyond the permits: {max_in_flight}"
@@ -435,11 +438,9 @@ async fn row07_kafka_down() {
 /// the restart every row is there exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn row08_clickhouse_down() {
-    let lane = start("row08_", SimBuilder::new(SEED), |c| c).await;
-    let (m, _) = stack_fault(
-        &lane,
-        "clickhouse",
+    let (lane, m, _) = stack_row(
         "clickhouse_down",
+        "clickhouse",
         Duration::from_secs(8),
         Sink::ClickHouse,
     )
@@ -458,15 +459,7 @@ async fn row08_clickhouse_down() {
 /// the current values when it is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn row09_redis_down() {
-    let lane = start("row09_", SimBuilder::new(SEED), |c| c).await;
-    let (m, _) = stack_fault(
-        &lane,
-        "redis",
-        "redis_down",
-        Duration::from_secs(8),
-        Sink::Redis,
-    )
-    .await;
+    let (lane, m, _) = stack_row("redis_down", "redis", Duration::from_secs(8), Sink::Redis).await;
     let failed: f64 = lane
         .daemon
         .metrics()
