@@ -40,6 +40,22 @@ const STATE_DIR: &str = "/run/marketlane-netns";
 /// First octets of every network: 10.77.N.0/24.
 const PREFIX: [u8; 2] = [10, 77];
 
+/// Runs the marketlane binary with `args` inside the namespace `ns` (`ip netns exec` execs it,
+/// so signals reach it), output to `log`. For launchers that outlive a borrow of [`Net`].
+pub fn spawn_in_ns(ns: &str, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
+    let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(marketlane_bin())
+        .args(args)
+        .current_dir(workspace_root())
+        .stdout(Stdio::from(out.try_clone()?))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .context("cannot run ip netns exec")?;
+    Ok(Proc(child))
+}
+
 /// Whether this process may create namespaces. Prints why not, so a skipped test says so.
 pub fn can_run() -> bool {
     match effective_uid() {
@@ -309,16 +325,7 @@ impl Net {
 
     /// Runs the marketlane binary (`marketlane_bin()`) with `args` in pod `i`, output to `log`.
     pub fn spawn_in(&self, i: usize, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
-        let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-        let child = self
-            .command_in(i, marketlane_bin())
-            .args(args)
-            .current_dir(workspace_root())
-            .stdout(Stdio::from(out.try_clone()?))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .context("cannot run ip netns exec")?;
-        Ok(Proc(child))
+        spawn_in_ns(&self.pods[i].ns, args, log)
     }
 
     /// Runs `f` on a thread inside pod `i`'s namespace: every socket it opens is the pod's.
