@@ -227,6 +227,23 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// `2 members, holds 4 (1 handing over), 0 unassigned` from the cluster snapshot.
+fn cluster_line(c: &Value) -> String {
+    let len = |k: &str| c[k].as_array().map_or(0, Vec::len);
+    format!(
+        "{} members, holds {} ({} handing over), {} unassigned{}",
+        len("members"),
+        len("held"),
+        len("handing_over"),
+        len("unassigned"),
+        if c["draining"] == true {
+            ", leaving"
+        } else {
+            ""
+        }
+    )
+}
+
 fn render(command: &CtlCommand, result: &Value) -> String {
     match command {
         CtlCommand::Status => match serde_json::from_value::<StatusResult>(result.clone()) {
@@ -241,7 +258,7 @@ fn render(command: &CtlCommand, result: &Value) -> String {
                     s.log_level,
                     s.cluster
                         .as_ref()
-                        .map(|c| c.to_string())
+                        .map(cluster_line)
                         .unwrap_or_else(|| "none".into()),
                 );
                 let rows: Vec<Vec<String>> = s
@@ -306,5 +323,25 @@ fn render(command: &CtlCommand, result: &Value) -> String {
             }
             other => format!("{}\n", cell(other)),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_is_one_line_of_the_status_header() {
+        let c = serde_json::json!({
+            "members": [{"instance": "marketlane-0"}, {"instance": "marketlane-1"}],
+            "held": ["CL", "XOM", "CVX"],
+            "handing_over": ["CVX"],
+            "unassigned": [],
+            "draining": true,
+        });
+        assert_eq!(
+            cluster_line(&c),
+            "2 members, holds 3 (1 handing over), 0 unassigned, leaving"
+        );
     }
 }
