@@ -561,15 +561,14 @@ async fn row10_malformed_input() {
 }
 
 /// Row 11: an actor panics; the supervisor restarts it with back-off, the restart counter
-/// rises and the data keeps flowing. The product has no way to make an actor panic from
-/// outside (every handler is panic-free and no fault hook exists), so this row needs a
-/// product hook: a control command `fault` with args `{"actor": "<child name>", "kind":
-/// "panic"}` (off unless the config allows fault injection) that makes the named child panic
-/// in its handler.
+/// rises and the data keeps flowing. The control command `fault` (on only with
+/// `control.allow_fault_injection`) makes the tick normalizer panic in its handler.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs a product hook: control command `fault` {actor, kind: panic} (see the doc comment)"]
 async fn row11_actor_panics() {
-    let lane = start("row11_", SimBuilder::new(SEED), |c| c).await;
+    let lane = start("row11_", SimBuilder::new(SEED), |c| {
+        c.extra("[control]\nallow_fault_injection = true")
+    })
+    .await;
     let actor = "normalizer_tick_market_data";
     let restarts = format!("marketlane_actor_restarts_total{{actor=\"{actor}\"}}");
     let before = lane.daemon.metric(&restarts).await;
