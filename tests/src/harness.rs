@@ -699,12 +699,50 @@ impl StackOutage {
         stack(&["kill", self.service]).map(|_| ())
     }
 
-    /// `scripts/stack up SERVICE` (waits until healthy); how long that took.
+    /// `scripts/stack up SERVICE` (waits until healthy); how long that took. Retried for up
+    /// to 5 minutes: `up` refuses while something else listens on the service's port (any
+    /// address), and the stack must not stay down because of that.
     pub fn restore(&mut self) -> anyhow::Result<f64> {
         let started = Instant::now();
-        self.restored = true;
-        stack(&["up", self.service])?;
-        Ok(started.elapsed().as_secs_f64())
+        loop {
+            match stack(&["up", self.service]) {
+                Ok(_) => {
+                    self.restored = true;
+                    return Ok(started.elapsed().as_secs_f64());
+                }
+                Err(e) if started.elapsed() < Duration::from_secs(300) => {
+                    eprintln!("{} not up yet, retrying in 5 s: {e:#}", self.service);
+                    std::thread::sleep(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A shared hold on [`STACK_LOCK`] for tests that need the stack up throughout (e.g. a
+/// cluster test): no fault row takes a service down while it is held.
+pub fn stack_shared_lock(timeout: Duration) -> anyhow::Result<File> {
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(STACK_LOCK)
+        .with_context(|| format!("open {STACK_LOCK}"))?;
+    let started = Instant::now();
+    loop {
+        match lock.try_lock_shared() {
+            Ok(()) => return Ok(lock),
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                bail!("{STACK_LOCK} held exclusively by someone else after {timeout:?}")
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("lock {STACK_LOCK}"));
+            }
+        }
     }
 }
 
@@ -712,7 +750,7 @@ impl Drop for StackOutage {
     fn drop(&mut self) {
         if self.killed
             && !self.restored
-            && let Err(e) = stack(&["up", self.service])
+            && let Err(e) = self.restore()
         {
             eprintln!("could not bring {} back up: {e:#}", self.service);
         }
