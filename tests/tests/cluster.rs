@@ -441,3 +441,155 @@ async fn row12_a_rolling_restart_of_both_pods_loses_nothing() {
     c.finish("12", "rolling_restart", worst, &[]).await;
     c.cleanup().await;
 }
+
+/// Writes a CA and one certificate for every pod (`marketlane-cluster`, server and client
+/// use) with openssl, as an operator's cert-manager would; returns the `[cluster.tls]` TOML.
+fn cluster_certificates(dir: &Path) -> String {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:marketlane-cluster\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=marketlane test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=marketlane-cluster",
+        "-keyout",
+        "pod.key",
+        "-out",
+        "pod.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "pod.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "pod.pem",
+    ]);
+    format!(
+        "[cluster.tls]\ncert = \"{d}/pod.pem\"\nkey = \"{d}/pod.key\"\nca = \"{d}/ca.pem\"\nserver_name = \"marketlane-cluster\"\n",
+        d = dir.display()
+    )
+}
+
+/// Pod links with mutual TLS form the cluster; a pod with the wrong cookie (same CA, so TLS
+/// succeeds) is refused and never becomes a member.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_links_form_the_cluster_and_a_wrong_cookie_is_refused() {
+    let dir = run_dir("cluster_tls_");
+    let tls = cluster_certificates(&dir);
+    let gw = [free_port(), free_port(), free_port()];
+    let mut sim = SimBuilder {
+        port: Some(gw[0]),
+        ..SimBuilder::new(SEED)
+    }
+    .username("trader-live")
+    .args(&[
+        "--gateway",
+        &format!("127.0.0.1:{}=trader-paper:DU7654321", gw[1]),
+        "--gateway",
+        &format!("127.0.0.1:{}=intruder:DU0000001", gw[2]),
+    ])
+    .spawn(&dir)
+    .expect("simulator");
+    let node = [free_port(), free_port(), free_port()];
+    let peers: Vec<String> = node[..2].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let base = DaemonConfig::new("http://unused", &dir);
+    let mut pods = Vec::new();
+    for i in 0..3 {
+        let mut c = base.sharing(&format!("{}-{i}", base.database), &dir);
+        c.roles = vec!["connector".into()];
+        c.gateway_url = format!("http://127.0.0.1:{}", gw[i]);
+        c.symbols = symbols();
+        let cookie = if i < 2 { COOKIE } else { "a-wrong-cookie" };
+        let c = c.extra(&format!(
+            "[cluster]\nenabled = true\nport = {port}\nadvertise_host = \"127.0.0.1\"\npeers = {peers:?}\ncookie = \"{cookie}\"\n{tls}",
+            port = node[i],
+        ));
+        pods.push(Daemon::spawn(c, &dir).expect("pod"));
+    }
+    let members = |i: usize| pods[i].metric("marketlane_cluster_members");
+    let started = Instant::now();
+    while !(members(0).await == 2.0 && members(1).await == 2.0) {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the TLS pods did not form a cluster:\n{}\n{}",
+            tail(&pods[0].log(), 40),
+            tail(&pods[1].log(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "  tls: two pods formed a cluster over mutual TLS in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    // The intruder dials both for a while (every redial interval) and is refused each time.
+    for _ in 0..16 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            members(2).await,
+            1.0,
+            "the wrong cookie joined:\n{}",
+            tail(&pods[2].log(), 40)
+        );
+        assert_eq!(members(0).await, 2.0);
+        assert_eq!(members(1).await, 2.0);
+    }
+    let split: usize = {
+        let mut n = 0;
+        for p in &pods[..2] {
+            n += p.metric("marketlane_cluster_assigned_symbols").await as usize;
+        }
+        n
+    };
+    assert_eq!(
+        split,
+        symbols().len(),
+        "the TLS pair splits every symbol between them"
+    );
+    for p in &mut pods {
+        p.sigterm(Duration::from_secs(30));
+    }
+    sim.stop();
+    drop_lane_data(&base).await;
+}
