@@ -4,6 +4,8 @@
 //! On the wire (Kafka) a row is one JSON object with the schema's column names, in schema order,
 //! so any consumer (and ClickHouse's JSONEachRow) can read it.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -101,31 +103,132 @@ fn type_name(v: &Value) -> String {
     }
 }
 
+/// The state of a nullable field of a checked row.
+fn field_state(row: &RowMap, field: &str) -> &'static str {
+    if row.get(field).is_none_or(Value::is_null) {
+        STATE_MISSING
+    } else {
+        STATE_OK
+    }
+}
+
+/// Checks one non-null value against its field's type and constraints.
+fn check_value(field: &crate::schema::FieldSpec, value: &Value) -> Result<(), RowError> {
+    let wrong = |v: &Value| RowError::WrongType {
+        field: field.name.clone(),
+        expected: field.dtype,
+        got: type_name(v),
+    };
+    match field.dtype {
+        Dtype::String => {
+            let s = value.as_str().ok_or_else(|| wrong(value))?;
+            if s.is_empty() {
+                return Err(RowError::EmptyString(field.name.clone()));
+            }
+            if !field.allowed.is_empty() && !field.allowed.iter().any(|a| a == s) {
+                return Err(RowError::NotAllowed {
+                    field: field.name.clone(),
+                    value: s.to_string(),
+                    allowed: field.allowed.clone(),
+                });
+            }
+        }
+        Dtype::Float64 => {
+            let f = value.as_f64().ok_or_else(|| wrong(value))?;
+            if !f.is_finite() {
+                return Err(RowError::NotFinite(field.name.clone()));
+            }
+        }
+        Dtype::Int64 => {
+            value.as_i64().ok_or_else(|| wrong(value))?;
+        }
+        Dtype::Timestamp => {
+            let t = value.as_i64().ok_or_else(|| wrong(value))?;
+            if t < 0 {
+                return Err(RowError::OutOfRange {
+                    field: field.name.clone(),
+                    value: t.to_string(),
+                    dtype: field.dtype,
+                });
+            }
+        }
+        Dtype::UInt32 => {
+            let n = value.as_u64().ok_or_else(|| wrong(value))?;
+            if n > u64::from(u32::MAX) {
+                return Err(RowError::OutOfRange {
+                    field: field.name.clone(),
+                    value: n.to_string(),
+                    dtype: field.dtype,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl CategorySchema {
     /// Validates `row` against the schema and returns it in column order, with the state
     /// column of every nullable field set. Unknown columns are errors (they would be lost).
-    pub fn validate(&self, row: RowMap) -> Result<RowMap, RowError> {
-        self.validate_borrowed(&row)
+    /// Takes the row so that its keys and values move into the result instead of being cloned.
+    pub fn validate(&self, mut row: RowMap) -> Result<RowMap, RowError> {
+        self.check(&row)?;
+        let mut out = Map::with_capacity(self.fields.len() + self.state_names.len() + 1);
+        if let Some((k, v)) = row.swap_remove_entry(ROW_ID) {
+            out.insert(k, v);
+        }
+        let mut states = Vec::new();
+        for (i, field) in self.fields.iter().enumerate() {
+            let (k, v) = row
+                .swap_remove_entry(&field.name)
+                .unwrap_or_else(|| (field.name.clone(), Value::Null));
+            if field.nullable {
+                states.push((i, if v.is_null() { STATE_MISSING } else { STATE_OK }));
+            }
+            out.insert(k, v);
+        }
+        for (i, state) in states {
+            out.insert(self.state_name(i).into_owned(), Value::String(state.into()));
+        }
+        Ok(out)
     }
 
     /// [`Self::validate`] without taking the row, so a caller can still quarantine it as it was.
     pub fn validate_borrowed(&self, row: &RowMap) -> Result<RowMap, RowError> {
-        let mut out = Map::with_capacity(self.fields.len() + 4);
+        self.check(row)?;
+        let mut out = Map::with_capacity(self.fields.len() + self.state_names.len() + 1);
+        let id = row.get(ROW_ID).cloned().unwrap_or(Value::Null);
+        out.insert(ROW_ID.to_string(), id);
+        for field in &self.fields {
+            let v = row.get(&field.name).cloned().unwrap_or(Value::Null);
+            out.insert(field.name.clone(), v);
+        }
+        for (i, field) in self.fields.iter().enumerate().filter(|(_, f)| f.nullable) {
+            out.insert(
+                self.state_name(i).into_owned(),
+                Value::String(field_state(row, &field.name).into()),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Checks `row` against the schema without building anything: `Ok` exactly when
+    /// [`Self::validate`] would succeed, with the same error otherwise.
+    pub fn check(&self, row: &RowMap) -> Result<(), RowError> {
         match row.get(ROW_ID) {
-            Some(Value::String(id)) if !id.is_empty() => {
-                out.insert(ROW_ID.to_string(), Value::String(id.clone()));
-            }
+            Some(Value::String(id)) if !id.is_empty() => {}
             _ => return Err(RowError::MissingRowId),
         }
         // Columns of the row that the schema knows (fields, their states, row_id).
         let mut known = 1;
-        let mut states = Vec::new();
-        for field in &self.fields {
-            let value = row.get(&field.name).unwrap_or(&Value::Null);
-            if row.contains_key(&field.name) {
-                known += 1;
-            }
-            if field.nullable && row.contains_key(&format!("{}{STATE_SUFFIX}", field.name)) {
+        for (i, field) in self.fields.iter().enumerate() {
+            let value = match row.get(&field.name) {
+                Some(v) => {
+                    known += 1;
+                    v
+                }
+                None => &Value::Null,
+            };
+            if field.nullable && row.contains_key(self.state_name(i).as_ref()) {
                 // A state sent by the producer is recomputed, never trusted.
                 known += 1;
             }
@@ -133,63 +236,9 @@ impl CategorySchema {
                 if !field.nullable {
                     return Err(RowError::MissingField(field.name.clone()));
                 }
-                out.insert(field.name.clone(), Value::Null);
-                states.push((field.name.as_str(), STATE_MISSING));
                 continue;
             }
-            let wrong = |v: &Value| RowError::WrongType {
-                field: field.name.clone(),
-                expected: field.dtype,
-                got: type_name(v),
-            };
-            match field.dtype {
-                Dtype::String => {
-                    let s = value.as_str().ok_or_else(|| wrong(value))?;
-                    if s.is_empty() {
-                        return Err(RowError::EmptyString(field.name.clone()));
-                    }
-                    if !field.allowed.is_empty() && !field.allowed.iter().any(|a| a == s) {
-                        return Err(RowError::NotAllowed {
-                            field: field.name.clone(),
-                            value: s.to_string(),
-                            allowed: field.allowed.clone(),
-                        });
-                    }
-                }
-                Dtype::Float64 => {
-                    let f = value.as_f64().ok_or_else(|| wrong(value))?;
-                    if !f.is_finite() {
-                        return Err(RowError::NotFinite(field.name.clone()));
-                    }
-                }
-                Dtype::Int64 => {
-                    value.as_i64().ok_or_else(|| wrong(value))?;
-                }
-                Dtype::Timestamp => {
-                    let t = value.as_i64().ok_or_else(|| wrong(value))?;
-                    if t < 0 {
-                        return Err(RowError::OutOfRange {
-                            field: field.name.clone(),
-                            value: t.to_string(),
-                            dtype: field.dtype,
-                        });
-                    }
-                }
-                Dtype::UInt32 => {
-                    let n = value.as_u64().ok_or_else(|| wrong(value))?;
-                    if n > u64::from(u32::MAX) {
-                        return Err(RowError::OutOfRange {
-                            field: field.name.clone(),
-                            value: n.to_string(),
-                            dtype: field.dtype,
-                        });
-                    }
-                }
-            }
-            if field.nullable {
-                states.push((field.name.as_str(), STATE_OK));
-            }
-            out.insert(field.name.clone(), value.clone());
+            check_value(field, value)?;
         }
         if known < row.len() {
             let extra = row
@@ -206,10 +255,41 @@ impl CategorySchema {
                 .unwrap_or_default();
             return Err(RowError::UnknownField(extra));
         }
-        for (name, state) in states {
-            out.insert(format!("{name}{STATE_SUFFIX}"), Value::String(state.into()));
+        Ok(())
+    }
+
+    /// Appends a row that passed [`Self::check`] as the JSON object [`Self::validate`] would
+    /// give (same bytes as `serde_json::to_vec` of it), without building that object.
+    pub fn write_json(&self, row: &RowMap, out: &mut Vec<u8>) {
+        // Writing a `str` or a `Value` into a `Vec` cannot fail: the results are ignored.
+        fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, key: &str, value: &T) {
+            out.push(b',');
+            let _ = serde_json::to_writer(&mut *out, key);
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut *out, value);
         }
-        Ok(out)
+        out.extend_from_slice(b"{\"row_id\":");
+        let _ = serde_json::to_writer(&mut *out, row.get(ROW_ID).unwrap_or(&Value::Null));
+        for field in &self.fields {
+            put(
+                out,
+                &field.name,
+                row.get(&field.name).unwrap_or(&Value::Null),
+            );
+        }
+        for (i, field) in self.fields.iter().enumerate().filter(|(_, f)| f.nullable) {
+            put(out, &self.state_name(i), field_state(row, &field.name));
+        }
+        out.push(b'}');
+    }
+
+    /// The `<field>_state` column name of field `i`: precomputed at load, formatted only if the
+    /// schema's fields were changed after.
+    fn state_name(&self, i: usize) -> Cow<'_, str> {
+        match self.state_names.get(i) {
+            Some(Some(name)) => Cow::Borrowed(name),
+            _ => Cow::Owned(format!("{}{STATE_SUFFIX}", self.fields[i].name)),
+        }
     }
 
     /// Parses a Kafka payload and validates it.
@@ -436,6 +516,49 @@ mod tests {
         let mut bad = row.as_object().unwrap().clone();
         bad.insert("level".into(), json!(5_000_000_000u64));
         assert_eq!(schema.validate(bad).unwrap_err().code(), "out_of_range");
+    }
+
+    /// The emitter writes rows with `check` + `write_json`, the writer uses `validate`, the
+    /// quarantine path `validate_borrowed`: all must agree, byte for byte on the wire.
+    #[test]
+    fn check_write_json_and_validate_agree() {
+        let s = schemas();
+        let l2 = s.get("l2_market_data").unwrap();
+        let mut l2_row = json!({
+            "l2_time": 1, "row_id": "x", "source_system_name": "ib",
+            "component_instance_name": "p0", "ingestion_time": 1, "symbol_identifier": "CLZ6",
+            "symbol_type": "futures", "price": 70.1, "price_unit": "1_USdollar", "size": 4,
+            "size_unit": "1_contracts", "side": "bid", "level": 1, "max_level": 1,
+            "exchange_identifier_state": "ok"
+        })
+        .as_object()
+        .unwrap()
+        .clone();
+        let tick_schema = s.get("tick_market_data").unwrap();
+        for (schema, row) in [(l2, l2_row.clone()), (tick_schema, tick())] {
+            schema.check(&row).unwrap();
+            let borrowed = schema.validate_borrowed(&row).unwrap();
+            let owned = schema.validate(row.clone()).unwrap();
+            assert_eq!(borrowed, owned);
+            assert_eq!(owned.keys().cloned().collect::<Vec<_>>(), schema.columns());
+            let mut wire = b"junk".to_vec();
+            schema.write_json(&row, &mut wire);
+            assert_eq!(&wire[4..], serde_json::to_vec(&owned).unwrap().as_slice());
+            assert_eq!(schema.validate_json(&wire[4..]).unwrap(), owned);
+        }
+        for (k, v) in [
+            ("side", json!("middle")),
+            ("colour", json!(1)),
+            ("price", Value::Null),
+            ("l2_time", json!(-5)),
+            ("symbol_type_state", json!("ok")),
+        ] {
+            l2_row.insert(k.into(), v);
+            let checked = l2.check(&l2_row).map(|()| ());
+            let validated = l2.validate(l2_row.clone()).map(|_| ());
+            assert_eq!(checked, validated, "{k}");
+        }
+        assert!(l2.check(&l2_row).is_err());
     }
 
     #[test]

@@ -125,6 +125,10 @@ pub struct CategorySchema {
     pub fields: Vec<FieldSpec>,
     #[serde(skip)]
     pub source: PathBuf,
+    /// `<field>_state` of each field of `fields` (same index; `None` when not nullable),
+    /// computed once at load so that validating a row formats no names.
+    #[serde(skip)]
+    pub state_names: Vec<Option<String>>,
 }
 
 impl CategorySchema {
@@ -144,7 +148,7 @@ impl CategorySchema {
     pub fn columns(&self) -> Vec<String> {
         let mut cols = vec![ROW_ID.to_string()];
         cols.extend(self.fields.iter().map(|f| f.name.clone()));
-        cols.extend(self.fields.iter().filter_map(FieldSpec::state_column));
+        cols.extend(self.state_names.iter().flatten().cloned());
         cols
     }
 
@@ -271,6 +275,7 @@ impl RawSchema {
             snapshot_key: self.snapshot_key,
             sort_key: self.sort_key,
             kafka_key: self.kafka_key,
+            state_names: fields.iter().map(FieldSpec::state_column).collect(),
             fields,
             source: path.to_path_buf(),
         };

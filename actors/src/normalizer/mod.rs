@@ -261,10 +261,12 @@ impl RowEmitter {
                 return Emitted::Quarantined;
             }
         };
-        match schema.validate_borrowed(&row) {
-            Ok(valid) => {
+        // Checked in place and written straight to JSON in column order: no validated copy
+        // of the row is built (same bytes as serializing `validate`'s result).
+        match schema.check(&row) {
+            Ok(()) => {
                 for f in schema.fields.iter().filter(|f| f.nullable) {
-                    if valid.get(&f.name).is_none_or(serde_json::Value::is_null) {
+                    if row.get(&f.name).is_none_or(serde_json::Value::is_null) {
                         self.metrics
                             .missing_fields
                             .with_label_values(&[
@@ -275,8 +277,9 @@ impl RowEmitter {
                             .inc();
                     }
                 }
-                let key = schema.key_of(&valid).to_string();
-                let payload = serde_json::to_vec(&valid).unwrap_or_default();
+                let key = schema.key_of(&row).to_string();
+                let mut payload = Vec::with_capacity(512);
+                schema.write_json(&row, &mut payload);
                 self.metrics
                     .rows_normalized
                     .with_label_values(&[category])
