@@ -639,8 +639,12 @@ pub struct StackOutage {
 }
 
 fn stack(args: &[&str]) -> anyhow::Result<String> {
+    // A SIGKILLed Kafka reloads every partition of every test run: on a busy machine that
+    // takes longer than the script's default 120 s wait, after which it stops the service again.
+    let timeout = std::env::var("ML_STACK_TIMEOUT").unwrap_or_else(|_| "600".into());
     let out = Command::new(workspace_root().join("scripts/stack"))
         .args(args)
+        .env("ML_STACK_TIMEOUT", timeout)
         .current_dir(workspace_root())
         .output()
         .context("cannot run scripts/stack")?;
