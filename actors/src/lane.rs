@@ -2,11 +2,12 @@
 //! the roles this pod runs.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use marketlane_protocol::SchemaSet;
 use ractor::{Actor, ActorRef};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::backpressure::InflightLimit;
 use crate::clickhouse_writer::{ClickHouse, SinkError, WriterArgs, WriterKind};
@@ -79,6 +80,37 @@ impl LaneConfig {
     }
 }
 
+/// Longest wait between two start-up attempts.
+const STARTUP_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Retries `attempt` while it fails with a transient error (a broker or server that is down
+/// or restarting), with back-off from 0.5 s up to 10 s; any other error is returned at once.
+/// An outage at start-up is rows 7 and 8 of the failure matrix, not a reason for a crash loop:
+/// the pod stays unready (`/readyz`: starting) and says in the log what it waits for.
+async fn until_up<T, E, F, Fut>(
+    what: &str,
+    transient: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if transient(&e) => {
+                warn!(what, error = %e, retry_in = ?wait, "not reachable at start-up; waiting");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(STARTUP_RETRY_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Creates what the lane needs (topics, tables) and starts its supervisor.
 pub async fn start(
     config: LaneConfig,
@@ -86,7 +118,10 @@ pub async fn start(
     metrics: Arc<Metrics>,
 ) -> Result<ActorRef<SupervisorMsg>, LaneError> {
     config.validate()?;
-    let topics = ensure_topics(&config.kafka, &schemas).await?;
+    let topics = until_up("kafka topics", TopicError::is_transient, || {
+        ensure_topics(&config.kafka, &schemas)
+    })
+    .await?;
     info!(count = topics.len(), "kafka topics ready");
     let mut children = Vec::new();
     if config.roles.contains(&Role::Connector) {
@@ -152,9 +187,13 @@ pub async fn start(
         calculator_children(&config, &schemas, &metrics, &mut children)?;
     }
     if config.roles.contains(&Role::Writer) {
-        let ch = ClickHouse::connect(&config.clickhouse).await?;
-        info!(version = %ch.version, "clickhouse connected");
-        ch.apply_ddl(&schemas).await?;
+        let ch = until_up("clickhouse", SinkError::is_transient, || async {
+            let ch = ClickHouse::connect(&config.clickhouse).await?;
+            ch.apply_ddl(&schemas).await?;
+            Ok(ch)
+        })
+        .await?;
+        info!(version = %ch.version, "clickhouse connected, tables ready");
         let categories: Vec<String> = if config.writer.categories.is_empty() {
             schemas.iter().map(|s| s.category.clone()).collect()
         } else {
@@ -269,4 +308,48 @@ fn calculator_children(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod startup_tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    enum E {
+        Down,
+        Broken,
+    }
+
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{self:?}")
+        }
+    }
+
+    #[tokio::test]
+    async fn start_up_waits_out_an_outage_but_not_a_broken_config() {
+        let mut calls = 0;
+        let r = until_up(
+            "kafka",
+            |e| *e == E::Down,
+            || {
+                calls += 1;
+                let n = calls;
+                async move { if n < 3 { Err(E::Down) } else { Ok(n) } }
+            },
+        )
+        .await;
+        assert_eq!(r, Ok(3), "two outages waited out (0.5 s + 1 s)");
+        let mut calls = 0;
+        let r: Result<(), E> = until_up(
+            "kafka",
+            |e| *e == E::Down,
+            || {
+                calls += 1;
+                async { Err(E::Broken) }
+            },
+        )
+        .await;
+        assert_eq!((r, calls), (Err(E::Broken), 1), "a permanent error at once");
+    }
 }

@@ -12,6 +12,14 @@ use marketlane_protocol::SchemaSet;
 
 use crate::names::{self, ActorNames};
 
+impl SinkError {
+    /// The server is down, overloaded or refused the request: worth another try. A schema
+    /// change a human must make, or an answer that cannot be read, is not.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Server { .. })
+    }
+}
+
 /// `reload-schemas` for ClickHouse: brings the tables up to the schema files (`ADD COLUMN`; a
 /// removed field is refused before anything changes), then hands each running category writer
 /// its new schema. The writer flushes what it holds under the old schema before it switches.

@@ -20,6 +20,26 @@ pub enum TopicError {
     },
 }
 
+impl TopicError {
+    /// A broker that is down, restarting or electing a controller: worth another try.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Client(e) => !matches!(e, rdkafka::error::KafkaError::ClientConfig(..)),
+            Self::Create { code, .. } => matches!(
+                code,
+                RDKafkaErrorCode::RequestTimedOut
+                    | RDKafkaErrorCode::OperationTimedOut
+                    | RDKafkaErrorCode::NotController
+                    | RDKafkaErrorCode::BrokerNotAvailable
+                    | RDKafkaErrorCode::LeaderNotAvailable
+                    | RDKafkaErrorCode::NetworkException
+                    | RDKafkaErrorCode::AllBrokersDown
+                    | RDKafkaErrorCode::BrokerTransportFailure
+            ),
+        }
+    }
+}
+
 /// Creates every topic the schemas define (idempotent: existing topics are left alone).
 pub async fn ensure_topics(
     kafka: &KafkaConfig,
