@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use marketlane_actors::config::{SecType, SymbolConfig};
 use marketlane_tests::harness::{
     Daemon, DaemonConfig, Launcher, Reconciliation, Sim, SimBuilder, drop_lane_data,
-    fault_row_line, kafka_rows, now_ms, reconcile_ticks, run_dir,
+    fault_row_line, kafka_rows, now_ms, reconcile_ticks, run_dir, stack_shared_lock,
 };
 use marketlane_tests::netns::{self, Net};
 use marketlane_tests::{clickhouse, free_port};
@@ -52,6 +52,8 @@ fn symbols() -> Vec<SymbolConfig> {
 
 /// Two pods, their gateways (one simulator, two IB users) and the network between them.
 struct Cluster {
+    /// A shared hold on the stack lock: no fault row takes a service down under the pods.
+    _stack: std::fs::File,
     net: Net,
     sim: Sim,
     pods: Vec<Daemon>,
@@ -60,6 +62,7 @@ struct Cluster {
 
 impl Cluster {
     async fn start(tag: &str) -> Self {
+        let stack = stack_shared_lock(Duration::from_secs(600)).expect("stack lock");
         let dir = run_dir(&format!("cluster_{tag}_"));
         let mut net = Net::new(tag, 2).expect("network namespaces");
         let gw = [free_port(), free_port()];
@@ -108,6 +111,7 @@ usernames = ["trader-live", "trader-paper"]
             pods.push(Daemon::spawn_with(c, &dir, Some(launcher)).expect("pod"));
         }
         let cluster = Self {
+            _stack: stack,
             net,
             sim,
             pods,
@@ -516,6 +520,7 @@ fn cluster_certificates(dir: &Path) -> String {
 /// succeeds) is refused and never becomes a member.
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_links_form_the_cluster_and_a_wrong_cookie_is_refused() {
+    let _stack = stack_shared_lock(Duration::from_secs(600)).expect("stack lock");
     let dir = run_dir("cluster_tls_");
     let tls = cluster_certificates(&dir);
     let gw = [free_port(), free_port(), free_port()];
