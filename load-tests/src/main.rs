@@ -72,6 +72,14 @@ pub struct Args {
         default_value = "http://127.0.0.1:8123"
     )]
     pub clickhouse: String,
+    /// A second daemon binary, e.g. a copy of the release build from before a change: the
+    /// `rate` and `stage` parts then run with it (`before`) and with `--bin` (`after`),
+    /// alternately, `--rounds` times, and the report compares the two side by side.
+    #[arg(long)]
+    pub compare_bin: Option<PathBuf>,
+    /// Rounds of the comparison (each runs `before` then `after`).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
     /// Where the report goes (a directory per run is made inside).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -142,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let work = procs::repo_root().join("var/bench").join(&run);
     std::fs::create_dir_all(&work)?;
-    let env = Env {
+    let mut env = Env {
         bin,
         kafka: args.kafka.clone(),
         ch,
@@ -172,6 +180,42 @@ async fn main() -> anyhow::Result<()> {
         engine: !args.no_engine,
     };
     let mut report = report::Report::new(&args, &env, &out, &run);
+    if let Some(before) = args.compare_bin.clone() {
+        if !before.exists() {
+            bail!("--compare-bin {} not found", before.display());
+        }
+        let after = env.bin.clone();
+        for round in 0..args.rounds {
+            for (label, bin) in [("before", &before), ("after", &after)] {
+                env.bin = bin.clone();
+                let mut variant = report::Variant {
+                    label: label.to_string(),
+                    ..Default::default()
+                };
+                if part("rate") {
+                    let c = LiveConfig {
+                        name: format!("rate_{label}{round}"),
+                        ..base.clone()
+                    };
+                    variant.live = Some(report.live.len());
+                    report.live.push(live::run(&env, &c).await?);
+                }
+                if part("stage") {
+                    // Same drain order for both binaries within a round.
+                    let n = round * 2 + usize::from(label == "after");
+                    variant.stage = Some(report.stages.len());
+                    report
+                        .stages
+                        .push(stage::run(&env, stage_rows, n, round % 2 == 0).await?);
+                }
+                report.variants.push(variant);
+            }
+        }
+        env.bin = after;
+        let path = report.write()?;
+        println!("bench: report in {}", path.display());
+        return Ok(());
+    }
     if part("rate") {
         let c = LiveConfig {
             name: "rate".into(),
