@@ -12,11 +12,29 @@ use marketlane_protocol::SchemaSet;
 
 use crate::names::{self, ActorNames};
 
+/// ClickHouse exception codes worth another try: too many queries or connections, a socket
+/// or network error, memory pressure, a replica in read-only mode.
+const TRANSIENT_CODES: &[u32] = &[159, 202, 203, 209, 210, 241, 242, 425];
+
+/// The exception code in a ClickHouse error text (`Code: 193, e.displayText() …` on 18.16,
+/// `Code: 516. DB::Exception …` on current servers).
+fn exception_code(message: &str) -> Option<u32> {
+    let rest = &message[message.find("Code: ")? + "Code: ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 impl SinkError {
-    /// The server is down, overloaded or refused the request: worth another try. A schema
-    /// change a human must make, or an answer that cannot be read, is not.
+    /// The server could not be reached or is overloaded: worth another try. An exception the
+    /// server raised on purpose (a wrong password, an unknown user, a bad statement) and a
+    /// schema change a human must make are not.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Server { .. })
+        match self {
+            Self::Server { message, .. } => {
+                exception_code(message).is_none_or(|c| TRANSIENT_CODES.contains(&c))
+            }
+            _ => false,
+        }
     }
 }
 
@@ -42,4 +60,31 @@ pub async fn reload_schemas(
         }
     }
     Ok(ran)
+}
+
+#[cfg(test)]
+mod transient_tests {
+    use super::*;
+
+    fn server(message: &str) -> SinkError {
+        SinkError::Server {
+            url: "http://clickhouse:8123".into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn an_outage_is_retried_and_a_refusal_is_not() {
+        assert!(
+            server("error trying to connect: tcp connect error: Connection refused").is_transient()
+        );
+        assert!(server("bad response: Code: 202, e.displayText() = DB::Exception: Too many simultaneous queries").is_transient());
+        assert!(!server("bad response: Code: 193, e.displayText() = DB::Exception: Wrong password for user default").is_transient());
+        assert!(
+            !server("bad response: Code: 516. DB::Exception: default: Authentication failed")
+                .is_transient()
+        );
+        assert_eq!(exception_code("Code: 516. DB::Exception"), Some(516));
+        assert_eq!(exception_code("connection reset"), None);
+    }
 }

@@ -20,22 +20,29 @@ pub enum TopicError {
     },
 }
 
+/// Broker-side conditions that pass: a broker down, restarting or electing a controller.
+fn transient_code(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::NotController
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::Resolve
+    )
+}
+
 impl TopicError {
-    /// A broker that is down, restarting or electing a controller: worth another try.
+    /// Worth another try: the brokers are down or restarting. An authentication failure, a
+    /// bad client config or a refused topic are not.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Client(e) => !matches!(e, rdkafka::error::KafkaError::ClientConfig(..)),
-            Self::Create { code, .. } => matches!(
-                code,
-                RDKafkaErrorCode::RequestTimedOut
-                    | RDKafkaErrorCode::OperationTimedOut
-                    | RDKafkaErrorCode::NotController
-                    | RDKafkaErrorCode::BrokerNotAvailable
-                    | RDKafkaErrorCode::LeaderNotAvailable
-                    | RDKafkaErrorCode::NetworkException
-                    | RDKafkaErrorCode::AllBrokersDown
-                    | RDKafkaErrorCode::BrokerTransportFailure
-            ),
+            Self::Client(e) => e.rdkafka_error_code().is_some_and(transient_code),
+            Self::Create { code, .. } => transient_code(*code),
         }
     }
 }
