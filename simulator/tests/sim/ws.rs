@@ -129,8 +129,15 @@ fn check_frames_against_ledger(
             expected.push((updated, last_31.expect("price"), last_7059.expect("size")));
         }
     }
+    // The ledger records a frame when it is sent; the client stops reading before its socket
+    // closes, so frames sent after its last read may be in the ledger only.
+    let sent_while_reading: Vec<(i64, f64, f64)> = trades
+        .iter()
+        .filter(|t| t.0 <= prev_updated)
+        .copied()
+        .collect();
     assert_eq!(
-        expected, trades,
+        expected, sent_while_reading,
         "ledger trades = delta frames carrying a trade"
     );
     // The first frame is never ledgered.
