@@ -282,13 +282,19 @@ impl Daemon {
 
     /// The cluster member's view, if this pod runs one.
     async fn cluster(&self) -> Option<ClusterSnapshot> {
-        let children = self.children().await.ok()?;
-        let cell = children
-            .into_iter()
-            .find(|c| c.actor == names::CLUSTER)?
-            .cell?;
-        let r: ActorRef<ClusterMsg> = cell.into();
+        let r = self.cluster_member().await.ok()??;
         ractor::call_t!(r, ClusterMsg::GetState, STATE_TIMEOUT_MS).ok()
+    }
+
+    /// The live cluster member of this pod; `None` without a cluster (or while it restarts).
+    async fn cluster_member(&self) -> Result<Option<ActorRef<ClusterMsg>>, (ErrorCode, String)> {
+        Ok(self
+            .children()
+            .await?
+            .into_iter()
+            .find(|c| c.actor == names::CLUSTER)
+            .and_then(|c| c.cell)
+            .map(ActorRef::from))
     }
 
     async fn subscribe(
@@ -326,15 +332,8 @@ impl Daemon {
     }
 
     async fn rebalance(&self) -> CmdResult {
-        if let Some(cell) = self
-            .children()
-            .await?
-            .into_iter()
-            .find(|c| c.actor == names::CLUSTER)
-            .and_then(|c| c.cell)
-        {
+        if let Some(r) = self.cluster_member().await? {
             // The split is a function of the live members: recompute it now and report it.
-            let r: ActorRef<ClusterMsg> = cell.into();
             r.cast(ClusterMsg::Reassign)
                 .or_else(|e| err(ErrorCode::Failed, format!("cluster: {e}")))?;
             let snap = ractor::call_t!(r, ClusterMsg::GetState, STATE_TIMEOUT_MS)
