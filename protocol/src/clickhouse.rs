@@ -202,7 +202,7 @@ fn put_leb128(buf: &mut Vec<u8>, mut n: u64) {
     }
 }
 
-fn put_string(buf: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_string(buf: &mut Vec<u8>, s: &str) {
     put_leb128(buf, s.len() as u64);
     buf.extend_from_slice(s.as_bytes());
 }
@@ -267,14 +267,22 @@ fn encode_inner(
     for f in schema.fields.iter().filter(|f| f.nullable) {
         let column = format!("{}{STATE_SUFFIX}", f.name);
         let v = row.get(&column).unwrap_or(&Value::Null);
-        let code: u8 = match v.as_str() {
-            Some(STATE_OK) => 1,
-            Some(STATE_MISSING) => 2,
-            _ => return Err(err(&column, v, STATE_TYPE)),
-        };
+        let code = v
+            .as_str()
+            .and_then(state_code)
+            .ok_or_else(|| err(&column, v, STATE_TYPE))?;
         buf.push(code);
     }
     Ok(())
+}
+
+/// The RowBinary code of a `<field>_state` value (the column is an `Enum8`).
+pub(crate) fn state_code(state: &str) -> Option<u8> {
+    match state {
+        STATE_OK => Some(1),
+        STATE_MISSING => Some(2),
+        _ => None,
+    }
 }
 
 /// Name of the quarantine table of a category.

@@ -2,6 +2,7 @@
 //! - [`schema`]: category schemas loaded from `schemas/` (topics, validation, DDL source);
 //! - [`row`]: category rows, deterministic row ids, quarantine records;
 //! - [`clickhouse`]: version-aware DDL and RowBinary encoding;
+//! - [`wire_row`]: a row's wire JSON straight to RowBinary (the ClickHouse writer's path);
 //! - [`ib`]: Interactive Brokers Client Portal messages and value parsers;
 //! - [`cluster`]: heartbeats between connector pods;
 //! - [`control`]: the control socket's requests and replies.
@@ -12,6 +13,7 @@ pub mod control;
 pub mod ib;
 pub mod row;
 pub mod schema;
+pub mod wire_row;
 
 pub use row::{RowError, RowMap, UnqualifiedRecord, row_id};
 pub use schema::{CategorySchema, Dtype, FieldSpec, SchemaError, SchemaSet};

@@ -92,14 +92,42 @@ impl RowError {
     }
 }
 
-fn type_name(v: &Value) -> String {
-    match v {
-        Value::Null => "null".into(),
-        Value::Bool(_) => "bool".into(),
-        Value::Number(n) => format!("number {n}"),
-        Value::String(s) => format!("string {s:?}"),
-        Value::Array(_) => "array".into(),
-        Value::Object(_) => "object".into(),
+/// What the schema checks need of a JSON value: implemented by `serde_json::Value` and by the
+/// writer's borrowed scalars (`wire_row`), so that both paths check rows with one function.
+pub(crate) trait JsonScalar {
+    fn as_str(&self) -> Option<&str>;
+    /// Any number.
+    fn as_f64(&self) -> Option<f64>;
+    /// An integer that fits.
+    fn as_i64(&self) -> Option<i64>;
+    /// A non-negative integer.
+    fn as_u64(&self) -> Option<u64>;
+    /// The value's type as errors describe it.
+    fn type_name(&self) -> String;
+}
+
+impl JsonScalar for Value {
+    fn as_str(&self) -> Option<&str> {
+        Value::as_str(self)
+    }
+    fn as_f64(&self) -> Option<f64> {
+        Value::as_f64(self)
+    }
+    fn as_i64(&self) -> Option<i64> {
+        Value::as_i64(self)
+    }
+    fn as_u64(&self) -> Option<u64> {
+        Value::as_u64(self)
+    }
+    fn type_name(&self) -> String {
+        match self {
+            Value::Null => "null".into(),
+            Value::Bool(_) => "bool".into(),
+            Value::Number(n) => format!("number {n}"),
+            Value::String(s) => format!("string {s:?}"),
+            Value::Array(_) => "array".into(),
+            Value::Object(_) => "object".into(),
+        }
     }
 }
 
@@ -113,11 +141,14 @@ fn field_state(row: &RowMap, field: &str) -> &'static str {
 }
 
 /// Checks one non-null value against its field's type and constraints.
-fn check_value(field: &crate::schema::FieldSpec, value: &Value) -> Result<(), RowError> {
-    let wrong = |v: &Value| RowError::WrongType {
+pub(crate) fn check_value<V: JsonScalar>(
+    field: &crate::schema::FieldSpec,
+    value: &V,
+) -> Result<(), RowError> {
+    let wrong = |v: &V| RowError::WrongType {
         field: field.name.clone(),
         expected: field.dtype,
-        got: type_name(v),
+        got: v.type_name(),
     };
     match field.dtype {
         Dtype::String => {

@@ -21,9 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use marketlane_protocol::clickhouse::{
-    BatchPhase, dedup_token, encode_row_binary, encode_unqualified, insert_statement,
-    unqualified_insert_statement, unqualified_table,
+    BatchPhase, dedup_token, encode_unqualified, insert_statement, unqualified_insert_statement,
+    unqualified_table,
 };
+use marketlane_protocol::wire_row::encode_json_row;
 use marketlane_protocol::{CategorySchema, UnqualifiedRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
@@ -238,6 +239,16 @@ impl Actor for ClickHouseWriter {
             .set("max.poll.interval.ms", "3600000")
             .set("session.timeout.ms", "10000")
             .set("fetch.queue.backoff.ms", "10")
+            // librdkafka prefetches up to 64 MiB per consumer by default; with a writer per
+            // category and per quarantine topic that is most of the daemon's memory under lag.
+            // A batch is encoded into our own buffer, so a few MiB ahead keep the writer busy.
+            .set(
+                "queued.max.messages.kbytes",
+                match args.kind {
+                    WriterKind::Category(_) => "16384",
+                    WriterKind::Quarantine { .. } => "1024",
+                },
+            )
             .create_with_context(RebalanceContext::default())?;
         consumer.subscribe(&[topic.as_str()])?;
         let category = args.kind.category().to_string();
@@ -575,17 +586,8 @@ impl WriterState {
         let category = self.args.kind.category().to_string();
         match &self.args.kind {
             WriterKind::Category(schema) => {
-                let encoded = schema.validate_json(payload).and_then(|row| {
-                    let t = row.get(&schema.event_time).and_then(|v| v.as_i64());
-                    encode_row_binary(schema, &row, &mut batch.rows)
-                        .map(|()| t)
-                        .map_err(|e| marketlane_protocol::RowError::WrongType {
-                            field: e.column,
-                            expected: marketlane_protocol::Dtype::String,
-                            got: e.value,
-                        })
-                });
-                match encoded {
+                // Straight from the payload to RowBinary: no map of the row is built.
+                match encode_json_row(schema, payload, &mut batch.rows) {
                     Ok(t) => {
                         batch.row_count += 1;
                         if let Some(t) = t {
