@@ -539,10 +539,26 @@ impl Daemon {
         Metrics::parse(&text)
     }
 
+    /// [`Daemon::metrics`], `None` when the scrape failed (no answer, an error status, a cut
+    /// body) instead of no series: for checks where a failed scrape must not read as zeros.
+    pub async fn try_metrics(&self) -> Option<Metrics> {
+        let url = format!(
+            "http://{}:{}/metrics",
+            self.config.http_host, self.config.http_port
+        );
+        let r = reqwest::get(url).await.ok()?.error_for_status().ok()?;
+        Some(Metrics::parse(&r.text().await.ok()?))
+    }
+
     /// One series by its exact text, e.g. `marketlane_ws_connected` or
     /// `marketlane_ib_session_state{state="authenticated"}`.
     pub async fn metric(&self, series: &str) -> f64 {
         self.metrics().await.get(series)
+    }
+
+    /// [`Daemon::metric`], `None` when the scrape failed.
+    pub async fn try_metric(&self, series: &str) -> Option<f64> {
+        Some(self.try_metrics().await?.get(series))
     }
 
     /// `/readyz` answered 200.

@@ -263,12 +263,15 @@ async fn calculators_write_the_golden_values_with_ttl_and_acls_across_a_restart(
         .collect();
     let expected: Expected =
         toml::from_str(&std::fs::read_to_string(golden().join("expected.toml")).unwrap()).unwrap();
-    let out = run_marketlane(&[
-        "redis-acl",
-        "--config",
-        s.config.to_str().unwrap(),
-        "--apply",
-    ])
+    let out = run_marketlane(
+        &[
+            "redis-acl",
+            "--config",
+            s.config.to_str().unwrap(),
+            "--apply",
+        ],
+        Duration::from_secs(120),
+    )
     .unwrap();
     assert!(
         out.status.success(),
@@ -432,20 +435,28 @@ async fn calculators_write_the_golden_values_with_ttl_and_acls_across_a_restart(
     let wrong = redis(Some((&beta_user, "not-the-password"))).await;
     assert!(wrong.is_err(), "a wrong password was accepted");
 
-    // Every value also went to Kafka as an indicators_market_data row.
-    let rows: Vec<serde_json::Value> =
+    // Every value also went to Kafka as an indicators_market_data row (produced independently
+    // of the Redis write, so maybe after it).
+    let indicator_rows = || -> Vec<serde_json::Value> {
         kafka_payloads(&format!("{}indicators_market_data", s.prefix))
             .unwrap()
             .iter()
             .map(|p| serde_json::from_slice(p).unwrap())
-            .collect();
+            .collect()
+    };
+    let is_final_vwap = |r: &serde_json::Value| {
+        r["indicator_identifier"] == "alpha:vwap_60s"
+            && r["symbol_identifier"] == "AAPL"
+            && r["market_event_time"] == T0 + 70 * S
+    };
+    eventually(Duration::from_secs(30), || async {
+        indicator_rows().iter().any(is_final_vwap)
+    })
+    .await;
+    let rows = indicator_rows();
     let vwap = rows
         .iter()
-        .find(|r| {
-            r["indicator_identifier"] == "alpha:vwap_60s"
-                && r["symbol_identifier"] == "AAPL"
-                && r["market_event_time"] == T0 + 70 * S
-        })
+        .find(|r| is_final_vwap(r))
         .unwrap_or_else(|| panic!("no final vwap row among {} rows", rows.len()));
     assert!((vwap["indicator_value"].as_f64().unwrap() - 102.14285714285714).abs() < 1e-9);
     assert_eq!(vwap["source_system_name"], "marketlane");
@@ -510,11 +521,14 @@ async fn values_reach_redis_once_it_comes_back() {
     );
     produce(&s.prefix, &lines).await;
     // Redis is down: the values wait, nothing is committed, the daemon stays up.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let failed = eventually(Duration::from_secs(30), || async {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("redis write failed"))
+    })
+    .await;
     assert!(daemon.0.try_wait().unwrap().is_none(), "daemon exited");
     assert_eq!(committed(&s.group, &tick_topic), 0);
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("redis write failed"), "{text}");
+    assert!(failed, "{text}");
     let data = tempfile::tempdir().unwrap();
     let mut redis_server = std::process::Command::new("redis-server")
         .args([

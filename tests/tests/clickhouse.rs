@@ -455,14 +455,17 @@ async fn analyst_reads_but_cannot_insert_alter_or_read_the_offsets() {
     // `marketlane_it` (this test's database) only.
     let db = "marketlane_it";
     drop_db(db).await;
-    let out = run_marketlane(&[
-        "schema",
-        "ddl",
-        "--server-version",
-        "18.16.1",
-        "--database",
-        db,
-    ])
+    let out = run_marketlane(
+        &[
+            "schema",
+            "ddl",
+            "--server-version",
+            "18.16.1",
+            "--database",
+            db,
+        ],
+        Duration::from_secs(120),
+    )
     .unwrap();
     assert!(out.status.success());
     for stmt in String::from_utf8(out.stdout).unwrap().split(";\n") {
@@ -634,7 +637,11 @@ async fn schema_growth_adds_a_column_and_a_removed_field_is_refused() {
     );
     assert_ne!(shrunk, text);
     std::fs::write(&path, shrunk).unwrap();
-    let out = run_marketlane(&["run", "-c", cfg("c").to_str().unwrap()]).unwrap();
+    let out = run_marketlane(
+        &["run", "-c", cfg("c").to_str().unwrap()],
+        Duration::from_secs(120),
+    )
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -18,12 +18,14 @@ use marketlane_tests::harness::{
     fault_row_line, kafka_rows, now_ms, reconcile_ticks, run_dir, stack_shared_lock,
 };
 use marketlane_tests::netns::{self, Net};
-use marketlane_tests::{clickhouse, free_port};
+use marketlane_tests::{clickhouse, eventually, free_port, output_within};
 
 const SEED: u64 = 23;
 const COOKIE: &str = "cluster-test-cookie";
 /// "Never recovered".
 const TIMEOUT: Duration = Duration::from_secs(90);
+/// Two pods starting on a loaded machine, then the split's handover (up to 30 s).
+const START_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn symbols() -> Vec<SymbolConfig> {
     let stock = |s: &str| SymbolConfig {
@@ -117,12 +119,20 @@ usernames = ["trader-live", "trader-paper"]
             pods,
             started: Instant::now(),
         };
+        // Members and data alone can be seen mid-handover (after the start-up grace); the tests
+        // read the split right after this, so wait for it to settle too.
         cluster
-            .wait("both pods see each other and every symbol streams", |c| {
-                Box::pin(
-                    async move { c.members_everywhere(2).await && c.all_symbols_stored().await },
-                )
-            })
+            .wait_within(
+                START_TIMEOUT,
+                "both pods see each other, every symbol streams, and the split is settled",
+                |c| {
+                    Box::pin(async move {
+                        c.members_everywhere(2).await
+                            && c.all_symbols_stored().await
+                            && c.split_settled().await
+                    })
+                },
+            )
             .await;
         cluster
     }
@@ -149,14 +159,24 @@ usernames = ["trader-live", "trader-paper"]
         )
             -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>,
     {
+        self.wait_within(TIMEOUT, what, check).await
+    }
+
+    async fn wait_within<F>(&self, timeout: Duration, what: &str, check: F) -> f64
+    where
+        F: for<'a> Fn(
+            &'a Self,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>,
+    {
         let started = Instant::now();
-        while started.elapsed() < TIMEOUT {
+        while started.elapsed() < timeout {
             if check(self).await {
                 return started.elapsed().as_secs_f64();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("not within {TIMEOUT:?}: {what}\n{}", self.logs());
+        panic!("not within {timeout:?}: {what}\n{}", self.logs());
     }
 
     async fn members_everywhere(&self, n: usize) -> bool {
@@ -170,17 +190,37 @@ usernames = ["trader-live", "trader-paper"]
 
     /// The symbols pod `i` streams by its own account (`ctl status` → cluster.held).
     async fn held(&self, i: usize) -> BTreeSet<String> {
-        let Ok(reply) = self.pods[i].ctl("status", serde_json::Value::Null).await else {
+        let Some(cluster) = self.cluster_status(i).await else {
             return BTreeSet::new();
         };
-        reply["result"]["cluster"]["held"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
+        symbol_list(&cluster["held"])
+    }
+
+    /// Pod `i`'s `ctl status` → cluster (`None`: no answer).
+    async fn cluster_status(&self, i: usize) -> Option<serde_json::Value> {
+        let reply = self.pods[i]
+            .ctl("status", serde_json::Value::Null)
+            .await
+            .ok()?;
+        Some(reply["result"]["cluster"].clone()).filter(|c| c.is_object())
+    }
+
+    /// Each pod holds a share of its own, the shares are disjoint and cover every symbol, and
+    /// neither pod is still handing a symbol over (`held` includes those).
+    async fn split_settled(&self) -> bool {
+        let mut shares = Vec::new();
+        for i in 0..2 {
+            let Some(cluster) = self.cluster_status(i).await else {
+                return false;
+            };
+            let held = symbol_list(&cluster["held"]);
+            if held.is_empty() || !symbol_list(&cluster["handing_over"]).is_empty() {
+                return false;
+            }
+            shares.push(held);
+        }
+        let all: BTreeSet<String> = symbols().into_iter().map(|s| s.symbol).collect();
+        shares[0].is_disjoint(&shares[1]) && &shares[0] | &shares[1] == all
     }
 
     async fn stored_symbols(&self, after_ms: i64) -> BTreeSet<String> {
@@ -196,6 +236,31 @@ usernames = ["trader-live", "trader-paper"]
 
     async fn all_symbols_stored(&self) -> bool {
         self.stored_symbols(0).await.len() == symbols().len()
+    }
+
+    /// Of the last trades (ms) Kafka holds of each symbol of `which` from rows ingested by
+    /// `before_ms`, the earliest (`None`: a symbol has none). Kafka keys by symbol and the
+    /// producer is idempotent: a symbol's trades up to its last one there are all there.
+    fn last_in_kafka(&self, which: &BTreeSet<String>, before_ms: i64) -> Option<i64> {
+        let before_ns = before_ms * 1_000_000;
+        let mut last: BTreeMap<String, i64> = BTreeMap::new();
+        for r in kafka_rows(&self.tick_topic()) {
+            let (Some(symbol), Some(t), Some(ingested)) = (
+                r["symbol_identifier"].as_str(),
+                r["tick_time"].as_i64(),
+                r["ingestion_time"].as_i64(),
+            ) else {
+                continue;
+            };
+            if which.contains(symbol) && ingested <= before_ns {
+                let e = last.entry(symbol.to_string()).or_insert(t);
+                *e = (*e).max(t);
+            }
+        }
+        if last.len() < which.len() {
+            return None;
+        }
+        last.values().min().map(|t| t / 1_000_000)
     }
 
     /// Seconds until every symbol of `which` has a trade newer than `after_ms` in Kafka: the
@@ -290,6 +355,17 @@ usernames = ["trader-live", "trader-paper"]
     }
 }
 
+/// A JSON list of symbol names.
+fn symbol_list(v: &serde_json::Value) -> BTreeSet<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -319,6 +395,13 @@ async fn row06_a_killed_pods_symbols_are_taken_over() {
     let killed = now_ms();
     let since = Instant::now();
     c.pods[1].kill();
+    // Frames the killed pod had read but Kafka had not acknowledged die with it (the seed
+    // accepts losing the takeover interval), and on a busy machine that tail can be seconds
+    // long: the allowed gap starts after the last of its trades Kafka holds (if Kafka lacks a
+    // symbol, 5 s before the kill).
+    let lost_from = c
+        .last_in_kafka(&one, killed)
+        .map_or(killed - 5_000, |t| t + 1);
     let taken = c
         .wait("pod 0 holds every symbol", |c| {
             Box::pin(async move { c.held(0).await.len() == symbols().len() })
@@ -326,9 +409,8 @@ async fn row06_a_killed_pods_symbols_are_taken_over() {
         .await;
     let in_kafka = c.resumed_in_kafka(&one, killed).await.max(taken);
     let recovery = since.elapsed().as_secs_f64();
-    // Frames of the killed pod not yet acknowledged by Kafka die with it (the seed accepts
-    // losing the takeover interval): a second before the kill until the data resumed.
-    let gap = (killed - 1_000, now_ms());
+    // Until the data resumed.
+    let gap = (lost_from, now_ms());
     // In ClickHouse once the consumer group gives the dead pod's writer partitions to the
     // survivor (the writers' session timeout, 10 s).
     let stored = c.resumed(&one, killed).await;
@@ -450,11 +532,13 @@ async fn row12_a_rolling_restart_of_both_pods_loses_nothing() {
 /// use) with openssl, as an operator's cert-manager would; returns the `[cluster.tls]` TOML.
 fn cluster_certificates(dir: &Path) -> String {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
+        let out = output_within(
+            std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir),
+            Duration::from_secs(30),
+        )
+        .expect("openssl");
         assert!(
             out.status.success(),
             "openssl {args:?}: {}",
@@ -569,28 +653,43 @@ async fn tls_links_form_the_cluster_and_a_wrong_cookie_is_refused() {
         started.elapsed().as_secs_f64()
     );
     // The intruder dials both for a while (every redial interval) and is refused each time.
-    for _ in 0..16 {
+    // A failed scrape is no sample (it is not zero members); most must succeed.
+    let samples = 16;
+    let mut scraped = [0; 3];
+    for _ in 0..samples {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(
-            members(2).await,
-            1.0,
-            "the wrong cookie joined:\n{}",
-            tail(&pods[2].log(), 40)
-        );
-        assert_eq!(members(0).await, 2.0);
-        assert_eq!(members(1).await, 2.0);
-    }
-    let split: usize = {
-        let mut n = 0;
-        for p in &pods[..2] {
-            n += p.metric("marketlane_cluster_assigned_symbols").await as usize;
+        for (i, want, what) in [
+            (2, 1.0, "the wrong cookie joined"),
+            (0, 2.0, "the TLS pair lost a member"),
+            (1, 2.0, "the TLS pair lost a member"),
+        ] {
+            let Some(n) = pods[i].try_metric("marketlane_cluster_members").await else {
+                continue;
+            };
+            scraped[i] += 1;
+            assert_eq!(n, want, "{what} (pod {i}):\n{}", tail(&pods[i].log(), 40));
         }
-        n
+    }
+    assert!(
+        scraped.iter().all(|n| *n >= samples * 3 / 4),
+        "too few scrapes answered: {scraped:?} of {samples}"
+    );
+    // `assigned` counts a symbol being handed over on both pods: wait for the handover.
+    let assigned = || async {
+        let mut n = 0.0;
+        for p in &pods[..2] {
+            n += p.try_metric("marketlane_cluster_assigned_symbols").await?;
+        }
+        Some(n as usize)
     };
-    assert_eq!(
+    let split = eventually(Duration::from_secs(60), || async {
+        assigned().await == Some(symbols().len())
+    })
+    .await;
+    assert!(
         split,
-        symbols().len(),
-        "the TLS pair splits every symbol between them"
+        "the TLS pair splits every symbol between them: {:?} assigned",
+        assigned().await
     );
     for p in &mut pods {
         p.sigterm(Duration::from_secs(30));

@@ -10,10 +10,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use marketlane_tests::{
-    Proc, clickhouse, eventually, free_port, kafka_bootstrap, marketlane_bin, unique,
-    workspace_root,
+    Proc, clickhouse, eventually, free_port, kafka_bootstrap, marketlane_bin, output_within,
+    unique, workspace_root,
 };
 use serde_json::Value;
+
+/// A `ctl` call still running after this hangs (the slowest, `drain`, has a 10 s deadline).
+const CTL_LIMIT: Duration = Duration::from_secs(60);
 
 struct Ctl {
     socket: PathBuf,
@@ -40,13 +43,15 @@ impl Out {
 
 impl Ctl {
     fn run(&self, args: &[&str]) -> Out {
-        let out = Command::new(marketlane_bin())
-            .arg("ctl")
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = output_within(
+            Command::new(marketlane_bin())
+                .arg("ctl")
+                .arg("--socket")
+                .arg(&self.socket)
+                .args(args),
+            CTL_LIMIT,
+        )
+        .unwrap();
         Out {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into(),
@@ -389,14 +394,16 @@ async fn every_control_command_and_bad_input() {
             std::fs::Permissions::from_mode(0o755),
         )
         .unwrap();
-        let out = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(marketlane_bin())
-            .args(["ctl", "--json", "--socket"])
-            .arg(&ctl.socket)
-            .arg("status")
-            .output()
-            .unwrap();
+        let out = output_within(
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(marketlane_bin())
+                .args(["ctl", "--json", "--socket"])
+                .arg(&ctl.socket)
+                .arg("status"),
+            CTL_LIMIT,
+        )
+        .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             out.status.code(),

@@ -10,6 +10,9 @@ use marketlane_tests::{
     run_marketlane, unique, workspace_root,
 };
 
+/// A demo still running after this hangs (it streams for seconds, then settles).
+const DEMO_LIMIT: Duration = Duration::from_secs(15 * 60);
+
 /// Parses `emitted=N kafka=N clickhouse=N lost=N duplicates=N` from the demo's output.
 fn reconciliation_line(stdout: &str) -> Vec<(String, u64)> {
     let line = stdout
@@ -53,17 +56,20 @@ async fn demo_stores_every_emitted_trade_exactly_once() {
     let prefix = unique("t_");
     let db = unique("t_");
     let dir = tempfile::tempdir().unwrap();
-    let out = run_marketlane(&[
-        "demo",
-        "--seconds",
-        "15",
-        "--topic-prefix",
-        &format!("{prefix}_"),
-        "--database",
-        &db,
-        "--dir",
-        dir.path().to_str().unwrap(),
-    ])
+    let out = run_marketlane(
+        &[
+            "demo",
+            "--seconds",
+            "15",
+            "--topic-prefix",
+            &format!("{prefix}_"),
+            "--database",
+            &db,
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+        DEMO_LIMIT,
+    )
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -113,19 +119,22 @@ async fn sigkill_of_the_daemon_mid_run_loses_nothing_outside_the_outage() {
     let prefix = unique("t_");
     let db = unique("t_");
     let dir = tempfile::tempdir().unwrap();
-    let out = run_marketlane(&[
-        "demo",
-        "--seconds",
-        "30",
-        "--kill-daemon-at",
-        "12",
-        "--topic-prefix",
-        &format!("{prefix}_"),
-        "--database",
-        &db,
-        "--dir",
-        dir.path().to_str().unwrap(),
-    ])
+    let out = run_marketlane(
+        &[
+            "demo",
+            "--seconds",
+            "30",
+            "--kill-daemon-at",
+            "12",
+            "--topic-prefix",
+            &format!("{prefix}_"),
+            "--database",
+            &db,
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+        DEMO_LIMIT,
+    )
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed:\n{stdout}");
@@ -332,6 +341,10 @@ batch_max_age = 0.2
             .unwrap_or(0)
     };
     // Every symbol traded; AAPL's ladder gives 5 levels a side, the others level 1 a side.
+    // A symbol's first indicator need not be its volume: wait for the volumes too.
+    let volumes = format!(
+        "SELECT count() FROM {db}.indicators_market_data_snapshot FINAL WHERE indicator_identifier = 'volume'"
+    );
     let filled = eventually(Duration::from_secs(60), || async {
         count(format!("SELECT count() FROM {db}.tick_market_data_snapshot FINAL")).await == 3
             && count(format!("SELECT count() FROM {db}.l2_market_data_snapshot FINAL")).await
@@ -341,6 +354,7 @@ batch_max_age = 0.2
             ))
             .await
                 == 3
+            && count(volumes.clone()).await == 3
     })
     .await;
     daemon.terminate();
@@ -355,10 +369,7 @@ batch_max_age = 0.2
     .await
     .unwrap();
     assert_eq!(levels, "ask\t5\t5\nbid\t5\t5\n");
-    let volume = count(format!(
-        "SELECT count() FROM {db}.indicators_market_data_snapshot FINAL WHERE indicator_identifier = 'volume'"
-    ))
-    .await;
+    let volume = count(volumes).await;
     assert_eq!(volume, 3, "one latest volume per symbol");
     let schemas = SchemaSet::load_dir(&workspace_root().join("schemas")).unwrap();
     for category in [

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use marketlane_tests::{
-    Proc, clickhouse, eventually, free_port, kafka_bootstrap, unique, workspace_root,
+    Proc, clickhouse, eventually, free_port, kafka_bootstrap, output_within, unique, workspace_root,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -223,21 +223,20 @@ database = "{db}"
     assert!(problems.is_empty(), "{problems:#?}\n\n{text}");
 
     // promtool (Debian's prometheus package; `make ops-deps` installs it) on the live scrape.
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool not found: install Debian's prometheus package (make ops-deps)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    // The scrape goes in from a file: a pipe written here could block on a hung promtool.
+    let mut scrape = tempfile::tempfile().unwrap();
+    {
+        use std::io::{Seek, Write};
+        scrape.write_all(text.as_bytes()).unwrap();
+        scrape.rewind().unwrap();
+    }
+    let out = output_within(
+        Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::from(scrape)),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("promtool (Debian's prometheus package, make ops-deps): {e}"));
     assert!(
         out.status.success(),
         "promtool check metrics: {}{}",

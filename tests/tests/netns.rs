@@ -43,11 +43,11 @@ fn free_port_on(ip: std::net::IpAddr) -> u16 {
         .expect("a free port")
 }
 
-/// Whether a Kafka broker at `addr` answers an ApiVersions v0 request.
-fn kafka_answers(addr: SocketAddr) -> bool {
+/// Whether a Kafka broker at `addr` answers an ApiVersions v0 request within `timeout`.
+fn kafka_answers(addr: SocketAddr, timeout: Duration) -> bool {
     // size 10 | api_key 18 | api_version 0 | correlation_id 1 | client_id null
     let req = [0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff];
-    exchange(addr, &req, CUT).is_ok_and(|b| b.len() > 8 && b[4..8] == [0, 0, 0, 1])
+    exchange(addr, &req, timeout).is_ok_and(|b| b.len() > 8 && b[4..8] == [0, 0, 0, 1])
 }
 
 fn ch_addr(net: &Net) -> SocketAddr {
@@ -197,7 +197,8 @@ fn kafka_clickhouse_and_redis_work_from_inside_a_pod() {
         .and_then(|a| a.parse().ok())
         .expect("kafka address");
     assert!(
-        net.in_pod(0, move || kafka_answers(kafka)).expect("in pod"),
+        net.in_pod(0, move || kafka_answers(kafka, UP))
+            .expect("in pod"),
         "the broker does not answer ApiVersions before the cut"
     );
     let got = kafka_payloads(&topic).expect("read back on the host");
@@ -216,7 +217,7 @@ fn kafka_clickhouse_and_redis_work_from_inside_a_pod() {
     let isolated = net
         .in_pod(0, move || {
             // The pod's Kafka forwarder accepts locally, but the broker never answers.
-            let kafka_dead = !kafka_answers(kafka);
+            let kafka_dead = !kafka_answers(kafka, CUT);
             (!reachable(ch, CUT), !reachable(redis, CUT), kafka_dead)
         })
         .expect("in pod");

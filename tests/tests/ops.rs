@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use marketlane_tests::{Proc, eventually, free_port, kafka_bootstrap, unique, workspace_root};
+use marketlane_tests::{
+    Proc, eventually, free_port, kafka_bootstrap, output_within, unique, workspace_root,
+};
 
 const CH_SECRET: &str = "ch-Secr3t-7f3a9c";
 const COOKIE_SECRET: &str = "cluster-c00kie-51d2";
@@ -81,15 +83,17 @@ password = "{CH_SECRET}"
     );
     // More logging at trace level for a moment, then back.
     let ctl = |args: &[&str]| {
-        std::process::Command::new(marketlane_tests::marketlane_bin())
-            .args([
-                "ctl",
-                "--socket",
-                dir.path().join("control.sock").to_str().unwrap(),
-            ])
-            .args(args)
-            .output()
-            .unwrap()
+        output_within(
+            std::process::Command::new(marketlane_tests::marketlane_bin())
+                .args([
+                    "ctl",
+                    "--socket",
+                    dir.path().join("control.sock").to_str().unwrap(),
+                ])
+                .args(args),
+            Duration::from_secs(30),
+        )
+        .unwrap()
     };
     assert!(ctl(&["log-level", "trace"]).status.success());
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -118,15 +122,17 @@ password = "{CH_SECRET}"
     // A writer with a wrong ClickHouse password (from the environment) and a cluster cookie:
     // it fails to start, saying why, without echoing either.
     let fail_log = dir.path().join("fail.log");
-    let out = std::process::Command::new(marketlane_tests::marketlane_bin())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("MARKETLANE__ROLES", "[\"writer\"]")
-        .env("MARKETLANE__CLICKHOUSE__PASSWORD", CH_SECRET)
-        .env("MARKETLANE__CONTROL__ENABLED", "false")
-        .env("MARKETLANE_CLUSTER_COOKIE", COOKIE_SECRET)
-        .current_dir(workspace_root())
-        .output()
-        .unwrap();
+    let out = output_within(
+        std::process::Command::new(marketlane_tests::marketlane_bin())
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("MARKETLANE__ROLES", "[\"writer\"]")
+            .env("MARKETLANE__CLICKHOUSE__PASSWORD", CH_SECRET)
+            .env("MARKETLANE__CONTROL__ENABLED", "false")
+            .env("MARKETLANE_CLUSTER_COOKIE", COOKIE_SECRET)
+            .current_dir(workspace_root()),
+        Duration::from_secs(120),
+    )
+    .unwrap();
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -145,15 +151,17 @@ password = "{CH_SECRET}"
         );
     }
     // Credentials in a URL are refused before anything could log them.
-    let out = std::process::Command::new(marketlane_tests::marketlane_bin())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env(
-            "MARKETLANE__CLICKHOUSE__URL",
-            format!("http://writer:{CH_SECRET}@127.0.0.1:8123"),
-        )
-        .current_dir(workspace_root())
-        .output()
-        .unwrap();
+    let out = output_within(
+        std::process::Command::new(marketlane_tests::marketlane_bin())
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env(
+                "MARKETLANE__CLICKHOUSE__URL",
+                format!("http://writer:{CH_SECRET}@127.0.0.1:8123"),
+            )
+            .current_dir(workspace_root()),
+        Duration::from_secs(120),
+    )
+    .unwrap();
     let all = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(all.contains("clickhouse.url"), "{all}");
