@@ -12,6 +12,7 @@ mod procs;
 mod prom;
 mod report;
 mod stage;
+mod takeover;
 
 use std::path::PathBuf;
 
@@ -26,7 +27,7 @@ use crate::live::{Env, LiveConfig};
     about = "marketlane load tests and benchmarks"
 )]
 pub struct Args {
-    /// Short runs (under 5 minutes in all): one stage run, one drop and one kill.
+    /// Short runs: one stage run, one drop, one kill and one two-pod takeover.
     #[arg(long)]
     pub quick: bool,
     /// The release binary.
@@ -55,11 +56,20 @@ pub struct Args {
     /// Stage runs (writer vs Kafka engine, order alternating); default 3, 1 with --quick.
     #[arg(long)]
     pub stage_runs: Option<usize>,
-    /// Websocket drops and pod kills of the recovery run; default 3, 1 with --quick.
+    /// Websocket drops and pod kills of the recovery run, and pod kills of the two-pod
+    /// takeover; default 3, 1 with --quick.
     #[arg(long)]
     pub faults: Option<u32>,
-    /// Which parts to run (comma-separated): rate, max, recovery, stage.
-    #[arg(long, default_value = "rate,max,recovery,stage", value_delimiter = ',')]
+    /// Synthetic symbols of the two-pod takeover (one pod's line budget is 100: the survivor
+    /// must be able to hold them all).
+    #[arg(long, default_value_t = 80)]
+    pub takeover_symbols: u32,
+    /// Which parts to run (comma-separated): rate, max, recovery, stage, takeover.
+    #[arg(
+        long,
+        default_value = "rate,max,recovery,stage,takeover",
+        value_delimiter = ','
+    )]
     pub parts: Vec<String>,
     /// Leave the Kafka engine out of the live runs.
     #[arg(long)]
@@ -243,6 +253,13 @@ async fn main() -> anyhow::Result<()> {
             ..base.clone()
         };
         report.live.push(live::run(&env, &c).await?);
+    }
+    if part("takeover") {
+        let c = takeover::TakeoverConfig {
+            symbols: args.takeover_symbols,
+            kills: faults,
+        };
+        report.takeover = Some(takeover::run(&env, &c).await?);
     }
     if part("stage") {
         for n in 0..stage_runs {

@@ -8,12 +8,15 @@ use crate::clickhouse as chq;
 use crate::live::{Env, LiveResult, Sample};
 use crate::procs;
 use crate::stage::StageRun;
+use crate::takeover::{self, TakeoverResult};
 
 pub struct Report {
     pub live: Vec<LiveResult>,
     pub stages: Vec<StageRun>,
     /// `--compare-bin`: which runs each binary made, in run order.
     pub variants: Vec<Variant>,
+    /// The two-pod takeover (`--parts takeover`).
+    pub takeover: Option<TakeoverResult>,
     out: PathBuf,
     header: String,
 }
@@ -52,6 +55,64 @@ fn met(ok: Option<bool>) -> &'static str {
         Some(false) => "**not met**",
         None => "not measured",
     }
+}
+
+/// Each value (s, three decimals: the first figures are milliseconds; `–` where it was not
+/// reached) of a list of figures.
+fn each(v: &[Option<f64>]) -> String {
+    v.iter()
+        .map(|x| x.map_or("–".into(), |x| format!("{x:.3}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Median of the figures that were reached; `None` when any was not (a takeover that did not
+/// happen within the limit is not a fast one).
+fn median_all(v: &[Option<f64>]) -> Option<f64> {
+    if v.iter().any(Option::is_none) {
+        return None;
+    }
+    median(v.iter().flatten().copied().collect())
+}
+
+/// The rows of the two-pod takeover in the recovery tables (`| recovery | each (s) | median |`).
+fn takeover_rows(t: &TakeoverResult) -> String {
+    let k = &t.kills;
+    let fig = |f: fn(&takeover::Kill) -> Option<f64>| k.iter().map(f).collect::<Vec<_>>();
+    let rows: [(String, Vec<Option<f64>>); 6] = [
+        (
+            "two-pod takeover: SIGKILL of pod 1 → the survivor notices (`marketlane_cluster_members` 2 → 1)".into(),
+            fig(|k| k.noticed),
+        ),
+        (
+            format!(
+                "two-pod takeover: SIGKILL → the survivor holds all {} symbols (`marketlane_cluster_assigned_symbols`)",
+                t.config.symbols
+            ),
+            fig(|k| k.held_all),
+        ),
+        (
+            "two-pod takeover: SIGKILL → the survivor's websocket has frames of every symbol of the killed pod (`ctl status` → `cluster.streaming`, refreshed every 0.5 s)".into(),
+            fig(|k| k.streaming),
+        ),
+        (
+            "**two-pod takeover: SIGKILL → every symbol of the killed pod in Kafka again** (tick rows from the survivor, event time after the kill)".into(),
+            fig(|k| k.kafka),
+        ),
+        (
+            "two-pod takeover: SIGKILL → the same symbols queryable in ClickHouse (writer daemon, batches ≤0.5 s)".into(),
+            fig(|k| k.clickhouse),
+        ),
+        (
+            "two-pod takeover: pod 1 restarted → split settled again (both see 2 members, nothing handed over, every symbol streams from its owner)".into(),
+            fig(|k| k.rejoined),
+        ),
+    ];
+    let mut m = String::new();
+    for (name, v) in rows {
+        let _ = writeln!(m, "| {name} | {} | {} |", each(&v), fmt_s(median_all(&v)));
+    }
+    m
 }
 
 /// The runs one binary made in a `--compare-bin` round (indices into `live` and `stages`).
@@ -230,6 +291,7 @@ impl Report {
             live: Vec::new(),
             stages: Vec::new(),
             variants: Vec::new(),
+            takeover: None,
             out: out.to_path_buf(),
             header: h,
         }
@@ -273,6 +335,30 @@ impl Report {
                 }
             }
             std::fs::write(self.out.join(format!("seen-{}.csv", r.config.name)), s)?;
+        }
+        if let Some(t) = &self.takeover {
+            let mut s = String::from(
+                "kill,killed_symbols,noticed,noticed_by,held_all,streaming,kafka,clickhouse,rejoined,same_split,quarantined\n",
+            );
+            let o = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
+            for (i, k) in t.kills.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "{},{},{},{},{},{},{},{},{},{},{}",
+                    i + 1,
+                    k.killed_symbols,
+                    o(k.noticed),
+                    k.noticed_by,
+                    o(k.held_all),
+                    o(k.streaming),
+                    o(k.kafka),
+                    o(k.clickhouse),
+                    o(k.rejoined),
+                    k.same_split,
+                    k.quarantined
+                );
+            }
+            std::fs::write(self.out.join("takeover.csv"), s)?;
         }
         Ok(())
     }
@@ -501,10 +587,40 @@ impl Report {
                 fmt_s(s.r.recovery.ws_gap_daemon),
                 met(w.map(|v| v <= 2.0))
             );
+        }
+        if let Some(t) = &self.takeover {
+            let kafka: Vec<Option<f64>> = t.kills.iter().map(|k| k.kafka).collect();
+            let missed = kafka.iter().filter(|x| x.is_none()).count();
+            let worst = kafka.iter().flatten().copied().reduce(f64::max);
+            let of = |f: fn(&takeover::Kill) -> Option<f64>| {
+                fmt_s(median_all(&t.kills.iter().map(f).collect::<Vec<_>>()))
+            };
+            let _ = writeln!(
+                m,
+                "| pod kill → symbols taken over ≤3 s (two pods) | {} from SIGKILL until every symbol of the killed pod has rows from the survivor in Kafka (median of {} kill{}, worst {}{}); the survivor noticed after {} and held all {} symbols after {} | {} |",
+                fmt_s(median(kafka.iter().flatten().copied().collect())),
+                kafka.len(),
+                if kafka.len() == 1 { "" } else { "s" },
+                fmt_s(worst),
+                if missed > 0 {
+                    format!(", {missed} not within 60 s")
+                } else {
+                    String::new()
+                },
+                of(|k| k.noticed),
+                t.config.symbols,
+                of(|k| k.held_all),
+                met(if kafka.is_empty() {
+                    None
+                } else {
+                    median_all(&kafka).map(|v| v <= 3.0).or(Some(false))
+                })
+            );
+        } else if let Some(s) = &rec {
             let k = median(s.r.recovery.kill_frames.clone());
             let _ = writeln!(
                 m,
-                "| pod kill → symbols taken over ≤3 s (two pods) | **slot for the two-pod takeover: not measured** (the cluster is not in main yet). Single pod, SIGKILL → new process streaming: frames {}, Kafka {}, ClickHouse {} (medians of {}) | not measured |",
+                "| pod kill → symbols taken over ≤3 s (two pods) | two-pod takeover not run in this report (`--parts takeover`). Single pod, SIGKILL → new process streaming: frames {}, Kafka {}, ClickHouse {} (medians of {}) | not measured |",
                 fmt_s(k),
                 fmt_s(median(s.r.recovery.kill_kafka.clone())),
                 fmt_s(median(s.r.recovery.kill_clickhouse.clone())),
@@ -649,11 +765,20 @@ impl Report {
                     list(&rcv.kill_clickhouse),
                     fmt_s(median(rcv.kill_clickhouse.clone()))
                 );
-                let _ = writeln!(
-                    m,
-                    "| **two-pod takeover (pod kill → the other pod streams its symbols)** | slot: not measured, needs the two-pod cluster | – |"
-                );
+                match &self.takeover {
+                    Some(t) => m.push_str(&takeover_rows(t)),
+                    None => {
+                        let _ = writeln!(
+                            m,
+                            "| two-pod takeover (pod kill → the other pod streams its symbols) | not run in this report (`--parts takeover`) | – |"
+                        );
+                    }
+                }
             }
+        }
+
+        if let Some(t) = &self.takeover {
+            m.push_str(&takeover_section(t));
         }
 
         if !self.stages.is_empty() {
@@ -729,9 +854,20 @@ impl Report {
             m,
             "- Websocket drop: `POST /sim/fault {{\"kind\":\"drop_tcp\"}}`, then the driver polls `/metrics` every 20 ms: time until the frame counter moves after the reconnect counter did. Pod kill: SIGKILL and an immediate start of the same config; times until the new process counts frames, Kafka acks and ClickHouse acks."
         );
+        if self.takeover.is_some() {
+            let _ = writeln!(
+                m,
+                "- Two-pod takeover: right after the SIGKILL (and the reap) of pod 1 the driver polls, concurrently, the survivor's `/metrics` every 20 ms (members, assigned symbols), its `ctl status` every 50 ms (`cluster.streaming`), a Kafka consumer of the tick topic (assigned from the end before the first kill; `fetch.wait.max.ms` 10) every 20 ms for rows whose `component_instance_name` is the survivor and whose `tick_time` is after the kill, and ClickHouse every 100 ms for the same. Every figure is seconds from the signal; one not reached within 60 s is `–`. How the survivor noticed comes from which of its `marketlane_cluster_membership_changes_total` labels moved (`left`: the link closed; `timed_out`: no heartbeat for `heartbeat_timeout`)."
+            );
+        }
         let _ = writeln!(
             m,
-            "- Throughput and latency plots per live run; CSVs (`live-*.csv`, `seen-*.csv`) hold every sample."
+            "- Throughput and latency plots per live run; CSVs (`live-*.csv`, `seen-*.csv`{}) hold every sample.",
+            if self.takeover.is_some() {
+                ", `takeover.csv`: one line per kill"
+            } else {
+                ""
+            }
         );
         let path = self.out.join("report.md");
         std::fs::write(&path, m)?;
@@ -739,9 +875,65 @@ impl Report {
     }
 }
 
+/// `## Two-pod takeover`: the set-up, the figures of every kill and their medians.
+fn takeover_section(t: &TakeoverResult) -> String {
+    let mut m = String::new();
+    let c = &t.config;
+    let _ = writeln!(m, "\n## Two-pod takeover\n");
+    let _ = writeln!(
+        m,
+        "One simulator serves two gateways (IB users `bench-a` and `bench-b`: one market, one clock, one ledger) with {n} synthetic symbols (`--synthetic-symbols {n} --frame-interval-ms {ms} --unpaced --trade-probability 1 --status-probability 0 --line-cap 100`: every frame carries a trade, so every symbol has a tick row every {ms} ms and \"rows again\" is known to within that). Two daemons `bench-takeover-0` and `bench-takeover-1` run `roles = [\"connector\"]` with `[cluster]` enabled on loopback (both in `peers`, distinct ports, `ib.usernames` by ordinal) and the cluster's defaults (heartbeat every 0.5 s, `heartbeat_timeout` 3 s, `line_budget` 100: the survivor can hold all {n}). A third daemon runs `roles = [\"writer\"]` and is never killed: a writer inside the killed pod would add its consumer group's session timeout to the ClickHouse figure and rebalance the group at every restart, which is not the takeover. The split settled {formed:.1} s after the start: pod 0 held {a}, pod 1 held {b} symbols.\n",
+        n = c.symbols,
+        ms = takeover::FRAME_INTERVAL_MS,
+        formed = t.formed,
+        a = t.split.0,
+        b = t.split.1,
+    );
+    let _ = writeln!(
+        m,
+        "Each round ({} in this run): 3 s of steady streaming, SIGKILL of pod 1, the figures below (from the signal), then pod 1 is started again with the same config (a StatefulSet restart without the kubelet's delay) and the split must settle again before the next kill. Logs and configs: `{}`.\n",
+        t.kills.len(),
+        t.dir.display()
+    );
+    let _ = writeln!(m, "| recovery | each (s) | median |\n|---|---|---|");
+    m.push_str(&takeover_rows(t));
+    let _ = writeln!(m);
+    for (i, k) in t.kills.iter().enumerate() {
+        let _ = writeln!(
+            m,
+            "- kill {}: pod 1 held {} symbols; the survivor noticed by: {}; after the restart pod 1 took {} symbols back; the survivor quarantined {} rows as `unknown_conid` in the round (frames of symbols it handed back, still in flight after its `umd`).",
+            i + 1,
+            k.killed_symbols,
+            k.noticed_by,
+            if k.same_split {
+                "the same"
+            } else {
+                "**other**"
+            },
+            k.quarantined
+        );
+    }
+    let by_link = t.kills.iter().all(|k| k.noticed_by == "link closed");
+    if by_link && !t.kills.is_empty() {
+        let _ = writeln!(
+            m,
+            "\nThe kernel closes a killed process's TCP connections, so the survivor's cluster link closed at once and it noticed without waiting for `heartbeat_timeout` (3 s), which only a cut or half-open link needs. The rest of the takeover is the survivor's reassignment, one `smd` per symbol on its open websocket, the first delta frame with a trade, and the Kafka round trip."
+        );
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{each, median, median_all};
+
+    #[test]
+    fn a_takeover_figure_missing_in_any_kill_has_no_median() {
+        assert_eq!(median_all(&[Some(0.4), Some(0.6), Some(0.5)]), Some(0.5));
+        assert_eq!(median_all(&[Some(0.4), None]), None);
+        assert_eq!(median_all(&[]), None);
+        assert_eq!(each(&[Some(0.0081), None]), "0.008, –");
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {
