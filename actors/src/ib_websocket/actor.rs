@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::connection::{self, WsSink};
 use super::recorder::Recorder;
+use super::released::ReleasedConids;
 use crate::backpressure::{Inflight, InflightLimit};
 use crate::config::IbConfig;
 use crate::ib_session::SessionMsg;
@@ -70,6 +71,8 @@ pub struct WsSnapshot {
     pub seconds_since_last_frame: Option<f64>,
     pub frames: u64,
     pub quarantined_frames: u64,
+    /// Market-data frames of symbols this pod had just released (after their `umd`), dropped.
+    pub late_frames: u64,
     /// Symbols without a frame for longer than `ib.silent_after`.
     pub silent_symbols: Vec<String>,
 }
@@ -105,6 +108,9 @@ pub struct WsState {
     last_data: Option<Instant>,
     frames: u64,
     quarantined: u64,
+    /// Conids just released: IB's late frames for them are dropped, not quarantined.
+    released: ReleasedConids,
+    late_frames: u64,
     /// The account `sbd` needs, from the greeting's `act` frame.
     account: Option<String>,
     /// Last market-data frame per conid, and the conids flagged silent.
@@ -149,6 +155,8 @@ impl Actor for IbWebsocket {
             last_data: None,
             frames: 0,
             quarantined: 0,
+            released: ReleasedConids::default(),
+            late_frames: 0,
             account: None,
             last_seen: HashMap::new(),
             silent: BTreeSet::new(),
@@ -207,6 +215,9 @@ impl Actor for IbWebsocket {
                 for conid in added.iter().chain(&removed) {
                     state.last_seen.remove(conid);
                 }
+                state
+                    .released
+                    .update(&removed, |c| map.contains_key(&c), Instant::now());
                 state.instruments = map.clone();
                 state.broadcast(|| NormalizerMsg::Instruments(map.clone()));
                 state
@@ -277,6 +288,7 @@ impl Actor for IbWebsocket {
                         .map(|c| c.last_frame.elapsed().as_secs_f64()),
                     frames: state.frames,
                     quarantined_frames: state.quarantined,
+                    late_frames: state.late_frames,
                     silent_symbols: state
                         .silent
                         .iter()
@@ -537,6 +549,18 @@ impl WsState {
             .set(self.silent.len() as i64);
     }
 
+    /// A frame of a conid released moments ago (see [`ReleasedConids`]): dropped and counted.
+    fn just_released(&mut self, conid: Option<i64>) -> bool {
+        let late = conid.is_some_and(|c| {
+            !self.instruments.contains_key(&c) && self.released.is_late(c, Instant::now())
+        });
+        if late {
+            self.late_frames += 1;
+            debug!(conid, "frame of a released symbol dropped");
+        }
+        late
+    }
+
     async fn on_frame(&mut self, data: &[u8], permit: Inflight) {
         self.frames += 1;
         if let Some(r) = self.recorder.as_mut() {
@@ -595,6 +619,9 @@ impl WsState {
                 }
             }
             InboundFrame::Book(book) => {
+                if self.just_released(book.conid) {
+                    return;
+                }
                 self.last_data = Some(Instant::now());
                 let frame = Arc::new(book);
                 self.broadcast(|| NormalizerMsg::Book {
@@ -617,6 +644,9 @@ impl WsState {
                 }
             }
             InboundFrame::MarketData(md) => {
+                if self.just_released(md.conid) {
+                    return;
+                }
                 self.last_data = Some(Instant::now());
                 if let Some(conid) = md.conid {
                     self.last_seen.insert(conid, Instant::now());

@@ -1,6 +1,7 @@
-//! The gateway websocket (`ib_websocket/{actor.rs,connection.rs,recorder.rs}`).
+//! The gateway websocket (`ib_websocket/{actor.rs,connection.rs,recorder.rs,released.rs}`).
 pub mod actor;
 pub mod connection;
 pub mod recorder;
+pub mod released;
 
 pub use actor::{IbWebsocket, WsArgs, WsMsg, WsSnapshot};
