@@ -408,18 +408,20 @@ impl UnqualifiedRecord {
     }
 }
 
+/// Rows and schemas shared by the unit tests of this crate.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
     use crate::schema::SchemaSet;
     use serde_json::json;
     use std::path::Path;
 
-    fn schemas() -> SchemaSet {
+    pub fn schemas() -> SchemaSet {
         SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap()
     }
 
-    fn tick() -> RowMap {
+    /// A valid tick row (AAPL, as the connector would emit it).
+    pub fn tick() -> RowMap {
         let v = json!({
             "row_id": row_id("tick_market_data", &["ib", "265598", "1712596911593"]),
             "source_system_name": "ib", "component_instance_name": "marketlane-0",
@@ -430,6 +432,13 @@ mod tests {
         });
         v.as_object().unwrap().clone()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{schemas, tick};
+    use super::*;
+    use serde_json::json;
 
     #[test]
     fn row_ids_are_deterministic_and_distinct() {

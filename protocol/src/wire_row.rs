@@ -383,14 +383,9 @@ pub fn encode_json_row(
 mod tests {
     use super::*;
     use crate::clickhouse::encode_row_binary;
+    use crate::row::fixtures::{schemas, tick};
     use crate::row::row_id;
-    use crate::schema::SchemaSet;
     use serde_json::{Value, json};
-    use std::path::Path;
-
-    fn schemas() -> SchemaSet {
-        SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap()
-    }
 
     /// The general path: parse into a map, validate, encode.
     fn general(
@@ -414,20 +409,6 @@ mod tests {
                 Err(e)
             }
         }
-    }
-
-    fn tick() -> serde_json::Map<String, Value> {
-        json!({
-            "row_id": row_id("tick_market_data", &["ib", "265598", "1712596911593"]),
-            "source_system_name": "ib", "component_instance_name": "marketlane-0",
-            "ingestion_time": 1_712_596_911_600_000_000i64, "exchange_identifier": "SMART",
-            "symbol_identifier": "AAPL", "symbol_type": "stocks", "price": 189.6,
-            "price_unit": "1_USdollar", "size": 3.0, "size_unit": "100_shares",
-            "tick_time": 1_712_596_911_593_000_000i64
-        })
-        .as_object()
-        .unwrap()
-        .clone()
     }
 
     /// Every variation of a tick row: good ones, each kind of error, escapes, key orders.
