@@ -157,6 +157,22 @@ database = "{db}"
             .then(marketlane_protocol::now_ns)
     }
 
+    /// Call right after a disruption: waits (each up to `timeout`) until `proof` reaches
+    /// `at_least` (the daemon noticed), then for the first row ingested after that, and
+    /// returns the seconds from the call to that row. Fails the test if either never comes.
+    async fn recovered(&self, proof: &str, at_least: f64, timeout: Duration) -> f64 {
+        let t0 = marketlane_protocol::now_ns();
+        let noticed = self.noticed(proof, at_least, timeout).await;
+        let Some(noticed) = noticed else {
+            panic!(
+                "{proof} never reached {at_least}; logs in {}",
+                self.dir.path().display()
+            );
+        };
+        let resumed = self.resumed_after(t0, noticed, timeout).await;
+        resumed.unwrap_or_else(|| panic!("no data after {proof} reached {at_least}"))
+    }
+
     async fn fault(&self, body: Value) {
         let r = reqwest::Client::new()
             .post(format!("http://127.0.0.1:{}/sim/fault", self.gw))
@@ -289,20 +305,14 @@ async fn tcp_drop_reconnects_and_resubscribes() {
     let lane = Lane::start(Some(&[]), "", free_port());
     lane.wait_for_rows(10).await;
     lane.fault(json!({"kind": "drop_tcp"})).await;
-    let t0 = marketlane_protocol::now_ns();
-    let noticed = lane
-        .noticed(
+    let resumed = lane
+        .recovered(
             "marketlane_ws_reconnects_total{reason=\"socket_closed\"}",
             1.0,
             Duration::from_secs(30),
         )
         .await;
-    assert!(noticed.is_some(), "no socket_closed reconnect counted");
-    let resumed = lane
-        .resumed_after(t0, noticed.unwrap_or(t0), Duration::from_secs(30))
-        .await;
-    println!("tcp drop: data resumed after {resumed:?} s");
-    assert!(resumed.is_some(), "no data after the drop");
+    println!("tcp drop: data resumed after {resumed:.2} s");
     tokio::time::sleep(Duration::from_secs(3)).await;
     // One ledger snapshot: re-read in the loop, the live ledger would chase the new trades.
     let sent = lane.ledger_row_ids().await;
@@ -333,20 +343,14 @@ async fn silent_open_socket_is_detected_by_the_heartbeat_watchdog() {
     let lane = Lane::start(Some(&[]), "heartbeat_timeout = 3.0", free_port());
     lane.wait_for_rows(5).await;
     lane.fault(json!({"kind": "stop_heartbeats"})).await;
-    let t0 = marketlane_protocol::now_ns();
-    let noticed = lane
-        .noticed(
+    let resumed = lane
+        .recovered(
             "marketlane_ws_reconnects_total{reason=\"heartbeat_timeout\"}",
             1.0,
             Duration::from_secs(40),
         )
         .await;
-    assert!(noticed.is_some(), "the watchdog did not reconnect");
-    let resumed = lane
-        .resumed_after(t0, noticed.unwrap_or(t0), Duration::from_secs(40))
-        .await;
-    println!("stopped heartbeats: data resumed after {resumed:?} s (watchdog 3 s)");
-    assert!(resumed.is_some());
+    println!("stopped heartbeats: data resumed after {resumed:.2} s (watchdog 3 s)");
     lane.finish().await;
 }
 
@@ -358,20 +362,14 @@ async fn lost_authentication_is_recovered_without_a_restart() {
     lane.wait_for_rows(5).await;
     let pid = lane.daemon.0.id();
     lane.fault(json!({"kind": "sts_unauthenticated"})).await;
-    let t0 = marketlane_protocol::now_ns();
-    let noticed = lane
-        .noticed(
+    let resumed = lane
+        .recovered(
             "marketlane_ib_requests_total{endpoint=\"/iserver/reauthenticate\",outcome=\"ok\"}",
             1.0,
             Duration::from_secs(40),
         )
         .await;
-    assert!(noticed.is_some(), "the session did not re-authenticate");
-    let resumed = lane
-        .resumed_after(t0, noticed.unwrap_or(t0), Duration::from_secs(40))
-        .await;
-    println!("sts authenticated:false: data resumed after {resumed:?} s");
-    assert!(resumed.is_some());
+    println!("sts authenticated:false: data resumed after {resumed:.2} s");
     assert_eq!(lane.daemon.0.id(), pid);
     lane.finish().await;
 }
@@ -501,15 +499,9 @@ async fn supervised_gateway_and_login_hook() {
         .status()
         .unwrap();
     assert!(killed.success(), "no gateway process to kill");
-    let t0 = marketlane_protocol::now_ns();
     // Rows still in the daemon's socket buffer are read after the kill: count from the login.
-    let noticed = lane.noticed(logins, 2.0, Duration::from_secs(60)).await;
-    assert!(noticed.is_some(), "no login to the restarted gateway");
-    let resumed = lane
-        .resumed_after(t0, noticed.unwrap_or(t0), Duration::from_secs(60))
-        .await;
-    println!("gateway killed: data resumed after {resumed:?} s (restart, login, subscribe)");
-    assert!(resumed.is_some(), "no data after the gateway restart");
+    let resumed = lane.recovered(logins, 2.0, Duration::from_secs(60)).await;
+    println!("gateway killed: data resumed after {resumed:.2} s (restart, login, subscribe)");
     assert!(log_has(
         lane.dir.path(),
         "daemon.log",
