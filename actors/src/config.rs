@@ -99,6 +99,8 @@ pub struct IbConfig {
     pub username: Option<String>,
     /// One IB user per StatefulSet ordinal (`marketlane-0` takes the first); sets `username`.
     pub usernames: Vec<String>,
+    /// The built-in unattended login (`[ib.login]`), run instead of `login_command`.
+    pub login: Option<crate::ib_login::LoginConfig>,
 }
 
 impl Default for IbConfig {
@@ -127,6 +129,7 @@ impl Default for IbConfig {
             record_path: None,
             username: None,
             usernames: Vec::new(),
+            login: None,
         }
     }
 }
@@ -164,6 +167,9 @@ impl IbConfig {
             {
                 return Err(bad(key, "an empty command; leave it out instead"));
             }
+        }
+        if let Some(login) = &self.login {
+            login.validate()?;
         }
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.symbols.iter().enumerate() {

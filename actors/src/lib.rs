@@ -10,6 +10,7 @@ pub mod contracts;
 pub mod econ;
 pub mod ib_client;
 pub mod ib_gateway;
+pub mod ib_login;
 pub mod ib_session;
 pub mod ib_websocket;
 pub mod kafka;

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub ib_last_tickle_timestamp: Gauge,
     pub ib_requests: IntCounterVec,
     pub ib_login_attempts: IntCounterVec,
+    pub ib_login_failures: IntGauge,
     pub silent_symbols: IntGauge,
     pub ws_reconnects: IntCounterVec,
     pub ws_connected: IntGauge,
@@ -102,6 +103,14 @@ impl Metrics {
                 "marketlane_ib_login_attempts_total",
                 "Runs of the configured login command by outcome",
                 &["outcome"],
+            ),
+            ib_login_failures: reg(
+                &registry,
+                IntGauge::new(
+                    "marketlane_ib_login_failures",
+                    "Refused built-in logins in a row; at ib.login.max_failed_logins logins stop (state login_failed)",
+                )
+                .expect("valid metric"),
             ),
             silent_symbols: reg(
                 &registry,

@@ -6,6 +6,7 @@ mod control;
 mod ctl;
 mod demo;
 mod http;
+mod login;
 mod reconcile;
 mod redis_acl;
 mod replay;
@@ -65,6 +66,8 @@ enum Command {
     RedisAcl(redis_acl::RedisAclArgs),
     /// Talk to a running daemon over its control socket.
     Ctl(ctl::CtlArgs),
+    /// Log the IB gateway in unattended (headless Chromium on its SSO page).
+    Login(login::LoginArgs),
 }
 
 #[derive(Subcommand)]
@@ -158,6 +161,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Replay(args) => replay::replay(args).await?,
         Command::Ctl(args) => return Ok(ctl::run(args).await),
+        Command::Login(args) => {
+            init_tracing("info", false);
+            return login::run(args).await;
+        }
         Command::RedisAcl(args) => redis_acl::run(args).await?,
         Command::Demo(args) => {
             let r = demo::demo(args).await?;

@@ -92,6 +92,16 @@ pub struct SimArgs {
     /// market and ledger as the `--listen` gateway (which keeps `--username`/`--account`).
     #[arg(long = "gateway", value_name = "ADDR=USERNAME:ACCOUNT")]
     pub gateways: Vec<GatewaySpec>,
+    /// The SSO login page (`/sso/Login`) takes only this file's password (default: any).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// The SSO login page asks for a TOTP code of this base32 secret after the password.
+    #[arg(long)]
+    pub totp_secret_file: Option<PathBuf>,
+    /// Refused logins in a row after which the SSO page locks the account (IB's number is
+    /// not published).
+    #[arg(long, default_value_t = 5)]
+    pub sso_lock_after: u32,
 }
 
 /// One IB user's gateway: where it listens and whose session it serves.
@@ -166,6 +176,10 @@ pub struct SimConfig {
     pub conidless_probability: f64,
     /// Gateways besides the primary one (`listen`/`username`/`account`).
     pub gateways: Vec<GatewaySpec>,
+    /// The SSO page's password (None: any) and TOTP secret (None: no second factor).
+    pub password_file: Option<PathBuf>,
+    pub totp_secret_file: Option<PathBuf>,
+    pub sso_lock_after: u32,
 }
 
 impl Default for SimConfig {
@@ -200,6 +214,9 @@ impl Default for SimConfig {
             history_delay_ms: 250,
             conidless_probability: 0.0,
             gateways: Vec::new(),
+            password_file: None,
+            totp_secret_file: None,
+            sso_lock_after: 5,
         }
     }
 }
@@ -232,6 +249,9 @@ impl From<SimArgs> for SimConfig {
             history_delay_ms: a.history_delay_ms,
             conidless_probability: a.conidless_probability,
             gateways: a.gateways,
+            password_file: a.password_file,
+            totp_secret_file: a.totp_secret_file,
+            sso_lock_after: a.sso_lock_after,
             ..Self::default()
         }
     }
@@ -279,6 +299,19 @@ impl SimConfig {
         }
         if self.idle_timeout_secs == 0 {
             return bad("idle timeout must be > 0 s".into());
+        }
+        if self.sso_lock_after == 0 {
+            return bad("sso lock after must be at least 1 refused login".into());
+        }
+        for (flag, path) in [
+            ("--password-file", &self.password_file),
+            ("--totp-secret-file", &self.totp_secret_file),
+        ] {
+            if let Some(p) = path
+                && let Err(e) = std::fs::metadata(p)
+            {
+                return bad(format!("{flag} {}: {e}", p.display()));
+            }
         }
         let mut users = HashSet::new();
         let mut addrs = HashSet::new();

@@ -114,6 +114,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .nest("/v1/api", api.clone())
         .nest("/v1/portal", api)
         .merge(admin)
+        .merge(crate::sso::routes())
         .with_state(sim)
 }
 

@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod market;
 mod session;
 mod sim;
+mod sso;
 mod tls;
 mod ws;
 
@@ -348,6 +349,7 @@ pub async fn spawn(config: SimConfig) -> Result<SimHandle, SimError> {
             open_conns: AtomicUsize::new(0),
             history_inflight: AtomicUsize::new(0),
             shutdown: shutdown_rx.clone(),
+            sso_page: Mutex::default(),
         });
         let app = http::router(sim.clone());
         let mut stop = shutdown_rx.clone();

@@ -56,6 +56,8 @@ pub struct Sim {
     /// `/iserver/marketdata/history` requests in flight (IB allows 5).
     pub history_inflight: AtomicUsize,
     pub shutdown: watch::Receiver<bool>,
+    /// The SSO login page's state (`sso.rs`).
+    pub sso_page: Mutex<crate::sso::SsoLogin>,
 }
 
 impl Sim {

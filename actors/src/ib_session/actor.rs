@@ -109,6 +109,8 @@ pub struct SessionActorState {
     unreachable_since: Option<Instant>,
     /// When the login command last ran and how it went.
     last_login: Option<(Instant, String)>,
+    /// The built-in login (`[ib.login]`), run instead of `login_command`.
+    login: Option<crate::ib_login::BuiltinLogin>,
     /// The configured symbols plus those added over the control socket.
     symbols: Vec<SymbolConfig>,
     /// With a cluster: the symbols this pod streams (its share, plus symbols added here over
@@ -131,6 +133,7 @@ impl Actor for IbSession {
         args: SessionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let symbols = args.ib.symbols.clone();
+        let login = crate::ib_login::BuiltinLogin::new(&args.ib, args.metrics.clone());
         let client = IbClient::new(args.ib, args.metrics.clone())?;
         let _ = myself.cast(SessionMsg::Check { generation: 0 });
         let st = SessionActorState {
@@ -148,6 +151,7 @@ impl Actor for IbSession {
             last_resolve: None,
             unreachable_since: None,
             last_login: None,
+            login,
             symbols,
             assigned: args.clustered.then(BTreeSet::new),
             added_here: BTreeSet::new(),
@@ -172,6 +176,11 @@ impl Actor for IbSession {
                 }
             }
             SessionMsg::SocketUnauthenticated | SessionMsg::Reauthenticate => {
+                // Ops asking for a re-authentication after `login_failed` have fixed the
+                // credentials: count failed logins from zero again.
+                if let (SessionMsg::Reauthenticate, Some(login)) = (&msg, &state.login) {
+                    login.reset();
+                }
                 // Re-check now; the state machine decides between reauth and back-off.
                 state.initialized =
                     state.initialized && matches!(state.state, SessionState::Authenticated);
@@ -198,7 +207,10 @@ impl Actor for IbSession {
                     instruments: state.instruments.len(),
                     streamed_instruments: state.streamed().len(),
                     unresolved_symbols: state.unresolved.clone(),
-                    last_login_outcome: state.last_login.as_ref().map(|(_, o)| o.clone()),
+                    last_login_outcome: match &state.login {
+                        Some(login) => login.outcome(),
+                        None => state.last_login.as_ref().map(|(_, o)| o.clone()),
+                    },
                 });
             }
             SessionMsg::Assign(symbols) => {
@@ -368,6 +380,10 @@ impl SessionActorState {
             Ok(t) => t,
             Err(IbError::NoSession(m)) => {
                 self.initialized = false;
+                if let Some(reason) = self.login.as_ref().and_then(|l| l.failed_reason()) {
+                    self.fail(SessionState::LoginFailed, reason);
+                    return Duration::from_secs(5);
+                }
                 self.fail(SessionState::NeedsLogin, format!("no session: {m}"));
                 self.run_login_hook().await;
                 return Duration::from_secs(5);
@@ -475,6 +491,10 @@ impl SessionActorState {
     /// Runs the configured login command (at most once per `login_retry`) and records how it
     /// went: a gateway without a brokerage session needs a human or a helper to log in.
     async fn run_login_hook(&mut self) {
+        if let Some(login) = &self.login {
+            login.start();
+            return;
+        }
         let config = self.client.config();
         let Some(cmd) = config.login_command.clone() else {
             return;

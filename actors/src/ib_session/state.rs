@@ -18,6 +18,9 @@ pub enum SessionState {
     /// 429: IB's penalty box; we wait it out.
     PenaltyBox,
     GatewayUnreachable,
+    /// The built-in login stopped after `ib.login.max_failed_logins` refused logins (or IB
+    /// locked the account): no more tries until ops fix it and `ctl reauth`.
+    LoginFailed,
 }
 
 impl SessionState {
@@ -30,6 +33,7 @@ impl SessionState {
         "competing",
         "penalty_box",
         "gateway_unreachable",
+        "login_failed",
     ];
 
     pub fn label(&self) -> &'static str {
@@ -42,6 +46,7 @@ impl SessionState {
             Self::Competing => "competing",
             Self::PenaltyBox => "penalty_box",
             Self::GatewayUnreachable => "gateway_unreachable",
+            Self::LoginFailed => "login_failed",
         }
     }
 }

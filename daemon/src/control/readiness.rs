@@ -93,7 +93,14 @@ async fn check(
     ch: &clickhouse::Client,
 ) -> Result<(), String> {
     if t.roles.contains(&Role::Connector) {
-        let session = session_state(&t.supervisor).await?;
+        let (session, failure) = session_state(&t.supervisor).await?;
+        if session == SessionState::LoginFailed {
+            // Say why: ops must fix the credentials before anything else happens.
+            return Err(format!(
+                "connector: ib session is login_failed ({})",
+                failure.unwrap_or_default()
+            ));
+        }
         if session != SessionState::Authenticated {
             return Err(format!(
                 "connector: ib session is {}, not authenticated",
@@ -125,7 +132,9 @@ async fn check(
     Ok(())
 }
 
-async fn session_state(sup: &ActorRef<SupervisorMsg>) -> Result<SessionState, String> {
+async fn session_state(
+    sup: &ActorRef<SupervisorMsg>,
+) -> Result<(SessionState, Option<String>), String> {
     let children = ractor::call_t!(sup, SupervisorMsg::Children, 2_000)
         .map_err(|e| format!("supervisor not answering: {e}"))?;
     let cell = children
@@ -135,6 +144,6 @@ async fn session_state(sup: &ActorRef<SupervisorMsg>) -> Result<SessionState, St
         .ok_or("connector: the ib session actor is not running")?;
     let session: ActorRef<SessionMsg> = cell.into();
     ractor::call_t!(session, SessionMsg::GetState, 2_000)
-        .map(|s| s.state)
+        .map(|s| (s.state, s.last_failure))
         .map_err(|e| format!("connector: ib session not answering: {e}"))
 }
