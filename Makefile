@@ -17,8 +17,10 @@ demo: deps stack-up build-release
 
 test: deps fmt-check clippy unit-test chdb-check stack-up ops-check integration-test
 
+# Chromium and chromedriver: the built-in IB login (`marketlane login`) and its tests.
 deps:
 	@scripts/build-deps
+	@scripts/chromium
 
 build:
 	$(CARGO) build --bin marketlane

@@ -203,3 +203,41 @@ impl LoginConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IbConfig;
+
+    fn ib(toml_text: &str) -> Result<IbConfig, String> {
+        let ib: IbConfig = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        ib.validate().map_err(|e| e.to_string())?;
+        Ok(ib)
+    }
+
+    #[test]
+    fn login_section_parses_with_ibeam_defaults() {
+        let ib = ib("[login]\npassword_file = \"/run/secrets/ib/password\"\ntotp_secret_file = \"/run/secrets/ib/totp\"\npaper = true\n[login.selectors]\nsubmit = \"button.login\"\n").unwrap();
+        let login = ib.login.unwrap();
+        assert_eq!(login.second_factor(), SecondFactor::Totp);
+        assert_eq!(login.max_failed_logins, 3);
+        assert_eq!(login.route, "/sso/Login?forwardTo=22&RL=1&ip2loc=on");
+        assert_eq!(login.selectors.submit, "button.login");
+        assert_eq!(login.selectors.password, "input[name=\"password\"]");
+        assert!(login.paper);
+    }
+
+    #[test]
+    fn bad_login_sections_name_the_key() {
+        let e = ib("[login]\ntotp_secret_file = \"/t\"\n").unwrap_err();
+        assert!(e.contains("ib.login.password_file"), "{e}");
+        let e = ib("[login]\npassword_file = \"/p\"\nsecond_factor = \"totp\"\n").unwrap_err();
+        assert!(e.contains("ib.login.totp_secret_file"), "{e}");
+        let e = ib("[login]\npassword_file = \"/p\"\nsecond_factor = \"command\"\n").unwrap_err();
+        assert!(e.contains("ib.login.code_command"), "{e}");
+        let e = ib("[login]\npassword_file = \"/p\"\nmax_failed_logins = 0\n").unwrap_err();
+        assert!(e.contains("ib.login.max_failed_logins"), "{e}");
+        let e = ib("[login]\npassword_file = \"/p\"\npasword = \"x\"\n").unwrap_err();
+        assert!(e.contains("pasword"), "{e}");
+    }
+}
