@@ -47,6 +47,12 @@ pub struct LoginArgs {
     /// The browser binary (default: chromedriver's, /usr/bin/chromium on Debian).
     #[arg(long)]
     chromium: Option<PathBuf>,
+    /// Push: seconds to wait for the approval before each resend.
+    #[arg(long, default_value_t = 30)]
+    push_resend_after: u64,
+    /// Push: resends before giving up.
+    #[arg(long, default_value_t = 3)]
+    push_resends: u32,
     /// Seconds each page step may take.
     #[arg(long, default_value_t = 30)]
     page_timeout: u64,
@@ -78,6 +84,8 @@ pub async fn run(args: LoginArgs) -> anyhow::Result<ExitCode> {
         chromedriver: args.chromedriver,
         chromium: args.chromium,
         page_timeout: Duration::from_secs(args.page_timeout),
+        push_resend_after: Duration::from_secs(args.push_resend_after),
+        push_resends: args.push_resends,
         auth_wait: Duration::from_secs(args.auth_wait),
         ..LoginConfig::default()
     };

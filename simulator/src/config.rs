@@ -102,6 +102,10 @@ pub struct SimArgs {
     /// not published).
     #[arg(long, default_value_t = 5)]
     pub sso_lock_after: u32,
+    /// The SSO page's second factor is an IB Key push notification, approved with
+    /// `POST /sim/sso/approve` (instead of a TOTP code).
+    #[arg(long)]
+    pub sso_push: bool,
 }
 
 /// One IB user's gateway: where it listens and whose session it serves.
@@ -180,6 +184,7 @@ pub struct SimConfig {
     pub password_file: Option<PathBuf>,
     pub totp_secret_file: Option<PathBuf>,
     pub sso_lock_after: u32,
+    pub sso_push: bool,
 }
 
 impl Default for SimConfig {
@@ -217,6 +222,7 @@ impl Default for SimConfig {
             password_file: None,
             totp_secret_file: None,
             sso_lock_after: 5,
+            sso_push: false,
         }
     }
 }
@@ -252,6 +258,7 @@ impl From<SimArgs> for SimConfig {
             password_file: a.password_file,
             totp_secret_file: a.totp_secret_file,
             sso_lock_after: a.sso_lock_after,
+            sso_push: a.sso_push,
             ..Self::default()
         }
     }

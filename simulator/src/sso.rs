@@ -54,6 +54,9 @@ pub struct SsoLogin {
     pending: Option<String>,
     /// Login complete: the token the page posts to `/sso/Dispatcher`.
     granted: Option<String>,
+    /// Push notifications sent (the first and every resend) and whether one was approved.
+    pub push_sent: u32,
+    push_approved: bool,
 }
 
 pub fn routes() -> Router<Arc<Sim>> {
@@ -62,6 +65,7 @@ pub fn routes() -> Router<Arc<Sim>> {
         .route("/sso/Authenticator", post(authenticator))
         .route("/sso/Dispatcher", post(dispatcher))
         .route("/sim/sso", get(status))
+        .route("/sim/sso/approve", post(approve))
 }
 
 async fn page() -> Html<&'static str> {
@@ -85,7 +89,8 @@ struct AuthForm {
     token: String,
 }
 
-/// The page's script talks to this. IB runs SRP-6 here (ib-gateway-service:
+/// The page's script talks to this. The push actions (`POLLPUSH`, `RESENDPUSH`) are the
+/// simulator's own: how IB's page learns of an approval is not published. IB runs SRP-6 here (ib-gateway-service:
 /// `ACTION=INIT`/`COMPLETEAUTH` with `A`, `M1`, then `COMPLETEAUTH_1`/`COMPLETETWOFACT`,
 /// answers in XML); the simulator takes the password as is and answers JSON, because a
 /// browser-driving connector only sees the page, never this exchange.
@@ -122,13 +127,35 @@ async fn authenticator(State(sim): S, Form(f): Form<AuthForm>) -> Json<Value> {
                 return Json(json!({"error": PAPER_USER_IN_LIVE_MODE}));
             }
             let token = new_token();
-            if cfg.totp_secret_file.is_some() {
+            if cfg.sso_push {
+                st.pending = Some(token.clone());
+                st.push_sent += 1;
+                st.push_approved = false;
+                Json(json!({"push": true, "token": token}))
+            } else if cfg.totp_secret_file.is_some() {
                 st.pending = Some(token.clone());
                 Json(json!({"two_factor": true, "token": token}))
             } else {
                 st.granted = Some(token.clone());
                 Json(json!({"token": token}))
             }
+        }
+        // The page polls while the notification waits for the phone; a resend sends another.
+        "POLLPUSH" | "RESENDPUSH" => {
+            if st.pending.as_deref() != Some(f.token.as_str()) || f.token.is_empty() {
+                return Json(json!({"error": "Session expired. Please log in again."}));
+            }
+            if f.action == "RESENDPUSH" {
+                st.push_sent += 1;
+                return Json(json!({"pending": true}));
+            }
+            if !st.push_approved {
+                return Json(json!({"pending": true}));
+            }
+            st.pending = None;
+            st.push_approved = false;
+            st.granted = Some(f.token);
+            Json(json!({"token": st.granted.clone()}))
         }
         "COMPLETETWOFACT" => {
             if st.pending.as_deref() != Some(f.token.as_str()) || f.token.is_empty() {
@@ -172,6 +199,14 @@ async fn dispatcher(State(sim): S, Form(f): Form<DispatchForm>) -> Response {
     "Client login succeeds".into_response()
 }
 
+/// The phone approves the pending push notification.
+async fn approve(State(sim): S) -> Json<Value> {
+    let mut st = lock(&sim.sso_page);
+    let pending = st.pending.is_some() && sim.cfg.sso_push;
+    st.push_approved = pending;
+    Json(json!({"approved": pending}))
+}
+
 async fn status(State(sim): S) -> Json<Value> {
     let st = lock(&sim.sso_page);
     Json(json!({
@@ -180,7 +215,9 @@ async fn status(State(sim): S) -> Json<Value> {
         "locked": st.locked,
         "logins": st.logins,
         "lock_after": sim.cfg.sso_lock_after,
-        "second_factor": sim.cfg.totp_secret_file.is_some(),
+        "second_factor": sim.cfg.totp_secret_file.is_some() || sim.cfg.sso_push,
+        "push_sent": st.push_sent,
+        "push_pending": st.pending.is_some() && sim.cfg.sso_push,
     }))
 }
 
@@ -236,7 +273,7 @@ fn new_token() -> String {
 
 /// The page. Element ids, names and classes are IB's (see the module comment); the script
 /// is the simulator's.
-const PAGE: &str = r#"<!DOCTYPE html>
+const PAGE: &str = r##"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Client Portal Login</title>
 <style>.xyz-errormessage{color:#c00}</style></head>
 <body><div class="login">
@@ -252,6 +289,10 @@ const PAGE: &str = r#"<!DOCTYPE html>
     <input id="xyz-field-silver-response" name="silver-response" type="text" inputmode="numeric" autocomplete="one-time-code" class="form-control">
     <button type="submit" class="btn btn-lg btn-primary">Verify</button>
   </form>
+</div>
+<div class="login-step-notification" style="display:none">
+  <p>Check your mobile device: approve the IB Key notification to log in.</p>
+  <a href="#" onclick="resendNotification(); return false;">Resend notification</a>
 </div>
 <div class="xyz-errormessage" style="display:none"></div>
 <form id="xyz-form-dispatch" method="POST" action="/sso/Dispatcher" style="display:none">
@@ -276,6 +317,12 @@ $('#xyz-form-login').addEventListener('submit', async (e) => {
     PASSWORD: $('#xyz-field-password').value, LOGINTYPE: $('#toggle1').checked ? '2' : '1'});
   if (a.error) { showError(a.error); return; }
   token = a.token;
+  if (a.push) {
+    $('#xyz-form-login').style.display = 'none';
+    $('.login-step-notification').style.display = 'block';
+    pollPush();
+    return;
+  }
   if (a.two_factor) {
     $('#xyz-form-login').style.display = 'none';
     $('#twofactbase').style.display = 'block';
@@ -284,6 +331,13 @@ $('#xyz-form-login').addEventListener('submit', async (e) => {
   }
   dispatch(token);
 });
+async function pollPush() {
+  const a = await post({ACTION: 'POLLPUSH', TOKEN: token});
+  if (a.error) { showError(a.error); return; }
+  if (a.token) { dispatch(a.token); return; }
+  setTimeout(pollPush, 500);
+}
+function resendNotification() { post({ACTION: 'RESENDPUSH', TOKEN: token}); }
 $('#xyz-form-twofact').addEventListener('submit', async (e) => {
   e.preventDefault(); hideError();
   const a = await post({ACTION: 'COMPLETETWOFACT', TOKEN: token, RESPONSE: $('#xyz-field-silver-response').value});
@@ -291,4 +345,4 @@ $('#xyz-form-twofact').addEventListener('submit', async (e) => {
   dispatch(a.token);
 });
 </script></body></html>
-"#;
+"##;

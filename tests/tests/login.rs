@@ -242,6 +242,89 @@ async fn login_stops_after_three_failures_before_ib_locks_the_account() {
     assert_eq!(sso(&gw).await["attempts"], 2);
 }
 
+/// IB Key push: the login waits for the approval on the phone, resending the notification
+/// (ibeam's `NotificationResendTwoFaHandler`); one nobody approves ends the run as "not
+/// approved", which is not a refused login.
+#[tokio::test(flavor = "multi_thread")]
+async fn push_notification_is_waited_for_and_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = secrets(dir.path());
+    let sim = start_sim(dir.path(), &s, &["--sso-push"]);
+    let gw = sim.gateway_url();
+    // The phone approves once the first resend arrived.
+    let approver = {
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            loop {
+                let st = sso(&gw).await;
+                if st["push_sent"].as_u64() >= Some(2) && st["push_pending"] == true {
+                    let r: Value = reqwest::Client::new()
+                        .post(format!("{gw}/sim/sso/approve"))
+                        .header("Content-Length", "0")
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    assert_eq!(r["approved"], true);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let run = |extra: &'static [&'static str]| {
+        let (gw, pw, totp) = (gw.clone(), s.password.clone(), s.totp.clone());
+        tokio::task::spawn_blocking(move || login(&gw, &pw, &totp, extra))
+    };
+    let out = run(&[
+        "--paper",
+        "--second-factor",
+        "push",
+        "--push-resend-after",
+        "3",
+        "--push-resends",
+        "2",
+    ])
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    approver.await.unwrap();
+    let st = sso(&gw).await;
+    assert_eq!(
+        (st["push_sent"].as_u64(), st["logins"].as_u64()),
+        (Some(2), Some(1)),
+        "{st}"
+    );
+
+    reqwest::Client::new()
+        .post(format!("{gw}/v1/api/logout"))
+        .header("Content-Length", "0")
+        .send()
+        .await
+        .unwrap();
+    let out = run(&[
+        "--paper",
+        "--second-factor",
+        "push",
+        "--push-resend-after",
+        "1",
+        "--push-resends",
+        "1",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not approved"), "{}", stderr(&out));
+    let st = sso(&gw).await;
+    assert_eq!(
+        (st["push_sent"].as_u64(), st["failed"].as_u64()),
+        (Some(4), Some(0)),
+        "{st}"
+    );
+}
+
 fn login_section(s: &Secrets, password: &Path) -> String {
     format!(
         "[ib.login]\npassword_file = \"{}\"\ntotp_secret_file = \"{}\"\npaper = true\npage_timeout = 30\n",
