@@ -85,6 +85,7 @@ pub struct LoginConfig {
     /// The IB user; absent: `ib.username` (set per StatefulSet ordinal by `ib.usernames`).
     pub username: Option<String>,
     /// File holding the password (a mounted Secret); read at every login, never logged.
+    /// `{username}` in the path is the pod's IB user (one Secret key per user).
     pub password_file: PathBuf,
     /// Absent: `totp` when `totp_secret_file` is set, else `none`.
     pub second_factor: Option<SecondFactor>,

@@ -69,16 +69,30 @@ impl Credentials {
                 message: "no IB username (ib.login.username or ib.username)".into(),
             });
         }
-        let password = Password(read_secret(&cfg.password_file)?);
+        let username = username.trim();
+        let password = Password(read_secret(&per_user(&cfg.password_file, username))?);
         let totp = match (&cfg.totp_secret_file, cfg.second_factor()) {
-            (Some(path), SecondFactor::Totp) => Some(TotpCode::from_file(path)?),
+            (Some(path), SecondFactor::Totp) => {
+                Some(TotpCode::from_file(&per_user(path, username))?)
+            }
             _ => None,
         };
         Ok(Self {
-            username: username.trim().to_string(),
+            username: username.to_string(),
             password,
             totp,
         })
+    }
+}
+
+/// `{username}` in a secret's path is the pod's IB user: one Secret with a key per user serves
+/// every ordinal of a StatefulSet (`/run/secrets/ib/{username}.password`).
+pub fn per_user(path: &Path, username: &str) -> std::path::PathBuf {
+    let text = path.to_string_lossy();
+    if text.contains("{username}") {
+        text.replace("{username}", username).into()
+    } else {
+        path.to_path_buf()
     }
 }
 
@@ -147,5 +161,32 @@ pub async fn confirm_authenticated(
             )));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_read_per_user_without_the_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("alice.password"), "s3cret \n").unwrap();
+        std::fs::write(dir.path().join("alice.totp"), "GEZDGNBVGY3TQOJQ\r\n").unwrap();
+        let cfg = LoginConfig {
+            password_file: dir.path().join("{username}.password"),
+            totp_secret_file: Some(dir.path().join("{username}.totp")),
+            ..LoginConfig::default()
+        };
+        let c = Credentials::load(" alice ", &cfg).unwrap();
+        assert_eq!(c.username, "alice");
+        assert_eq!(c.password.expose(), "s3cret ");
+        assert!(c.totp.is_some());
+        let e = Credentials::load("bob", &cfg).err().unwrap();
+        assert!(e.to_string().contains("bob.password"), "{e}");
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        let e = read_secret(&dir.path().join("empty")).unwrap_err();
+        assert!(e.to_string().ends_with("empty"), "{e}");
+        assert!(Credentials::load("  ", &cfg).is_err());
     }
 }
