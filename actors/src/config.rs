@@ -169,6 +169,12 @@ impl IbConfig {
             }
         }
         if let Some(login) = &self.login {
+            if self.login_command.is_some() {
+                return Err(bad(
+                    "ib.login",
+                    "both [ib.login] and ib.login_command are set; keep one",
+                ));
+            }
             login.validate()?;
         }
         let mut seen = std::collections::HashSet::new();

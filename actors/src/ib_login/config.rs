@@ -238,6 +238,9 @@ mod tests {
         assert!(e.contains("ib.login.code_command"), "{e}");
         let e = ib("[login]\npassword_file = \"/p\"\nmax_failed_logins = 0\n").unwrap_err();
         assert!(e.contains("ib.login.max_failed_logins"), "{e}");
+        let e =
+            ib("login_command = [\"/bin/login\"]\n[login]\npassword_file = \"/p\"\n").unwrap_err();
+        assert!(e.contains("ib.login:"), "{e}");
         let e = ib("[login]\npassword_file = \"/p\"\npasword = \"x\"\n").unwrap_err();
         assert!(e.contains("pasword"), "{e}");
     }
