@@ -17,13 +17,24 @@ pub struct Instrument {
     /// The futures contract chosen (last trading day `YYYYMMDD`), if a future.
     pub last_trading_day: Option<u32>,
     pub price_unit: String,
-    /// IB reports US stock sizes in lots of 100 shares.
+    /// The unit of IB's bid and ask sizes (88/85, and `sbd` ladder sizes): IB divides them by
+    /// 100 for US stocks (lots of 100 shares). Trade sizes (7059) have
+    /// [`Instrument::trade_size_unit`].
     pub size_unit: String,
     /// Also stream the BookTrader ladder (`sbd`).
     pub depth: bool,
 }
 
 impl Instrument {
+    /// The unit of 7059 (last size): "the number of units traded at the last price", shares or
+    /// contracts; IB documents the division by 100 only for 88/85.
+    pub fn trade_size_unit(&self) -> &'static str {
+        match self.sec_type {
+            SecType::Stock => "1_shares",
+            SecType::Future => "1_contracts",
+        }
+    }
+
     /// The `symbol_type` column value.
     pub fn symbol_type(&self) -> &'static str {
         match self.sec_type {

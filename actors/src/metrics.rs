@@ -27,6 +27,8 @@ pub struct Metrics {
     pub rows_normalized: IntCounterVec,
     pub rows_quarantined: IntCounterVec,
     pub missing_fields: IntCounterVec,
+    pub not_realtime_rows: IntCounterVec,
+    pub market_data_availability: IntGaugeVec,
     pub kafka_produced: IntCounterVec,
     pub kafka_produce_errors: IntCounterVec,
     pub kafka_produce_latency: HistogramVec,
@@ -160,6 +162,16 @@ impl Metrics {
                 "marketlane_missing_fields_total",
                 "Nullable fields filled as missing, by category, field and source",
                 &["category", "field", "source"],
+            ),
+            not_realtime_rows: counter(
+                "marketlane_not_realtime_rows_total",
+                "Rows kept in <category>_unqualified because IB's data for the symbol is not real-time (field 6509)",
+                &["category", "symbol"],
+            ),
+            market_data_availability: gauge(
+                "marketlane_market_data_availability",
+                "1 for each streamed symbol's current market-data availability (field 6509: realtime, delayed, frozen, frozen_delayed, none, unknown)",
+                &["symbol", "availability"],
             ),
             kafka_produced: counter(
                 "marketlane_kafka_produced_total",

@@ -33,6 +33,75 @@ pub mod field {
     pub const OPEN_INTEREST: &str = "7697";
 }
 
+/// Field 6509, market-data availability: the first character says how the data is delivered
+/// (`R` real-time, `D` delayed, `Z` frozen, `Y` frozen-delayed, `N` not subscribed), the others
+/// what else is available (`P` snapshot, `p` consolidated, `B` book) [IB's field list, as copied
+/// in Voyz/ibind `ibind/client/ibkr_definitions.py`; observed `RpB`, `DPB`, `ZB`: machdat/
+/// broker-gateway `docs/research/ibkr-availability-code.md`]. IB sends it in the first (full)
+/// frame of a subscription and afterwards only when it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Availability(String);
+
+/// What the first character of 6509 says about the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    RealTime,
+    Delayed,
+    Frozen,
+    FrozenDelayed,
+    NotSubscribed,
+    /// A code IB does not document: never taken for real-time.
+    Unknown,
+}
+
+impl Availability {
+    /// Reads 6509; `None` for a value that is not a non-empty string.
+    pub fn parse(v: &Value) -> Option<Self> {
+        let s = v.as_str()?.trim();
+        (!s.is_empty()).then(|| Self(s.to_string()))
+    }
+
+    pub fn code(&self) -> &str {
+        &self.0
+    }
+
+    pub fn delivery(&self) -> Delivery {
+        match self.0.as_bytes().first() {
+            Some(b'R') => Delivery::RealTime,
+            Some(b'D') => Delivery::Delayed,
+            Some(b'Z') => Delivery::Frozen,
+            Some(b'Y') => Delivery::FrozenDelayed,
+            Some(b'N') => Delivery::NotSubscribed,
+            _ => Delivery::Unknown,
+        }
+    }
+
+    /// Only `R…` is real-time data; delayed, frozen, unsubscribed and unknown codes are not.
+    pub fn is_realtime(&self) -> bool {
+        self.delivery() == Delivery::RealTime
+    }
+
+    /// `realtime`, `delayed`, `frozen`, `frozen_delayed`, `none`, `unknown`: the label of the
+    /// availability gauge and of `ctl subscriptions`.
+    pub fn label(&self) -> &'static str {
+        match self.delivery() {
+            Delivery::RealTime => "realtime",
+            Delivery::Delayed => "delayed",
+            Delivery::Frozen => "frozen",
+            Delivery::FrozenDelayed => "frozen_delayed",
+            Delivery::NotSubscribed => "none",
+            Delivery::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Availability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// `authStatus` of `/tickle`, and the body of `/iserver/auth/status`, `ssodh/init`,
 /// `reauthenticate` (when the gateway returns the status).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -517,6 +586,26 @@ mod tests {
         assert_eq!(md.updated_ms, Some(1_712_596_911_593));
         assert_eq!(md.fields.get("31"), Some(&json!("189.60")));
         assert!(!md.fields.contains_key("topic") && !md.fields.contains_key("conidEx"));
+    }
+
+    #[test]
+    fn availability_codes() {
+        let a = |s: &str| Availability::parse(&json!(s)).unwrap();
+        for (code, rt, label) in [
+            ("RpB", true, "realtime"),
+            ("RPB", true, "realtime"),
+            ("R", true, "realtime"),
+            ("DPB", false, "delayed"),
+            ("ZB", false, "frozen"),
+            ("Yp", false, "frozen_delayed"),
+            ("N", false, "none"),
+            ("F", false, "unknown"),
+        ] {
+            assert_eq!(a(code).is_realtime(), rt, "{code}");
+            assert_eq!(a(code).label(), label, "{code}");
+        }
+        assert_eq!(Availability::parse(&json!("")), None);
+        assert_eq!(Availability::parse(&json!(1)), None);
     }
 
     #[test]

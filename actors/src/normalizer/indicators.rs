@@ -96,10 +96,13 @@ fn read(field_id: &str, v: &Value) -> Result<f64, String> {
     })
 }
 
-/// The indicators normalizer keeps no per-conid state: every statistic is a value as of its
-/// frame.
+/// The indicators normalizer keeps no per-conid values (every statistic is a value as of its
+/// frame), only IB's last `_updated` per conid: IB sends the first frame twice with the same
+/// `_updated`, and the repeat says nothing new.
 #[derive(Default)]
-pub struct Statistics;
+pub struct Statistics {
+    updated: std::collections::HashMap<i64, i64>,
+}
 
 impl Normalize for Statistics {
     const CATEGORY: &'static str = INDICATORS;
@@ -111,7 +114,18 @@ impl Normalize for Statistics {
         received_ns: i64,
         permit: &Inflight,
     ) {
+        if let (Some(conid), Some(u)) = (frame.conid, frame.updated_ms) {
+            let last = self.updated.entry(conid).or_insert(i64::MIN);
+            if u <= *last {
+                return;
+            }
+            *last = u;
+        }
         on_frame(core, frame, received_ns, permit).await;
+    }
+
+    fn retain(&mut self, instruments: &super::InstrumentMap) {
+        self.updated.retain(|c, _| instruments.contains_key(c));
     }
 }
 
@@ -182,7 +196,16 @@ async fn on_frame(core: &mut Core, frame: &MarketDataFrame, received_ns: i64, pe
             json!(unit_name(*unit, &instrument)),
         );
         row.insert("indicator_type".into(), json!(kind));
-        let emitted = core.emitter.emit(INDICATORS, row, event_time, permit).await;
+        let emitted = core
+            .emit_row(
+                INDICATORS,
+                conid,
+                &instrument.symbol,
+                row,
+                event_time,
+                permit,
+            )
+            .await;
         core.count(emitted);
     }
 }

@@ -1,16 +1,20 @@
 //! The l2_market_data normalizer: book levels from two sources.
 //!
-//! - Top of book from `smd` (84 bid, 86 ask, 88 bid size, 85 ask size): every later frame that
+//! - Top of book from `smd` (84 bid, 86 ask, 88 bid size, 85 ask size): every frame that
 //!   carries any of them gives both sides' level-1 rows (`max_level` 1) with the merged values,
-//!   at IB's `_updated` time. The first frame after a subscription only seeds the state, like
-//!   for trades.
+//!   at IB's `_updated` time. The first frame of a subscription too: its quote is the current
+//!   one (unlike its last trade, which may be old), and a quiet contract may not quote again
+//!   for a long time. A repeat of the same update (IB sends the first frame twice, with the same
+//!   `_updated`) gives nothing.
 //! - `sbd` BookTrader ladders: each ladder is a full book, so it gives one row per side and
 //!   level (level 1 is the best price, `max_level` the rows of that side). IB gives no event
 //!   time for ladders: `l2_time` is the receive time and the row id is per pod (the seed notes
 //!   that L2 duplicates across pods cannot be recognised). The exchange of a ladder over all
 //!   deep exchanges is unknown, so `exchange_identifier` is missing (state `missing`).
 //!
-//! Sizes are kept in IB's unit (lots of 100 for US stocks: `size_unit` says so).
+//! Sizes are kept in IB's unit (lots of 100 for US stocks: `size_unit` says so). IB documents
+//! the division by 100 for 88/85; that ladder sizes share it is an assumption (no real ladder
+//! with a known share count has been published).
 
 use std::collections::HashMap;
 
@@ -30,7 +34,8 @@ struct TopOfBook {
     ask: Option<f64>,
     bid_size: Option<f64>,
     ask_size: Option<f64>,
-    seeded: bool,
+    /// IB's `_updated` of the last frame that gave rows.
+    updated_ms: Option<i64>,
 }
 
 /// Per-conid top of book of the l2 normalizer (ladders need no state: each is a full book).
@@ -65,12 +70,6 @@ impl Normalize for Books {
     fn retain(&mut self, instruments: &InstrumentMap) {
         self.books
             .retain(|conid, _| instruments.contains_key(conid));
-    }
-
-    fn resubscribed(&mut self, conids: &[i64]) {
-        for c in conids {
-            self.books.entry(*c).or_default().seeded = false;
-        }
     }
 }
 
@@ -128,7 +127,9 @@ async fn emit(core: &mut Core, conid: i64, l: Level<'_>, received_ns: i64, permi
     row.insert("level".into(), json!(l.level));
     row.insert("max_level".into(), json!(l.max_level));
     row.insert("l2_time".into(), json!(l.l2_time));
-    let emitted = core.emitter.emit(L2, row, l.l2_time, permit).await;
+    let emitted = core
+        .emit_row(L2, conid, &l.instrument.symbol, row, l.l2_time, permit)
+        .await;
     core.count(emitted);
 }
 
@@ -173,7 +174,13 @@ impl Books {
                 },
             }
         }
+        let updated_ms = frame.updated_ms.unwrap_or(received_ns / 1_000_000);
         let book = self.books.entry(conid).or_default();
+        if book.updated_ms.is_some_and(|u| updated_ms <= u) {
+            // The same update again, or an older one: the book already says it.
+            return;
+        }
+        book.updated_ms = Some(updated_ms);
         let slots = [
             &mut book.bid,
             &mut book.ask,
@@ -185,12 +192,7 @@ impl Books {
                 *slot = v;
             }
         }
-        if !book.seeded {
-            book.seeded = true;
-            return;
-        }
         let book = *book;
-        let updated_ms = frame.updated_ms.unwrap_or(received_ns / 1_000_000);
         let l2_time = updated_ms.saturating_mul(1_000_000);
         for (side, price, size) in [
             ("bid", book.bid, book.bid_size),
@@ -307,8 +309,19 @@ mod tests {
     #[tokio::test]
     async fn top_of_book_from_smd() {
         let h = Harness::start(crate::normalizer::L2Normalizer::new(), L2_NORMALIZER).await;
-        let snap = r#"{"topic":"smd+265598","conid":265598,"_updated":1,"84":"189.50","86":"189.70","88":"5","85":"1,300","31":"189.6"}"#;
-        assert!(h.feed(snap, 7).await.is_empty(), "a snapshot only seeds");
+        // The opening quote is the current quote: level-1 rows at once.
+        let snap = r#"{"topic":"smd+265598","conid":265598,"_updated":1,"6509":"RpB","84":"189.50","86":"189.70","88":"5","85":"1,300","31":"189.6"}"#;
+        let got = h.feed(snap, 7).await;
+        assert_eq!(
+            levels(&got),
+            vec![
+                ("ask".into(), 1, 1, 189.7, 1300.0),
+                ("bid".into(), 1, 1, 189.5, 5.0)
+            ]
+        );
+        assert_eq!(json(&got[0])["l2_time"], 1_000_000);
+        // IB sends the first frame twice (same `_updated`): nothing new.
+        assert!(h.feed(snap, 8).await.is_empty(), "a repeated update");
         // Only the bid moved: both sides' level-1 rows, with the merged ask.
         let got = h
             .feed(

@@ -10,12 +10,12 @@ pub mod tick;
 #[cfg(test)]
 pub(crate) mod testkit;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use marketlane_protocol::ib::{BookFrame, MarketDataFrame};
+use marketlane_protocol::ib::{Availability, BookFrame, MarketDataFrame, field};
 use marketlane_protocol::{RowMap, SchemaSet, UnqualifiedRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
@@ -70,7 +70,12 @@ pub struct NormalizerSnapshot {
     pub frames: u64,
     pub rows: u64,
     pub quarantined: u64,
+    /// Of `quarantined`: rows of symbols whose market data is not real-time (field 6509).
+    pub not_realtime: u64,
 }
+
+/// The quarantine reason of rows whose symbol's market data is not real-time.
+pub const NOT_REALTIME: &str = "not_realtime";
 
 /// What every normalizer keeps besides its own per-conid state: where its rows go, what is
 /// subscribed, and its observable counters.
@@ -78,6 +83,11 @@ pub struct Core {
     pub emitter: RowEmitter,
     pub instruments: InstrumentMap,
     pub snapshot: NormalizerSnapshot,
+    /// Field 6509 per conid as last received. IB sends it in the first (full) frame of a
+    /// subscription and then only when it changes, so every later delta of the conid has the
+    /// availability kept here. A conid without one yet (6509 not requested) counts as
+    /// real-time: nothing says otherwise.
+    pub availability: HashMap<i64, Availability>,
 }
 
 impl Core {
@@ -86,6 +96,62 @@ impl Core {
             Emitted::Row => self.snapshot.rows += 1,
             Emitted::Quarantined => self.snapshot.quarantined += 1,
         }
+    }
+
+    /// Keeps the availability a frame carries (a full frame, or a change).
+    fn note_availability(&mut self, frame: &MarketDataFrame) {
+        if let (Some(conid), Some(a)) = (
+            frame.conid,
+            frame
+                .fields
+                .get(field::AVAILABILITY)
+                .and_then(Availability::parse),
+        ) {
+            self.availability.insert(conid, a);
+        }
+    }
+
+    /// The conid's availability when it is known and not real-time.
+    pub fn not_realtime(&self, conid: i64) -> Option<&Availability> {
+        self.availability.get(&conid).filter(|a| !a.is_realtime())
+    }
+
+    /// Hands a row of `conid` (of `symbol`) to the emitter, unless the conid's market data is
+    /// not real-time: such a row never reaches the real-time table; it is kept in
+    /// `<category>_unqualified` with reason `not_realtime` and counted per symbol. Level-2
+    /// ladders go through here too, under the level-1 availability of their conid: IB gives
+    /// ladders no availability of their own, and a user whose level 1 is delayed or frozen has
+    /// no real-time entitlement for the contract.
+    pub async fn emit_row(
+        &mut self,
+        category: &str,
+        conid: i64,
+        symbol: &str,
+        row: marketlane_protocol::RowMap,
+        event_time_ns: i64,
+        permit: &Inflight,
+    ) -> Emitted {
+        if let Some(a) = self.not_realtime(conid) {
+            let reason = format!(
+                "{symbol}: market data is {} (field 6509 = {a:?}), not real-time",
+                a.label(),
+                a = a.code()
+            );
+            self.emitter
+                .metrics
+                .not_realtime_rows
+                .with_label_values(&[category, symbol])
+                .inc();
+            self.snapshot.not_realtime += 1;
+            let raw = serde_json::to_vec(&row).unwrap_or_default();
+            self.emitter
+                .quarantine(category, NOT_REALTIME, reason, &raw, permit)
+                .await;
+            return Emitted::Quarantined;
+        }
+        self.emitter
+            .emit(category, row, event_time_ns, permit)
+            .await
     }
 }
 
@@ -156,6 +222,7 @@ impl<N: Normalize> Actor for Normalizer<N> {
                 category: N::CATEGORY.into(),
                 ..Default::default()
             },
+            availability: HashMap::new(),
         };
         Ok((core, N::default()))
     }
@@ -173,6 +240,7 @@ impl<N: Normalize> Actor for Normalizer<N> {
                 permit,
             } => {
                 core.snapshot.frames += 1;
+                core.note_availability(&frame);
                 rule.market_data(core, &frame, received_ns, &permit).await;
             }
             NormalizerMsg::Book {
@@ -185,6 +253,7 @@ impl<N: Normalize> Actor for Normalizer<N> {
             }
             NormalizerMsg::Instruments(map) => {
                 core.snapshot.instruments = map.len();
+                core.availability.retain(|c, _| map.contains_key(c));
                 rule.retain(&map);
                 core.instruments = map;
             }
@@ -314,7 +383,13 @@ impl RowEmitter {
         raw: &[u8],
         permit: &Inflight,
     ) {
-        warn!(category, reason = %reason, "quarantined");
+        if code == NOT_REALTIME {
+            // Every frame of a delayed symbol ends here: the metric and `ctl status` say it,
+            // a warning per row would drown the log.
+            tracing::debug!(category, reason = %reason, "quarantined");
+        } else {
+            warn!(category, reason = %reason, "quarantined");
+        }
         self.metrics
             .rows_quarantined
             .with_label_values(&[category, "connector", code])
@@ -360,6 +435,130 @@ impl RowEmitter {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
             waited += Duration::from_millis(20);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::{Harness, json};
+    use super::{IndicatorsNormalizer, L2Normalizer, NOT_REALTIME, TickNormalizer};
+    use crate::names::{INDICATORS_NORMALIZER, L2_NORMALIZER, TICK_NORMALIZER};
+
+    /// `(topic, reason_code or "row")` of each produced message.
+    fn outcomes(got: &[crate::kafka::Produce]) -> Vec<(String, String)> {
+        got.iter()
+            .map(|p| {
+                let v = json(p);
+                let what = v["reason_code"].as_str().unwrap_or("row").to_string();
+                (p.topic.clone(), what)
+            })
+            .collect()
+    }
+
+    fn not_realtime(h: &Harness, category: &str) -> u64 {
+        h.metrics
+            .not_realtime_rows
+            .with_label_values(&[category, "AAPL"])
+            .get()
+    }
+
+    /// The frames of a symbol whose 6509 says delayed (as in machdat/broker-gateway's live
+    /// recordings, `DPB`), then real-time, then frozen: (frame, what each category gives).
+    #[tokio::test]
+    async fn availability_decides_between_the_table_and_unqualified() {
+        let tick = Harness::start(TickNormalizer::new(), TICK_NORMALIZER).await;
+        let l2 = Harness::start(L2Normalizer::new(), L2_NORMALIZER).await;
+        let ind = Harness::start(IndicatorsNormalizer::new(), INDICATORS_NORMALIZER).await;
+        let q = |c: &str| (format!("{c}_unqualified"), NOT_REALTIME.to_string());
+        let row = |c: &str| (c.to_string(), "row".to_string());
+        type Want = (
+            Vec<(String, String)>,
+            Vec<(String, String)>,
+            Vec<(String, String)>,
+        );
+        let table: Vec<(&str, Want)> = vec![
+            // Full frame, delayed: the trade seeds; the opening quote and the statistic are
+            // kept in _unqualified, not in the real-time tables.
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":10,"6509":"DPB","31":"271.67","7059":"3","84":"271.55","86":"271.66","88":"2","85":"4","7762":"1000"}"#,
+                (
+                    vec![],
+                    vec![q("l2_market_data"), q("l2_market_data")],
+                    vec![q("indicators_market_data")],
+                ),
+            ),
+            // A delta without 6509: still delayed (IB sends 6509 only when it changes).
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":11,"31":"271.70","84":"271.60"}"#,
+                (
+                    vec![q("tick_market_data")],
+                    vec![q("l2_market_data"), q("l2_market_data")],
+                    vec![],
+                ),
+            ),
+            // The availability changes to real-time: rows flow.
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":12,"6509":"RpB","31":"271.75","7059":"1"}"#,
+                (vec![row("tick_market_data")], vec![], vec![]),
+            ),
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":13,"31":"271.80","84":"271.70","7762":"1100"}"#,
+                (
+                    vec![row("tick_market_data")],
+                    vec![row("l2_market_data"), row("l2_market_data")],
+                    vec![row("indicators_market_data")],
+                ),
+            ),
+            // Frozen after the close (`ZB`, observed in the same recordings): not real-time.
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":14,"6509":"ZB","31":"271.81","7059":"1"}"#,
+                (vec![q("tick_market_data")], vec![], vec![]),
+            ),
+        ];
+        for (i, (frame, (t, l, x))) in table.iter().enumerate() {
+            assert_eq!(&outcomes(&tick.feed(frame, 1).await), t, "tick, frame {i}");
+            let mut got = outcomes(&l2.feed(frame, 1).await);
+            got.sort();
+            assert_eq!(&got, l, "l2, frame {i}");
+            assert_eq!(
+                &outcomes(&ind.feed(frame, 1).await),
+                x,
+                "indicators, frame {i}"
+            );
+        }
+        assert_eq!(not_realtime(&tick, "tick_market_data"), 2);
+        assert_eq!(not_realtime(&l2, "l2_market_data"), 4);
+        assert_eq!(not_realtime(&ind, "indicators_market_data"), 1);
+        // The quarantined row is kept whole, with the reason naming the symbol and the code.
+        let frozen = r#"{"topic":"smd+265598","conid":265598,"_updated":15,"31":"271.90"}"#;
+        let got = tick.feed(frozen, 1).await;
+        let rec: marketlane_protocol::UnqualifiedRecord =
+            serde_json::from_slice(&got[0].payload).unwrap();
+        assert_eq!(rec.reason_code, NOT_REALTIME);
+        assert!(
+            rec.reason.contains("AAPL") && rec.reason.contains("\"ZB\""),
+            "{}",
+            rec.reason
+        );
+        let kept: serde_json::Value = serde_json::from_str(&rec.raw).unwrap();
+        assert_eq!(kept["price"], 271.9);
+        assert_eq!(kept["symbol_identifier"], "AAPL");
+        // A ladder of a symbol whose level 1 is not real-time is not real-time either.
+        let ladder = r#"{"topic":"sbd+DU1+265598","data":[{"row":0,"focus":0,"price":"271.95","ask":"7"},{"row":1,"focus":0,"price":"271.85","bid":"3"}]}"#;
+        l2.feed(
+            r#"{"topic":"smd+265598","conid":265598,"_updated":16,"6509":"DPB"}"#,
+            1,
+        )
+        .await;
+        assert_eq!(
+            outcomes(&l2.feed(ladder, 2).await),
+            vec![q("l2_market_data"), q("l2_market_data")]
+        );
+        let st = ractor::call_t!(l2.normalizer, super::NormalizerMsg::GetState, 1000).unwrap();
+        assert_eq!(st.not_realtime, 6);
+        for h in [tick, l2, ind] {
+            h.stop();
         }
     }
 }

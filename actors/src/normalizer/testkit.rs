@@ -60,6 +60,7 @@ pub struct Harness {
     pub normalizer: ActorRef<NormalizerMsg>,
     pub producer: ActorRef<ProducerMsg>,
     pub sink: Arc<Mutex<Vec<Produce>>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Harness {
@@ -78,13 +79,14 @@ impl Harness {
         let schemas =
             SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas"))
                 .expect("schemas");
+        let metrics = Arc::new(Metrics::new());
         let emitter = RowEmitter {
             schemas: Arc::new(schemas),
             kafka: KafkaConfig::default(),
             source_system: "ib".into(),
             instance: "marketlane-0".into(),
             names: names.clone(),
-            metrics: Arc::new(Metrics::new()),
+            metrics: metrics.clone(),
         };
         let (normalizer, _) = Actor::spawn(Some(names.name(tag)), actor, emitter)
             .await
@@ -100,6 +102,7 @@ impl Harness {
             normalizer,
             producer,
             sink,
+            metrics,
         }
     }
 

@@ -4,9 +4,18 @@
 //! a later frame carrying field 31 (last price, without the `C` prior-close or `H` halted
 //! prefix) and/or 7059 (last size); the row takes the merged last price and size. The first
 //! frame after a (re)subscription only seeds the state: it repeats the last trade, which may
-//! already have been emitted, so emitting it would invent a trade. The row id is derived from
-//! the source, the conid and IB's `_updated` time, so every pod and every replay produces the
-//! same id for the same trade.
+//! already have been emitted, so emitting it would invent a trade. Later full frames repeat it
+//! too: IB sends the first frame twice (same `_updated`; machdat/broker-gateway
+//! `tests/fixtures/recorded/ws/topic-explorer-2026-04-30/smd-single.jsonl`), and a re-sent
+//! `smd` may bring a full frame again. A frame that carries 6509 (sent in full frames and on
+//! changes only) or an `_updated` not after the last one is therefore a trade only if the last
+//! price or size differ from the state. The row id is derived from the source, the conid and
+//! IB's `_updated` time, so every pod and every replay produces the same id for the same trade.
+//!
+//! Units: 7059 is "the number of units traded at the last price" (IB's field list, as copied
+//! in Voyz/ibind `ibind/client/ibkr_definitions.py`); IB documents the division by 100 for US
+//! stocks only for the bid and ask sizes 88/85. Trade sizes are therefore shares (contracts
+//! for futures): [`Instrument::trade_size_unit`].
 
 use std::collections::HashMap;
 
@@ -23,6 +32,8 @@ use crate::backpressure::Inflight;
 struct TradeState {
     last: Option<f64>,
     last_size: Option<f64>,
+    /// IB's `_updated` of the last frame that changed the state.
+    updated_ms: Option<i64>,
     /// False until the first (snapshot) frame after a subscription has been seen.
     seeded: bool,
 }
@@ -64,7 +75,7 @@ impl Trades {
     #[instrument(level = "trace", skip_all, fields(category = TICK, conid = frame.conid))]
     async fn on_frame(
         &mut self,
-        core: &Core,
+        core: &mut Core,
         frame: &MarketDataFrame,
         received_ns: i64,
         permit: &Inflight,
@@ -101,7 +112,16 @@ impl Trades {
                 return Some(Emitted::Quarantined);
             }
         };
+        let updated_ms = frame.updated_ms.unwrap_or(received_ns / 1_000_000);
         let st = self.trades.entry(conid).or_default();
+        if st.seeded && st.updated_ms.is_some_and(|u| updated_ms <= u) {
+            // The same update again (IB sends the first frame twice) or an older one: no new
+            // trade, and no reason to move the state back.
+            debug!(conid, updated_ms, "repeated frame");
+            return None;
+        }
+        let full = frame.fields.contains_key(field::AVAILABILITY);
+        let (prev_last, prev_size) = (st.last, st.last_size);
         let mut trade = matches!(size, Some(Some(_)));
         match last {
             Some(LastPrice::Trade(p)) => {
@@ -115,15 +135,19 @@ impl Trades {
         if let Some(s) = size {
             st.last_size = s;
         }
+        st.updated_ms = Some(updated_ms);
         if !st.seeded {
             st.seeded = true;
             debug!(conid, "snapshot frame seeds the trade state");
             return None;
         }
+        if full {
+            // A full frame repeats the last trade: it is a new one only if it differs.
+            trade = trade && (st.last != prev_last || st.last_size != prev_size);
+        }
         if !trade {
             return None;
         }
-        let updated_ms = frame.updated_ms.unwrap_or(received_ns / 1_000_000);
         let tick_time = updated_ms.saturating_mul(1_000_000);
         let st = *st;
         let mut row = RowMap::new();
@@ -150,9 +174,12 @@ impl Trades {
             "size".into(),
             st.last_size.map_or(Value::Null, |s| json!(s)),
         );
-        row.insert("size_unit".into(), json!(instrument.size_unit));
+        row.insert("size_unit".into(), json!(instrument.trade_size_unit()));
         row.insert("tick_time".into(), json!(tick_time));
-        Some(core.emitter.emit(TICK, row, tick_time, permit).await)
+        Some(
+            core.emit_row(TICK, conid, &instrument.symbol, row, tick_time, permit)
+                .await,
+        )
     }
 }
 
@@ -233,7 +260,7 @@ mod tests {
                         row["row_id"],
                         serde_json::json!(row_id(TICK, &["ib", "265598", &updated.to_string()]))
                     );
-                    assert_eq!(row["size_unit"], "100_shares");
+                    assert_eq!(row["size_unit"], "1_shares");
                     assert_eq!(row["ingestion_time"], 99);
                     want_rows += 1;
                 }
@@ -249,6 +276,52 @@ mod tests {
         let st = ractor::call_t!(h.normalizer, NormalizerMsg::GetState, 1000).unwrap();
         assert_eq!(st.rows, want_rows);
         assert_eq!(st.quarantined, 3);
+        h.stop();
+    }
+
+    /// IB repeats the last trade in every full frame: the first frame comes twice with the
+    /// same `_updated` (a live recording), and a re-sent `smd` may bring another full frame.
+    /// None of them is a trade unless its last price or size changed.
+    #[tokio::test]
+    async fn full_frames_never_double_a_trade() {
+        let h = Harness::start(crate::normalizer::TickNormalizer::new(), TICK_NORMALIZER).await;
+        let full = |u: u64, px: &str, size: &str| {
+            format!(
+                r#"{{"topic":"smd+265598","conid":265598,"_updated":{u},"6509":"RpB","31":"{px}","7059":"{size}","84":"189.5"}}"#
+            )
+        };
+        let table: Vec<(String, Option<f64>)> = vec![
+            (full(100, "189.60", "3"), None),
+            (full(100, "189.60", "3"), None),
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":101,"31":"189.65"}"#.into(),
+                Some(189.65),
+            ),
+            // A delayed repeat of an older update moves nothing back.
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":99,"31":"189.10"}"#.into(),
+                None,
+            ),
+            // The full frame after a re-sent smd repeats the last trade: no row.
+            (full(160, "189.65", "3"), None),
+            // A full frame whose trade differs from the last one is a trade missed meanwhile.
+            (full(170, "189.70", "3"), Some(189.70)),
+            (
+                r#"{"topic":"smd+265598","conid":265598,"_updated":171,"7059":"5"}"#.into(),
+                Some(189.70),
+            ),
+        ];
+        for (i, (frame, want)) in table.iter().enumerate() {
+            let got = h.feed(frame, 7).await;
+            match want {
+                None => assert!(got.is_empty(), "frame {i}: {got:?}"),
+                Some(px) => {
+                    assert_eq!(got.len(), 1, "frame {i}");
+                    let row: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+                    assert_eq!(row["price"], serde_json::json!(px), "frame {i}");
+                }
+            }
+        }
         h.stop();
     }
 }
