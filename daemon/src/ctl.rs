@@ -294,6 +294,10 @@ fn render(command: &CtlCommand, result: &Value) -> String {
                         cell(&s["exchange"]),
                         cell(&s["conid"]),
                         cell(&s["last_trading_day"]),
+                        match (s["market_data"].as_str(), s["availability"].as_str()) {
+                            (Some(m), Some(code)) => format!("{m} ({code})"),
+                            _ => "-".into(),
+                        },
                         s["error"]
                             .as_str()
                             .map(|e| format!("unresolved: {e}"))
@@ -309,6 +313,7 @@ fn render(command: &CtlCommand, result: &Value) -> String {
                     "EXCHANGE",
                     "CONID",
                     "LAST_TRADING_DAY",
+                    "MARKET_DATA",
                     "STATE",
                 ],
                 &rows,

@@ -4,13 +4,13 @@
 //! expiry, and watches the server's 10 s heartbeat: a socket that stays open but goes quiet is
 //! treated as dead. Frames go to the normalizers; frames that cannot be read are quarantined.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use marketlane_protocol::category::TICK;
-use marketlane_protocol::ib::{InboundFrame, outbound, parse_frame};
+use marketlane_protocol::ib::{Availability, InboundFrame, field, outbound, parse_frame};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use rand::Rng;
@@ -75,6 +75,12 @@ pub struct WsSnapshot {
     pub late_frames: u64,
     /// Symbols without a frame for longer than `ib.silent_after`.
     pub silent_symbols: Vec<String>,
+    /// Field 6509 per symbol as IB last sent it (`RpB`, `DPB`, `ZB`, …); symbols without a
+    /// full frame yet are absent.
+    pub availability: BTreeMap<String, String>,
+    /// Symbols whose market data is not real-time: their rows go to `<category>_unqualified`
+    /// with reason `not_realtime`.
+    pub not_realtime_symbols: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -116,6 +122,8 @@ pub struct WsState {
     /// Last market-data frame per conid, and the conids flagged silent.
     last_seen: HashMap<i64, Instant>,
     silent: BTreeSet<i64>,
+    /// Field 6509 per conid: sent in the first frame of a subscription and on changes only.
+    availability: HashMap<i64, Availability>,
     last_silence_check: Instant,
     recorder: Option<Recorder>,
     last_nudge: Option<Instant>,
@@ -160,6 +168,7 @@ impl Actor for IbWebsocket {
             account: None,
             last_seen: HashMap::new(),
             silent: BTreeSet::new(),
+            availability: HashMap::new(),
             last_silence_check: Instant::now(),
             recorder,
             last_nudge: None,
@@ -214,6 +223,9 @@ impl Actor for IbWebsocket {
                 // A symbol counts as streaming again only after a frame of the new subscription.
                 for conid in added.iter().chain(&removed) {
                     state.last_seen.remove(conid);
+                }
+                for conid in &removed {
+                    state.forget_availability(*conid);
                 }
                 state
                     .released
@@ -294,6 +306,22 @@ impl Actor for IbWebsocket {
                         .iter()
                         .filter_map(|c| state.instruments.get(c).map(|i| i.symbol.clone()))
                         .collect(),
+                    availability: state
+                        .availability
+                        .iter()
+                        .filter_map(|(c, a)| {
+                            let i = state.instruments.get(c)?;
+                            Some((i.symbol.clone(), a.code().to_string()))
+                        })
+                        .collect(),
+                    not_realtime_symbols: state
+                        .availability
+                        .iter()
+                        .filter(|(_, a)| !a.is_realtime())
+                        .filter_map(|(c, _)| state.instruments.get(c).map(|i| i.symbol.clone()))
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
                 });
             }
         }
@@ -302,6 +330,45 @@ impl Actor for IbWebsocket {
 }
 
 impl WsState {
+    /// Keeps a conid's availability and moves its gauge (1 for the current label only).
+    fn note_availability(&mut self, conid: i64, a: Availability) {
+        if self.availability.get(&conid) == Some(&a) {
+            return;
+        }
+        let Some(symbol) = self.instruments.get(&conid).map(|i| i.symbol.clone()) else {
+            return;
+        };
+        let gauge = &self.args.metrics.market_data_availability;
+        if let Some(old) = self.availability.get(&conid) {
+            gauge.with_label_values(&[&symbol, old.label()]).set(0);
+        }
+        if a.is_realtime() {
+            info!(symbol, availability = %a, "market data is real-time");
+        } else {
+            warn!(
+                symbol,
+                availability = %a,
+                "market data is {}, not real-time: its rows go to _unqualified (not_realtime)",
+                a.label()
+            );
+        }
+        gauge.with_label_values(&[&symbol, a.label()]).set(1);
+        self.availability.insert(conid, a);
+    }
+
+    fn forget_availability(&mut self, conid: i64) {
+        if let (Some(a), Some(i)) = (
+            self.availability.remove(&conid),
+            self.instruments.get(&conid),
+        ) {
+            let _ = self
+                .args
+                .metrics
+                .market_data_availability
+                .remove_label_values(&[&i.symbol, a.label()]);
+        }
+    }
+
     fn broadcast(&self, make: impl Fn() -> NormalizerMsg) {
         for name in &self.args.normalizers {
             if let Some(n) = self.args.names.lookup::<NormalizerMsg>(name) {
@@ -649,6 +716,13 @@ impl WsState {
                 }
                 self.last_data = Some(Instant::now());
                 if let Some(conid) = md.conid {
+                    if let Some(a) = md
+                        .fields
+                        .get(field::AVAILABILITY)
+                        .and_then(Availability::parse)
+                    {
+                        self.note_availability(conid, a);
+                    }
                     self.last_seen.insert(conid, Instant::now());
                     if self.silent.remove(&conid) {
                         info!(conid, "symbol streams again");

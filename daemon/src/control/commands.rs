@@ -23,6 +23,7 @@ use marketlane_protocol::SchemaSet;
 use marketlane_protocol::control::{
     ActorStatus, Command, ErrorCode, FaultKind, SecType, StatusResult,
 };
+use marketlane_protocol::ib::Availability;
 use ractor::{ActorCell, ActorRef};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -117,7 +118,13 @@ fn summary(kind: &str, state: &Value) -> String {
     };
     let keys: &[&str] = match kind {
         "session" => &["state", "instruments", "seconds_since_last_good_tickle"],
-        "websocket" => &["connected", "subscribed", "frames", "reconnects"],
+        "websocket" => &[
+            "connected",
+            "subscribed",
+            "frames",
+            "reconnects",
+            "not_realtime_symbols",
+        ],
         "normalizer" => &["category", "instruments", "frames", "rows", "quarantined"],
         "producer" => &["produced", "acknowledged", "in_flight_frames"],
         "writer" => &[
@@ -264,6 +271,7 @@ impl Daemon {
         let session = self.session().await?;
         let symbols = ractor::call_t!(session, SessionMsg::Symbols, STATE_TIMEOUT_MS)
             .or_else(|e| err(ErrorCode::Timeout, format!("ib session: {e}")))?;
+        let symbols = self.with_availability(to_json(symbols)).await;
         Ok(match self.cluster().await {
             Some(cluster) => json!({
                 "instance": self.instance,
@@ -278,6 +286,48 @@ impl Daemon {
                 "symbols": symbols,
             }),
         })
+    }
+
+    /// Adds each symbol's market-data availability (field 6509, as the websocket last received
+    /// it) to the session's symbol lines: `availability` is IB's code (`RpB`, `DPB`, …) and
+    /// `market_data` its meaning (`realtime`, `delayed`, …); both null before the symbol's
+    /// first full frame (or while this pod does not stream it).
+    async fn with_availability(&self, mut symbols: Value) -> Value {
+        let mut codes = serde_json::Map::new();
+        if let Ok(children) = self.children().await
+            && let Some(cell) = children
+                .into_iter()
+                .find(|c| c.actor == names::IB_WEBSOCKET)
+                .and_then(|c| c.cell)
+        {
+            let ws: ActorRef<WsMsg> = cell.into();
+            if let Ok(st) = ractor::call_t!(ws, WsMsg::GetState, STATE_TIMEOUT_MS) {
+                codes = st
+                    .availability
+                    .into_iter()
+                    .map(|(s, c)| (s, Value::String(c)))
+                    .collect();
+            }
+        }
+        if let Value::Array(lines) = &mut symbols {
+            for line in lines.iter_mut() {
+                let Value::Object(m) = line else { continue };
+                let code = m
+                    .get("symbol")
+                    .and_then(Value::as_str)
+                    .and_then(|s| codes.get(s))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let label = code
+                    .as_str()
+                    .map(|c| Availability::parse(&Value::String(c.into())))
+                    .and_then(|a| a.map(|a| Value::String(a.label().into())))
+                    .unwrap_or(Value::Null);
+                m.insert("availability".into(), code);
+                m.insert("market_data".into(), label);
+            }
+        }
+        symbols
     }
 
     /// The cluster member's view, if this pod runs one.
