@@ -86,6 +86,23 @@ pub struct SimArgs {
     /// Wall-clock delay of a `/iserver/marketdata/history` answer.
     #[arg(long, default_value_t = 250)]
     pub history_delay_ms: u64,
+    /// Field 6509 of a symbol's frames, as `SYMBOL=CODE` (repeatable), e.g. `XOM=DPB`
+    /// (delayed) or `CL=ZB` (frozen); other symbols get `RpB` (real-time).
+    #[arg(long = "availability", value_name = "SYMBOL=CODE")]
+    pub availability: Vec<AvailabilitySpec>,
+    /// A symbol whose market does not move (an illiquid contract, a closed market): after its
+    /// first frame nothing changes, so IB, which sends only changed fields, sends nothing more.
+    #[arg(long = "quiet-symbol", value_name = "SYMBOL")]
+    pub quiet_symbols: Vec<String>,
+    /// A re-sent `smd` for a subscribed conid resets its expiry and also brings a full frame
+    /// (IB's behaviour here is not documented: without the flag only the expiry is reset).
+    #[arg(long)]
+    pub smd_resend_full_frame: bool,
+    /// Send the first frame of every `smd` subscription twice, as a live gateway did in every
+    /// subscription of machdat/broker-gateway's recordings
+    /// (`tests/fixtures/recorded/ws/topic-explorer-2026-04-30/smd-*.jsonl`: same `_updated`).
+    #[arg(long)]
+    pub repeat_first_frame: bool,
     /// One more gateway in this process, as `ADDR=USERNAME:ACCOUNT` (repeatable), e.g.
     /// `--gateway 127.0.0.1:5001=user2:DU7654321`: its own listener, brokerage session,
     /// pacing, line cap, websockets, `/sim/fault` and `/sim/status`, on the same sim clock,
@@ -106,6 +123,34 @@ pub struct SimArgs {
     /// `POST /sim/sso/approve` (instead of a TOTP code).
     #[arg(long)]
     pub sso_push: bool,
+}
+
+/// `SYMBOL=CODE`: the 6509 code a symbol's frames carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvailabilitySpec {
+    pub symbol: String,
+    pub code: String,
+}
+
+impl FromStr for AvailabilitySpec {
+    type Err = String;
+
+    /// The code's first character is IB's delivery: R, D, Z, Y or N.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (symbol, code) = s
+            .split_once('=')
+            .ok_or_else(|| format!("availability {s:?} is not SYMBOL=CODE"))?;
+        let (symbol, code) = (symbol.trim(), code.trim());
+        if symbol.is_empty() || !code.starts_with(['R', 'D', 'Z', 'Y', 'N']) {
+            return Err(format!(
+                "availability {s:?}: CODE must start with R, D, Z, Y or N (e.g. DPB)"
+            ));
+        }
+        Ok(Self {
+            symbol: symbol.to_string(),
+            code: code.to_string(),
+        })
+    }
 }
 
 /// One IB user's gateway: where it listens and whose session it serves.
@@ -185,6 +230,14 @@ pub struct SimConfig {
     pub totp_secret_file: Option<PathBuf>,
     pub sso_lock_after: u32,
     pub sso_push: bool,
+    /// 6509 per symbol (others: real-time `RpB`).
+    pub availability: Vec<AvailabilitySpec>,
+    /// Symbols whose quote and trades never change.
+    pub quiet_symbols: Vec<String>,
+    /// A re-sent `smd` brings a full frame.
+    pub smd_resend_full_frame: bool,
+    /// The first frame of a subscription is sent twice.
+    pub repeat_first_frame: bool,
 }
 
 impl Default for SimConfig {
@@ -223,6 +276,10 @@ impl Default for SimConfig {
             totp_secret_file: None,
             sso_lock_after: 5,
             sso_push: false,
+            availability: Vec::new(),
+            quiet_symbols: Vec::new(),
+            smd_resend_full_frame: false,
+            repeat_first_frame: false,
         }
     }
 }
@@ -259,6 +316,10 @@ impl From<SimArgs> for SimConfig {
             totp_secret_file: a.totp_secret_file,
             sso_lock_after: a.sso_lock_after,
             sso_push: a.sso_push,
+            availability: a.availability,
+            quiet_symbols: a.quiet_symbols,
+            smd_resend_full_frame: a.smd_resend_full_frame,
+            repeat_first_frame: a.repeat_first_frame,
             ..Self::default()
         }
     }
@@ -391,6 +452,26 @@ mod tests {
         assert_eq!(c.line_cap, Some(100));
         assert!(parse(&["--speed", "0"]).validate().is_err());
         assert!(parse(&["--trade-probability", "1.5"]).validate().is_err());
+    }
+
+    #[test]
+    fn availability_and_resend_options() {
+        let c = parse(&[
+            "--availability",
+            "XOM=DPB",
+            "--availability",
+            "CL=ZB",
+            "--smd-resend-full-frame",
+            "--repeat-first-frame",
+        ]);
+        assert_eq!(c.availability.len(), 2);
+        assert_eq!(c.availability[0].symbol, "XOM");
+        assert_eq!(c.availability[1].code, "ZB");
+        assert!(c.smd_resend_full_frame && c.repeat_first_frame);
+        for bad in ["XOM", "XOM=", "XOM=QB", "=DPB"] {
+            let v = ["sim", "--availability", bad];
+            assert!(Cli::try_parse_from(v).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -309,7 +309,8 @@ async fn snapshot(State(sim): S, Query(q): Query<SnapshotQuery>) -> Result<Json<
                 m.insert(f.clone(), v.clone());
             }
         }
-        m.insert("6509".into(), json!(AVAILABILITY));
+        let code = tick.fields.get("6509").cloned();
+        m.insert("6509".into(), code.unwrap_or_else(|| json!(AVAILABILITY)));
         m.insert("conid".into(), json!(conid));
         m.insert("conidEx".into(), json!(conid_ex));
         m.insert("_updated".into(), json!(tick.updated));

@@ -19,7 +19,8 @@ use crate::lock;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LedgerEntry {
     /// A delta `smd` frame that carried a new trade (31 without H/C prefix and/or 7059).
-    /// `size` is 7059 as sent: still in lots of 100 for US stocks.
+    /// `size` is 7059 as sent (shares for stocks). Frames whose 6509 is not real-time are
+    /// not ledgered: the connector must keep them out of the real-time tables.
     Trade {
         conid: u32,
         symbol: String,
@@ -31,8 +32,8 @@ pub enum LedgerEntry {
         #[serde(default)]
         gateway: String,
     },
-    /// A delta `smd` frame that carried any of 84/86/88/85; values are the full top of book
-    /// at that update (sizes as sent, in lots for US stocks).
+    /// An `smd` frame (the first one too) that carried any of 84/86/88/85; values are the full
+    /// top of book at that update (sizes as sent, in lots for US stocks).
     Quote {
         conid: u32,
         updated: i64,

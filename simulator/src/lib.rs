@@ -283,17 +283,25 @@ pub async fn spawn(config: SimConfig) -> Result<SimHandle, SimError> {
         config.seed,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let market = Arc::new(Market::new(
-        universe.clone(),
-        clock.clone(),
-        MarketParams {
-            seed: config.seed,
-            frame_interval_ms: config.frame_interval_ms,
-            trade_probability: config.trade_probability,
-            status_probability: config.status_probability,
-        },
-        shutdown_rx.clone(),
-    ));
+    let market = Arc::new(
+        Market::new(
+            universe.clone(),
+            clock.clone(),
+            MarketParams {
+                seed: config.seed,
+                frame_interval_ms: config.frame_interval_ms,
+                trade_probability: config.trade_probability,
+                status_probability: config.status_probability,
+            },
+            shutdown_rx.clone(),
+        )
+        .with_availability(
+            config
+                .availability
+                .iter()
+                .map(|a| (a.symbol.clone(), a.code.clone())),
+        ),
+    );
     let tls = if config.tls {
         Some(tls::generate()?)
     } else {

@@ -15,7 +15,13 @@ use crate::clock::SimClock;
 use crate::instruments::{Instrument, SecKind, Universe};
 use crate::lock;
 
-/// Availability code: real-time, consolidated, book (see reference §3).
+/// Availability code (field 6509) of a symbol not configured otherwise: real-time,
+/// consolidated, book (IB's example frame in its Web API documentation: `"6509":"RpB"`).
+/// `--availability SYMBOL=CODE` gives a symbol another one, e.g. `DPB` (delayed, as a live
+/// account without a subscription gets it: machdat/broker-gateway
+/// `tests/fixtures/recorded/ws/topic-explorer-2026-04-30/smd-single.jsonl`) or `ZB` (frozen,
+/// outside trading hours: the same repository's `tests/fixtures/recorded/live/
+/// iserver_marketdata_snapshot__GET__c26648ca_02.json`).
 pub const AVAILABILITY: &str = "RpB";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +45,7 @@ pub struct Tick {
     pub status: LastStatus,
     pub fields: BTreeMap<&'static str, Value>,
     pub last_price: f64,
-    /// In lots for US stocks, as sent in 7059.
+    /// As sent in 7059: shares for stocks, contracts for futures.
     pub last_size: f64,
     pub bid: f64,
     pub ask: f64,
@@ -181,6 +187,10 @@ pub struct MarketParams {
 /// sequence of updates does not depend on what else is subscribed.
 struct Walk {
     inst: Arc<Instrument>,
+    /// Field 6509 of this conid's frames.
+    availability: String,
+    /// Nothing changes after the first frame (`--quiet-symbol`).
+    quiet: bool,
     rng: ChaCha8Rng,
     book_seed: u64,
     params: MarketParams,
@@ -211,7 +221,7 @@ fn mix(seed: u64, conid: u32) -> u64 {
 }
 
 impl Walk {
-    fn new(inst: Arc<Instrument>, params: MarketParams, now_ms: i64) -> Self {
+    fn new(inst: Arc<Instrument>, params: MarketParams, now_ms: i64, availability: &str) -> Self {
         let seed = mix(params.seed, inst.conid);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let base = (inst.base_price / inst.tick_size).round().max(10.0) as i64;
@@ -241,6 +251,8 @@ impl Walk {
             status: LastStatus::Normal,
             emit_trade: false,
             inst,
+            availability: availability.to_string(),
+            quiet: false,
         };
         w.bid_size = w.quote_size();
         w.ask_size = w.quote_size();
@@ -282,6 +294,10 @@ impl Walk {
     fn step(&mut self, now_ms: i64) {
         self.seq += 1;
         self.updated = now_ms.max(self.updated + 1);
+        if self.quiet {
+            self.emit_trade = false;
+            return;
+        }
         if self.rng.random_bool(0.7) {
             let drift = self.rng.random_range(-2..=2);
             let spread = if self.rng.random_bool(0.8) { 1 } else { 2 };
@@ -337,6 +353,15 @@ impl Walk {
         self.emit_trade = trade;
     }
 
+    /// The last trade's size in shares (stocks) or contracts (futures).
+    fn last_size_units(&self) -> u64 {
+        if self.inst.lots {
+            self.last_size * 100
+        } else {
+            self.last_size
+        }
+    }
+
     fn tick(&self, trade: bool) -> Tick {
         let inst = &self.inst;
         let px = |t: i64| fmt_px(inst, t);
@@ -354,7 +379,10 @@ impl Walk {
         f.insert("86", json!(px(self.ask)));
         f.insert("88", json!(fmt_size(self.bid_size)));
         f.insert("85", json!(fmt_size(self.ask_size)));
-        f.insert("7059", json!(fmt_size(self.last_size)));
+        // 7059 is "the number of units traded at the last price" (IB's field list, copied in
+        // Voyz/ibind `ibind/client/ibkr_definitions.py`): shares, unlike 88/85, which IB
+        // divides by 100 for US stocks.
+        f.insert("7059", json!(fmt_size(self.last_size_units())));
         f.insert("7762", json!(self.volume.to_string()));
         f.insert("87", json!(fmt_volume(self.volume)));
         f.insert("70", json!(px(self.high)));
@@ -377,7 +405,7 @@ impl Walk {
         let mark = (self.bid + self.ask) as f64 * tick / 2.0;
         f.insert("7635", json!(format!("{:.*}", inst.decimals + 1, mark)));
         f.insert("55", json!(inst.symbol));
-        f.insert("6509", json!(AVAILABILITY));
+        f.insert("6509", json!(self.availability));
         f.insert("6008", json!(inst.conid.to_string()));
         f.insert("6070", json!(inst.sec_type()));
         f.insert(
@@ -395,7 +423,7 @@ impl Walk {
             fields: f,
             // Numeric values of the strings as sent, so the ledger matches what clients parse.
             last_price: parse_ib_number(&px(self.last)).unwrap_or(last_f),
-            last_size: self.last_size as f64,
+            last_size: self.last_size_units() as f64,
             bid: parse_ib_number(&px(self.bid)).unwrap_or_default(),
             ask: parse_ib_number(&px(self.ask)).unwrap_or_default(),
             bid_size: self.bid_size as f64,
@@ -426,6 +454,10 @@ pub struct Market {
     shutdown: watch::Receiver<bool>,
     /// Ticks not delivered because a connection's queue was full.
     dropped: std::sync::atomic::AtomicU64,
+    /// Field 6509 by symbol (stock ticker or futures root); others get [`AVAILABILITY`].
+    availability: HashMap<String, String>,
+    /// Symbols whose walk never moves (`--quiet-symbol`).
+    quiet: std::collections::HashSet<String>,
 }
 
 impl Market {
@@ -442,7 +474,21 @@ impl Market {
             slots: Mutex::new(HashMap::new()),
             shutdown,
             dropped: Default::default(),
+            availability: HashMap::new(),
+            quiet: Default::default(),
         }
+    }
+
+    /// These symbols never move after their first frame (`--quiet-symbol`).
+    pub fn with_quiet(mut self, symbols: impl IntoIterator<Item = String>) -> Self {
+        self.quiet.extend(symbols);
+        self
+    }
+
+    /// Gives the symbols' frames these 6509 codes (`--availability SYMBOL=CODE`).
+    pub fn with_availability(mut self, codes: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.availability.extend(codes);
+        self
     }
 
     pub fn universe(&self) -> &Universe {
@@ -450,7 +496,13 @@ impl Market {
     }
 
     fn new_slot(&self, inst: Arc<Instrument>) -> Slot {
-        let walk = Walk::new(inst, self.params, self.clock.now_ms());
+        let code = self
+            .availability
+            .get(&inst.symbol)
+            .map_or(AVAILABILITY, String::as_str);
+        let quiet = self.quiet.contains(&inst.symbol);
+        let mut walk = Walk::new(inst, self.params, self.clock.now_ms(), code);
+        walk.quiet = quiet;
         let latest = Arc::new(walk.tick(false));
         Slot {
             walk,
@@ -609,7 +661,7 @@ mod tests {
             status_probability: 0.05,
         };
         let run = || {
-            let mut w = Walk::new(inst.clone(), p, 0);
+            let mut w = Walk::new(inst.clone(), p, 0, AVAILABILITY);
             let mut out = Vec::new();
             let mut prev = (w.last, w.last_size);
             for i in 0..2000 {

@@ -89,6 +89,8 @@ struct Sub {
     /// What this connection last sent per field: deltas are computed against it.
     last_sent: HashMap<String, Value>,
     first_sent: bool,
+    /// A re-sent `smd` asked for a full frame (`--smd-resend-full-frame`).
+    full_pending: bool,
     expires_at: Option<i64>,
     server_id: String,
 }
@@ -359,8 +361,11 @@ impl Conn {
         let expiry = self.sim.cfg.subscription_expiry_secs;
         let expires_at = (expiry > 0).then(|| now + expiry as i64 * 1000);
         if let Some(sub) = self.subs.get_mut(&conid) {
-            // A re-send refreshes the timer and may add fields; no new full frame.
+            // A re-send refreshes the timer and may add fields [IB's docs: re-request before
+            // the expiry]. Whether it also brings a full frame is not documented: only with
+            // `--smd-resend-full-frame`.
             sub.expires_at = expires_at;
+            sub.full_pending |= self.sim.cfg.smd_resend_full_frame;
             for f in fields {
                 if !sub.fields.contains(&f) {
                     sub.fields.push(f);
@@ -415,6 +420,7 @@ impl Conn {
                 fields: dedup,
                 last_sent: HashMap::new(),
                 first_sent: false,
+                full_pending: false,
                 expires_at,
                 server_id: q,
             },
@@ -513,10 +519,17 @@ impl Conn {
             tracing::debug!(conn = self.id, conid, "smd subscription expired");
             self.drop_sub(conid);
         }
-        if let Some(sub) = self.subs.get_mut(&conid)
-            && let Some(o) = frame(sub, t, self.id, &self.sim.cfg)
-        {
-            step.out.push(o);
+        if let Some(sub) = self.subs.get_mut(&conid) {
+            let first = !sub.first_sent;
+            if let Some(o) = frame(sub, t, self.id, &self.sim.cfg) {
+                if first && self.sim.cfg.repeat_first_frame {
+                    step.out.push(Out {
+                        msg: o.msg.clone(),
+                        ledger: Vec::new(),
+                    });
+                }
+                step.out.push(o);
+            }
         }
         if let Some(acct) = self.books.get(&conid) {
             let data = t.ladder(self.sim.cfg.book_depth);
@@ -572,11 +585,13 @@ impl Conn {
     }
 }
 
-/// The frame of one tick for one subscription: full the first time, then only what changed
-/// since this connection's previous frame. `None` when nothing changed.
+/// The frame of one tick for one subscription: full the first time (and after a re-sent `smd`
+/// with `--smd-resend-full-frame`), then only what changed since this connection's previous
+/// frame. `None` when nothing changed.
 fn frame(sub: &mut Sub, t: &Tick, conn: u64, cfg: &SimConfig) -> Option<Out> {
     let mut m = serde_json::Map::new();
     let first = !sub.first_sent;
+    let full = first || sub.full_pending;
     let mut trade_field = false;
     let mut quote_field = false;
     let mut prefixed_last = false;
@@ -585,11 +600,13 @@ fn frame(sub: &mut Sub, t: &Tick, conn: u64, cfg: &SimConfig) -> Option<Out> {
             continue;
         };
         let prev = sub.last_sent.get(f);
-        if !first && prev == Some(v) {
+        let differs = prev != Some(v);
+        if !full && !differs {
             continue;
         }
-        // A field's first appearance (added by a re-send) is not a change of value.
-        let changed = prev.is_some();
+        // A field's first appearance (added by a re-send) is not a change of value, nor is a
+        // full frame's repeat of an unchanged one.
+        let changed = prev.is_some() && differs;
         match f.as_str() {
             "31" => {
                 let s = v.as_str().unwrap_or("");
@@ -605,16 +622,24 @@ fn frame(sub: &mut Sub, t: &Tick, conn: u64, cfg: &SimConfig) -> Option<Out> {
         }
         m.insert(f.clone(), v.clone());
     }
-    if !first && m.is_empty() {
+    if !full && m.is_empty() {
         return None;
     }
     for (k, v) in &m {
         sub.last_sent.insert(k.clone(), v.clone());
     }
-    if first {
-        m.insert("6509".into(), json!(AVAILABILITY));
+    // Full frames carry 6509 even when it was not requested (IB's example frame and the live
+    // recordings have it); after that it comes only when it changes and was requested.
+    let availability = t
+        .fields
+        .get("6509")
+        .and_then(Value::as_str)
+        .unwrap_or(AVAILABILITY);
+    if full {
+        m.insert("6509".into(), json!(availability));
     }
     sub.first_sent = true;
+    sub.full_pending = false;
     let conid = t.conid();
     m.insert("_updated".into(), json!(t.updated));
     // Deltas without conid/conidEx occur [O1; O3]; the topic still names the conid. The
@@ -626,9 +651,12 @@ fn frame(sub: &mut Sub, t: &Tick, conn: u64, cfg: &SimConfig) -> Option<Out> {
     m.insert("server_id".into(), json!(sub.server_id));
     m.insert("6119".into(), json!(sub.server_id));
     m.insert("topic".into(), json!(format!("smd+{conid}")));
+    // The ledger holds what the connector must store in the real-time tables: nothing of a
+    // symbol whose data is not real-time.
+    let realtime = availability.starts_with('R');
     let mut ledger = Vec::new();
-    if !first {
-        if trade_field && !prefixed_last {
+    if realtime {
+        if !first && trade_field && !prefixed_last {
             let price = t
                 .fields
                 .get("31")

@@ -456,3 +456,68 @@ async fn non_text_frames_are_not_json() {
     }
     h.shutdown().await.expect("shutdown");
 }
+
+/// `--smd-resend-full-frame`: a re-sent `smd` brings a full frame (the symbol, 55, again) that
+/// repeats the last trade but is no ledgered trade; `--repeat-first-frame`: the first frame
+/// twice, with one `_updated`; `--availability`: the symbol's 6509, and no ledger line for a
+/// symbol whose data is not real-time.
+#[tokio::test]
+async fn resend_full_frame_repeat_and_availability_options() {
+    let h = start(|c| {
+        c.speed = 20.0;
+        c.trade_probability = 0.9;
+        c.status_probability = 0.0;
+        c.smd_resend_full_frame = true;
+        c.repeat_first_frame = true;
+        c.availability = vec!["XOM=DPB".parse().expect("spec")];
+    })
+    .await;
+    let c = client();
+    let session = login(&c, &h).await;
+    let mut ws = ws_session(&h, &session).await;
+    send(&mut ws, &smd(AAPL, &["31", "84", "86", "55", "7059"])).await;
+    const XOM: u32 = 13_977;
+    send(&mut ws, &smd(XOM, &["31", "84", "86", "55", "7059"])).await;
+    let mut frames = collect(&mut ws, "smd", 300).await;
+    send(&mut ws, &smd(AAPL, &["31"])).await;
+    frames.extend(collect(&mut ws, "smd", 300).await);
+    let aapl: Vec<&Value> = frames.iter().filter(|f| f["conid"] == AAPL).collect();
+    let xom: Vec<&Value> = frames.iter().filter(|f| f["conid"] == XOM).collect();
+    assert_eq!(aapl[0], aapl[1], "the first frame twice");
+    assert_eq!(aapl[0]["6509"], "RpB");
+    assert_eq!(xom[0]["6509"], "DPB");
+    let full = aapl.iter().filter(|f| f.get("55").is_some()).count();
+    assert_eq!(
+        full, 3,
+        "first frame, its repeat, and the frame after the re-send"
+    );
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let entries = h.ledger().entries();
+    assert!(
+        entries.iter().all(|e| e.conid() != XOM),
+        "a delayed symbol is not ledgered"
+    );
+    // A full frame is a ledgered trade only if its last price or size differ from what the
+    // connection was sent before; the first frame (and its repeat) never.
+    let traded: Vec<i64> = entries
+        .iter()
+        .filter_map(|e| match e {
+            marketlane_simulator::LedgerEntry::Trade { updated, .. } => Some(*updated),
+            _ => None,
+        })
+        .collect();
+    let mut last: (Option<Value>, Option<Value>) = (None, None);
+    for (i, f) in aapl.iter().enumerate() {
+        let now = (f.get("31").cloned(), f.get("7059").cloned());
+        let differs = (now.0.is_some() && now.0 != last.0) || (now.1.is_some() && now.1 != last.1);
+        let ledgered = traded.contains(&f["_updated"].as_i64().unwrap());
+        if i < 2 {
+            assert!(!ledgered, "first frame ledgered");
+        } else if f.get("55").is_some() {
+            assert_eq!(ledgered, differs, "full frame {f}");
+        }
+        last = (now.0.or(last.0), now.1.or(last.1));
+    }
+    h.shutdown().await.expect("shutdown");
+}
