@@ -336,6 +336,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn subscriptions_show_each_symbols_market_data() {
+        let result = serde_json::json!({
+            "note": "no cluster configured: this pod's subscriptions only",
+            "symbols": [
+                {"symbol": "XOM", "sec_type": "stock", "exchange": "SMART", "conid": 13977,
+                 "last_trading_day": null, "error": null, "availability": "DPB", "market_data": "delayed"},
+                {"symbol": "CVX", "sec_type": "stock", "exchange": "SMART", "conid": 5932,
+                 "last_trading_day": null, "error": null, "availability": null, "market_data": null},
+            ],
+        });
+        let out = render(&CtlCommand::Subscriptions, &result);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[1].contains("MARKET_DATA"), "{out}");
+        assert!(
+            lines[2].starts_with("XOM") && lines[2].contains("delayed (DPB)"),
+            "{out}"
+        );
+        assert!(
+            lines[3].starts_with("CVX") && lines[3].contains(" - "),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn the_cluster_is_one_line_of_the_status_header() {
         let c = serde_json::json!({
             "members": [{"instance": "marketlane-0"}, {"instance": "marketlane-1"}],
