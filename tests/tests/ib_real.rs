@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use marketlane_protocol::ib::{AuthStatus, Availability, LastPrice, field, parse_last_price};
 use marketlane_tests::{run_marketlane, workspace_root};
 use serde_json::Value;
 
@@ -177,4 +178,51 @@ fn documented_realtime_frame_gives_the_opening_quote() {
         ]
     );
     assert_eq!(lines[0]["row"]["l2_time"], 1_712_596_911_593_000_000_i64);
+}
+
+fn fixture(file: &str) -> Value {
+    let path = workspace_root().join("tests/fixtures/ib-real").join(file);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A live gateway's `/iserver/auth/status`: healthy as the session actor judges it.
+#[test]
+fn real_auth_status_is_a_healthy_session() {
+    let st: AuthStatus =
+        serde_json::from_value(fixture("machdat-rest-auth-status-2026-04-25.json")).unwrap();
+    assert!(st.is_healthy(), "{st:?}");
+    assert_eq!(st.established, Some(true));
+    assert_eq!(st.fail.as_deref(), Some(""));
+}
+
+/// A Saturday snapshot: frozen (`ZB`) prices are no real-time data, and a contract without
+/// data says `N/A`, which no price parser may take for a number.
+#[test]
+fn real_snapshot_says_frozen_and_na() {
+    let answer = fixture("machdat-rest-snapshot-2026-04-25.json");
+    let items = answer.as_array().unwrap();
+    let codes: Vec<Option<(String, bool, &str)>> = items
+        .iter()
+        .map(|i| {
+            i.get(field::AVAILABILITY)
+                .and_then(Availability::parse)
+                .map(|a| (a.code().to_string(), a.is_realtime(), a.label()))
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            Some(("ZB".into(), false, "frozen")),
+            Some(("ZB".into(), false, "frozen")),
+            None
+        ]
+    );
+    assert_eq!(
+        parse_last_price(&items[0]["31"]).unwrap(),
+        LastPrice::Trade(270.90)
+    );
+    assert!(
+        parse_last_price(&items[2]["31"]).is_err(),
+        "N/A is no price"
+    );
 }
