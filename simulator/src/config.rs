@@ -101,7 +101,7 @@ pub struct SimArgs {
     /// Send the first frame of every `smd` subscription twice, as a live gateway did in every
     /// subscription of machdat/broker-gateway's recordings
     /// (`tests/fixtures/recorded/ws/topic-explorer-2026-04-30/smd-*.jsonl`: same `_updated`).
-    #[arg(long)]
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub repeat_first_frame: bool,
     /// One more gateway in this process, as `ADDR=USERNAME:ACCOUNT` (repeatable), e.g.
     /// `--gateway 127.0.0.1:5001=user2:DU7654321`: its own listener, brokerage session,
@@ -279,7 +279,7 @@ impl Default for SimConfig {
             availability: Vec::new(),
             quiet_symbols: Vec::new(),
             smd_resend_full_frame: false,
-            repeat_first_frame: false,
+            repeat_first_frame: true,
         }
     }
 }
@@ -462,12 +462,13 @@ mod tests {
             "--availability",
             "CL=ZB",
             "--smd-resend-full-frame",
-            "--repeat-first-frame",
+            "--repeat-first-frame=false",
         ]);
         assert_eq!(c.availability.len(), 2);
         assert_eq!(c.availability[0].symbol, "XOM");
         assert_eq!(c.availability[1].code, "ZB");
-        assert!(c.smd_resend_full_frame && c.repeat_first_frame);
+        assert!(c.smd_resend_full_frame && !c.repeat_first_frame);
+        assert!(parse(&[]).repeat_first_frame, "as a live gateway does");
         for bad in ["XOM", "XOM=", "XOM=QB", "=DPB"] {
             let v = ["sim", "--availability", bad];
             assert!(Cli::try_parse_from(v).is_err(), "{bad} accepted");

@@ -300,7 +300,8 @@ pub async fn spawn(config: SimConfig) -> Result<SimHandle, SimError> {
                 .availability
                 .iter()
                 .map(|a| (a.symbol.clone(), a.code.clone())),
-        ),
+        )
+        .with_quiet(config.quiet_symbols.iter().cloned()),
     );
     let tls = if config.tls {
         Some(tls::generate()?)

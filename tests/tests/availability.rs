@@ -62,16 +62,10 @@ async fn stored_symbols(db: &str, table: &str) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn delayed_symbols_go_to_unqualified_and_show_their_availability() {
     // XOM delayed (`DPB`, as a live user without the subscription gets it), CL frozen (`ZB`);
-    // AAPL and CVX real-time. The first frame comes twice, as at IB.
+    // AAPL and CVX real-time. The first frame comes twice, as at IB (the simulator's default).
     let lane = Lane::start(
         "availability_",
-        SimBuilder::new(21).args(&[
-            "--availability",
-            "XOM=DPB",
-            "--availability",
-            "CL=ZB",
-            "--repeat-first-frame",
-        ]),
+        SimBuilder::new(21).args(&["--availability", "XOM=DPB", "--availability", "CL=ZB"]),
         |c| c,
     )
     .unwrap();
@@ -169,7 +163,7 @@ async fn a_quiet_symbols_opening_quote_is_in_the_snapshot_table() {
     // all there is. Its quote must be the current level 1.
     let lane = Lane::start(
         "opening_quote_",
-        SimBuilder::new(22).args(&["--quiet-symbol", "CVX", "--repeat-first-frame"]),
+        SimBuilder::new(22).args(&["--quiet-symbol", "CVX"]),
         |c| c,
     )
     .unwrap();
@@ -225,7 +219,22 @@ async fn a_quiet_symbols_opening_quote_is_in_the_snapshot_table() {
         })
         .collect();
     assert_eq!(rows, want);
-    // Nothing moved: no trade of CVX, in the ledger or the table.
+    // Nothing moved: one quote per first frame (and per resubscription), never another
+    // value; no trade of CVX, in the ledger or the table.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ledger = std::fs::read_to_string(&lane.sim.ledger).unwrap();
+    let quotes: BTreeSet<String> = ledger
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["kind"] == "quote" && v["conid"] == 5932)
+        .map(|v| {
+            format!(
+                "{} {} {} {}",
+                v["bid"], v["ask"], v["bid_size"], v["ask_size"]
+            )
+        })
+        .collect();
+    assert_eq!(quotes.len(), 1, "CVX moved: {quotes:?}");
     assert!(
         lane.sim
             .ledger_trades()
@@ -241,7 +250,7 @@ async fn a_quiet_symbols_opening_quote_is_in_the_snapshot_table() {
 /// each re-send with a full frame that repeats the last trade: the stored trades must still be
 /// exactly the ledger's, by row id.
 async fn resent_smd_doubles_no_trade(full_frame: bool) {
-    let mut args = vec!["--repeat-first-frame", "--trade-probability", "0.3"];
+    let mut args = vec!["--trade-probability", "0.3"];
     if full_frame {
         args.push("--smd-resend-full-frame");
     }

@@ -45,6 +45,8 @@ async fn same_seed_same_market() {
 #[tokio::test]
 async fn halted_and_prior_close_prices_are_not_trades() {
     let h = start(|c| {
+        // One first frame: these checks read the deltas (the repeat has its own test).
+        c.repeat_first_frame = false;
         c.speed = 10.0;
         c.status_probability = 0.3;
     })

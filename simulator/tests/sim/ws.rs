@@ -149,6 +149,8 @@ fn check_frames_against_ledger(
 async fn smd_full_then_delta_matches_ledger() {
     // speed 10: a 500 ms sim frame interval is 50 ms real.
     let h = start(|c| {
+        // One first frame: these checks read the deltas (the repeat has its own test).
+        c.repeat_first_frame = false;
         c.speed = 10.0;
         c.status_probability = 0.05;
     })
@@ -209,6 +211,8 @@ async fn smd_full_then_delta_matches_ledger() {
 #[tokio::test]
 async fn two_clients_share_updates() {
     let h = start(|c| {
+        // One first frame: these checks read the deltas (the repeat has its own test).
+        c.repeat_first_frame = false;
         c.speed = 10.0;
         c.trade_probability = 0.9;
     })
@@ -286,6 +290,8 @@ async fn subscription_expires_without_resend() {
 #[tokio::test]
 async fn resend_keeps_subscription_alive_without_new_full_frame() {
     let h = start(|c| {
+        // One first frame: these checks read the deltas (the repeat has its own test).
+        c.repeat_first_frame = false;
         c.speed = 20.0;
         c.subscription_expiry_secs = 10;
     })
