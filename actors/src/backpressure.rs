@@ -4,6 +4,7 @@
 //! run out and the reader stops reading the socket: memory stays bounded (failure row 7).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -42,6 +43,15 @@ impl InflightLimit {
     pub fn in_flight(&self) -> usize {
         self.max - self.semaphore.available_permits()
     }
+
+    /// Waits up to `timeout` until no permit is held; whether that happened.
+    pub async fn idle(&self, timeout: Duration) -> bool {
+        let all = u32::try_from(self.max).unwrap_or(u32::MAX);
+        match tokio::time::timeout(timeout, self.semaphore.acquire_many(all)).await {
+            Ok(Ok(_all_back)) => true,
+            _ => self.in_flight() == 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -64,5 +74,21 @@ mod tests {
         assert!(!waiter.is_finished());
         drop(b);
         assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_for_every_permit() {
+        let limit = InflightLimit::new(3);
+        assert!(limit.idle(Duration::from_secs(1)).await);
+        let a = limit.acquire().await.unwrap();
+        assert!(!limit.idle(Duration::from_secs(1)).await);
+        let waiter = tokio::spawn({
+            let limit = limit.clone();
+            async move { limit.idle(Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        drop(a);
+        assert!(waiter.await.unwrap());
+        assert_eq!(limit.in_flight(), 0);
     }
 }

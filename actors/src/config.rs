@@ -246,6 +246,15 @@ pub struct KafkaConfig {
     pub bootstrap_servers: String,
     /// Prepended to every category topic (tests use a fresh prefix each).
     pub topic_prefix: String,
+    /// Partitions of each topic the daemon creates (default 6): the most pods of one role
+    /// (writers, calculators) that can share a topic's load. It applies when a topic is
+    /// created; an existing topic keeps its count. Growing a topic later
+    /// (`kafka-topics --alter --partitions`) changes `murmur2(key) % partitions`, so most
+    /// symbols move to another partition: their new rows land there while their older rows
+    /// stay behind, per-symbol order across the move is lost, and a calculator refilling the
+    /// new partition does not see the old rows. Exactly-once into ClickHouse holds (it is per
+    /// partition and offset range). Grow it during a pause of the connectors, after which
+    /// calculator windows fill again within their length.
     pub partitions: i32,
     pub replication_factor: i32,
     /// Websocket frames whose rows Kafka has not yet acknowledged; past this the connector
@@ -260,7 +269,7 @@ impl Default for KafkaConfig {
         Self {
             bootstrap_servers: "127.0.0.1:9092".into(),
             topic_prefix: String::new(),
-            partitions: 3,
+            partitions: 6,
             replication_factor: 1,
             max_in_flight_frames: 100_000,
             linger_ms: 5,
@@ -355,7 +364,13 @@ pub struct WriterConfig {
     /// … or when its first row is this old.
     #[serde(with = "humantime_secs")]
     pub batch_max_age: Duration,
+    /// Prefix of the writers' consumer groups: each writer has its own,
+    /// `<group_id>.<topic>`, shared by that writer on every pod.
     pub group_id: String,
+    /// A writer unheard for this long loses its partitions to the same writer on other pods
+    /// (a restarted pod that rejoins within it gets them back without a rebalance).
+    #[serde(with = "humantime_secs")]
+    pub session_timeout: Duration,
     /// First back-off after a failed insert; doubles up to `retry_max_backoff`.
     #[serde(with = "humantime_secs")]
     pub retry_backoff: Duration,
@@ -370,6 +385,7 @@ impl Default for WriterConfig {
             batch_rows: 50_000,
             batch_max_age: Duration::from_millis(500),
             group_id: "marketlane-clickhouse-writer".into(),
+            session_timeout: Duration::from_secs(10),
             retry_backoff: Duration::from_millis(200),
             retry_max_backoff: Duration::from_secs(10),
         }
@@ -387,7 +403,19 @@ impl WriterConfig {
         if self.group_id.trim().is_empty() {
             return Err(bad("writer.group_id", "empty"));
         }
+        // The broker's group.min/max.session.timeout.ms defaults (6 s to 30 min).
+        if !(Duration::from_secs(6)..=Duration::from_secs(1800)).contains(&self.session_timeout) {
+            return Err(bad(
+                "writer.session_timeout",
+                format!("{:?} is not within 6 s and 30 min", self.session_timeout),
+            ));
+        }
         Ok(())
+    }
+
+    /// The consumer group of the writer of `topic`.
+    pub fn group_of(&self, topic: &str) -> String {
+        format!("{}.{topic}", self.group_id)
     }
 }
 

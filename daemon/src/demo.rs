@@ -3,6 +3,13 @@
 //! rows/s per stage and the consumer lag, stops the simulator, waits for the lane to catch up,
 //! and prints the reconciliation `emitted=N kafka=N clickhouse=N lost=0 duplicates=0`.
 //!
+//! The daemon also runs the calculator role with a small spec set (team `demo`: a 60 s VWAP of
+//! the trades and the level-1 mid of every symbol), so the demo shows the lane's second sink:
+//! a few live values from Redis every five seconds, and at the end `redis_keys=N
+//! redis_check=ok|failed` on the reconciliation line, where the check recomputes every VWAP in
+//! Redis from the ClickHouse tick rows of its window (and wants its `as_of` to be the symbol's
+//! last stored trade).
+//!
 //! `--kill-daemon-at SECS` SIGKILLs the daemon mid-run and starts it again: the trades of the
 //! outage (from five seconds before the kill until the new daemon streams again) are what the
 //! seed accepts to lose; they are reported apart and left out of the counted line.
@@ -13,6 +20,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use marketlane_actors::calculator::redis::RedisReader;
+use marketlane_actors::clickhouse_writer::ClickHouse;
+use marketlane_protocol::category::TICK;
 
 use crate::config::Config;
 use crate::reconcile::{self, Reconciliation};
@@ -53,6 +64,62 @@ pub struct DemoArgs {
     /// How long to wait for the lane to catch up after the simulator stops.
     #[arg(long, default_value_t = 60)]
     pub settle_seconds: u64,
+    /// Redis of the local stack (default: 127.0.0.1 on `ML_REDIS_PORT`, else 6379); the
+    /// calculators write as its `default` user unless `MARKETLANE__CALCULATORS__REDIS__*`
+    /// say otherwise.
+    #[arg(long, env = "ML_REDIS_URL")]
+    pub redis: Option<String>,
+}
+
+/// The demo's indicator team and its specs.
+const TEAM: &str = "demo";
+const VWAP: &str = "vwap_60s";
+const VWAP_WINDOW_SECS: i64 = 60;
+const MID: &str = "mid";
+
+/// What a demo run ends with; the demo succeeds only if both hold.
+pub struct DemoOutcome {
+    pub reconciliation: Reconciliation,
+    pub redis: RedisCheck,
+}
+
+impl DemoOutcome {
+    pub fn ok(&self) -> bool {
+        let r = &self.reconciliation;
+        r.lost == 0
+            && r.duplicates == 0
+            && r.emitted > 0
+            && r.clickhouse == r.emitted as u64
+            && self.redis.ok()
+    }
+}
+
+/// The Redis side of the final line: every VWAP in Redis against its recomputation.
+#[derive(Debug, Default)]
+pub struct RedisCheck {
+    pub keys: usize,
+    /// Symbols with trades in ClickHouse (each needs a current, right VWAP).
+    pub symbols: usize,
+    pub matching: usize,
+    /// Why a symbol did not match (empty when all did).
+    pub problems: Vec<String>,
+}
+
+impl RedisCheck {
+    pub fn ok(&self) -> bool {
+        self.symbols > 0 && self.matching == self.symbols && self.problems.is_empty()
+    }
+}
+
+impl std::fmt::Display for RedisCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "redis_keys={} redis_check={}",
+            self.keys,
+            if self.ok() { "ok" } else { "failed" }
+        )
+    }
 }
 
 /// How far before a SIGKILL the outage window starts (see `--kill-daemon-at`).
@@ -170,6 +237,7 @@ fn scrape(port: u16) -> Option<Counters> {
 fn write_config(
     args: &DemoArgs,
     dir: &Path,
+    run: &str,
     gateway_port: u16,
     http_port: u16,
 ) -> anyhow::Result<PathBuf> {
@@ -188,6 +256,7 @@ fn write_config(
         r#"# Written by `marketlane demo`.
 instance = "marketlane-demo-0"
 schemas_dir = "{schemas}"
+roles = ["connector", "writer", "calculator"]
 
 [http]
 listen = "127.0.0.1:{http_port}"
@@ -210,25 +279,76 @@ batch_max_age = 0.5
 url = "http://127.0.0.1:{gateway_port}/econ/releases"
 poll_interval = 2.0
 
+# The calculator role: one team, a VWAP of the trades and the mid of the book, every symbol.
+[calculators]
+group_id = "{key_prefix}-calculators"
+coalesce_interval = 0.2
+checkpoint_interval = 1.0
+key_ttl = 900
+warm_restart_lookback = 120
+
+[calculators.redis]
+url = "{redis}"
+user = "default"
+key_prefix = "{key_prefix}"
+
+[[calculators.teams]]
+name = "{TEAM}"
+
+[[calculators.teams.specs]]
+name = "{VWAP}"
+kind = "vwap"
+source = "tick_market_data"
+symbols = ["*"]
+window_secs = {VWAP_WINDOW_SECS}
+
+[[calculators.teams.specs]]
+name = "{MID}"
+kind = "mid"
+source = "l2_market_data"
+symbols = ["*"]
+
 {symbols}"#,
         schemas = args.schemas_dir.canonicalize()?.display(),
         kafka = args.kafka,
         prefix = args.topic_prefix,
         ch = args.clickhouse,
         db = args.database,
+        redis = redis_url(args),
+        key_prefix = key_prefix(args, run),
     );
     let path = dir.join("config.toml");
     std::fs::write(&path, text)?;
     Ok(path)
 }
 
-pub async fn demo(args: DemoArgs) -> anyhow::Result<Reconciliation> {
+fn redis_url(args: &DemoArgs) -> String {
+    args.redis.clone().unwrap_or_else(|| {
+        format!(
+            "redis://127.0.0.1:{}",
+            std::env::var("ML_REDIS_PORT").unwrap_or_else(|_| "6379".into())
+        )
+    })
+}
+
+/// Keys of this run only: `demo-<topic prefix>-<run>` in letters, digits, `_` and `-`.
+fn key_prefix(args: &DemoArgs, run: &str) -> String {
+    let mut p = format!("demo-{}{run}", args.topic_prefix);
+    p.retain(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    p.to_ascii_lowercase()
+}
+
+pub async fn demo(args: DemoArgs) -> anyhow::Result<DemoOutcome> {
     let run = chrono_free_stamp();
     let dir = args.dir.join(&run);
     std::fs::create_dir_all(&dir)?;
     let gateway_port = free_port()?;
     let http_port = free_port()?;
-    let config_path = write_config(&args, &dir, gateway_port, http_port)?;
+    let config_path = write_config(&args, &dir, &run, gateway_port, http_port)?;
+    let config = Config::load(Some(&config_path), std::iter::empty::<(String, String)>())?;
+    let redis = RedisReader::connect(&config.calculators.redis)
+        .await
+        .with_context(|| format!("cannot reach redis at {}", config.calculators.redis.url))?;
     let ledger = dir.join("ledger.jsonl");
     println!(
         "demo: run {run}: logs, config and ledger in {}",
@@ -313,10 +433,12 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<Reconciliation> {
         );
         last = c;
         last_at = Instant::now();
+        if started.elapsed().as_secs() % 5 == 0 {
+            print_live_values(&redis).await;
+        }
     }
     println!("demo: stopping the simulator (it flushes its ledger)");
     sim.stop(Duration::from_secs(10));
-    let config = Config::load(Some(&config_path), std::iter::empty::<(String, String)>())?;
     let exclude = outage.map(|(from, to)| (from, to.unwrap_or_else(now_ms)));
     if let Some((a, b)) = exclude {
         println!(
@@ -333,6 +455,19 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<Reconciliation> {
         println!("demo: waiting for the lane to catch up ({r})");
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
+    // Redis: the calculators have seen every stored trade once each VWAP's as_of is the
+    // symbol's last trade; until then (or the deadline) the check is repeated.
+    let check = loop {
+        let check = redis_check(&config, &redis).await?;
+        if check.ok() || Instant::now() >= deadline {
+            break check;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    print_live_values(&redis).await;
+    for p in check.problems.iter().take(10) {
+        println!("redis check: {p}");
+    }
     println!("demo: stopping the daemon (SIGTERM, drain)");
     daemon.stop(Duration::from_secs(30));
     if result.excluded > 0 {
@@ -341,12 +476,107 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<Reconciliation> {
             result.excluded, result.excluded_stored
         );
     }
-    println!("{result}");
     println!(
         "analyst query: clickhouse-client --port 9000 --query \"SELECT symbol_identifier, count() AS trades, argMax(price, tick_time) AS last_price, max(tick_time) AS last_trade FROM {db}.tick_market_data FINAL GROUP BY symbol_identifier ORDER BY symbol_identifier\"",
         db = args.database
     );
-    Ok(result)
+    println!(
+        "quant read: redis-cli HGETALL {}:{TEAM}:{VWAP}:AAPL",
+        config.calculators.redis.key_prefix
+    );
+    println!("{result} {check}");
+    Ok(DemoOutcome {
+        reconciliation: result,
+        redis: check,
+    })
+}
+
+/// A few live values: the VWAP and mid of the first three symbols Redis has.
+async fn print_live_values(redis: &RedisReader) {
+    let Ok(keys) = redis.keys().await else {
+        println!("      redis unreachable");
+        return;
+    };
+    let symbols: Vec<&str> = keys
+        .iter()
+        .filter_map(|k| k.rsplit_once(&format!(":{TEAM}:{VWAP}:")).map(|(_, s)| s))
+        .take(3)
+        .collect();
+    let mut line = format!("      redis keys={}", keys.len());
+    for s in symbols {
+        let value = |h: &std::collections::HashMap<String, String>| {
+            h.get("value")
+                .and_then(|v| v.parse::<f64>().ok())
+                .map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))
+        };
+        let vwap = redis.value(TEAM, VWAP, s).await.unwrap_or_default();
+        let mid = redis.value(TEAM, MID, s).await.unwrap_or_default();
+        line.push_str(&format!(
+            "  {s} {VWAP}={} {MID}={}",
+            value(&vwap),
+            value(&mid)
+        ));
+    }
+    println!("{line}");
+}
+
+/// Recomputes each symbol's VWAP from the ClickHouse tick rows of the window that ends at the
+/// `as_of` Redis holds, and compares (relative 1e-9: the sums run in another order).
+async fn redis_check(config: &Config, redis: &RedisReader) -> anyhow::Result<RedisCheck> {
+    let ch = ClickHouse::connect(&config.clickhouse).await?;
+    let db = &config.clickhouse.database;
+    let t = if ch.version.capabilities().datetime64 {
+        "toUnixTimestamp64Nano(tick_time)"
+    } else {
+        "tick_time"
+    };
+    let mut check = RedisCheck {
+        keys: redis.keys().await?.len(),
+        ..Default::default()
+    };
+    let last = ch
+        .query_tsv(&format!(
+            "SELECT symbol_identifier, max({t}) FROM `{db}`.`{TICK}` FINAL GROUP BY symbol_identifier ORDER BY symbol_identifier"
+        ))
+        .await?;
+    let window = VWAP_WINDOW_SECS * 1_000_000_000;
+    for row in last {
+        let [symbol, max] = row.as_slice() else {
+            continue;
+        };
+        check.symbols += 1;
+        let h = redis.value(TEAM, VWAP, symbol).await?;
+        let as_of = h.get("as_of").and_then(|v| v.parse::<i64>().ok());
+        let value = h.get("value").and_then(|v| v.parse::<f64>().ok());
+        let (Some(as_of), Some(value)) = (as_of, value) else {
+            check.problems.push(format!("{symbol}: no vwap in redis ({h:?})"));
+            continue;
+        };
+        if max.parse::<i64>().ok() != Some(as_of) {
+            check
+                .problems
+                .push(format!("{symbol}: redis as_of {as_of}, last stored trade {max}"));
+            continue;
+        }
+        let symbol_sql = symbol.replace('\\', "").replace('\'', "");
+        let want = ch
+            .query_tsv(&format!(
+                "SELECT sum(price * size) / sum(size) FROM `{db}`.`{TICK}` FINAL WHERE symbol_identifier = '{symbol_sql}' AND {t} > {} AND {t} <= {as_of}",
+                as_of - window
+            ))
+            .await?;
+        let want: Option<f64> = want
+            .first()
+            .and_then(|r| r.first())
+            .and_then(|v| v.parse().ok());
+        match want {
+            Some(w) if (w - value).abs() <= 1e-9 * w.abs().max(1.0) => check.matching += 1,
+            _ => check.problems.push(format!(
+                "{symbol}: redis vwap {value} at {as_of}, clickhouse rows of its window give {want:?}"
+            )),
+        }
+    }
+    Ok(check)
 }
 
 fn now_ms() -> i64 {

@@ -14,8 +14,13 @@ use crate::config::{ConfigError, humantime_secs};
 #[serde(deny_unknown_fields, default)]
 pub struct CalculatorConfig {
     pub redis: RedisConfig,
-    /// Consumer group whose committed offsets mark where the last run left off.
+    /// Consumer group of every calculator pod: they split the partitions of the source topics,
+    /// and its committed offsets mark where the last owner of a partition left off.
     pub group_id: String,
+    /// A pod unheard for this long loses its partitions to the others (a restarted pod that
+    /// rejoins within it gets them back without a rebalance: static membership).
+    #[serde(with = "humantime_secs")]
+    pub session_timeout: Duration,
     /// Per-symbol workers; a symbol always goes to the same worker (hash of the symbol).
     pub workers: usize,
     /// Row batches a worker may have queued before the consumer stops polling Kafka.
@@ -44,6 +49,7 @@ impl Default for CalculatorConfig {
         Self {
             redis: RedisConfig::default(),
             group_id: "marketlane-calculators".into(),
+            session_timeout: Duration::from_secs(10),
             workers: 4,
             max_queued_batches: 64,
             coalesce_interval: Duration::from_millis(100),
@@ -327,6 +333,13 @@ impl CalculatorConfig {
                     self.warm_restart_lookback,
                     longest as f64 / 1e9
                 ),
+            ));
+        }
+        // The broker's group.min/max.session.timeout.ms defaults (6 s to 30 min).
+        if !(Duration::from_secs(6)..=Duration::from_secs(1800)).contains(&self.session_timeout) {
+            return Err(bad(
+                "calculators.session_timeout",
+                format!("{:?} is not within 6 s and 30 min", self.session_timeout),
             ));
         }
         Ok(())

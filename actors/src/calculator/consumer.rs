@@ -1,22 +1,36 @@
-//! The calculator consumer: one per source topic. It reads every partition of its topic (manual
-//! assignment: one calculator pod holds all symbols of its config), parses the rows and routes
-//! each to the worker that owns its symbol.
+//! The calculator consumer: one per source topic. Calculator pods share the topic's partitions
+//! through a consumer group (the Kafka key is the symbol, so all rows of a symbol are on one
+//! partition and so on one pod); each consumer parses its rows and routes each to the worker
+//! that owns its symbol.
 //!
-//! Warm restart: on start it reads from `warm_restart_lookback` ago (by Kafka message time) or
-//! from the group's committed offset, whichever is older. Rows before the committed offset only
-//! refill the windows; values are written from the first row after it, so the first write after
-//! a restart is already right. Offsets are committed at checkpoints, after every worker has
-//! applied the rows read so far and Redis holds the values they produced.
+//! Assignment (cooperative-sticky: a rebalance moves only the partitions that change owner).
+//! The rebalance callback pauses a newly assigned partition before anything is fetched from it;
+//! the actor then positions it at its warm start: `warm_restart_lookback` ago (by Kafka message
+//! time) or the group's committed offset, whichever is older. Rows before the committed offset
+//! only refill the windows; values are written from the first row after it, so a pod that takes
+//! a partition over never writes a value computed from a window it has not refilled. Revocation:
+//! the workers drop the windows and unwritten values of the partition's symbols, so this pod
+//! writes nothing more for them.
+//!
+//! Offsets are committed at checkpoints, after every worker has applied the rows read so far,
+//! Redis holds the values they produced and Kafka has acknowledged their indicator rows.
+//!
+//! Static membership: `group.instance.id` is the pod name and topic, so a restarted pod takes
+//! its partitions back at once, without a group-wide rebalance; a pod that is gone for good
+//! loses them after `session.timeout.ms`.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use marketlane_protocol::category::TICK;
 use marketlane_protocol::{CategorySchema, RowMap};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -39,12 +53,18 @@ pub enum ConsumerMsg {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConsumerSnapshot {
     pub topic: String,
+    pub group: String,
+    pub group_instance: String,
     pub rows: u64,
     pub refill_rows: u64,
     pub invalid_rows: u64,
+    /// Messages of a partition this consumer does not (or no longer) hold.
+    pub unowned_rows: u64,
     pub checkpoints: u64,
     pub last_checkpoint_ok: bool,
-    /// Next offset to read, by partition.
+    pub partitions_assigned: u64,
+    pub partitions_revoked: u64,
+    /// Next offset to read, by partition (the partitions this pod holds).
     pub positions: HashMap<i32, i64>,
     /// First offset whose values are written, by partition (rows before refill windows only).
     pub live_from: HashMap<i32, i64>,
@@ -57,12 +77,54 @@ pub struct ConsumerArgs {
     pub shared: Arc<Shared>,
 }
 
+/// Assignment changes seen by librdkafka's rebalance callback, handled by the actor.
+enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Pauses newly assigned partitions inside the callback (before any fetch), so the actor can
+/// plan their warm start and seek first.
+#[derive(Default)]
+pub struct CalcRebalance {
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl ClientContext for CalcRebalance {}
+
+impl ConsumerContext for CalcRebalance {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let event = match rebalance {
+            Rebalance::Assign(tpl) => {
+                if let Err(e) = consumer.pause(tpl) {
+                    warn!(error = %e, "cannot pause newly assigned partitions");
+                }
+                RebalanceEvent::Assigned(tpl.elements().iter().map(|e| e.partition()).collect())
+            }
+            Rebalance::Revoke(tpl) => {
+                RebalanceEvent::Revoked(tpl.elements().iter().map(|e| e.partition()).collect())
+            }
+            Rebalance::Error(e) => {
+                warn!(error = %e, "calculator rebalance error");
+                return;
+            }
+        };
+        if let Ok(mut events) = self.events.lock() {
+            events.push(event);
+        }
+    }
+}
+
+type CalcConsumer = StreamConsumer<CalcRebalance>;
+
 pub struct ConsumerState {
     args: ConsumerArgs,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<CalcConsumer>,
     topic: String,
     positions: HashMap<i32, i64>,
     live_from: HashMap<i32, i64>,
+    /// Symbols seen on each held partition: what the workers drop when it is revoked.
+    symbols: HashMap<i32, BTreeSet<String>>,
     last_checkpoint: Instant,
     snapshot: ConsumerSnapshot,
 }
@@ -80,27 +142,36 @@ impl Actor for CalculatorConsumer {
         args: ConsumerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let topic = args.kafka.topic(&args.schema.topic());
-        let consumer: StreamConsumer = crate::kafka::client_config(&args.kafka)
-            .set("group.id", &args.shared.config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("fetch.queue.backoff.ms", "10")
-            // Bounds what librdkafka prefetches while the workers hold us back.
-            .set("queued.max.messages.kbytes", "16384")
-            .create()?;
-        let mut state = ConsumerState {
+        let group = args.shared.config.group_id.clone();
+        // Unique per consumer of the group: a pod runs one consumer per source topic.
+        let instance = format!("{}-{}", args.shared.emitter.instance, args.schema.category);
+        let consumer: CalcConsumer = crate::kafka::group_consumer_config(
+            &args.kafka,
+            &group,
+            &instance,
+            args.shared.config.session_timeout,
+        )
+        .set("fetch.queue.backoff.ms", "10")
+        // Bounds what librdkafka prefetches while the workers hold us back.
+        .set("queued.max.messages.kbytes", "16384")
+        .create_with_context(CalcRebalance::default())?;
+        consumer.subscribe(&[topic.as_str()])?;
+        info!(topic, group, group_instance = instance, "calculator consumer joined its group");
+        let state = ConsumerState {
             args,
             consumer: Arc::new(consumer),
             topic: topic.clone(),
             positions: HashMap::new(),
             live_from: HashMap::new(),
+            symbols: HashMap::new(),
             last_checkpoint: Instant::now(),
             snapshot: ConsumerSnapshot {
                 topic,
+                group,
+                group_instance: instance,
                 ..Default::default()
             },
         };
-        state.seek_warm_start().await?;
         let _ = myself.cast(ConsumerMsg::Poll);
         Ok(state)
     }
@@ -113,6 +184,8 @@ impl Actor for CalculatorConsumer {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ConsumerMsg::Poll => {
+                // Failing lets the supervisor restart us: a new consumer rejoins the group.
+                state.handle_rebalance().await?;
                 state.poll().await;
                 if state.last_checkpoint.elapsed() >= state.args.shared.config.checkpoint_interval {
                     state.checkpoint().await;
@@ -120,8 +193,11 @@ impl Actor for CalculatorConsumer {
                 let _ = myself.cast(ConsumerMsg::Poll);
             }
             ConsumerMsg::Rewind => {
-                // Failing lets the supervisor restart us, which seeks again.
-                state.seek_warm_start().await?;
+                let held: Vec<i32> = state.positions.keys().copied().collect();
+                if !held.is_empty() {
+                    state.pause(&held);
+                    state.position(&held).await?;
+                }
             }
             ConsumerMsg::GetState(reply) => {
                 let mut s = state.snapshot.clone();
@@ -135,17 +211,79 @@ impl Actor for CalculatorConsumer {
 }
 
 impl ConsumerState {
-    /// Assigns every partition at its warm-restart start (see the module doc).
-    async fn seek_warm_start(&mut self) -> Result<(), ActorProcessingErr> {
+    /// Applies assignment changes: revoked partitions make the workers drop their symbols;
+    /// assigned ones are positioned at their warm start, then resumed.
+    async fn handle_rebalance(&mut self) -> Result<(), ActorProcessingErr> {
+        let events = match self.consumer.context().events.lock() {
+            Ok(mut e) => std::mem::take(&mut *e),
+            Err(_) => Vec::new(),
+        };
+        for event in events {
+            match event {
+                RebalanceEvent::Revoked(parts) => self.revoke(&parts).await,
+                RebalanceEvent::Assigned(parts) => self.position(&parts).await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn revoke(&mut self, parts: &[i32]) {
+        let workers = self.args.shared.workers.len();
+        let mut by_worker: Vec<Vec<String>> = vec![Vec::new(); workers];
+        for p in parts {
+            self.positions.remove(p);
+            self.live_from.remove(p);
+            for symbol in self.symbols.remove(p).unwrap_or_default() {
+                by_worker[worker_of(&symbol, workers)].push(symbol);
+            }
+        }
+        self.snapshot.partitions_revoked += parts.len() as u64;
+        info!(topic = %self.topic, partitions = ?parts, "partitions revoked; their symbols are dropped");
+        let category = if self.args.schema.category == TICK {
+            TICK
+        } else {
+            marketlane_protocol::category::L2
+        };
+        for (w, symbols) in by_worker.into_iter().enumerate() {
+            if symbols.is_empty() {
+                continue;
+            }
+            // A worker being restarted has no windows to drop.
+            if let Some(worker) = self
+                .args
+                .shared
+                .names
+                .lookup::<WorkerMsg>(&self.args.shared.workers[w])
+            {
+                let _ = worker.cast(WorkerMsg::Forget { category, symbols });
+            }
+        }
+    }
+
+    fn pause(&self, parts: &[i32]) {
+        let mut tpl = TopicPartitionList::new();
+        for p in parts {
+            tpl.add_partition(&self.topic, *p);
+        }
+        if let Err(e) = self.consumer.pause(&tpl) {
+            warn!(topic = %self.topic, error = %e, "cannot pause partitions");
+        }
+    }
+
+    /// Positions `parts` (paused) at their warm-restart start (see the module doc) and resumes
+    /// them.
+    async fn position(&mut self, parts: &[i32]) -> Result<(), ActorProcessingErr> {
         let lookback = self.args.shared.config.warm_restart_lookback;
         // Freshly created topics answer "not leader" for a moment: retry for up to 30 s.
         let mut attempt = 0;
         let plan = loop {
             let consumer = self.consumer.clone();
             let topic = self.topic.clone();
-            let result = tokio::task::spawn_blocking(move || plan(&consumer, &topic, lookback))
-                .await
-                .map_err(|e| format!("warm-start plan: {e}"))?;
+            let parts = parts.to_vec();
+            let result =
+                tokio::task::spawn_blocking(move || plan(&consumer, &topic, &parts, lookback))
+                    .await
+                    .map_err(|e| format!("warm-start plan: {e}"))?;
             match result {
                 Ok(plan) => break plan,
                 Err(e) if attempt < 60 => {
@@ -159,17 +297,37 @@ impl ConsumerState {
             }
         };
         let mut tpl = TopicPartitionList::new();
-        self.positions.clear();
-        self.live_from.clear();
         for (p, start, live) in plan {
-            tpl.add_partition_offset(&self.topic, p, Offset::Offset(start))?;
+            self.seek(p, start).await;
             self.positions.insert(p, start);
             self.live_from.insert(p, live);
+            tpl.add_partition(&self.topic, p);
         }
-        self.consumer.assign(&tpl)?;
+        self.snapshot.partitions_assigned += parts.len() as u64;
+        if let Err(e) = self.consumer.resume(&tpl) {
+            warn!(topic = %self.topic, error = %e, "cannot resume assigned partitions");
+        }
         info!(topic = %self.topic, positions = ?self.positions, live_from = ?self.live_from,
-            "calculator consumer assigned (warm restart)");
+            "calculator partitions positioned (warm start)");
         Ok(())
+    }
+
+    /// Seeks a freshly assigned partition; librdkafka may need a moment before it accepts.
+    async fn seek(&self, partition: i32, offset: i64) {
+        for attempt in 0..50 {
+            match self.consumer.seek(
+                &self.topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            ) {
+                Ok(()) => return,
+                Err(e) if attempt == 49 => {
+                    warn!(topic = %self.topic, partition, offset, error = %e, "seek failed");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// Reads what is there (up to 2 000 rows or 50 ms), hands it to the workers.
@@ -194,7 +352,12 @@ impl ConsumerState {
             };
             read += 1;
             let (p, o) = (m.partition(), m.offset());
-            self.positions.insert(p, o + 1);
+            // Not positioned (yet) or revoked meanwhile: its owner reads it.
+            let Some(position) = self.positions.get_mut(&p) else {
+                self.snapshot.unowned_rows += 1;
+                continue;
+            };
+            *position = o + 1;
             let live = self.live_from.get(&p).is_none_or(|l| o >= *l);
             match parse(&self.args.schema, m.payload().unwrap_or_default()) {
                 Ok(row) => {
@@ -202,6 +365,10 @@ impl ConsumerState {
                         self.snapshot.rows += 1;
                     } else {
                         self.snapshot.refill_rows += 1;
+                    }
+                    let symbols = self.symbols.entry(p).or_default();
+                    if !symbols.contains(row.symbol()) {
+                        symbols.insert(row.symbol().to_string());
                     }
                     let w = worker_of(row.symbol(), workers);
                     batches[w].push((row, live));
@@ -251,8 +418,9 @@ impl ConsumerState {
         }
     }
 
-    /// Commits the positions once every worker has applied the rows read so far and written
-    /// their values to Redis; otherwise commits nothing (the rows are replayed after a crash).
+    /// Commits the positions once every worker has applied the rows read so far, written their
+    /// values to Redis and had their indicator rows acknowledged by Kafka; otherwise commits
+    /// nothing (the rows are replayed after a crash).
     async fn checkpoint(&mut self) {
         self.last_checkpoint = Instant::now();
         self.snapshot.checkpoints += 1;
@@ -274,7 +442,11 @@ impl ConsumerState {
         }
         let mut tpl = TopicPartitionList::new();
         for (p, o) in &positions {
-            let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o));
+            // Never behind the offset this partition was taken over at: rows before it were
+            // only refill, and committing one of them would make the next owner write values
+            // again from a window refilled from a later look-back.
+            let o = self.live_from.get(p).map_or(*o, |l| (*o).max(*l));
+            let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(o));
         }
         if tpl.count() > 0
             && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
@@ -284,22 +456,15 @@ impl ConsumerState {
     }
 }
 
-/// (partition, start offset, first live offset) of every partition of `topic`.
+/// (partition, start offset, first live offset) of each of `partitions` of `topic`.
 fn plan(
-    consumer: &StreamConsumer,
+    consumer: &CalcConsumer,
     topic: &str,
+    partitions: &[i32],
     lookback: Duration,
 ) -> Result<Vec<(i32, i64, i64)>, ActorProcessingErr> {
     let timeout = Duration::from_secs(10);
-    let md = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(format!("topic {topic} has no partitions").into());
-    }
+    let partitions = partitions.to_vec();
     let mut all = TopicPartitionList::new();
     for p in &partitions {
         all.add_partition(topic, *p);

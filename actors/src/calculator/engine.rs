@@ -286,6 +286,26 @@ impl Engine {
         self.symbols.get_mut(symbol).expect("symbol state present")
     }
 
+    /// Drops what `symbol` keeps of `category` (its trades or its book): the partition that
+    /// carries it moved to another pod, and a later return refills it from the look-back.
+    pub fn forget(&mut self, category: &str, symbol: &str) {
+        let Some(st) = self.symbols.get_mut(symbol) else {
+            return;
+        };
+        if category == marketlane_protocol::category::TICK {
+            st.trades = Trades {
+                keep_ns: st.trades.keep_ns,
+                keep_n: st.trades.keep_n,
+                ..Trades::default()
+            };
+        } else {
+            st.book = Book::default();
+        }
+        if st.trades.as_of.is_none() && st.book.as_of.is_none() {
+            self.symbols.remove(symbol);
+        }
+    }
+
     /// Applies one row. Returns what became of it and the specs whose value may have changed
     /// (empty when the symbol matches no spec of the row's category, or the row changed nothing).
     pub fn apply(&mut self, row: &CalcRow) -> (Applied, Vec<usize>) {

@@ -146,3 +146,67 @@ impl RedisSink {
         self.client.is_connected()
     }
 }
+
+/// Reads back what the calculators wrote: `marketlane demo` prints live values with it and
+/// checks them against ClickHouse.
+pub struct RedisReader {
+    client: Client,
+    prefix: String,
+}
+
+impl RedisReader {
+    /// Connects (waiting up to 10 s) as `config`'s user.
+    pub async fn connect(config: &RedisConfig) -> Result<Self, RedisError> {
+        let mut c = Config::from_url(&config.url).map_err(|e| RedisError::Config(e.to_string()))?;
+        if !config.user.is_empty() {
+            c.username = Some(config.user.clone());
+        }
+        if !config.password.is_empty() {
+            c.password = Some(config.password.clone());
+        }
+        let client = Builder::from_config(c)
+            .with_connection_config(|cc| cc.auto_client_setname = false)
+            .build()
+            .map_err(|e| RedisError::Config(e.to_string()))?;
+        match tokio::time::timeout(Duration::from_secs(10), client.init()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(RedisError::Write(e.to_string())),
+            Err(_) => return Err(RedisError::Timeout(Duration::from_secs(10))),
+        }
+        Ok(Self {
+            client,
+            prefix: config.key_prefix.clone(),
+        })
+    }
+
+    /// Every key under the prefix (SCAN, not KEYS: it never blocks the server).
+    pub async fn keys(&self) -> Result<Vec<String>, RedisError> {
+        use futures_util::TryStreamExt;
+        let keys: Vec<fred::types::Key> = self
+            .client
+            .scan_buffered(format!("{}:*", self.prefix), Some(1_000), None)
+            .try_collect()
+            .await
+            .map_err(|e| RedisError::Write(e.to_string()))?;
+        let mut out: Vec<String> = keys
+            .iter()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The hash of one value (empty when absent).
+    pub async fn value(
+        &self,
+        team: &str,
+        indicator: &str,
+        symbol: &str,
+    ) -> Result<std::collections::HashMap<String, String>, RedisError> {
+        self.client
+            .hgetall(key(&self.prefix, team, indicator, symbol))
+            .await
+            .map_err(|e| RedisError::Write(e.to_string()))
+    }
+}

@@ -25,7 +25,7 @@ use super::ConsumerMsg;
 use super::Shared;
 use super::engine::{Applied, CalcRow, Engine};
 use super::redis::{RedisSink, Update};
-use crate::backpressure::Inflight;
+use crate::backpressure::{Inflight, InflightLimit};
 
 #[derive(RactorMessage)]
 pub enum WorkerMsg {
@@ -34,9 +34,16 @@ pub enum WorkerMsg {
         rows: Vec<(CalcRow, bool)>,
         permit: OwnedSemaphorePermit,
     },
+    /// The partitions carrying these symbols of `category` moved to another pod: drop their
+    /// windows and every value not yet written, so this pod writes nothing more for them.
+    Forget {
+        category: &'static str,
+        symbols: Vec<String>,
+    },
     /// Coalescing tick: compute what changed, produce it, write Redis.
     Flush,
-    /// Flushes now; replies whether Redis holds every value computed so far (checkpoint).
+    /// Flushes now; replies whether Redis holds every value computed so far and Kafka has
+    /// acknowledged every indicator row produced so far (checkpoint).
     Barrier(RpcReplyPort<bool>),
     GetState(RpcReplyPort<WorkerSnapshot>),
 }
@@ -53,6 +60,10 @@ pub struct WorkerSnapshot {
     pub keys_written: u64,
     pub pending_keys: usize,
     pub failed_writes: u64,
+    /// Flushes whose indicator rows Kafka has not yet acknowledged.
+    pub unacknowledged_flushes: usize,
+    /// Symbols dropped because their partition moved to another pod.
+    pub forgotten_symbols: u64,
     pub redis_connected: bool,
     pub last_error: Option<String>,
 }
@@ -76,8 +87,19 @@ pub struct WorkerState {
     pending: HashMap<(usize, String), Update>,
     retry_backoff: Duration,
     retry_at: Option<Instant>,
+    /// One permit per flush that produced rows, released when Kafka acknowledged the last of
+    /// them: a checkpoint commits Kafka offsets only once none is held, so a crash between a
+    /// value and its acknowledgement replays the rows that made it.
+    produced: InflightLimit,
     snapshot: WorkerSnapshot,
 }
+
+/// Flushes whose indicator rows may wait for Kafka at once (the flush waits for a permit
+/// beyond that, which holds the rows back: Kafka down stops the calculators too).
+const MAX_UNACKNOWLEDGED_FLUSHES: usize = 4_096;
+
+/// How long a checkpoint waits for Kafka to acknowledge the indicator rows.
+const ACK_WAIT: Duration = Duration::from_secs(5);
 
 pub struct CalculatorWorker;
 
@@ -112,6 +134,7 @@ impl Actor for CalculatorWorker {
             pending: HashMap::new(),
             retry_backoff: Duration::from_millis(100),
             retry_at: None,
+            produced: InflightLimit::new(MAX_UNACKNOWLEDGED_FLUSHES),
             snapshot: WorkerSnapshot {
                 worker: args.index,
                 ..Default::default()
@@ -134,16 +157,20 @@ impl Actor for CalculatorWorker {
                 state.flush().await;
                 myself.send_after(state.shared.config.coalesce_interval, || WorkerMsg::Flush);
             }
+            WorkerMsg::Forget { category, symbols } => state.forget(category, &symbols),
             WorkerMsg::Barrier(reply) => {
                 state.retry_at = None;
                 state.flush().await;
-                let _ = reply.send(state.pending.is_empty() && state.dirty.is_empty());
+                let acknowledged = state.produced.idle(ACK_WAIT).await;
+                let _ = reply
+                    .send(acknowledged && state.pending.is_empty() && state.dirty.is_empty());
             }
             WorkerMsg::GetState(reply) => {
                 let mut s = state.snapshot.clone();
                 s.symbols = state.engine.symbols();
                 s.rows_held = state.engine.rows_held();
                 s.pending_keys = state.pending.len();
+                s.unacknowledged_flushes = state.produced.in_flight();
                 s.redis_connected = state.sink.is_connected();
                 let _ = reply.send(s);
             }
@@ -153,6 +180,20 @@ impl Actor for CalculatorWorker {
 }
 
 impl WorkerState {
+    fn forget(&mut self, category: &'static str, symbols: &[String]) {
+        let specs = self.shared.specs.clone();
+        let gone = |(i, symbol): &(usize, String)| {
+            specs[*i].source == category && symbols.iter().any(|s| s == symbol)
+        };
+        self.dirty.retain(|k| !gone(k));
+        self.pending.retain(|k, _| !gone(k));
+        for symbol in symbols {
+            self.engine.forget(category, symbol);
+        }
+        self.snapshot.forgotten_symbols += symbols.len() as u64;
+        info!(worker = self.index, category, symbols = symbols.len(), "windows of moved partitions dropped");
+    }
+
     fn apply(&mut self, rows: Vec<(CalcRow, bool)>) {
         let metrics = &self.shared.metrics;
         for (row, live) in rows {
@@ -183,6 +224,12 @@ impl WorkerState {
     async fn flush(&mut self) {
         let now = marketlane_protocol::now_ns();
         let dirty = std::mem::take(&mut self.dirty);
+        // One share per produced row; the permit returns when Kafka acknowledged them all.
+        let permit = if dirty.is_empty() {
+            Inflight::none()
+        } else {
+            self.produced.acquire().await.unwrap_or_else(Inflight::none)
+        };
         for (i, symbol) in dirty {
             let Some(v) = self.engine.evaluate(i, &symbol) else {
                 continue;
@@ -203,7 +250,7 @@ impl WorkerState {
                 source: spec.source,
             };
             self.snapshot.values_computed += 1;
-            self.produce(&update).instrument(span).await;
+            self.produce(&update, &permit).instrument(span).await;
             self.pending.insert((i, symbol), update);
         }
         self.shared
@@ -264,7 +311,7 @@ impl WorkerState {
 
     /// The value as an `indicators_market_data` row, with an id that only depends on team,
     /// indicator, symbol and event time (a recomputation after a restart collapses with it).
-    async fn produce(&self, u: &Update) {
+    async fn produce(&self, u: &Update, permit: &Inflight) {
         let identifier = format!("{}:{}", u.team, u.indicator);
         let mut row = RowMap::new();
         let id = row_id(
@@ -302,7 +349,7 @@ impl WorkerState {
         );
         self.shared
             .emitter
-            .emit(INDICATORS, row, u.as_of, &Inflight::none())
+            .emit(INDICATORS, row, u.as_of, permit)
             .await;
     }
 }

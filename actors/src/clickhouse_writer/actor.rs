@@ -102,6 +102,11 @@ pub struct WriterSnapshot {
     pub partitions: BTreeMap<i32, i64>,
     /// Batches re-sent with their original range after a restart (`before` state found).
     pub replayed_ranges: u64,
+    /// The writer's own consumer group and static member id.
+    pub group: String,
+    pub group_instance: String,
+    /// Partitions paused while a failed batch is retried (the group is still served).
+    pub paused_for_retry: Vec<i32>,
 }
 
 #[derive(Clone)]
@@ -214,6 +219,12 @@ pub struct WriterState {
     /// Partitions in the last lag export; a newly assigned one is exported at once.
     lag_partitions: usize,
     last_seq: u64,
+    /// Partitions paused while a failed batch is retried.
+    retry_paused: Vec<i32>,
+    /// Messages that arrived while paused for a retry were not taken: the partition is sought
+    /// back to its position before it resumes.
+    rewind: BTreeMap<i32, i64>,
+    group: String,
 }
 
 pub struct ClickHouseWriter;
@@ -229,16 +240,18 @@ impl Actor for ClickHouseWriter {
         args: WriterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let topic = args.kafka.topic(&args.kind.topic());
-        let consumer: WriterConsumer = crate::kafka::client_config(&args.kafka)
-            .set("group.id", &args.writer.group_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            // A ClickHouse outage stalls polling while the batch is retried; stay in the group
-            // for an hour of that (heartbeats run on librdkafka's own thread).
-            .set("max.poll.interval.ms", "3600000")
-            .set("session.timeout.ms", "10000")
-            .set("fetch.queue.backoff.ms", "10")
+        // A group per writer: a writer that fails, retries or restarts rebalances only the
+        // writers of its own topic (on other pods), never the rest.
+        let group = args.writer.group_of(&topic);
+        let group_instance = format!("{}-{}", args.instance, args.kind.topic());
+        let consumer: WriterConsumer = crate::kafka::group_consumer_config(
+            &args.kafka,
+            &group,
+            &group_instance,
+            args.writer.session_timeout,
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.queue.backoff.ms", "10")
             // librdkafka prefetches up to 64 MiB per consumer by default; with a writer per
             // category and per quarantine topic that is most of the daemon's memory under lag.
             // A batch is encoded into our own buffer, so a few MiB ahead keep the writer busy.
@@ -258,14 +271,19 @@ impl Actor for ClickHouseWriter {
             WriterKind::Quarantine { category } => (unqualified_table(category), String::new()),
         };
         let quarantine_sql = unqualified_insert_statement(&category, &database);
-        info!(topic, table, "writer started");
+        info!(topic, table, group, group_instance, "writer started");
         let _ = myself.cast(WriterMsg::Poll);
         Ok(WriterState {
             snapshot: WriterSnapshot {
                 topic: topic.clone(),
                 table: table.clone(),
+                group: group.clone(),
+                group_instance: group_instance.clone(),
                 ..Default::default()
             },
+            retry_paused: Vec::new(),
+            rewind: BTreeMap::new(),
+            group,
             args,
             consumer: Arc::new(consumer),
             topic,
@@ -294,13 +312,17 @@ impl Actor for ClickHouseWriter {
                 if state.paused {
                     return Ok(());
                 }
-                if let Some(backoff) = state.retry_backoff
-                    && !state.flush_due().await
-                {
-                    let next = (backoff * 2).min(state.args.writer.retry_max_backoff);
-                    state.retry_backoff = Some(next);
-                    myself.send_after(backoff, || WriterMsg::Poll);
-                    return Ok(());
+                if let Some(backoff) = state.retry_backoff {
+                    // Served between attempts, so a long outage of this writer's table never
+                    // exceeds max.poll.interval.ms (nor holds any other writer).
+                    state.keep_alive().await;
+                    if !state.flush_due().await {
+                        let next = (backoff * 2).min(state.args.writer.retry_max_backoff);
+                        state.retry_backoff = Some(next);
+                        myself.send_after(backoff, || WriterMsg::Poll);
+                        return Ok(());
+                    }
+                    state.end_retry().await;
                 }
                 // Reading ClickHouse state for new partitions is retried on the next poll.
                 if let Err(e) = state.poll_batch().await {
@@ -346,6 +368,7 @@ impl Actor for ClickHouseWriter {
                 s.batch_rows = state.batches.values().map(PartitionBatch::len).sum();
                 s.retrying = state.retry_backoff.is_some();
                 s.partitions = state.positions.iter().map(|(p, x)| (*p, x.next)).collect();
+                s.paused_for_retry = state.retry_paused.clone();
                 let _ = reply.send(s);
             }
         }
@@ -416,8 +439,85 @@ impl WriterState {
         }
         if !self.due.is_empty() && !self.flush_due().await {
             self.retry_backoff = Some(self.args.writer.retry_backoff);
+            self.pause_for_retry();
         }
         Ok(())
+    }
+
+    /// Pauses every positioned partition while the failed batch is retried: the consumer keeps
+    /// being polled (group membership, rebalances) but reads nothing new.
+    fn pause_for_retry(&mut self) {
+        let mut tpl = TopicPartitionList::new();
+        self.retry_paused = self.positions.keys().copied().collect();
+        self.retry_paused.sort_unstable();
+        for p in &self.retry_paused {
+            tpl.add_partition(&self.topic, *p);
+        }
+        if let Err(e) = self.consumer.pause(&tpl) {
+            warn!(topic = %self.topic, error = %e, "cannot pause partitions for the retry");
+        }
+    }
+
+    /// Polls the consumer without taking messages: keeps the member in its group and serves
+    /// rebalances. A revoked partition's batch is dropped (its next owner starts from the
+    /// stored state); a new partition stays paused until the retry is over. A message that
+    /// still arrives (fetched before the pause) is left for later: its partition is sought
+    /// back before it resumes.
+    async fn keep_alive(&mut self) {
+        let consumer = self.consumer.clone();
+        while let Ok(Ok(m)) =
+            tokio::time::timeout(Duration::from_millis(5), consumer.recv()).await
+        {
+            let at = self.rewind.entry(m.partition()).or_insert(m.offset());
+            *at = (*at).min(m.offset());
+        }
+        let events = match self.consumer.context().events.lock() {
+            Ok(mut e) => std::mem::take(&mut *e),
+            Err(_) => Vec::new(),
+        };
+        let mut later = Vec::new();
+        for event in events {
+            match event {
+                RebalanceEvent::Revoked(parts) => {
+                    info!(topic = %self.topic, partitions = ?parts, "partitions revoked during a retry; their batches are dropped");
+                    for p in parts {
+                        self.batches.remove(&p);
+                        self.due.retain(|d| *d != p);
+                        self.positions.remove(&p);
+                        self.retry_paused.retain(|x| *x != p);
+                        self.rewind.remove(&p);
+                    }
+                }
+                assigned => later.push(assigned),
+            }
+        }
+        if !later.is_empty()
+            && let Ok(mut events) = self.consumer.context().events.lock()
+        {
+            later.append(&mut events);
+            *events = later;
+        }
+    }
+
+    /// The retried batch is in: partitions that delivered a message during the pause are
+    /// sought back to their position, then every paused partition resumes.
+    async fn end_retry(&mut self) {
+        for (p, _) in std::mem::take(&mut self.rewind) {
+            if let Some(pos) = self.positions.get(&p) {
+                self.seek(p, pos.next).await;
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in std::mem::take(&mut self.retry_paused) {
+            if self.positions.contains_key(&p) {
+                tpl.add_partition(&self.topic, p);
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.resume(&tpl)
+        {
+            warn!(topic = %self.topic, error = %e, "cannot resume partitions after the retry");
+        }
     }
 
     /// Flushes every batch now (drain, schema reload). A partition still re-cutting a replayed
@@ -774,7 +874,7 @@ impl WriterState {
         self.last_lag_update = Instant::now();
         self.lag_partitions = self.positions.len();
         let metrics = self.args.metrics.clone();
-        let group = self.args.writer.group_id.clone();
+        let group = self.group.clone();
         let topic = self.topic.clone();
         let positions: Vec<(i32, i64)> = self.positions.iter().map(|(p, x)| (*p, x.next)).collect();
         let consumer = self.consumer.clone();

@@ -19,3 +19,36 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("log_level", "4");
     c
 }
+
+/// A consumer in group `group` with static membership (`group.instance.id` = `instance`, unique
+/// per consumer: pod name and topic), cooperative-sticky assignment (a rebalance moves only the
+/// partitions that change owner) and manual commits.
+///
+/// Static membership: a restarted pod rejoins under the same id within `session_timeout` and
+/// gets its partitions back without a rebalance of the group; a pod that stays away loses them
+/// after `session_timeout`. `max.poll.interval.ms` stays librdkafka's 5 minutes: consumers poll
+/// (with their partitions paused) while they wait for a sink, so only a stuck actor exceeds it.
+pub fn group_consumer_config(
+    kafka: &KafkaConfig,
+    group: &str,
+    instance: &str,
+    session_timeout: std::time::Duration,
+) -> ClientConfig {
+    let mut c = client_config(kafka);
+    c.set("group.id", group)
+        .set("group.instance.id", instance)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        )
+        // A third of the session: two lost heartbeats are not yet a departure.
+        .set(
+            "heartbeat.interval.ms",
+            (session_timeout.as_millis() / 3).max(100).to_string(),
+        )
+        .set("max.poll.interval.ms", "300000");
+    c
+}
