@@ -577,3 +577,255 @@ async fn values_reach_redis_once_it_comes_back() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// One control-socket request to the daemon listening on `socket`; the `result`.
+async fn ctl_status(socket: &Path) -> Option<serde_json::Value> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut stream = tokio::net::UnixStream::connect(socket).await.ok()?;
+    stream
+        .write_all(b"{\"v\":1,\"id\":1,\"cmd\":\"status\"}\n")
+        .await
+        .ok()?;
+    let mut reply = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(stream).read_line(&mut reply),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&reply).ok()?;
+    Some(v["result"].clone())
+}
+
+/// Partitions of `topic` the calculator consumer of the daemon on `socket` holds.
+async fn held_partitions(socket: &Path, topic: &str) -> Vec<i64> {
+    let Some(status) = ctl_status(socket).await else {
+        return Vec::new();
+    };
+    let mut held: Vec<i64> = status["actors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["state"]["topic"] == topic && a["state"]["group_instance"].is_string())
+        .flat_map(|a| {
+            a["state"]["positions"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(p, _)| p.parse().ok())
+                .collect::<Vec<i64>>()
+        })
+        .collect();
+    held.sort_unstable();
+    held
+}
+
+/// Every value one engine computes, fed the input in order and evaluated after each row:
+/// (key suffix `team:indicator:symbol`, as_of) → the values it takes (rows of the same event
+/// time change a value without moving its as_of). A pod that refills correctly writes only
+/// values of this set, whatever prefix of a symbol's rows it has seen.
+fn single_engine_values(lines: &[String]) -> HashMap<(String, i64), Vec<Option<f64>>> {
+    use marketlane_actors::calculator::CalculatorConfig;
+    use marketlane_actors::calculator::config::TeamConfig;
+    use marketlane_actors::calculator::consumer::parse;
+    use marketlane_actors::calculator::engine::Engine;
+    #[derive(Deserialize)]
+    struct Teams {
+        teams: Vec<TeamConfig>,
+    }
+    let teams: Teams =
+        toml::from_str(&std::fs::read_to_string(golden().join("specs.toml")).unwrap()).unwrap();
+    let config = CalculatorConfig {
+        teams: teams.teams,
+        ..Default::default()
+    };
+    let mut engine = Engine::new(std::sync::Arc::new(config.compile().unwrap()));
+    let schemas =
+        marketlane_protocol::SchemaSet::load_dir(&workspace_root().join("schemas")).unwrap();
+    let mut out = HashMap::new();
+    for line in lines {
+        let category = if line.contains("\"l2_time\"") {
+            "l2_market_data"
+        } else {
+            "tick_market_data"
+        };
+        let row = parse(schemas.get(category).unwrap(), line.as_bytes()).unwrap();
+        let (_, touched) = engine.apply(&row);
+        for i in touched {
+            let spec = &engine.specs()[i];
+            let id = format!("{}:{}:{}", spec.team, spec.name, row.symbol());
+            if let Some(v) = engine.evaluate(i, row.symbol()) {
+                out.entry((id, v.as_of)).or_insert_with(Vec::new).push(v.value);
+            }
+        }
+    }
+    out
+}
+
+/// Two calculator pods split the partitions (a consumer group) and write exactly the golden
+/// values one pod writes; one is SIGKILLed mid-stream, the other takes its partitions over
+/// (refilling their windows from the look-back first), and every value either pod ever wrote
+/// (their PUBLISHed updates) is one a single engine computes on the same input.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_calculator_pods_split_the_partitions_and_one_takes_over_after_a_kill() {
+    let s = setup();
+    let lines: Vec<String> = std::fs::read_to_string(golden().join("input.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    let expected: Expected =
+        toml::from_str(&std::fs::read_to_string(golden().join("expected.toml")).unwrap()).unwrap();
+    let possible = single_engine_values(&lines);
+    let out = run_marketlane(
+        &[
+            "redis-acl",
+            "--config",
+            s.config.to_str().unwrap(),
+            "--apply",
+        ],
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(out.status.success());
+    // Pod b: the same lane, its own name (static member id), port and control socket; a short
+    // session timeout so that the kill moves the partitions quickly.
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "[calculators]\n",
+        "[calculators]\nsession_timeout = 6\n",
+    );
+    std::fs::write(&s.config, &text).unwrap();
+    let sock_a = s.config.parent().unwrap().join("ctl.sock");
+    let sock_b = s.config.parent().unwrap().join("ctl-b.sock");
+    let port_line = text.lines().find(|l| l.starts_with("listen")).unwrap();
+    let config_b = s.config.parent().unwrap().join("pod-b.toml");
+    std::fs::write(
+        &config_b,
+        text.replace("instance = \"calc-test\"", "instance = \"calc-test-b\"")
+            .replace(port_line, &format!("listen = \"127.0.0.1:{}\"", free_port()))
+            .replace("ctl.sock", "ctl-b.sock"),
+    )
+    .unwrap();
+
+    let admin = redis(None).await.unwrap();
+    // Room for every update of the run: a lagging receiver would lose some unchecked.
+    let updates = Builder::from_config(Config::from_url(&redis_url()).unwrap())
+        .with_performance_config(|p| p.broadcast_channel_capacity = 100_000)
+        .build()
+        .unwrap();
+    updates.init().await.unwrap();
+    let mut messages = updates.message_rx();
+    for team in ["alpha", "beta"] {
+        updates
+            .subscribe(format!("{}:{team}:updates", s.key_prefix))
+            .await
+            .unwrap();
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let log_a = logs.path().join("a.log");
+    let log_b = logs.path().join("b.log");
+    let mut pod_a = spawn(&s.config, &log_a);
+    let _pod_b = spawn(&config_b, &log_b);
+    let tick_topic = format!("{}tick_market_data", s.prefix);
+    let logs_of = || {
+        format!(
+            "--- a\n{}\n--- b\n{}",
+            std::fs::read_to_string(&log_a).unwrap_or_default(),
+            std::fs::read_to_string(&log_b).unwrap_or_default()
+        )
+    };
+    // Both pods hold a share of the tick topic's three partitions before any row arrives.
+    let split = eventually(Duration::from_secs(90), || async {
+        let a = held_partitions(&sock_a, &tick_topic).await;
+        let b = held_partitions(&sock_b, &tick_topic).await;
+        !a.is_empty() && !b.is_empty() && a.len() + b.len() == 3
+    })
+    .await;
+    assert!(
+        split,
+        "partitions not split: a {:?} b {:?}\n{}",
+        held_partitions(&sock_a, &tick_topic).await,
+        held_partitions(&sock_b, &tick_topic).await,
+        logs_of()
+    );
+    let held_by_a = held_partitions(&sock_a, &tick_topic).await;
+
+    produce(&s.prefix, &lines[..SPLIT]).await;
+    let ticks_in_part1 = lines[..SPLIT]
+        .iter()
+        .filter(|l| l.contains("\"tick_time\""))
+        .count() as i64;
+    let key = |team: &str, ind: &str, sym: &str| format!("{}:{team}:{ind}:{sym}", s.key_prefix);
+    let first = key("alpha", "vwap_60s", "AAPL");
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            hash(&admin, &first).await.get("value").map(String::as_str)
+                == Some("101.33333333333333")
+                && committed(&s.group, &tick_topic) == ticks_in_part1
+        })
+        .await,
+        "part 1 not computed and checkpointed by the two pods\n{}",
+        logs_of()
+    );
+
+    // SIGKILL pod a mid-stream; the rest of the input arrives while its partitions move.
+    let _ = pod_a.0.kill();
+    let _ = pod_a.0.wait();
+    produce(&s.prefix, &lines[SPLIT..]).await;
+    let taken_over = eventually(Duration::from_secs(90), || async {
+        held_partitions(&sock_b, &tick_topic).await.len() == 3
+    })
+    .await;
+    assert!(
+        taken_over,
+        "pod b did not take a's partitions {held_by_a:?}\n{}",
+        logs_of()
+    );
+    let all_final = eventually(Duration::from_secs(60), || async {
+        for f in &expected.finals {
+            if !matches(
+                &hash(&admin, &key(&f.team, &f.indicator, &f.symbol)).await,
+                f,
+            ) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    if !all_final {
+        for f in &expected.finals {
+            let h = hash(&admin, &key(&f.team, &f.indicator, &f.symbol)).await;
+            eprintln!("{f:?} → {h:?} ok={}", matches(&h, f));
+        }
+        panic!("values differ from the golden ones\n{}", logs_of());
+    }
+
+    // Every value written by either pod, before and after the kill, is one the single engine
+    // computes: no value from a partly refilled window.
+    let mut seen = 0;
+    while let Ok(msg) = tokio::time::timeout(Duration::from_secs(2), messages.recv()).await {
+        let msg = msg.expect("no update lost by the subscriber");
+        let body: serde_json::Value =
+            serde_json::from_str(&msg.value.as_string().unwrap_or_default()).unwrap();
+        let k = body["key"].as_str().unwrap();
+        let id = k.strip_prefix(&format!("{}:", s.key_prefix)).unwrap();
+        let as_of = body["as_of"].as_i64().unwrap();
+        let got = body["value"].as_f64();
+        let want = possible.get(&(id.to_string(), as_of));
+        let same = want.into_iter().flatten().any(|w| match (w, got) {
+            (Some(w), Some(g)) => (w - g).abs() < 1e-9,
+            (None, None) => true,
+            _ => false,
+        });
+        assert!(
+            same,
+            "{k} at {as_of}: a pod wrote {got:?}, one engine computes {want:?}\n{}",
+            logs_of()
+        );
+        seen += 1;
+    }
+    assert!(seen >= expected.finals.len(), "only {seen} updates seen");
+}

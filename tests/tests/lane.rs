@@ -13,23 +13,43 @@ use marketlane_tests::{
 /// A demo still running after this hangs (it streams for seconds, then settles).
 const DEMO_LIMIT: Duration = Duration::from_secs(15 * 60);
 
-/// Parses `emitted=N kafka=N clickhouse=N lost=N duplicates=N` from the demo's output.
-fn reconciliation_line(stdout: &str) -> Vec<(String, u64)> {
-    let line = stdout
-        .lines()
-        .rfind(|l| l.starts_with("emitted="))
-        .unwrap_or_else(|| panic!("no reconciliation line in:\n{stdout}"));
-    line.split_whitespace()
+/// Parses `emitted=N kafka=N clickhouse=N lost=N duplicates=N redis_keys=N redis_check=ok`,
+/// the demo's final line.
+fn reconciliation_line(stdout: &str) -> Vec<(String, String)> {
+    let last = stdout.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+    assert!(
+        last.starts_with("emitted="),
+        "the reconciliation is not the final line:\n{stdout}"
+    );
+    last.split_whitespace()
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
-fn value(line: &[(String, u64)], key: &str) -> u64 {
+fn text<'a>(line: &'a [(String, String)], key: &str) -> &'a str {
     line.iter()
         .find(|(k, _)| k == key)
-        .map(|(_, v)| *v)
-        .unwrap()
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}
+
+fn value(line: &[(String, String)], key: &str) -> u64 {
+    text(line, key).parse().unwrap()
+}
+
+/// The demo's Redis side: the check passed, and Redis holds a VWAP and a mid for the symbols
+/// (a key per symbol and spec, so at least two per symbol that traded).
+fn assert_redis_side(stdout: &str, line: &[(String, String)]) {
+    assert_eq!(text(line, "redis_check"), "ok", "{stdout}");
+    assert!(value(line, "redis_keys") >= 2, "{stdout}");
+    // Live values were printed while it ran.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("redis keys=") && l.contains("vwap_60s=")),
+        "no live indicator line:\n{stdout}"
+    );
 }
 
 /// The single run directory a demo wrote under `dir`.
@@ -82,6 +102,7 @@ async fn demo_stores_every_emitted_trade_exactly_once() {
     assert_eq!(value(&line, "clickhouse"), value(&line, "emitted"));
     assert_eq!(value(&line, "kafka"), value(&line, "emitted"));
     assert_eq!((value(&line, "lost"), value(&line, "duplicates")), (0, 0));
+    assert_redis_side(&stdout, &line);
 
     // Independently of the demo's own reconciliation: the ledger's trades, by row id, are
     // exactly the rows of the (fresh) table, as an analyst counts them.
@@ -151,6 +172,9 @@ async fn sigkill_of_the_daemon_mid_run_loses_nothing_outside_the_outage() {
         value(&line, "emitted"),
         "{stdout}"
     );
+    // The calculators restarted with the daemon and refilled their windows: every VWAP in
+    // Redis still equals its recomputation from ClickHouse.
+    assert_redis_side(&stdout, &line);
     // No duplicate anywhere in the table, the outage window included: the batch the killed
     // writer had inserted but not committed was replayed and collapsed.
     let counts = clickhouse(&format!(

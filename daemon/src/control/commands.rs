@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use marketlane_actors::Role;
+use marketlane_actors::calculator::{ConsumerMsg, WorkerMsg as CalcWorkerMsg};
 use marketlane_actors::clickhouse_writer::WriterMsg;
 use marketlane_actors::cluster::{ClusterMsg, ClusterSnapshot};
 use marketlane_actors::config::{SecType as IbSecType, SymbolConfig};
@@ -71,6 +72,10 @@ fn kind_of(cell: &ActorCell) -> &'static str {
         "writer"
     } else if is(cell.is_message_type_of::<ClusterMsg>()) {
         "cluster"
+    } else if is(cell.is_message_type_of::<ConsumerMsg>()) {
+        "calculator_consumer"
+    } else if is(cell.is_message_type_of::<CalcWorkerMsg>()) {
+        "calculator_worker"
     } else {
         "other"
     }
@@ -107,6 +112,14 @@ async fn state_of(cell: &ActorCell, kind: &str) -> Value {
             let r: ActorRef<ClusterMsg> = cell.clone().into();
             ractor::call_t!(r, ClusterMsg::GetState, t).map_or(Value::Null, to_json)
         }
+        "calculator_consumer" => {
+            let r: ActorRef<ConsumerMsg> = cell.clone().into();
+            ractor::call_t!(r, ConsumerMsg::GetState, t).map_or(Value::Null, to_json)
+        }
+        "calculator_worker" => {
+            let r: ActorRef<CalcWorkerMsg> = cell.clone().into();
+            ractor::call_t!(r, CalcWorkerMsg::GetState, t).map_or(Value::Null, to_json)
+        }
         _ => Value::Null,
     }
 }
@@ -135,6 +148,8 @@ fn summary(kind: &str, state: &Value) -> String {
             "retrying",
         ],
         "cluster" => &["members", "held", "handing_over", "unassigned", "draining"],
+        "calculator_consumer" => &["positions", "rows", "refill_rows", "last_checkpoint_ok"],
+        "calculator_worker" => &["symbols", "values_computed", "keys_written", "pending_keys"],
         _ => &[],
     };
     let fmt = |v: &Value| match v {
