@@ -199,6 +199,34 @@ mod tests {
             .collect()
     }
 
+    /// The writer and calculator workloads' configs load with the environment their pods get,
+    /// run only their role, and the calculator one holds the two-replica group setup.
+    #[test]
+    fn the_processor_configs_load_with_the_environment_the_pods_get() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/base/config");
+        let writer = Config::load(
+            Some(&dir.join("writer.toml")),
+            env(&[
+                ("POD_NAME", "marketlane-writer-1"),
+                ("MARKETLANE__CLICKHOUSE__PASSWORD", "from-the-secret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(writer.roles, vec![Role::Writer]);
+        assert_eq!(writer.kafka.partitions, 6);
+        let calc = Config::load(
+            Some(&dir.join("calculator.toml")),
+            env(&[
+                ("POD_NAME", "marketlane-calculator-0"),
+                ("MARKETLANE__CALCULATORS__REDIS__PASSWORD", "from-the-secret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(calc.roles, vec![Role::Calculator]);
+        assert_eq!(calc.calculators.redis.password, "from-the-secret");
+        assert!(!calc.calculators.compile().unwrap().is_empty());
+    }
+
     #[test]
     fn the_statefulset_config_loads_with_the_environment_the_pods_get() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/base/config/marketlane.toml");
