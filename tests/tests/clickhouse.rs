@@ -705,3 +705,284 @@ async fn retention_drops_partitions_older_than_the_configured_days() {
     w.terminate();
     drop_db(&db).await;
 }
+
+/// Partitions `log` says its writer was assigned (`partition assigned … partition=N`).
+fn assigned_in_log(log: &Path) -> BTreeSet<i64> {
+    assigned_in_log_of(log, "")
+}
+
+/// Partitions of topics containing `topic` that `log` says its writers were assigned.
+fn assigned_in_log_of(log: &Path, topic: &str) -> BTreeSet<i64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("partition assigned"))
+        .filter_map(|l| {
+            // Without the terminal colours: `… partition assigned topic=… partition=N next=…`.
+            let mut clean = String::new();
+            let mut escape = false;
+            for c in l.chars() {
+                match (escape, c) {
+                    (false, '\u{1b}') => escape = true,
+                    (true, 'm') => escape = false,
+                    (false, c) => clean.push(c),
+                    _ => {}
+                }
+            }
+            let fields = clean.split("partition assigned").nth(1)?;
+            if !fields.contains(topic) {
+                return None;
+            }
+            let n = fields.split(" partition=").nth(1)?;
+            n.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Two writer processes of one lane split the topic's partitions (the writer's own consumer
+/// group, static members); one is SIGKILLed mid-batch under load, the other takes its
+/// partitions over from the offsets table, and every emitted row is stored exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_writer_processes_split_partitions_and_a_kill_mid_batch_keeps_every_row_once() {
+    let schemas = schemas();
+    let tick = schemas.get("tick_market_data").unwrap().clone();
+    let prefix = format!("{}_", unique("w2_"));
+    let db = unique("w2_");
+    let group = unique("w2g_");
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("{prefix}tick_market_data");
+    let schemas_dir = workspace_root().join("schemas");
+    let cfg = |name: &str, port: u16| {
+        let path = writer_config(
+            dir.path(),
+            name,
+            &prefix,
+            &db,
+            &group,
+            &["tick_market_data"],
+            &schemas_dir,
+            port,
+        );
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("instance = \"writer-test\"", &format!("instance = \"{name}\""))
+            .replace("[writer]\n", "[writer]\nsession_timeout = 6\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let mut a = start_writer(&cfg("writer-a", port_a), &log_a, port_a).await;
+    let mut b = start_writer(&cfg("writer-b", port_b), &log_b, port_b).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer_thread = {
+        let stop = stop.clone();
+        let topic = topic.clone();
+        let tick = tick.clone();
+        std::thread::spawn(move || {
+            let p = producer();
+            let t0 = marketlane_protocol::now_ns();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let rows: Vec<(String, Vec<u8>)> = (i..i + 200)
+                    .map(|j| {
+                        let row = sample_row(&tick, j, 50, t0);
+                        (j.to_string(), serde_json::to_vec(&row).unwrap())
+                    })
+                    .collect();
+                produce(&p, &topic, &rows);
+                i += 200;
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            i
+        })
+    };
+    // Both hold a share of the three partitions, and both insert.
+    let split = eventually(Duration::from_secs(60), || async {
+        let (pa, pb) = (assigned_in_log(&log_a), assigned_in_log(&log_b));
+        !pa.is_empty() && !pb.is_empty() && pa.union(&pb).count() == 3
+    })
+    .await;
+    assert!(
+        split,
+        "partitions not split: a {:?} b {:?}\n{}",
+        assigned_in_log(&log_a),
+        assigned_in_log(&log_b),
+        std::fs::read_to_string(&log_b).unwrap_or_default()
+    );
+    let held_by_b = assigned_in_log(&log_b);
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    // Kill b mid-batch (batches are cut every 0.2 s or 300 rows under continuous load).
+    let _ = b.0.kill();
+    let _ = b.0.wait();
+    let taken_over = eventually(Duration::from_secs(60), || async {
+        assigned_in_log(&log_a).is_superset(&held_by_b)
+    })
+    .await;
+    assert!(
+        taken_over,
+        "a did not take b's partitions {held_by_b:?}: a has {:?}",
+        assigned_in_log(&log_a)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let emitted = producer_thread.join().unwrap();
+    let done = eventually(Duration::from_secs(90), || async {
+        scalar(&format!("SELECT count() FROM {db}.tick_market_data FINAL")).await >= emitted
+    })
+    .await;
+    let counts = clickhouse(&format!(
+        "SELECT count(), uniqExact(row_id), min(price), max(price) FROM {db}.tick_market_data FINAL"
+    ))
+    .await
+    .unwrap();
+    println!("emitted={emitted} stored(FINAL)={}", counts.trim());
+    assert!(done, "not every row arrived: {counts}");
+    assert_eq!(
+        counts.trim(),
+        format!("{emitted}\t{emitted}\t0.5\t{}", emitted as f64 - 0.5),
+        "every emitted row once"
+    );
+    a.terminate();
+    drop_db(&db).await;
+}
+
+/// Rows `i0..i0 + n` of `schema` to its topic.
+fn produce_rows(p: &BaseProducer, prefix: &str, schema: &CategorySchema, i0: u64, n: u64, t0: i64) {
+    let rows: Vec<(String, Vec<u8>)> = (i0..i0 + n)
+        .map(|i| {
+            let row = sample_row(schema, i, 7, t0);
+            (key_of(schema, &row), serde_json::to_vec(&row).unwrap())
+        })
+        .collect();
+    produce(p, &format!("{prefix}{}", schema.topic()), &rows);
+}
+
+/// One failing table holds only its own writer. Two writer processes share both topics; the
+/// tick table goes away (inserts fail and are retried with the tick partitions paused) and the
+/// level-2 writers keep inserting. Then one process is SIGKILLed: both groups rebalance, and
+/// the retrying tick writer of the survivor still serves its group, so the survivor's level-2
+/// writer gets the dead one's partitions and their rows arrive (with one group for all
+/// writers and a writer that stops polling while it retries, that rebalance waited for the
+/// retry to end, and the level-2 rows with it). When the table is back, every tick row is
+/// stored exactly once, the dead process's half-done batches included.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_table_holds_only_its_own_writer_and_its_group_still_rebalances() {
+    let schemas = schemas();
+    let tick = schemas.get("tick_market_data").unwrap().clone();
+    let l2 = schemas.get("l2_market_data").unwrap().clone();
+    let prefix = format!("{}_", unique("ft_"));
+    let db = unique("ft_");
+    let group = unique("ftg_");
+    let dir = tempfile::tempdir().unwrap();
+    let schemas_dir = workspace_root().join("schemas");
+    let cfg = |name: &str, port: u16| {
+        let path = writer_config(
+            dir.path(),
+            name,
+            &prefix,
+            &db,
+            &group,
+            &["tick_market_data", "l2_market_data"],
+            &schemas_dir,
+            port,
+        );
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("instance = \"writer-test\"", &format!("instance = \"{name}\""))
+            .replace("[writer]\n", "[writer]\nsession_timeout = 6\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (port_a, port_b) = (free_port(), free_port());
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let mut a = start_writer(&cfg("fail-a", port_a), &log_a, port_a).await;
+    let mut b = start_writer(&cfg("fail-b", port_b), &log_b, port_b).await;
+    let split = eventually(Duration::from_secs(60), || async {
+        let l2_a = assigned_in_log_of(&log_a, "l2_market_data");
+        let l2_b = assigned_in_log_of(&log_b, "l2_market_data");
+        !l2_b.is_empty() && l2_a.union(&l2_b).count() == 3
+    })
+    .await;
+    assert!(split, "level-2 partitions not split");
+    let l2_of_b = assigned_in_log_of(&log_b, "l2_market_data");
+    let p = producer();
+    let t0 = marketlane_protocol::now_ns();
+    produce_rows(&p, &prefix, &tick, 0, 300, t0);
+    produce_rows(&p, &prefix, &l2, 0, 300, t0);
+    let count = |table: &'static str| {
+        let db = db.clone();
+        async move { scalar(&format!("SELECT count() FROM {db}.{table} FINAL")).await }
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            count("tick_market_data").await == 300 && count("l2_market_data").await == 300
+        })
+        .await,
+        "first rows not stored"
+    );
+
+    // The tick table goes away: both tick writers fail and retry.
+    clickhouse(&format!(
+        "RENAME TABLE {db}.tick_market_data TO {db}.tick_market_data_away"
+    ))
+    .await
+    .unwrap();
+    produce_rows(&p, &prefix, &tick, 300, 300, t0);
+    produce_rows(&p, &prefix, &l2, 300, 300, t0);
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            std::fs::read_to_string(&log_a).is_ok_and(|t| t.contains("insert failed"))
+                && count("l2_market_data").await == 600
+        })
+        .await,
+        "the level-2 writer was held by the failing tick table\n{}",
+        std::fs::read_to_string(&log_a).unwrap_or_default()
+    );
+
+    // b dies while the tick writers retry: its level-2 partitions move to a.
+    let _ = b.0.kill();
+    let _ = b.0.wait();
+    produce_rows(&p, &prefix, &l2, 600, 300, t0);
+    let moved = eventually(Duration::from_secs(90), || async {
+        assigned_in_log_of(&log_a, "l2_market_data").is_superset(&l2_of_b)
+            && count("l2_market_data").await == 900
+    })
+    .await;
+    assert!(
+        moved,
+        "b's level-2 partitions {l2_of_b:?} did not move to a during the tick retry: a has {:?}, {} rows\n{}",
+        assigned_in_log_of(&log_a, "l2_market_data"),
+        count("l2_market_data").await,
+        std::fs::read_to_string(&log_a).unwrap_or_default()
+    );
+    assert_eq!(
+        scalar(&format!("SELECT count() FROM {db}.tick_market_data_away")).await,
+        300,
+        "nothing was inserted while the table was away"
+    );
+
+    // The table comes back: every tick row once.
+    clickhouse(&format!(
+        "RENAME TABLE {db}.tick_market_data_away TO {db}.tick_market_data"
+    ))
+    .await
+    .unwrap();
+    let done = eventually(Duration::from_secs(90), || async {
+        count("tick_market_data").await == 600
+    })
+    .await;
+    let counts = clickhouse(&format!(
+        "SELECT count(), uniqExact(row_id) FROM {db}.tick_market_data FINAL"
+    ))
+    .await
+    .unwrap();
+    assert!(
+        done,
+        "tick rows after the table came back: {counts}\n{}",
+        std::fs::read_to_string(&log_a).unwrap_or_default()
+    );
+    assert_eq!(counts.trim(), "600\t600");
+    a.terminate();
+    drop_db(&db).await;
+}
