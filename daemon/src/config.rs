@@ -218,7 +218,10 @@ mod tests {
             Some(&dir.join("calculator.toml")),
             env(&[
                 ("POD_NAME", "marketlane-calculator-0"),
-                ("MARKETLANE__CALCULATORS__REDIS__PASSWORD", "from-the-secret"),
+                (
+                    "MARKETLANE__CALCULATORS__REDIS__PASSWORD",
+                    "from-the-secret",
+                ),
             ]),
         )
         .unwrap();

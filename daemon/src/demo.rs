@@ -549,13 +549,15 @@ async fn redis_check(config: &Config, redis: &RedisReader) -> anyhow::Result<Red
         let as_of = h.get("as_of").and_then(|v| v.parse::<i64>().ok());
         let value = h.get("value").and_then(|v| v.parse::<f64>().ok());
         let (Some(as_of), Some(value)) = (as_of, value) else {
-            check.problems.push(format!("{symbol}: no vwap in redis ({h:?})"));
+            check
+                .problems
+                .push(format!("{symbol}: no vwap in redis ({h:?})"));
             continue;
         };
         if max.parse::<i64>().ok() != Some(as_of) {
-            check
-                .problems
-                .push(format!("{symbol}: redis as_of {as_of}, last stored trade {max}"));
+            check.problems.push(format!(
+                "{symbol}: redis as_of {as_of}, last stored trade {max}"
+            ));
             continue;
         }
         let symbol_sql = symbol.replace('\\', "").replace('\'', "");

@@ -64,6 +64,9 @@ pub struct Args {
     /// must be able to hold them all).
     #[arg(long, default_value_t = 80)]
     pub takeover_symbols: u32,
+    /// Cuts of one pod's link in the two-pod takeover (network namespaces, as root; 0 skips).
+    #[arg(long, default_value_t = 5)]
+    pub takeover_cuts: u32,
     /// Which parts to run (comma-separated): rate, max, recovery, stage, takeover.
     #[arg(
         long,
@@ -258,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
         let c = takeover::TakeoverConfig {
             symbols: args.takeover_symbols,
             kills: faults,
+            cuts: args.takeover_cuts,
         };
         report.takeover = Some(takeover::run(&env, &c).await?);
     }

@@ -359,7 +359,36 @@ impl Report {
                 );
             }
             std::fs::write(self.out.join("takeover.csv"), s)?;
+            let mut s = String::from("cut,moved_symbols,noticed,kafka,clickhouse,rejoined\n");
+            for (i, c) in t.cuts.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "{},{},{},{},{},{}",
+                    i + 1,
+                    c.moved_symbols,
+                    o(c.noticed),
+                    o(c.kafka),
+                    o(c.clickhouse),
+                    o(c.rejoined)
+                );
+            }
+            std::fs::write(self.out.join("takeover-cut.csv"), s)?;
         }
+        // Headline figures for scripts; null where a part did not run or a figure was missed.
+        let takeover = self.takeover.as_ref();
+        let summary = serde_json::json!({
+            "takeover_cut_link_s_max": takeover.and_then(TakeoverResult::cut_link_max),
+            "takeover_cut_link_s": takeover
+                .map(|t| t.cuts.iter().map(|c| c.kafka).collect::<Vec<_>>()),
+            "takeover_cut_link_skipped": takeover.and_then(|t| t.cuts_skipped.clone()),
+            "takeover_sigkill_kafka_s": takeover
+                .map(|t| t.kills.iter().map(|k| k.kafka).collect::<Vec<_>>()),
+            "writer_restart_clickhouse_catch_up_s": takeover.and_then(|t| t.writer_catch_up),
+        });
+        std::fs::write(
+            self.out.join("summary.json"),
+            serde_json::to_string_pretty(&summary).unwrap_or_default(),
+        )?;
         Ok(())
     }
 
@@ -905,7 +934,7 @@ fn takeover_section(t: &TakeoverResult) -> String {
     let _ = writeln!(m, "\n## Two-pod takeover\n");
     let _ = writeln!(
         m,
-        "One simulator serves two gateways (IB users `bench-a` and `bench-b`: one market, one clock, one ledger) with {n} synthetic symbols (`--synthetic-symbols {n} --frame-interval-ms {ms} --unpaced --trade-probability 1 --status-probability 0 --line-cap 100`: every frame carries a trade, so every symbol has a tick row every {ms} ms and \"rows again\" is known to within that). Two daemons `bench-takeover-0` and `bench-takeover-1` run `roles = [\"connector\"]` with `[cluster]` enabled on loopback (both in `peers`, distinct ports, `ib.usernames` by ordinal) and the cluster's defaults (heartbeat every 0.5 s, `heartbeat_timeout` 3 s, `line_budget` 100: the survivor can hold all {n}). A third daemon runs `roles = [\"writer\"]` and is never killed: a writer inside the killed pod would add its consumer group's session timeout to the ClickHouse figure and rebalance the group at every restart, which is not the takeover. The split settled {formed:.1} s after the start: pod 0 held {a}, pod 1 held {b} symbols.\n",
+        "One simulator serves two gateways (IB users `bench-a` and `bench-b`: one market, one clock, one ledger) with {n} synthetic symbols (`--synthetic-symbols {n} --frame-interval-ms {ms} --unpaced --trade-probability 1 --status-probability 0 --line-cap 100`: every frame carries a trade, so every symbol has a tick row every {ms} ms and \"rows again\" is known to within that). Two daemons `bench-takeover-0` and `bench-takeover-1` run `roles = [\"connector\"]` with `[cluster]` enabled on loopback (both in `peers`, distinct ports, `ib.usernames` by ordinal) and the cluster's defaults (heartbeat every 0.25 s, `heartbeat_timeout` 1.5 s, `line_budget` 100: the survivor can hold all {n}). A third daemon runs `roles = [\"writer\"]` and is never killed: a writer inside the killed pod would add its consumer group's session timeout to the ClickHouse figure and rebalance the group at every restart, which is not the takeover. The split settled {formed:.1} s after the start: pod 0 held {a}, pod 1 held {b} symbols.\n",
         n = c.symbols,
         ms = takeover::FRAME_INTERVAL_MS,
         formed = t.formed,
@@ -940,7 +969,7 @@ fn takeover_section(t: &TakeoverResult) -> String {
     if by_link && !t.kills.is_empty() {
         let _ = writeln!(
             m,
-            "\nThe kernel closes a killed process's TCP connections, so the survivor's cluster link closed at once and it noticed without waiting for `heartbeat_timeout` (3 s), which only a cut or half-open link needs. The rest of the takeover is the survivor's reassignment, one `smd` per symbol on its open websocket, the first delta frame with a trade, and the Kafka round trip."
+            "\nThe kernel closes a killed process's TCP connections, so the survivor's cluster link closed at once and it noticed without waiting for `heartbeat_timeout` (1.5 s), which only a cut or half-open link needs. The rest of the takeover is the survivor's reassignment, one `smd` per symbol on its open websocket, the first delta frame with a trade, and the Kafka round trip."
         );
     }
     m

@@ -5,9 +5,19 @@
 //! from the survivor in Kafka and in ClickHouse again. Pod 1 is then restarted, the split
 //! settles back, and the next kill follows.
 //!
-//! The pods run the connector only; one more daemon runs the writer and is never killed, so the
-//! ClickHouse figure shows the connector's takeover plus the writer's batching, not a Kafka
-//! consumer-group rebalance after a writer died with the pod.
+//! The pods run the connector only; one more daemon runs the writer and is not killed with
+//! them, so the ClickHouse figure shows the connector's takeover plus the writer's batching,
+//! not a Kafka consumer-group rebalance after a writer died with the pod. After the kills the
+//! writer itself is SIGKILLed and restarted at once under the same name: with static group
+//! membership it takes its partitions back without a rebalance, and the figure is how soon
+//! ClickHouse has rows of every symbol from after the kill.
+//!
+//! Cut link (`cuts`, as root): the same two pods, each in its own network namespace on a
+//! bridge (`marketlane_tests::netns`); pod 1's link is set down, so it reaches nothing and
+//! nothing reaches it, and no TCP connection closes: the survivor only learns it from the
+//! missing heartbeats. The figure is the time from the cut until the survivor has a row in
+//! Kafka of every symbol pod 1 held; the link is healed and the split settles before the next
+//! cut.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -43,6 +53,23 @@ const USERS: [&str; 2] = ["bench-a", "bench-b"];
 pub struct TakeoverConfig {
     pub symbols: u32,
     pub kills: u32,
+    /// Cuts of pod 1's link (network namespaces; needs root).
+    pub cuts: u32,
+}
+
+/// One cut of pod 1's link: seconds from the cut until each figure, `None` if not within 60 s.
+#[derive(Debug, Clone, Default)]
+pub struct Cut {
+    pub moved_symbols: usize,
+    /// The survivor's `marketlane_cluster_members` went from 2 to 1 (heartbeat timeout).
+    pub noticed: Option<f64>,
+    /// The survivor has a tick row in Kafka of every symbol pod 1 held, with an event time
+    /// after the cut: the takeover figure.
+    pub kafka: Option<f64>,
+    /// The same rows queryable in ClickHouse.
+    pub clickhouse: Option<f64>,
+    /// Link healed → the split settled again.
+    pub rejoined: Option<f64>,
 }
 
 /// One SIGKILL of pod 1: seconds from the signal until each figure, `None` if not within 60 s.
@@ -83,13 +110,37 @@ pub struct TakeoverResult {
     pub split: (usize, usize),
     /// Start of all processes → first settled split (s).
     pub formed: f64,
+    /// SIGKILL of the writer daemon, restarted at once under the same name (static member) →
+    /// ClickHouse has rows of every symbol with an event time after the kill (s).
+    pub writer_catch_up: Option<f64>,
+    /// The cut-link samples (empty when not run), and why they were not run.
+    pub cuts: Vec<Cut>,
+    pub cuts_skipped: Option<String>,
     pub dir: PathBuf,
+}
+
+impl TakeoverResult {
+    /// The slowest cut-link takeover (`takeover_cut_link_s_max`); `None` if none ran or any
+    /// missed the 60 s limit.
+    pub fn cut_link_max(&self) -> Option<f64> {
+        if self.cuts.is_empty() {
+            return None;
+        }
+        self.cuts
+            .iter()
+            .map(|c| c.kafka)
+            .try_fold(0.0f64, |m, x| x.map(|x| m.max(x)))
+    }
 }
 
 /// One daemon process of a fixed config, restartable (logs `<name>-<n>.log`).
 struct Pod {
     name: String,
     config: PathBuf,
+    /// Where its metrics listen (the pod's own address inside a network namespace).
+    host: String,
+    /// The network namespace it runs in (cut-link runs).
+    ns: Option<String>,
     http: u16,
     sock: PathBuf,
     dir: PathBuf,
@@ -101,16 +152,21 @@ impl Pod {
     fn start(&mut self, env: &Env) -> anyhow::Result<()> {
         let log = self.dir.join(format!("{}-{}.log", self.name, self.runs));
         self.runs += 1;
-        self.proc = Some(Proc::spawn(
-            &env.bin,
-            &self.name,
-            &[
-                "run".into(),
-                "--config".into(),
-                self.config.display().to_string(),
-            ],
-            &log,
-        )?);
+        let run = [
+            "run".to_string(),
+            "--config".into(),
+            self.config.display().to_string(),
+        ];
+        self.proc = Some(match &self.ns {
+            // `ip netns exec` execs the daemon: signals reach it.
+            Some(ns) => {
+                let mut args = vec!["netns".into(), "exec".into(), ns.clone()];
+                args.push(env.bin.display().to_string());
+                args.extend(run);
+                Proc::spawn(Path::new("ip"), &self.name, &args, &log)?
+            }
+            None => Proc::spawn(&env.bin, &self.name, &run, &log)?,
+        });
         Ok(())
     }
 
@@ -128,7 +184,7 @@ impl Pod {
 
     async fn scrape(&self, http: &reqwest::Client) -> Option<Scrape> {
         let r = http
-            .get(format!("http://127.0.0.1:{}/metrics", self.http))
+            .get(format!("http://{}:{}/metrics", self.host, self.http))
             .timeout(Duration::from_millis(800))
             .send()
             .await
@@ -359,6 +415,75 @@ impl Run<'_> {
         }
     }
 
+    /// ClickHouse has a row of every symbol with an event time after `after_ns` (any pod).
+    async fn stored_all_after(&self, after_ns: i64) -> bool {
+        let q = format!(
+            "SELECT DISTINCT symbol_identifier FROM `{}`.tick_market_data \
+             WHERE {} > {after_ns} FORMAT TabSeparated",
+            self.db, self.tick_ns
+        );
+        match self.env.ch.query(&q).await {
+            Ok(text) => {
+                let seen: BTreeSet<&str> = text.lines().map(str::trim).collect();
+                self.symbols.iter().all(|s| seen.contains(s.as_str()))
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// SIGKILL of the writer daemon and an immediate restart under the same name: seconds
+    /// until ClickHouse has rows of every symbol from after the kill.
+    async fn writer_restart(&mut self) -> anyhow::Result<Option<f64>> {
+        let t0 = Instant::now();
+        self.writer.sigkill();
+        let dead_ns = marketlane_protocol::now_ns();
+        self.writer.start(self.env)?;
+        let me: &Self = self;
+        Ok(until(t0, Duration::from_millis(100), move || async move {
+            me.stored_all_after(dead_ns).await
+        })
+        .await)
+    }
+
+    /// Cuts pod 1's link and measures the takeover by pod 0; heals it and waits for the split.
+    async fn cut(
+        &mut self,
+        net: &marketlane_tests::netns::Net,
+        moved: &BTreeSet<String>,
+        dir: &Path,
+    ) -> anyhow::Result<(Cut, [BTreeSet<String>; 2])> {
+        let t0 = Instant::now();
+        net.cut(1)?;
+        let cut_ns = marketlane_protocol::now_ns();
+        let me: &Self = self;
+        let (survivor, http, watch) = (&me.pods[0], &me.http, &*me.watch);
+        let fast = Duration::from_millis(20);
+        let (noticed, kafka, clickhouse) = tokio::join!(
+            until(t0, fast, move || async move {
+                survivor.metric(http, "marketlane_cluster_members").await == Some(1.0)
+            }),
+            until(t0, fast, move || async move {
+                watch.all_from(&survivor.name, moved, cut_ns)
+            }),
+            until(t0, Duration::from_millis(100), move || async move {
+                me.stored_from(&survivor.name, moved, cut_ns).await
+            }),
+        );
+        let healed = Instant::now();
+        net.heal(1)?;
+        let (held, rejoined) = self.settle(healed, dir).await?;
+        Ok((
+            Cut {
+                moved_symbols: moved.len(),
+                noticed,
+                kafka,
+                clickhouse,
+                rejoined: Some(rejoined),
+            },
+            held,
+        ))
+    }
+
     /// The survivor's quarantined rows of conids it no longer subscribes.
     async fn unknown_conid(&self) -> f64 {
         self.pods[0].scrape(&self.http).await.map_or(0.0, |s| {
@@ -441,9 +566,19 @@ impl Run<'_> {
     }
 }
 
+/// Where the pods are: loopback, or each in its own network namespace (cut-link runs).
+#[derive(Clone)]
+struct Addrs {
+    /// The gateways (simulator) and ClickHouse as the pods reach them.
+    host: String,
+    kafka: String,
+    ch_url: String,
+    pods: [String; 2],
+}
+
 #[allow(clippy::too_many_arguments)]
 fn pod_config(
-    env: &Env,
+    a: &Addrs,
     i: usize,
     prefix: &str,
     db: &str,
@@ -454,7 +589,9 @@ fn pod_config(
     symbols: u32,
 ) -> anyhow::Result<String> {
     let schemas = procs::repo_root().join("schemas").canonicalize()?;
-    let peers: Vec<String> = nodes.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let peers: Vec<String> = (0..2)
+        .map(|j| format!("{}:{}", a.pods[j], nodes[j]))
+        .collect();
     let mut s = format!(
         r#"# Written by marketlane-bench (takeover): connector pod {i} of two.
 instance = "bench-takeover-{i}"
@@ -462,7 +599,7 @@ roles = ["connector"]
 schemas_dir = "{schemas}"
 
 [http]
-listen = "127.0.0.1:{http}"
+listen = "{me}:{http}"
 
 [control]
 socket = "{sock}"
@@ -478,22 +615,24 @@ database = "{db}"
 [cluster]
 enabled = true
 port = {port}
-bind = "127.0.0.1"
-advertise_host = "127.0.0.1"
+bind = "{me}"
+advertise_host = "{me}"
 peers = {peers:?}
 cookie = "{COOKIE}"
 
 [ib]
-gateway_url = "http://127.0.0.1:{gw}"
+gateway_url = "http://{host}:{gw}"
 usernames = {users:?}
 
 "#,
         schemas = schemas.display(),
         sock = sock.display(),
-        kafka = env.kafka,
-        ch = env.ch_url,
+        kafka = a.kafka,
+        ch = a.ch_url,
         port = nodes[i],
         users = USERS,
+        me = a.pods[i],
+        host = a.host,
     );
     for n in 1..=symbols {
         s.push_str(&format!(
@@ -549,8 +688,31 @@ pub async fn run(env: &Env, c: &TakeoverConfig) -> anyhow::Result<TakeoverResult
     std::fs::create_dir_all(&dir)?;
     let prefix = format!("bench{}takeover_", env.stamp);
     let db = format!("bench_{}_takeover", env.stamp);
-    let r = run_inner(env, c, &dir, &prefix, &db).await;
-    for d in [db.clone(), format!("{db}_state")] {
+    let mut r = run_inner(env, c, &dir, &prefix, &db, None).await;
+    if let Ok(result) = &mut r {
+        if c.cuts == 0 {
+            result.cuts_skipped = Some("not asked for (--takeover-cuts 0)".into());
+        } else if !marketlane_tests::netns::can_run() {
+            result.cuts_skipped = Some("network namespaces need root".into());
+        } else {
+            let cut_dir = dir.join("cut");
+            std::fs::create_dir_all(&cut_dir)?;
+            let cut_prefix = format!("{prefix}cut_");
+            let cut_db = format!("{db}_cut");
+            let net = marketlane_tests::netns::Net::new("tko", 2)?;
+            match run_inner(env, c, &cut_dir, &cut_prefix, &cut_db, Some(net)).await {
+                Ok(cut) => result.cuts = cut.cuts,
+                Err(e) => result.cuts_skipped = Some(format!("failed: {e:#}")),
+            }
+            cleanup(env, &cut_prefix, &cut_db).await;
+        }
+    }
+    cleanup(env, &prefix, &db).await;
+    r
+}
+
+async fn cleanup(env: &Env, prefix: &str, db: &str) {
+    for d in [db.to_string(), format!("{db}_state")] {
         if let Err(e) = env
             .ch
             .query(&format!("DROP DATABASE IF EXISTS `{d}`"))
@@ -559,11 +721,10 @@ pub async fn run(env: &Env, c: &TakeoverConfig) -> anyhow::Result<TakeoverResult
             eprintln!("bench: cleanup: {e}");
         }
     }
-    match crate::kafka::delete_topics_with_prefix(&env.kafka, &prefix).await {
+    match crate::kafka::delete_topics_with_prefix(&env.kafka, prefix).await {
         Ok(n) => println!("bench: takeover: dropped {n} topics and the databases"),
         Err(e) => eprintln!("bench: cleanup of topics {prefix}*: {e}"),
     }
-    r
 }
 
 async fn run_inner(
@@ -572,6 +733,7 @@ async fn run_inner(
     dir: &Path,
     prefix: &str,
     db: &str,
+    mut net: Option<marketlane_tests::netns::Net>,
 ) -> anyhow::Result<TakeoverResult> {
     if c.symbols > 100 {
         eprintln!(
@@ -610,7 +772,30 @@ async fn run_inner(
         ],
         &dir.join("simulator.log"),
     )?;
-    let pod = |name: &str, text: &dyn Fn(u16, &Path) -> anyhow::Result<String>| {
+    let addrs = match &mut net {
+        None => Addrs {
+            host: "127.0.0.1".into(),
+            kafka: env.kafka.clone(),
+            ch_url: env.ch_url.clone(),
+            pods: ["127.0.0.1".into(), "127.0.0.1".into()],
+        },
+        Some(net) => {
+            for port in gw {
+                net.expose_host_port(port)?;
+            }
+            Addrs {
+                host: net.host_addr().to_string(),
+                kafka: net.kafka_bootstrap_for_pods(),
+                ch_url: net.clickhouse_url_for_pods(),
+                pods: [net.pod_addr(0).to_string(), net.pod_addr(1).to_string()],
+            }
+        }
+    };
+    let ns = |i: usize| net.as_ref().map(|n| n.ns_name(i).to_string());
+    let pod = |name: &str,
+               host: &str,
+               ns: Option<String>,
+               text: &dyn Fn(u16, &Path) -> anyhow::Result<String>| {
         let http = procs::free_port()?;
         let sock = dir.join(format!("{name}.sock"));
         let config = dir.join(format!("{name}.toml"));
@@ -618,6 +803,8 @@ async fn run_inner(
         Ok::<_, anyhow::Error>(Pod {
             name: name.to_string(),
             config,
+            host: host.to_string(),
+            ns,
             http,
             sock,
             dir: dir.to_path_buf(),
@@ -626,14 +813,15 @@ async fn run_inner(
         })
     };
     let pods = [
-        pod("bench-takeover-0", &|h, s| {
-            pod_config(env, 0, prefix, db, gw[0], h, s, nodes, c.symbols)
+        pod("bench-takeover-0", &addrs.pods[0], ns(0), &|h, s| {
+            pod_config(&addrs, 0, prefix, db, gw[0], h, s, nodes, c.symbols)
         })?,
-        pod("bench-takeover-1", &|h, s| {
-            pod_config(env, 1, prefix, db, gw[1], h, s, nodes, c.symbols)
+        pod("bench-takeover-1", &addrs.pods[1], ns(1), &|h, s| {
+            pod_config(&addrs, 1, prefix, db, gw[1], h, s, nodes, c.symbols)
         })?,
     ];
-    let writer = pod("bench-takeover-writer", &|h, s| {
+    // The writer stays on the host: a cut partitions a connector pod only.
+    let writer = pod("bench-takeover-writer", "127.0.0.1", None, &|h, s| {
         writer_config(env, prefix, db, h, s)
     })?;
     let mut run = Run {
@@ -690,7 +878,7 @@ async fn run_inner(
         run.watch.clone(),
     )?;
     run.writer.start(env)?;
-    let result = measure(&mut run, c, dir, started).await;
+    let result = measure(&mut run, c, dir, started, net.as_ref()).await;
     run.watch.stop.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || watcher.join()).await;
     for p in run.pods.iter_mut().chain([&mut run.writer]) {
@@ -707,6 +895,7 @@ async fn measure(
     c: &TakeoverConfig,
     dir: &Path,
     started: Instant,
+    net: Option<&marketlane_tests::netns::Net>,
 ) -> anyhow::Result<TakeoverResult> {
     let (mut held, formed) = run.settle(started, dir).await?;
     // The writer has made the tables: which type does the event time have?
@@ -734,6 +923,36 @@ async fn measure(
         split.1,
         skew.map_or("–".into(), |s| format!("{s:.2} s"))
     );
+    if let Some(net) = net {
+        let mut cuts = Vec::new();
+        for n in 0..c.cuts {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            run.check_alive(dir)?;
+            let moved = held[1].clone();
+            let (cut, again) = run.cut(net, &moved, dir).await?;
+            held = again;
+            println!(
+                "bench: takeover cut {}: link of pod 1 ({} symbols) down → survivor noticed {}, first row of every moved symbol in Kafka {}, in ClickHouse {}; healed → split settled again after {}",
+                n + 1,
+                cut.moved_symbols,
+                fmt(cut.noticed),
+                fmt(cut.kafka),
+                fmt(cut.clickhouse),
+                fmt(cut.rejoined)
+            );
+            cuts.push(cut);
+        }
+        return Ok(TakeoverResult {
+            config: c.clone(),
+            kills: Vec::new(),
+            split: (held[0].len(), held[1].len()),
+            formed,
+            writer_catch_up: None,
+            cuts,
+            cuts_skipped: None,
+            dir: dir.to_path_buf(),
+        });
+    }
     let mut kills = Vec::new();
     for n in 0..c.kills {
         // Steady streaming before the kill.
@@ -772,11 +991,20 @@ async fn measure(
         );
         kills.push(k);
     }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writer_catch_up = run.writer_restart().await?;
+    println!(
+        "bench: takeover: SIGKILL of the writer, restarted at once under the same name (static member) → ClickHouse has rows of every symbol from after the kill {}",
+        fmt(writer_catch_up)
+    );
     Ok(TakeoverResult {
         config: c.clone(),
         kills,
         split,
         formed,
+        writer_catch_up,
+        cuts: Vec::new(),
+        cuts_skipped: None,
         dir: dir.to_path_buf(),
     })
 }

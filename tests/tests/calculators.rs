@@ -656,7 +656,9 @@ fn single_engine_values(lines: &[String]) -> HashMap<(String, i64), Vec<Option<f
             let spec = &engine.specs()[i];
             let id = format!("{}:{}:{}", spec.team, spec.name, row.symbol());
             if let Some(v) = engine.evaluate(i, row.symbol()) {
-                out.entry((id, v.as_of)).or_insert_with(Vec::new).push(v.value);
+                out.entry((id, v.as_of))
+                    .or_insert_with(Vec::new)
+                    .push(v.value);
             }
         }
     }
@@ -692,10 +694,9 @@ async fn two_calculator_pods_split_the_partitions_and_one_takes_over_after_a_kil
     assert!(out.status.success());
     // Pod b: the same lane, its own name (static member id), port and control socket; a short
     // session timeout so that the kill moves the partitions quickly.
-    let text = std::fs::read_to_string(&s.config).unwrap().replace(
-        "[calculators]\n",
-        "[calculators]\nsession_timeout = 6\n",
-    );
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("[calculators]\n", "[calculators]\nsession_timeout = 6\n");
     std::fs::write(&s.config, &text).unwrap();
     let sock_a = s.config.parent().unwrap().join("ctl.sock");
     let sock_b = s.config.parent().unwrap().join("ctl-b.sock");
@@ -704,7 +705,10 @@ async fn two_calculator_pods_split_the_partitions_and_one_takes_over_after_a_kil
     std::fs::write(
         &config_b,
         text.replace("instance = \"calc-test\"", "instance = \"calc-test-b\"")
-            .replace(port_line, &format!("listen = \"127.0.0.1:{}\"", free_port()))
+            .replace(
+                port_line,
+                &format!("listen = \"127.0.0.1:{}\"", free_port()),
+            )
             .replace("ctl.sock", "ctl-b.sock"),
     )
     .unwrap();

@@ -765,7 +765,10 @@ async fn two_writer_processes_split_partitions_and_a_kill_mid_batch_keeps_every_
         );
         let text = std::fs::read_to_string(&path)
             .unwrap()
-            .replace("instance = \"writer-test\"", &format!("instance = \"{name}\""))
+            .replace(
+                "instance = \"writer-test\"",
+                &format!("instance = \"{name}\""),
+            )
             .replace("[writer]\n", "[writer]\nsession_timeout = 6\n");
         std::fs::write(&path, text).unwrap();
         path
@@ -889,7 +892,10 @@ async fn a_failing_table_holds_only_its_own_writer_and_its_group_still_rebalance
         );
         let text = std::fs::read_to_string(&path)
             .unwrap()
-            .replace("instance = \"writer-test\"", &format!("instance = \"{name}\""))
+            .replace(
+                "instance = \"writer-test\"",
+                &format!("instance = \"{name}\""),
+            )
             .replace("[writer]\n", "[writer]\nsession_timeout = 6\n");
         std::fs::write(&path, text).unwrap();
         path

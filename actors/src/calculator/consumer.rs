@@ -156,7 +156,12 @@ impl Actor for CalculatorConsumer {
         .set("queued.max.messages.kbytes", "16384")
         .create_with_context(CalcRebalance::default())?;
         consumer.subscribe(&[topic.as_str()])?;
-        info!(topic, group, group_instance = instance, "calculator consumer joined its group");
+        info!(
+            topic,
+            group,
+            group_instance = instance,
+            "calculator consumer joined its group"
+        );
         let state = ConsumerState {
             args,
             consumer: Arc::new(consumer),

@@ -162,8 +162,8 @@ impl Actor for CalculatorWorker {
                 state.retry_at = None;
                 state.flush().await;
                 let acknowledged = state.produced.idle(ACK_WAIT).await;
-                let _ = reply
-                    .send(acknowledged && state.pending.is_empty() && state.dirty.is_empty());
+                let _ =
+                    reply.send(acknowledged && state.pending.is_empty() && state.dirty.is_empty());
             }
             WorkerMsg::GetState(reply) => {
                 let mut s = state.snapshot.clone();
@@ -191,7 +191,12 @@ impl WorkerState {
             self.engine.forget(category, symbol);
         }
         self.snapshot.forgotten_symbols += symbols.len() as u64;
-        info!(worker = self.index, category, symbols = symbols.len(), "windows of moved partitions dropped");
+        info!(
+            worker = self.index,
+            category,
+            symbols = symbols.len(),
+            "windows of moved partitions dropped"
+        );
     }
 
     fn apply(&mut self, rows: Vec<(CalcRow, bool)>) {

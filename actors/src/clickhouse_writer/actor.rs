@@ -252,17 +252,17 @@ impl Actor for ClickHouseWriter {
         )
         .set("auto.offset.reset", "earliest")
         .set("fetch.queue.backoff.ms", "10")
-            // librdkafka prefetches up to 64 MiB per consumer by default; with a writer per
-            // category and per quarantine topic that is most of the daemon's memory under lag.
-            // A batch is encoded into our own buffer, so a few MiB ahead keep the writer busy.
-            .set(
-                "queued.max.messages.kbytes",
-                match args.kind {
-                    WriterKind::Category(_) => "16384",
-                    WriterKind::Quarantine { .. } => "1024",
-                },
-            )
-            .create_with_context(RebalanceContext::default())?;
+        // librdkafka prefetches up to 64 MiB per consumer by default; with a writer per
+        // category and per quarantine topic that is most of the daemon's memory under lag.
+        // A batch is encoded into our own buffer, so a few MiB ahead keep the writer busy.
+        .set(
+            "queued.max.messages.kbytes",
+            match args.kind {
+                WriterKind::Category(_) => "16384",
+                WriterKind::Quarantine { .. } => "1024",
+            },
+        )
+        .create_with_context(RebalanceContext::default())?;
         consumer.subscribe(&[topic.as_str()])?;
         let category = args.kind.category().to_string();
         let database = args.clickhouse.config.database.clone();
@@ -465,8 +465,7 @@ impl WriterState {
     /// back before it resumes.
     async fn keep_alive(&mut self) {
         let consumer = self.consumer.clone();
-        while let Ok(Ok(m)) =
-            tokio::time::timeout(Duration::from_millis(5), consumer.recv()).await
+        while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(5), consumer.recv()).await
         {
             let at = self.rewind.entry(m.partition()).or_insert(m.offset());
             *at = (*at).min(m.offset());
