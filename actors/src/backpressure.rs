@@ -76,12 +76,12 @@ mod tests {
         assert!(waiter.await.unwrap());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn idle_waits_for_every_permit() {
         let limit = InflightLimit::new(3);
-        assert!(limit.idle(Duration::from_secs(1)).await);
+        assert!(limit.idle(Duration::from_millis(10)).await);
         let a = limit.acquire().await.unwrap();
-        assert!(!limit.idle(Duration::from_secs(1)).await);
+        assert!(!limit.idle(Duration::from_millis(10)).await);
         let waiter = tokio::spawn({
             let limit = limit.clone();
             async move { limit.idle(Duration::from_secs(60)).await }

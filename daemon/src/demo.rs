@@ -433,7 +433,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<DemoOutcome> {
         );
         last = c;
         last_at = Instant::now();
-        if started.elapsed().as_secs() % 5 == 0 {
+        if started.elapsed().as_secs().is_multiple_of(5) {
             print_live_values(&redis).await;
         }
     }
@@ -560,7 +560,7 @@ async fn redis_check(config: &Config, redis: &RedisReader) -> anyhow::Result<Red
             ));
             continue;
         }
-        let symbol_sql = symbol.replace('\\', "").replace('\'', "");
+        let symbol_sql = symbol.replace(['\\', '\''], "");
         let want = ch
             .query_tsv(&format!(
                 "SELECT sum(price * size) / sum(size) FROM `{db}`.`{TICK}` FINAL WHERE symbol_identifier = '{symbol_sql}' AND {t} > {} AND {t} <= {as_of}",
