@@ -200,3 +200,40 @@ fn a_restart_that_refills_its_windows_equals_an_uninterrupted_run() {
     );
     assert_ne!(values(&cold, &symbols), values(&uninterrupted, &symbols));
 }
+
+/// A partition that leaves and comes back: forgetting a symbol's trades drops its tick values
+/// (nothing stale is evaluated) and leaves its book alone; refilling the same rows gives the
+/// uninterrupted values again.
+#[test]
+fn forgetting_a_moved_symbol_and_refilling_it_equals_an_uninterrupted_run() {
+    let rows = input();
+    let symbols = ["AAPL", "CLZ6", "NGZ6"];
+    let mut uninterrupted = engine();
+    for r in &rows {
+        uninterrupted.apply(r);
+    }
+    let mut moved = engine();
+    for r in &rows {
+        moved.apply(r);
+    }
+    moved.forget(TICK, "CLZ6");
+    let specs = moved.specs().to_vec();
+    for (i, spec) in specs.iter().enumerate() {
+        let v = moved.evaluate(i, "CLZ6");
+        if spec.source == TICK {
+            assert!(v.is_none(), "{} kept a value after forget", spec.name);
+        } else if spec.matches("CLZ6") {
+            assert_eq!(v, uninterrupted.evaluate(i, "CLZ6"), "{}", spec.name);
+        }
+    }
+    for r in rows
+        .iter()
+        .filter(|r| matches!(r, CalcRow::Trade(t) if t.symbol == "CLZ6"))
+    {
+        moved.apply(r);
+    }
+    assert_eq!(values(&moved, &symbols), values(&uninterrupted, &symbols));
+    moved.forget(L2, "CLZ6");
+    moved.forget(TICK, "CLZ6");
+    assert_eq!(moved.symbols(), 2, "a symbol with nothing left is dropped");
+}
