@@ -120,6 +120,10 @@ type CalcConsumer = StreamConsumer<CalcRebalance>;
 pub struct ConsumerState {
     args: ConsumerArgs,
     consumer: Arc<CalcConsumer>,
+    /// Reads the group's committed offsets, watermarks and offsets by time for the warm-start
+    /// plan. Not a member of the group: the member's own look-ups fail while it is between
+    /// generations (seen as `InvalidArgument` right after a rebalance), this one's do not.
+    planner: Arc<BaseConsumer>,
     topic: String,
     positions: HashMap<i32, i64>,
     live_from: HashMap<i32, i64>,
@@ -156,6 +160,10 @@ impl Actor for CalculatorConsumer {
         .set("queued.max.messages.kbytes", "16384")
         .create_with_context(CalcRebalance::default())?;
         consumer.subscribe(&[topic.as_str()])?;
+        let planner: BaseConsumer = crate::kafka::client_config(&args.kafka)
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()?;
         info!(
             topic,
             group,
@@ -165,6 +173,7 @@ impl Actor for CalculatorConsumer {
         let state = ConsumerState {
             args,
             consumer: Arc::new(consumer),
+            planner: Arc::new(planner),
             topic: topic.clone(),
             positions: HashMap::new(),
             live_from: HashMap::new(),
@@ -282,11 +291,11 @@ impl ConsumerState {
         // Freshly created topics answer "not leader" for a moment: retry for up to 30 s.
         let mut attempt = 0;
         let plan = loop {
-            let consumer = self.consumer.clone();
+            let planner = self.planner.clone();
             let topic = self.topic.clone();
             let parts = parts.to_vec();
             let result =
-                tokio::task::spawn_blocking(move || plan(&consumer, &topic, &parts, lookback))
+                tokio::task::spawn_blocking(move || plan(&planner, &topic, &parts, lookback))
                     .await
                     .map_err(|e| format!("warm-start plan: {e}"))?;
             match result {
@@ -463,7 +472,7 @@ impl ConsumerState {
 
 /// (partition, start offset, first live offset) of each of `partitions` of `topic`.
 fn plan(
-    consumer: &CalcConsumer,
+    consumer: &BaseConsumer,
     topic: &str,
     partitions: &[i32],
     lookback: Duration,
