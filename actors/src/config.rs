@@ -99,6 +99,28 @@ pub struct IbConfig {
     pub username: Option<String>,
     /// One IB user per StatefulSet ordinal (`marketlane-0` takes the first); sets `username`.
     pub usernames: Vec<String>,
+    /// After `ssodh/init` or a re-authentication, how long to wait for `authenticated:true`
+    /// before the next rung of the recovery ladder. IB brings the brokerage session up
+    /// asynchronously, 30–90 s after the call.
+    #[serde(with = "humantime_secs")]
+    pub auth_wait: Duration,
+    /// At most one `reauthenticate`/`ssodh/init` per this interval on one SSO session: calling
+    /// again while IB is still starting the brokerage session starts it over.
+    #[serde(with = "humantime_secs")]
+    pub reauth_min_interval: Duration,
+    /// Re-authentications (each waited out for `auth_wait`) before the gateway is restarted
+    /// and the login command runs (ibeam: 3).
+    pub reauth_attempts: u32,
+    /// A supervised gateway whose port refuses connections this long is restarted. HTTP
+    /// 500/503 and unreadable answers are IB's maintenance, never a reason to restart.
+    #[serde(with = "humantime_secs")]
+    pub gateway_dead_after: Duration,
+    /// `compete` of `ssodh/init` (and `force` of `reauthenticate`): `true` kicks another
+    /// session of the same user (a person's TWS or portal login). Off by default.
+    pub compete: bool,
+    /// PEM file with the certificate (or its CA) the gateway serves; when set, REST and the
+    /// websocket verify the gateway against it instead of `accept_invalid_certs`.
+    pub ca_file: Option<PathBuf>,
     /// The built-in unattended login (`[ib.login]`), run instead of `login_command`.
     pub login: Option<crate::ib_login::LoginConfig>,
 }
@@ -129,6 +151,12 @@ impl Default for IbConfig {
             record_path: None,
             username: None,
             usernames: Vec::new(),
+            auth_wait: Duration::from_secs(120),
+            reauth_min_interval: Duration::from_secs(60),
+            reauth_attempts: 3,
+            gateway_dead_after: Duration::from_secs(60),
+            compete: false,
+            ca_file: None,
             login: None,
         }
     }
@@ -156,6 +184,29 @@ impl IbConfig {
         }
         if self.heartbeat_timeout < Duration::from_millis(100) {
             return Err(bad("ib.heartbeat_timeout", "must be at least 0.1 s"));
+        }
+        if self.auth_wait < Duration::from_secs(1) {
+            return Err(bad(
+                "ib.auth_wait",
+                "must be at least 1 s (IB takes 30-90 s to start a brokerage session)",
+            ));
+        }
+        if self.reauth_min_interval < Duration::from_secs(1) {
+            return Err(bad("ib.reauth_min_interval", "must be at least 1 s"));
+        }
+        if self.reauth_attempts == 0 {
+            return Err(bad("ib.reauth_attempts", "must be at least 1"));
+        }
+        if self.gateway_dead_after < Duration::from_secs(1) {
+            return Err(bad("ib.gateway_dead_after", "must be at least 1 s"));
+        }
+        if let Some(f) = &self.ca_file
+            && !f.is_file()
+        {
+            return Err(bad(
+                "ib.ca_file",
+                format!("{} is not a readable file", f.display()),
+            ));
         }
         for (key, cmd) in [
             ("ib.gateway_command", &self.gateway_command),
@@ -486,7 +537,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ib.validate().unwrap_err().key, "ib.resubscribe_interval");
+        ib = IbConfig {
+            reauth_attempts: 0,
+            ..Default::default()
+        };
+        assert_eq!(ib.validate().unwrap_err().key, "ib.reauth_attempts");
+        ib = IbConfig {
+            ca_file: Some("/nonexistent/gateway.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(ib.validate().unwrap_err().key, "ib.ca_file");
         ib = IbConfig::default();
+        assert!(
+            !ib.compete,
+            "competing with a person's login must be opt-in"
+        );
         ib.symbols = vec![SymbolConfig {
             symbol: "CL".into(),
             sec_type: SecType::Future,

@@ -1,8 +1,15 @@
 //! REST client of the IB Client Portal gateway: session endpoints and contract lookup, paced
 //! under IB's limits (10 req/s global, 1/s for `/tickle`) so that we never earn a 429.
+//!
+//! Cookies: the gateway sets its own (`x-sess-uuid` on API answers, `HttpOnly; secure`, as a
+//! real gateway answers `GET /v1/api/trsrv/stocks`: gabrielbussolo/ibkr-api-gateway README;
+//! by `/tickle`, path `/v1/api`: machdat/broker-gateway
+//! `docs/research/ibkr-cpapi-websockets-findings.md`). They live in one cookie jar per gateway
+//! URL, which REST sends back and the websocket handshake reads ([`cookie_header`]).
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use marketlane_protocol::ib::{
@@ -10,6 +17,7 @@ use marketlane_protocol::ib::{
     TickleResponse,
 };
 use reqwest::StatusCode;
+use reqwest::cookie::{CookieStore, Jar};
 use serde::de::DeserializeOwned;
 
 use crate::config::IbConfig;
@@ -17,6 +25,10 @@ use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IbError {
+    /// The connection could not be made (the port refuses, nothing listens).
+    #[error("gateway refused the connection at {url}: {message}")]
+    Refused { url: String, message: String },
+    /// Connected, but no (complete) answer in time.
     #[error("gateway unreachable at {url}: {message}")]
     Unreachable { url: String, message: String },
     #[error("no brokerage session: {0}")]
@@ -34,13 +46,65 @@ pub enum IbError {
     },
     #[error("unexpected reply from {endpoint}: {message}")]
     BadReply { endpoint: String, message: String },
+    /// The client cannot be built from the config (e.g. an unreadable `ib.ca_file`).
+    #[error("ib client config: {0}")]
+    Config(String),
+}
+
+/// The error and its sources: reqwest's own message ("error sending request") hides whether
+/// the connection was refused or timed out.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 impl IbError {
     /// Whether trying again later can help (as opposed to needing a login or a fix).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::NoSession(_))
+        !matches!(self, Self::NoSession(_) | Self::Config(_))
     }
+}
+
+/// The cookie jar of each gateway this process talks to, shared by REST and the websocket.
+/// Keyed by gateway URL: the session actor and the websocket actor each build their own client
+/// from the same `IbConfig`, and both must send back what the gateway set.
+static JARS: LazyLock<Mutex<HashMap<String, Arc<Jar>>>> = LazyLock::new(Default::default);
+
+fn jar(gateway_url: &str) -> Arc<Jar> {
+    let key = gateway_url.trim_end_matches('/').to_string();
+    JARS.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(key)
+        .or_default()
+        .clone()
+}
+
+/// The `Cookie` header value for `url` (http(s) or ws(s)) from the gateway's cookie jar:
+/// exactly the cookies the gateway set and their rules (path, `Secure`) allow for `url`.
+pub fn cookie_header(gateway_url: &str, url: &str) -> Option<String> {
+    let http_url = if let Some(rest) = url.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else if let Some(rest) = url.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else {
+        url.to_string()
+    };
+    let parsed = reqwest::Url::parse(&http_url).ok()?;
+    jar(gateway_url)
+        .cookies(&parsed)
+        .and_then(|v| v.to_str().ok().map(str::to_owned))
+}
+
+/// The gateway's certificate (or its CA) from `ib.ca_file`, PEM.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, IbError> {
+    std::fs::read(path)
+        .map_err(|e| IbError::Config(format!("cannot read ib.ca_file {}: {e}", path.display())))
 }
 
 pub struct IbClient {
@@ -53,16 +117,22 @@ pub struct IbClient {
 
 impl IbClient {
     pub fn new(config: IbConfig, metrics: Arc<Metrics>) -> Result<Self, IbError> {
-        let http = reqwest::Client::builder()
-            .cookie_store(true)
-            .danger_accept_invalid_certs(config.accept_invalid_certs)
+        let build_error =
+            |e: reqwest::Error| IbError::Config(format!("cannot build the http client: {e}"));
+        let mut builder = reqwest::Client::builder()
+            .cookie_provider(jar(&config.gateway_url))
             .timeout(config.request_timeout)
-            .user_agent("marketlane")
-            .build()
-            .map_err(|e| IbError::Unreachable {
-                url: config.gateway_url.clone(),
-                message: e.to_string(),
-            })?;
+            .user_agent("marketlane");
+        builder = match &config.ca_file {
+            // Verify the gateway against its own certificate only.
+            Some(path) => {
+                let pem = read_ca_file(path)?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(build_error)?;
+                builder.tls_certs_only(certs)
+            }
+            None => builder.danger_accept_invalid_certs(config.accept_invalid_certs),
+        };
+        let http = builder.build().map_err(build_error)?;
         // IB counts requests in sliding windows (10 per second, 1 tickle per second). A bursty
         // limiter could put 2× the rate into one window, and transit jitter can bring two
         // requests closer at the gateway than we sent them: space every request evenly, with
@@ -93,9 +163,16 @@ impl IbClient {
     ) -> Result<T, IbError> {
         self.global.until_ready().await;
         let url = self.config.api_url(path);
-        let mut req = self.http.request(method, &url);
+        let mut req = self.http.request(method.clone(), &url);
         if let Some(b) = body {
             req = req.json(&b);
+        } else if method == reqwest::Method::POST {
+            // An empty POST states its length: servers and proxies may answer 411 to a POST
+            // without one (Akamai does: OpenNTF/SocialSDK#1768; IB's API answers carry
+            // Akamai's `Server-Timing: ak_p`, gabrielbussolo/ibkr-api-gateway README).
+            req = req
+                .header(reqwest::header::CONTENT_LENGTH, "0")
+                .body(Vec::<u8>::new());
         }
         let endpoint = path.split('?').next().unwrap_or(path).to_string();
         let outcome = |o: &str| {
@@ -106,9 +183,17 @@ impl IbClient {
         };
         let resp = req.send().await.map_err(|e| {
             outcome("unreachable");
-            IbError::Unreachable {
-                url: url.clone(),
-                message: e.to_string(),
+            let message = error_chain(&e);
+            if e.is_connect() && !e.is_timeout() {
+                IbError::Refused {
+                    url: url.clone(),
+                    message,
+                }
+            } else {
+                IbError::Unreachable {
+                    url: url.clone(),
+                    message,
+                }
             }
         })?;
         let status = resp.status();
@@ -160,19 +245,36 @@ impl IbClient {
             .await
     }
 
+    /// Opens the brokerage session. `compete` is `ib.compete` (false by default): `true`
+    /// "determines if other brokerage sessions should be disconnected to prioritize this
+    /// connection" (Voyz/ibind `session_mixin.py` `initialize_brokerage_session`), i.e. kicks
+    /// a person's TWS or portal login of the same user.
     pub async fn ssodh_init(&self) -> Result<AuthStatus, IbError> {
         self.call(
             reqwest::Method::POST,
             "/iserver/auth/ssodh/init",
-            Some(serde_json::json!({"publish": true, "compete": true})),
+            Some(serde_json::json!({"publish": true, "compete": self.config.compete})),
         )
         .await
     }
 
     /// Asks the gateway to re-authenticate the brokerage session; the reply shape varies
-    /// (`{"message":"triggered"}` or an auth status), so it is not interpreted.
+    /// (`{"message":"triggered"}` or an auth status), so it is not interpreted. `force=true`
+    /// (ibeam's default route) kicks competitors, so only with `ib.compete`.
     pub async fn reauthenticate(&self) -> Result<(), IbError> {
-        self.call::<serde_json::Value>(reqwest::Method::POST, "/iserver/reauthenticate", None)
+        let path = if self.config.compete {
+            "/iserver/reauthenticate?force=true"
+        } else {
+            "/iserver/reauthenticate"
+        };
+        self.call::<serde_json::Value>(reqwest::Method::POST, path, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Ends the SSO session at the gateway (the last rung before a restart and a new login).
+    pub async fn logout(&self) -> Result<(), IbError> {
+        self.call::<serde_json::Value>(reqwest::Method::POST, "/logout", None)
             .await
             .map(|_| ())
     }

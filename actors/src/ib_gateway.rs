@@ -1,7 +1,8 @@
 //! The gateway process actor: when `ib.gateway_command` is set, the daemon starts the Client
-//! Portal gateway as a child process and restarts it when it exits (back-off 1 s · 2^n ≤ 30 s)
-//! or when the session actor finds it unreachable for a minute (the gateway is known to hang;
-//! ibeam kills it in that case too).
+//! Portal gateway as a child process and restarts it when it exits (back-off 1 s · 2^n ≤ 30 s),
+//! when its port refuses connections for `ib.gateway_dead_after`, or when the session's
+//! re-authentication ladder is exhausted (ibeam kills the gateway then too). Never for IB's
+//! maintenance (500/503): a restart destroys the login.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -20,7 +21,8 @@ pub enum GatewayMsg {
         generation: u64,
         status: String,
     },
-    /// The session actor could not reach the gateway for too long: kill and start it again.
+    /// The session actor found the gateway dead (port refusing) or beyond re-authentication:
+    /// kill and start it again.
     Restart {
         reason: String,
     },

@@ -103,6 +103,22 @@ pub struct SimArgs {
     /// (`tests/fixtures/recorded/ws/topic-explorer-2026-04-30/smd-*.jsonl`: same `_updated`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub repeat_first_frame: bool,
+    /// Sim seconds from `ssodh/init` (or `reauthenticate`) until the brokerage session is
+    /// authenticated (IB: 30–90 s). A few seconds by default, so that every test meets it.
+    #[arg(long, default_value_t = 3.0)]
+    pub brokerage_delay_secs: f64,
+    /// Answer 405 to a method IB does not document for a session endpoint (e.g. `GET
+    /// /tickle`; IB's spec has `POST`). Clients are seen sending `GET /tickle`, so whether a
+    /// real gateway refuses it is not known: an option.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub strict_methods: bool,
+    /// With `--tls`: write the generated certificate (PEM) here, for clients that verify it.
+    #[arg(long)]
+    pub tls_cert_out: Option<PathBuf>,
+    /// Answer 411 to a POST without `Content-Length` (what Akamai, in front of IB's API, does:
+    /// OpenNTF/SocialSDK#1768; whether the gateway passes it through is not known).
+    #[arg(long)]
+    pub require_content_length: bool,
     /// One more gateway in this process, as `ADDR=USERNAME:ACCOUNT` (repeatable), e.g.
     /// `--gateway 127.0.0.1:5001=user2:DU7654321`: its own listener, brokerage session,
     /// pacing, line cap, websockets, `/sim/fault` and `/sim/status`, on the same sim clock,
@@ -223,6 +239,15 @@ pub struct SimConfig {
     pub competing_grace_secs: u64,
     pub history_delay_ms: u64,
     pub conidless_probability: f64,
+    /// Sim seconds from `ssodh/init`/`reauthenticate` to an authenticated brokerage session.
+    /// 0 in `Default` (in-process tests of other behaviours); the CLI's default is 3.
+    pub brokerage_delay_secs: f64,
+    /// 405 for undocumented methods on the session endpoints.
+    pub strict_methods: bool,
+    /// 411 for a POST without `Content-Length`.
+    pub require_content_length: bool,
+    /// With `tls`: where to write the certificate (PEM).
+    pub tls_cert_out: Option<PathBuf>,
     /// Gateways besides the primary one (`listen`/`username`/`account`).
     pub gateways: Vec<GatewaySpec>,
     /// The SSO page's password (None: any) and TOTP secret (None: no second factor).
@@ -271,6 +296,10 @@ impl Default for SimConfig {
             competing_grace_secs: 2,
             history_delay_ms: 250,
             conidless_probability: 0.0,
+            brokerage_delay_secs: 0.0,
+            strict_methods: true,
+            require_content_length: false,
+            tls_cert_out: None,
             gateways: Vec::new(),
             password_file: None,
             totp_secret_file: None,
@@ -311,6 +340,10 @@ impl From<SimArgs> for SimConfig {
             max_session_secs: a.max_session_secs,
             history_delay_ms: a.history_delay_ms,
             conidless_probability: a.conidless_probability,
+            brokerage_delay_secs: a.brokerage_delay_secs,
+            strict_methods: a.strict_methods,
+            require_content_length: a.require_content_length,
+            tls_cert_out: a.tls_cert_out,
             gateways: a.gateways,
             password_file: a.password_file,
             totp_secret_file: a.totp_secret_file,
@@ -381,6 +414,12 @@ impl SimConfig {
                 return bad(format!("{flag} {}: {e}", p.display()));
             }
         }
+        if !(self.brokerage_delay_secs.is_finite() && self.brokerage_delay_secs >= 0.0) {
+            return bad(format!(
+                "brokerage delay must be >= 0 s, got {}",
+                self.brokerage_delay_secs
+            ));
+        }
         let mut users = HashSet::new();
         let mut addrs = HashSet::new();
         for g in self.all_gateways() {
@@ -435,6 +474,11 @@ mod tests {
         assert_eq!(c.subscription_expiry_secs, 600);
         assert_eq!(c.idle_timeout_secs, 300);
         assert!(c.auto_login && c.pacing && !c.tls);
+        assert_eq!(
+            c.brokerage_delay_secs, 3.0,
+            "strict by default: IB is never instant"
+        );
+        assert!(c.strict_methods && !c.require_content_length);
         assert_eq!(c.username, "user1");
         assert!(c.validate().is_ok());
     }

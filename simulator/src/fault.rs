@@ -21,9 +21,16 @@ pub enum Fault {
     ExpireSession,
     /// The ~01:00 /iserver reset: the bridge is gone until the next `ssodh/init`.
     NightlyReset,
-    /// Another login of the same user: `competing:true`, then `authenticated:false`.
-    Competing,
-    /// REST and websocket upgrades answer `status` (500 or 503) for `seconds`.
+    /// Another login of the same user: `competing:true`, then `authenticated:false`. With
+    /// `seconds`, the other session logs out after that long (sim time) and this gateway's
+    /// client may take the brokerage session back without kicking anybody.
+    Competing {
+        #[serde(default)]
+        seconds: Option<f64>,
+    },
+    /// REST and websocket upgrades answer `status` (500 or 503) for `seconds`: IB's servers
+    /// restarting (nightly reset, weekend maintenance; ibeam reads 500 as "IBKR server
+    /// restart" and 503 as "servers are not ready", `ibeam/src/handlers/http_handler.py`).
     #[serde(rename = "http_5xx")]
     Http5xx {
         #[serde(default = "default_5xx")]
@@ -91,6 +98,15 @@ mod tests {
             Fault::Http5xx {
                 status: 503,
                 seconds: 3.0
+            }
+        );
+        let f: Fault = serde_json::from_str(r#"{"kind":"competing"}"#).expect("parse");
+        assert_eq!(f, Fault::Competing { seconds: None });
+        let f: Fault = serde_json::from_str(r#"{"kind":"competing","seconds":30}"#).expect("parse");
+        assert_eq!(
+            f,
+            Fault::Competing {
+                seconds: Some(30.0)
             }
         );
         let f: Fault = serde_json::from_str(r#"{"kind":"non_utf8_frame"}"#).expect("parse");

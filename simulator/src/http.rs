@@ -118,9 +118,96 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .with_state(sim)
 }
 
-/// Runs before every gateway request: injected 5xx / slowness, pacing and the penalty box,
-/// then the session clock (the request itself resets the idle timer).
+/// The methods IB documents for the session endpoints (D5 swagger; the reference's table in
+/// `shared/reference/ib-client-portal.md` §1). Other endpoints route by method already.
+fn documented_methods(path: &str) -> Option<&'static [Method]> {
+    const POST: &[Method] = &[Method::POST];
+    const GET: &[Method] = &[Method::GET];
+    let tail = path
+        .strip_prefix("/v1/api")
+        .or_else(|| path.strip_prefix("/v1/portal"))
+        .unwrap_or(path);
+    match tail {
+        "/tickle"
+        | "/iserver/auth/status"
+        | "/iserver/reauthenticate"
+        | "/iserver/auth/ssodh/init"
+        | "/logout" => Some(POST),
+        "/sso/validate" => Some(GET),
+        _ => None,
+    }
+}
+
+/// A POST that states no length (neither `Content-Length` nor chunked).
+fn post_without_length(req: &Request) -> bool {
+    req.method() == Method::POST
+        && !req.headers().contains_key(header::CONTENT_LENGTH)
+        && !req.headers().contains_key(header::TRANSFER_ENCODING)
+}
+
+/// The gateway's own cookie on every API answer of a logged-in gateway: `x-sess-uuid`,
+/// `HttpOnly`, path `/v1/api` (machdat/broker-gateway `docs/research/ibkr-cpapi-websockets-
+/// findings.md`: set by `/tickle`, path `/v1/api`; gabrielbussolo/ibkr-api-gateway: set on
+/// `/v1/api/trsrv/stocks`). IB marks it `secure` even over plain http; here `Secure` only
+/// over TLS, because a cookie jar never sends a Secure cookie back over http and the
+/// simulator runs plain http in most tests.
+fn set_gateway_cookie(sim: &Sim, path: &str, resp: &mut Response) {
+    let Some(uuid) = lock(&sim.session).sso.as_ref().map(|s| s.sess_uuid.clone()) else {
+        return;
+    };
+    let prefix = if path.starts_with("/v1/portal") {
+        "/v1/portal"
+    } else {
+        "/v1/api"
+    };
+    let secure = if sim.cfg.tls { "; Secure" } else { "" };
+    let cookie = format!("x-sess-uuid={uuid}; Path={prefix}{secure}; HttpOnly");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// Runs before every gateway request: undocumented methods (405) and POSTs without a length
+/// (411) when configured, injected 5xx / slowness, pacing and the penalty box, then the
+/// session clock (the request itself resets the idle timer). Every answer of a logged-in
+/// gateway carries its cookie.
 async fn gate(State(sim): S, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let mut resp = gated(&sim, req, next).await;
+    set_gateway_cookie(&sim, &path, &mut resp);
+    resp
+}
+
+async fn gated(sim: &Arc<Sim>, req: Request, next: Next) -> Response {
+    if sim.cfg.strict_methods
+        && let Some(allowed) = documented_methods(req.uri().path())
+        && !allowed.contains(req.method())
+    {
+        let allow = allowed
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut resp = (
+            StatusCode::METHOD_NOT_ALLOWED,
+            Json(json!({"error": "Method Not Allowed", "statusCode": 405})),
+        )
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            resp.headers_mut().insert(header::ALLOW, v);
+        }
+        return resp;
+    }
+    if post_without_length(&req) {
+        lock(&sim.session).calls.posts_without_length += 1;
+        if sim.cfg.require_content_length {
+            return (
+                StatusCode::LENGTH_REQUIRED,
+                Json(json!({"error": "Length Required", "statusCode": 411})),
+            )
+                .into_response();
+        }
+    }
     let now = sim.clock.now_ms();
     let (fail, slow) = {
         let h = lock(&sim.http_faults);
@@ -170,7 +257,12 @@ async fn gate(State(sim): S, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+fn count(sim: &Sim, what: &str) {
+    lock(&sim.session).calls.count(what);
+}
+
 async fn tickle(State(sim): S) -> Result<Response, ApiError> {
+    count(&sim, "tickle");
     let now = sim.clock.now_ms();
     let s = lock(&sim.session);
     let Some(sso) = s.sso.clone() else {
@@ -186,17 +278,12 @@ async fn tickle(State(sim): S) -> Result<Response, ApiError> {
         "iserver": {"authStatus": st.to_json()},
     });
     drop(s);
-    // `Secure` only over TLS: cookie jars do not send a Secure cookie back over plain http.
-    let secure = if sim.cfg.tls { "; Secure" } else { "" };
-    let cookie = format!("x-sess-uuid={}; Path=/{secure}; HttpOnly", sso.sess_uuid);
-    let mut resp = Json(body).into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        resp.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    Ok(resp)
+    // The gateway's cookie is set by `gate`, on every answer.
+    Ok(Json(body).into_response())
 }
 
 async fn auth_status(State(sim): S) -> Result<Json<Value>, ApiError> {
+    count(&sim, "auth_status");
     require_sso(&sim)?;
     Ok(Json(sim.status().to_json()))
 }
@@ -206,13 +293,19 @@ struct ForceQuery {
     force: Option<bool>,
 }
 
-/// Answers `{"message":"triggered"}` as clients observe; authentication is restored at once.
+/// Answers `{"message":"triggered"}` as clients observe; authentication comes back after the
+/// brokerage delay.
 async fn reauthenticate(
     State(sim): S,
     Query(q): Query<ForceQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let force = q.force.unwrap_or(false);
+    count(&sim, "reauthenticate");
+    if force {
+        count(&sim, "reauthenticate_force");
+    }
     require_sso(&sim)?;
-    sim.apply(|s, _| s.reauthenticate(q.force.unwrap_or(false)));
+    sim.apply(|s, now| s.reauthenticate(force, now));
     Ok(Json(json!({"message": "triggered"})))
 }
 
@@ -223,6 +316,16 @@ struct InitBody {
 }
 
 async fn ssodh_init(State(sim): S, method: Method, body: Bytes) -> Result<Json<Value>, ApiError> {
+    {
+        let mut s = lock(&sim.session);
+        s.calls.count("ssodh_init");
+        let recorded = serde_json::from_slice::<Value>(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        s.calls.ssodh_init_bodies.push_back(recorded);
+        while s.calls.ssodh_init_bodies.len() > 20 {
+            s.calls.ssodh_init_bodies.pop_front();
+        }
+    }
     require_sso(&sim)?;
     // ibind posts {"publish":true,"compete":true}; an empty body competes too.
     let compete = if method == Method::POST && !body.is_empty() {
@@ -233,7 +336,10 @@ async fn ssodh_init(State(sim): S, method: Method, body: Bytes) -> Result<Json<V
     } else {
         true
     };
-    sim.apply(|s, _| s.ssodh_init(compete));
+    if compete {
+        count(&sim, "ssodh_init_compete");
+    }
+    sim.apply(|s, now| s.ssodh_init(compete, now));
     Ok(Json(sim.status().to_json()))
 }
 
@@ -255,6 +361,7 @@ async fn sso_validate(State(sim): S) -> Result<Json<Value>, ApiError> {
 
 /// Both documented shapes at once: `confirmed` (spec) and `status` (what ibeam checks).
 async fn logout(State(sim): S) -> Result<Json<Value>, ApiError> {
+    count(&sim, "logout");
     require_sso(&sim)?;
     sim.apply(|s, now| s.logout(now));
     Ok(Json(json!({"confirmed": true, "status": true})))
@@ -511,7 +618,32 @@ async fn trsrv_futures(
     )))
 }
 
+/// Cookies a websocket upgrade carried: the gateway's own `x-sess-uuid`, or (a client
+/// mistake) the tickle session id under that name.
+fn record_upgrade_cookies(sim: &Sim, headers: &HeaderMap) {
+    let mut s = lock(&sim.session);
+    let (uuid, id) = match &s.sso {
+        Some(sso) => (sso.sess_uuid.clone(), sso.id.clone()),
+        None => (String::new(), String::new()),
+    };
+    let sent: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';').map(|p| p.trim().to_string()))
+        .filter_map(|p| p.strip_prefix("x-sess-uuid=").map(str::to_owned))
+        .collect();
+    s.calls.ws_upgrades += 1;
+    if !uuid.is_empty() && sent.contains(&uuid) {
+        s.calls.ws_upgrades_with_gateway_cookie += 1;
+    }
+    if !id.is_empty() && sent.contains(&id) {
+        s.calls.ws_upgrades_with_session_as_sess_uuid += 1;
+    }
+}
+
 async fn ws_upgrade(State(sim): S, headers: HeaderMap, up: WebSocketUpgrade) -> Response {
+    record_upgrade_cookies(&sim, &headers);
     let pre_auth = ws::cookie_session(&sim, &headers);
     up.on_upgrade(move |socket| ws::run(sim, socket, pre_auth))
 }
@@ -570,5 +702,6 @@ async fn admin_status(State(sim): S) -> Json<Value> {
         "open_connections": sim.open_conns.load(std::sync::atomic::Ordering::Relaxed),
         "lines": sim.lines.load(std::sync::atomic::Ordering::Relaxed),
         "dropped_ticks": sim.market.dropped_ticks(),
+        "calls": serde_json::to_value(&s.calls).unwrap_or_default(),
     }))
 }

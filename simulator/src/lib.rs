@@ -304,7 +304,12 @@ pub async fn spawn(config: SimConfig) -> Result<SimHandle, SimError> {
         .with_quiet(config.quiet_symbols.iter().cloned()),
     );
     let tls = if config.tls {
-        Some(tls::generate()?)
+        let t = tls::generate()?;
+        if let Some(path) = &config.tls_cert_out {
+            std::fs::write(path, &t.cert_pem)
+                .map_err(|e| SimError::Tls(format!("cannot write {}: {e}", path.display())))?;
+        }
+        Some(t)
     } else {
         None
     };
@@ -325,6 +330,7 @@ pub async fn spawn(config: SimConfig) -> Result<SimHandle, SimError> {
             config.idle_timeout_secs,
             config.max_session_secs,
             config.competing_grace_secs,
+            (config.brokerage_delay_secs * 1000.0) as u64,
             clock.now_ms(),
         );
         let listener = TcpListener::bind(spec.listen)

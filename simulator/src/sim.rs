@@ -125,7 +125,10 @@ impl Sim {
             }
             Fault::ExpireSession => self.apply(|s, _| s.expire_idle()),
             Fault::NightlyReset => self.apply(|s, _| s.nightly_reset()),
-            Fault::Competing => self.apply(|s, now| s.competing(now)),
+            Fault::Competing { seconds } => {
+                let until = seconds.map(|s| now + secs_ms(s));
+                self.apply(|s, now| s.competing(now, until))
+            }
             Fault::Http5xx { status, seconds } => {
                 let mut h = lock(&self.http_faults);
                 h.fail_status = if (500..=599).contains(&status) {

@@ -19,6 +19,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TlsSetup {
     pub acceptor: TlsAcceptor,
     pub cert_der: Vec<u8>,
+    /// The same certificate, PEM (what a client's `ca_file` holds).
+    pub cert_pem: String,
     /// SHA-256 of the DER certificate, upper-case hex pairs joined by `:`.
     pub fingerprint: String,
 }
@@ -50,6 +52,7 @@ pub fn generate() -> Result<TlsSetup, SimError> {
     Ok(TlsSetup {
         acceptor: TlsAcceptor::from(Arc::new(cfg)),
         fingerprint: fingerprint(&cert_der),
+        cert_pem: ck.cert.pem(),
         cert_der: cert_der.to_vec(),
     })
 }

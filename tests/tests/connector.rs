@@ -355,10 +355,11 @@ async fn silent_open_socket_is_detected_by_the_heartbeat_watchdog() {
 }
 
 /// `sts authenticated:false`: the session re-authenticates and the stream resumes in the
-/// same process.
+/// same process. (`reauth_min_interval` 2 s: the fault comes seconds after the start-up
+/// `ssodh/init`, which the default 60 s would make the re-authentication wait for.)
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_authentication_is_recovered_without_a_restart() {
-    let lane = Lane::start(Some(&[]), "", free_port());
+    let lane = Lane::start(Some(&[]), "reauth_min_interval = 2.0", free_port());
     lane.wait_for_rows(5).await;
     let pid = lane.daemon.0.id();
     lane.fault(json!({"kind": "sts_unauthenticated"})).await;
@@ -579,10 +580,14 @@ async fn recorded_frames_replay_to_the_same_rows() {
 }
 
 /// The ~01:00 reset drops the brokerage bridge: the session initializes it again and the
-/// stream goes on in the same process.
+/// stream goes on in the same process (`reauth_min_interval` 2 s: see above).
 #[tokio::test(flavor = "multi_thread")]
 async fn nightly_reset_is_recovered() {
-    let lane = Lane::start(Some(&[]), "tickle_interval = 1.0", free_port());
+    let lane = Lane::start(
+        Some(&[]),
+        "tickle_interval = 1.0\nreauth_min_interval = 2.0",
+        free_port(),
+    );
     lane.wait_for_rows(5).await;
     let inits =
         "marketlane_ib_requests_total{endpoint=\"/iserver/auth/ssodh/init\",outcome=\"ok\"}";

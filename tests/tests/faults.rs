@@ -176,8 +176,10 @@ async fn row01_websocket_dropped_or_silent() {
 /// process.
 #[tokio::test(flavor = "multi_thread")]
 async fn row02_session_unauthenticated_or_idle_expired() {
+    // Two faults seconds apart: `reauth_min_interval` (60 s by default) would make the second
+    // re-authentication wait for a minute after the first.
     let lane = start("row02_", SimBuilder::new(SEED), |c| {
-        c.ib("tickle_interval", 1.0)
+        c.ib("tickle_interval", 1.0).ib("reauth_min_interval", 2.0)
     })
     .await;
     let pid = lane.daemon.pid();

@@ -1,8 +1,9 @@
-//! The IB session keepalive actor: an explicit state machine over the gateway's REST session
-//! endpoints. It tickles every 60 s, initializes the brokerage session (`ssodh/init`),
-//! re-authenticates when the gateway says `authenticated:false`, backs off from a competing
-//! session instead of fighting it, and resolves the configured symbols once authenticated.
-//! The websocket actor is told when the session is ready and when it is lost.
+//! The IB session keepalive actor: it tickles every 60 s and acts on what the gateway says as
+//! `recovery.rs` decides (initialize the brokerage session, wait for IB to bring it up,
+//! re-authenticate at a bounded pace, wait out maintenance and the penalty box, report a
+//! competing session instead of fighting it, restart a dead gateway, run the login command),
+//! and resolves the configured symbols once authenticated. The websocket actor is told when
+//! the session is ready, and to close only when no SSO session is left.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use ractor_cluster::RactorMessage;
 use serde::Serialize;
 use tracing::{error, info, warn};
 
+use super::recovery::{Action, Observation, Recovery, RecoveryConfig};
 use super::state::SessionState;
 use crate::config::{IbConfig, SymbolConfig};
 use crate::contracts::{self, Instrument};
@@ -82,6 +84,12 @@ pub struct SessionSnapshot {
     pub unresolved_symbols: BTreeMap<String, String>,
     /// Outcome of the last login command, if one is configured and ran.
     pub last_login_outcome: Option<String>,
+    /// Seconds since the last `ssodh/init`/`reauthenticate` while IB has not yet brought the
+    /// brokerage session up (30–90 s is normal).
+    pub waiting_for_brokerage_secs: Option<f64>,
+    /// Re-authentications in the current recovery (the gateway restarts after
+    /// `ib.reauth_attempts`).
+    pub reauth_attempts: u32,
 }
 
 #[derive(Clone)]
@@ -102,11 +110,18 @@ pub struct SessionActorState {
     session_id: Option<String>,
     last_good_tickle: Option<Instant>,
     last_failure: Option<String>,
-    initialized: bool,
+    /// What to call when, apart from the I/O (`recovery.rs`).
+    recovery: Recovery,
+    reauth_attempts: u32,
+    /// IB said `authenticated:false` (or no session) since the websocket was last told the
+    /// session is ready: IB ended the socket's subscriptions, so it must subscribe again once
+    /// authenticated. A 429, maintenance or a slow gateway say nothing about the brokerage
+    /// session: re-subscribing then would make the normalizers take the next delta for a
+    /// snapshot and drop its trade.
+    brokerage_lost: bool,
     instruments: Arc<BTreeMap<i64, Instrument>>,
     unresolved: BTreeMap<String, String>,
     last_resolve: Option<Instant>,
-    unreachable_since: Option<Instant>,
     /// When the login command last ran and how it went.
     last_login: Option<(Instant, String)>,
     /// The built-in login (`[ib.login]`), run instead of `login_command`.
@@ -134,6 +149,7 @@ impl Actor for IbSession {
     ) -> Result<Self::State, ActorProcessingErr> {
         let symbols = args.ib.symbols.clone();
         let login = crate::ib_login::BuiltinLogin::new(&args.ib, args.metrics.clone());
+        let recovery = Recovery::new(RecoveryConfig::from_ib(&args.ib));
         let client = IbClient::new(args.ib, args.metrics.clone())?;
         let _ = myself.cast(SessionMsg::Check { generation: 0 });
         let st = SessionActorState {
@@ -145,11 +161,12 @@ impl Actor for IbSession {
             session_id: None,
             last_good_tickle: None,
             last_failure: None,
-            initialized: false,
+            recovery,
+            reauth_attempts: 0,
+            brokerage_lost: false,
             instruments: Arc::default(),
             unresolved: BTreeMap::new(),
             last_resolve: None,
-            unreachable_since: None,
             last_login: None,
             login,
             symbols,
@@ -181,9 +198,15 @@ impl Actor for IbSession {
                 if let (SessionMsg::Reauthenticate, Some(login)) = (&msg, &state.login) {
                     login.reset();
                 }
-                // Re-check now; the state machine decides between reauth and back-off.
-                state.initialized =
-                    state.initialized && matches!(state.state, SessionState::Authenticated);
+                // Look now. The state machine decides whether a call is due: a socket's
+                // nudges never bring a re-authentication closer than `reauth_min_interval`;
+                // ops asking (`ctl reauth`) do.
+                if matches!(msg, SessionMsg::Reauthenticate) {
+                    state.recovery.request_now();
+                } else if state.state == SessionState::PenaltyBox {
+                    // A look before the box ends only extends it.
+                    return Ok(());
+                }
                 state.generation += 1;
                 let _ = myself.cast(SessionMsg::Check {
                     generation: state.generation,
@@ -211,6 +234,11 @@ impl Actor for IbSession {
                         Some(login) => login.outcome(),
                         None => state.last_login.as_ref().map(|(_, o)| o.clone()),
                     },
+                    waiting_for_brokerage_secs: state
+                        .recovery
+                        .waiting_for(tokio::time::Instant::now())
+                        .map(|d| d.as_secs_f64()),
+                    reauth_attempts: state.reauth_attempts,
                 });
             }
             SessionMsg::Assign(symbols) => {
@@ -364,133 +392,174 @@ impl SessionActorState {
         }
     }
 
-    fn fail(&mut self, state: SessionState, reason: String) {
-        warn!(reason = %reason, "ib session: {}", state.label());
-        self.last_failure = Some(reason.clone());
-        if !matches!(state, SessionState::GatewayUnreachable) {
-            self.websocket(WsMsg::SessionLost { reason });
-        }
-        self.set_state(state);
-    }
-
-    /// One step of the state machine; returns when to run the next.
-    async fn step(&mut self) -> Duration {
-        let tickle_every = self.client.config().tickle_interval;
+    /// What the gateway says now: `/tickle`, and `auth/status` when the tickle carries none.
+    async fn observe(&mut self) -> (Observation, Option<String>) {
+        let classify = |e: IbError| match e {
+            IbError::NoSession(m) => Observation::NoSession(m),
+            IbError::RateLimited(m) => Observation::RateLimited(format!("429 on {m}")),
+            IbError::Refused { message, .. } => Observation::Refused(message),
+            IbError::Unreachable { message, .. } => Observation::Unresponsive(message),
+            // 5xx and unreadable answers: IB restarting its servers (see recovery.rs).
+            e @ (IbError::Status { .. } | IbError::BadReply { .. }) => {
+                Observation::Maintenance(e.to_string())
+            }
+            IbError::NoBridge => Observation::Maintenance("no bridge on /tickle".into()),
+            // Cannot happen after start-up (the client was built); never a reason to restart.
+            IbError::Config(m) => Observation::Unresponsive(m),
+        };
         let tickle = match self.client.tickle().await {
             Ok(t) => t,
-            Err(IbError::NoSession(m)) => {
-                self.initialized = false;
-                if let Some(reason) = self.login.as_ref().and_then(|l| l.failed_reason()) {
-                    self.fail(SessionState::LoginFailed, reason);
-                    return Duration::from_secs(5);
-                }
-                self.fail(SessionState::NeedsLogin, format!("no session: {m}"));
-                self.run_login_hook().await;
-                return Duration::from_secs(5);
-            }
-            Err(e @ IbError::RateLimited(_)) => {
-                // Probing before IB's penalty box ends only extends it.
-                self.fail(SessionState::PenaltyBox, e.to_string());
-                return self.client.config().penalty_box;
-            }
-            Err(e) => {
-                self.fail(SessionState::GatewayUnreachable, e.to_string());
-                let since = *self.unreachable_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(60)
-                    && let Some(gw) = self.names.lookup::<GatewayMsg>(IB_GATEWAY)
-                {
-                    // A supervised gateway that stopped answering is restarted (ibeam does
-                    // the same); without one, ops must look.
-                    let _ = gw.cast(GatewayMsg::Restart {
-                        reason: format!("unreachable for {:?}: {e}", since.elapsed()),
-                    });
-                    self.unreachable_since = None;
-                }
-                return Duration::from_secs(2);
-            }
+            Err(e) => return (classify(e), None),
         };
-        self.unreachable_since = None;
+        let session = tickle.session.clone().unwrap_or_default();
         let status = match tickle.iserver.and_then(|i| i.auth_status) {
             Some(s) => s,
             None => match self.client.auth_status().await {
                 Ok(s) => s,
-                Err(IbError::NoBridge) => {
-                    self.initialized = false;
-                    Default::default()
-                }
-                Err(e) => {
-                    self.fail(SessionState::GatewayUnreachable, e.to_string());
-                    return Duration::from_secs(2);
-                }
+                // No brokerage bridge yet: not connected, not authenticated.
+                Err(IbError::NoBridge) => Default::default(),
+                Err(e) => return (classify(e), None),
             },
         };
-        if status.competing {
-            // Another login took the username. Fighting back (reauth/force) in a loop would
-            // kick the other session and get us kicked in turn: report and wait.
-            self.initialized = false;
-            self.fail(
-                SessionState::Competing,
-                format!("competing session: {}", status.message),
-            );
-            return Duration::from_secs(60);
+        let obs = Observation::Status {
+            session: session.clone(),
+            authenticated: status.authenticated,
+            competing: status.competing,
+            connected: status.connected,
+        };
+        (obs, Some(session))
+    }
+
+    /// One step of the state machine; returns when to run the next.
+    async fn step(&mut self) -> Duration {
+        let (obs, session) = self.observe().await;
+        if matches!(
+            obs,
+            Observation::Status {
+                authenticated: false,
+                ..
+            } | Observation::NoSession(_)
+        ) {
+            self.brokerage_lost = true;
         }
-        if status.authenticated && status.connected {
-            self.last_good_tickle = Some(Instant::now());
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            self.metrics.ib_last_tickle_timestamp.set(now);
-            self.initialized = true;
-            let was = self.state.clone();
-            self.set_state(SessionState::Authenticated);
-            let refresh = self.client.config().contract_refresh;
-            if self.instruments.is_empty()
-                || !self.unresolved.is_empty()
-                || self.last_resolve.is_none_or(|t| t.elapsed() >= refresh)
+        let now = tokio::time::Instant::now();
+        let mut decision = self.recovery.decide(&obs, now);
+        if decision.action == Action::Login
+            && let Some(reason) = self.login.as_ref().and_then(|l| l.failed_reason())
+        {
+            // The built-in login gave up (refused logins, a locked account): no more tries
+            // until ops fix it and `ctl reauth`.
+            decision.state = SessionState::LoginFailed;
+            decision.action = Action::None;
+            decision.reason = Some(reason);
+        }
+        self.reauth_attempts = self.recovery.attempts();
+        if let Some(reason) = &decision.reason {
+            self.last_failure = Some(reason.clone());
+            if decision.state != self.state || decision.action != Action::None {
+                warn!(reason = %reason, action = ?decision.action, "ib session: {}", decision.state.label());
+            }
+        }
+        match decision.action {
+            Action::None => {}
+            Action::Init => {
+                if let Err(e) = self.client.ssodh_init().await {
+                    self.last_failure = Some(format!("ssodh/init: {e}"));
+                }
+            }
+            Action::Reauthenticate => {
+                if let Err(e) = self.client.reauthenticate().await {
+                    self.last_failure = Some(format!("reauthenticate: {e}"));
+                }
+                // The brokerage bridge does not come back by itself after a reset: open it
+                // again (ssodh/init is how a brokerage session is (re)initialized).
+                if let Err(e) = self.client.ssodh_init().await {
+                    self.last_failure = Some(format!("ssodh/init after reauthenticate: {e}"));
+                }
+            }
+            Action::Escalate => self.escalate(decision.reason.clone()).await,
+            Action::RestartGateway => {
+                if let Some(gw) = self.names.lookup::<GatewayMsg>(IB_GATEWAY) {
+                    let _ = gw.cast(GatewayMsg::Restart {
+                        reason: decision.reason.clone().unwrap_or_default(),
+                    });
+                }
+            }
+            Action::Login => self.run_login_hook(false).await,
+        }
+        let was = self.state.clone();
+        self.set_state(decision.state.clone());
+        match decision.state {
+            SessionState::Authenticated => self.on_authenticated(session).await,
+            // Without an SSO session nothing the websocket holds can work (the gateway closes
+            // its sockets): tell it to close and wait. Every other state leaves the socket
+            // alone: it may still stream (a brokerage start, maintenance, a 429 on REST, a
+            // competitor that has not taken over yet), and it re-subscribes when the session
+            // is authenticated again.
+            SessionState::NeedsLogin | SessionState::LoginFailed
+                if !matches!(was, SessionState::NeedsLogin | SessionState::LoginFailed) =>
             {
-                self.resolve_contracts().await;
+                self.websocket(WsMsg::SessionLost {
+                    reason: decision.reason.clone().unwrap_or_default(),
+                });
+                self.session_id = None;
             }
-            let session = tickle.session.unwrap_or_default();
-            if was != SessionState::Authenticated
-                || self.session_id.as_deref() != Some(session.as_str())
-            {
-                self.session_id = Some(session.clone());
-                self.websocket(WsMsg::SessionReady { session });
-            }
-            return tickle_every;
+            _ => {}
         }
-        if !self.initialized {
-            self.set_state(SessionState::Initializing);
-            match self.client.ssodh_init().await {
-                Ok(_) => self.initialized = true,
-                Err(e) => self.last_failure = Some(format!("ssodh/init: {e}")),
-            }
-            return Duration::from_secs(1);
+        decision.next
+    }
+
+    async fn on_authenticated(&mut self, session: Option<String>) {
+        self.last_good_tickle = Some(Instant::now());
+        self.last_failure = None;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.metrics.ib_last_tickle_timestamp.set(now);
+        let refresh = self.client.config().contract_refresh;
+        if self.instruments.is_empty()
+            || !self.unresolved.is_empty()
+            || self.last_resolve.is_none_or(|t| t.elapsed() >= refresh)
+        {
+            self.resolve_contracts().await;
         }
-        // Initialized before, not authenticated now: idle expiry, nightly reset, or the
-        // socket said so. Re-authenticate, then initialize the bridge again.
-        self.fail(
-            SessionState::Reauthenticating,
-            format!("authenticated:false ({})", status.message),
-        );
-        if let Err(e) = self.client.reauthenticate().await {
-            self.last_failure = Some(format!("reauthenticate: {e}"));
+        let session = session.unwrap_or_default();
+        if self.brokerage_lost || self.session_id.as_deref() != Some(session.as_str()) {
+            self.brokerage_lost = false;
+            self.session_id = Some(session.clone());
+            self.websocket(WsMsg::SessionReady { session });
         }
-        // The brokerage bridge does not come back by itself after a reset: open it again.
-        match self.client.ssodh_init().await {
-            Ok(_) => self.initialized = true,
-            Err(e) => {
-                self.initialized = false;
-                self.last_failure = Some(format!("ssodh/init after reauthenticate: {e}"));
-            }
+    }
+
+    /// The ladder is exhausted (ibeam kills the gateway; its next cycle starts it and logs
+    /// in): logout, restart a supervised gateway, run the login command.
+    async fn escalate(&mut self, reason: Option<String>) {
+        let reason = reason.unwrap_or_default();
+        error!(reason = %reason, "ib session: re-authentication failed; escalating");
+        if let Err(e) = self.client.logout().await {
+            warn!(error = %e, "logout before the gateway restart failed");
         }
-        Duration::from_secs(1)
+        let gateway = self.names.lookup::<GatewayMsg>(IB_GATEWAY);
+        if let Some(gw) = &gateway {
+            let _ = gw.cast(GatewayMsg::Restart {
+                reason: reason.clone(),
+            });
+        }
+        let has_login = self.login.is_some() || self.client.config().login_command.is_some();
+        if has_login {
+            self.run_login_hook(true).await;
+        }
+        if gateway.is_none() && !has_login {
+            self.last_failure = Some(format!(
+                "{reason}; no ib.gateway_command or ib.login_command: ops must log in"
+            ));
+        }
     }
 
     /// Runs the configured login command (at most once per `login_retry`) and records how it
     /// went: a gateway without a brokerage session needs a human or a helper to log in.
-    async fn run_login_hook(&mut self) {
+    async fn run_login_hook(&mut self, escalation: bool) {
         if let Some(login) = &self.login {
             login.start();
             return;
@@ -499,10 +568,13 @@ impl SessionActorState {
         let Some(cmd) = config.login_command.clone() else {
             return;
         };
-        if self
-            .last_login
-            .as_ref()
-            .is_some_and(|(t, _)| t.elapsed() < config.login_retry)
+        // An escalation comes at most once per ladder (minutes apart), so it does not wait
+        // for `login_retry`.
+        if !escalation
+            && self
+                .last_login
+                .as_ref()
+                .is_some_and(|(t, _)| t.elapsed() < config.login_retry)
         {
             return;
         }

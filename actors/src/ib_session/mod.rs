@@ -1,5 +1,6 @@
-//! The IB session keepalive (`ib_session/{actor.rs,state.rs}`).
+//! The IB session keepalive (`ib_session/{actor.rs,recovery.rs,state.rs}`).
 pub mod actor;
+pub mod recovery;
 pub mod state;
 
 pub use actor::{IbSession, SessionArgs, SessionMsg, SessionSnapshot};

@@ -17,6 +17,8 @@ pub enum SessionState {
     Competing,
     /// 429: IB's penalty box; we wait it out.
     PenaltyBox,
+    /// HTTP 500/503 or unreadable answers: IB's servers are restarting; we wait.
+    Maintenance,
     GatewayUnreachable,
     /// The built-in login stopped after `ib.login.max_failed_logins` refused logins (or IB
     /// locked the account): no more tries until ops fix it and `ctl reauth`.
@@ -32,6 +34,7 @@ impl SessionState {
         "reauthenticating",
         "competing",
         "penalty_box",
+        "maintenance",
         "gateway_unreachable",
         "login_failed",
     ];
@@ -45,6 +48,7 @@ impl SessionState {
             Self::Reauthenticating => "reauthenticating",
             Self::Competing => "competing",
             Self::PenaltyBox => "penalty_box",
+            Self::Maintenance => "maintenance",
             Self::GatewayUnreachable => "gateway_unreachable",
             Self::LoginFailed => "login_failed",
         }

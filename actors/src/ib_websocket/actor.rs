@@ -435,14 +435,7 @@ impl WsState {
             return;
         };
         let url = self.args.ib.websocket_url();
-        match connection::connect(
-            &url,
-            &session,
-            self.args.ib.accept_invalid_certs,
-            Duration::from_secs(5),
-        )
-        .await
-        {
+        match connection::connect(&url, &session, &self.args.ib, Duration::from_secs(5)).await {
             Ok(stream) => {
                 let (sink, stream) = stream.split();
                 self.generation += 1;

@@ -1,6 +1,7 @@
-//! Opening the gateway websocket: cookie authentication, TLS that accepts the gateway's
-//! self-signed certificate when configured to, and the reader task that feeds frames to the
-//! actor one permit at a time.
+//! Opening the gateway websocket: cookie authentication (ibind's `api` cookie plus the cookies
+//! the gateway set on REST answers), TLS that verifies the gateway against `ib.ca_file` or
+//! accepts its self-signed certificate when configured to, and the reader task that feeds
+//! frames to the actor one permit at a time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use ractor::ActorRef;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
@@ -19,6 +21,8 @@ use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::actor::WsMsg;
 use crate::backpressure::InflightLimit;
+use crate::config::IbConfig;
+use crate::ib_client::{cookie_header, read_ca_file};
 
 pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub type WsSink = SplitSink<WsStream, Message>;
@@ -80,44 +84,73 @@ impl ServerCertVerifier for AcceptGatewayCert {
     }
 }
 
-fn tls_connector(accept_invalid_certs: bool) -> Option<Connector> {
-    if !accept_invalid_certs {
-        return None;
-    }
+/// TLS for `wss://`: the gateway's own certificate from `ib.ca_file` when set, else any
+/// certificate when `accept_invalid_certs`, else the system's roots (tungstenite's default).
+fn tls_connector(ib: &IbConfig) -> Result<Option<Connector>, ConnectError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let failed = |message: String| ConnectError::Failed {
+        url: ib.websocket_url(),
+        message,
+    };
+    if let Some(path) = &ib.ca_file {
+        let pem = read_ca_file(path).map_err(|e| failed(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| failed(format!("{}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| failed(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        return Ok(Some(Connector::Rustls(Arc::new(config))));
+    }
+    if !ib.accept_invalid_certs {
+        return Ok(None);
+    }
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .ok()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptGatewayCert(provider)))
-        .with_no_client_auth();
-    Some(Connector::Rustls(Arc::new(config)))
+        .ok()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptGatewayCert(provider)))
+                .with_no_client_auth()
+        });
+    Ok(config.map(|c| Connector::Rustls(Arc::new(c))))
 }
 
-/// Connects and authenticates with the session cookie the gateway expects (`api={"session":…}`,
-/// as ibind sends it; the gateway also accepts `x-sess-uuid`).
+/// The handshake's `Cookie`: ibind's `api={"session":"<tickle session>"}`
+/// (`ibind/client/ibkr_ws_client.py` `_get_cookie`), then every cookie the gateway set for this
+/// URL, as it set them (`x-sess-uuid` is the gateway's own cookie, not the tickle session).
+pub fn handshake_cookie(session: &str, gateway_cookies: Option<&str>) -> String {
+    let api = format!("api={}", serde_json::json!({ "session": session }));
+    match gateway_cookies.filter(|c| !c.trim().is_empty()) {
+        Some(c) => format!("{api}; {c}"),
+        None => api,
+    }
+}
+
+/// Connects and authenticates with the cookies the gateway expects (see [`handshake_cookie`]);
+/// a gateway that still says "waiting for session" gets the `{"session":…}` frame from the actor.
 pub async fn connect(
     url: &str,
     session: &str,
-    accept_invalid_certs: bool,
+    ib: &IbConfig,
     timeout: Duration,
 ) -> Result<WsStream, ConnectError> {
     let mut request = url
         .into_client_request()
         .map_err(|_| ConnectError::Url(url.to_string()))?;
-    let cookie = format!(
-        "api={}; x-sess-uuid={session}",
-        serde_json::json!({ "session": session })
-    );
+    let jar = cookie_header(&ib.gateway_url, url);
+    let cookie = handshake_cookie(session, jar.as_deref());
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         request.headers_mut().insert("Cookie", v);
     }
-    let connecting = tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        None,
-        false,
-        tls_connector(accept_invalid_certs),
-    );
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, tls_connector(ib)?);
     match tokio::time::timeout(timeout, connecting).await {
         Err(_) => Err(ConnectError::Timeout {
             url: url.to_string(),
@@ -173,4 +206,23 @@ pub async fn send_text(sink: &mut WsSink, text: String) -> Result<(), String> {
     sink.send(Message::Text(text.into()))
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handshake_sends_the_api_cookie_and_the_gateways_own_cookies() {
+        assert_eq!(handshake_cookie("abc", None), r#"api={"session":"abc"}"#);
+        let c = handshake_cookie("abc", Some("x-sess-uuid=0.1a2b3c4d.1695377857.47099b9d"));
+        assert_eq!(
+            c,
+            r#"api={"session":"abc"}; x-sess-uuid=0.1a2b3c4d.1695377857.47099b9d"#
+        );
+        assert!(
+            !c.contains("x-sess-uuid=abc"),
+            "the tickle session is not x-sess-uuid"
+        );
+    }
 }

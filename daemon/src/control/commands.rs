@@ -130,7 +130,13 @@ fn summary(kind: &str, state: &Value) -> String {
         return "no answer".into();
     };
     let keys: &[&str] = match kind {
-        "session" => &["state", "instruments", "seconds_since_last_good_tickle"],
+        "session" => &[
+            "state",
+            "instruments",
+            "seconds_since_last_good_tickle",
+            "waiting_for_brokerage_secs",
+            "reauth_attempts",
+        ],
         "websocket" => &[
             "connected",
             "subscribed",

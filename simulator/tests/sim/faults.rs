@@ -163,7 +163,7 @@ async fn competing_session() {
     let c = client();
     let session = login(&c, &h).await;
     let mut ws = ws_session(&h, &session).await;
-    h.inject(Fault::Competing);
+    h.inject(Fault::Competing { seconds: None });
     let (_, t) = post(&c, &h, "/tickle").await;
     assert_eq!(t["iserver"]["authStatus"]["competing"], true);
     let (s, b) = get(&c, &h, "/iserver/accounts").await;

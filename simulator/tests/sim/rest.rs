@@ -279,3 +279,94 @@ async fn history_bars_and_sixth_concurrent_429() {
     assert_eq!(s, 200);
     h.shutdown().await.expect("shutdown");
 }
+
+/// A raw HTTP/1.1 request (no client adds headers behind the test's back); the status code.
+async fn raw_status(h: &marketlane_simulator::SimHandle, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(h.local_addr())
+        .await
+        .expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 256];
+    let n = s.read(&mut buf).await.expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {head:?}"))
+}
+
+#[tokio::test]
+async fn undocumented_methods_lengthless_posts_and_the_gateways_cookie() {
+    let h = start(|c| c.require_content_length = true).await;
+    let c = client();
+    // IB documents POST /tickle and GET /sso/validate.
+    let r = c
+        .get(format!("{}/tickle", h.base_url()))
+        .send()
+        .await
+        .expect("get tickle");
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        r.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+    let (s, _) = post(&c, &h, "/sso/validate").await;
+    assert_eq!(s, 405);
+    // An empty POST must say its length.
+    let bare = "POST /v1/api/tickle HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(&h, bare).await, 411);
+    let sized = "POST /v1/api/tickle HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(&h, sized).await, 200);
+    // The gateway's own cookie, IB-shaped, on any API answer (not only /tickle).
+    let r = c
+        .get(format!("{}/trsrv/stocks?symbols=AAPL", h.base_url()))
+        .send()
+        .await
+        .expect("stocks");
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let value = cookie
+        .strip_prefix("x-sess-uuid=")
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_default();
+    assert_eq!(value.split('.').count(), 4, "{cookie}");
+    assert!(
+        cookie.contains("Path=/v1/api") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    assert_ne!(
+        Some(value.to_string()),
+        h.session_id(),
+        "x-sess-uuid is not the session"
+    );
+
+    // Without the strict options both pass.
+    let lax = start(|c| c.strict_methods = false).await;
+    let r = c
+        .get(format!("{}/tickle", lax.base_url()))
+        .send()
+        .await
+        .expect("get tickle");
+    assert_eq!(r.status(), 200);
+    assert_eq!(raw_status(&lax, bare).await, 200);
+}
+
+#[tokio::test]
+async fn the_brokerage_session_comes_up_after_the_delay() {
+    let h = start(|c| c.brokerage_delay_secs = 1.0).await;
+    let c = client();
+    let (s, _) = post(&c, &h, "/tickle").await;
+    assert_eq!(s, 200);
+    let (s, b) = post(&c, &h, "/iserver/auth/ssodh/init").await;
+    assert_eq!(s, 200);
+    assert_eq!(b["authenticated"], false, "{b}");
+    assert_eq!(b["connected"], true, "{b}");
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let (_, b) = post(&c, &h, "/iserver/auth/status").await;
+    assert_eq!(b["authenticated"], true, "{b}");
+}
