@@ -162,6 +162,7 @@ pub async fn start(
             children.push(ChildSpec::Econ(EconArgs {
                 config: config.econ.clone(),
                 emitter: econ_emitter,
+                clickhouse: Some(config.clickhouse.clone()),
             }));
         }
         if let Some(command) = config.ib.gateway_command.clone() {

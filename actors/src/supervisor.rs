@@ -170,6 +170,17 @@ pub struct DrainReport {
     pub producer_flushed: bool,
     pub writers_flushed: bool,
     pub seconds: f64,
+    /// What the deadline cut short, one entry per step or actor (empty after a full drain):
+    /// the daemon then exits non-zero so the restart is not mistaken for a clean one.
+    pub left: Vec<String>,
+}
+
+impl DrainReport {
+    /// Every row the pod had was flushed and committed (a missing hand-over only costs the
+    /// interval until a peer subscribes, it loses nothing this pod holds).
+    pub fn complete(&self) -> bool {
+        self.producer_flushed && self.writers_flushed
+    }
 }
 
 /// The observable state of the whole tree (control socket `status`, tests).
@@ -395,6 +406,10 @@ impl SupervisorState {
                 cell.stop(Some("drain".into()));
             }
         }
+        let mut unfinished = Vec::new();
+        if !handed_over {
+            unfinished.push("cluster: peers did not take the symbols over".to_string());
+        }
         // 2. A call is answered after every message queued before it: the normalizers have
         //    handed all their rows to the producer once they answer.
         for c in &self.children {
@@ -406,8 +421,11 @@ impl SupervisorState {
             ) = (&c.spec, &c.cell)
             {
                 let n: ActorRef<NormalizerMsg> = cell.clone().into();
-                let _ =
-                    ractor::call_t!(n, NormalizerMsg::GetState, left(started).as_millis() as u64);
+                if ractor::call_t!(n, NormalizerMsg::GetState, left(started).as_millis() as u64)
+                    .is_err()
+                {
+                    unfinished.push(format!("{}: mailbox not emptied", c.spec.actor()));
+                }
             }
         }
         // 2b. The calculator workers compute and produce what they hold (and write Redis).
@@ -430,6 +448,15 @@ impl SupervisorState {
                 ractor::call_t!(p, ProducerMsg::Flush, wait.as_millis() as u64 + 500, wait),
                 Ok(true)
             );
+            if !producer_flushed {
+                let in_flight = ractor::call_t!(p, ProducerMsg::GetState, 1_000)
+                    .map(|s| s.in_flight_frames.to_string())
+                    .unwrap_or_else(|_| "unknown".into());
+                unfinished.push(format!(
+                    "{}: not flushed, frames not acknowledged by Kafka: {in_flight}",
+                    names::KAFKA_PRODUCER
+                ));
+            }
         }
         // 4. Flush and commit the writers.
         let mut writers_flushed = true;
@@ -438,7 +465,13 @@ impl SupervisorState {
                 let w: ActorRef<WriterMsg> = cell.clone().into();
                 let _ = w.cast(WriterMsg::Pause);
                 let ok = ractor::call_t!(w, WriterMsg::Drain, left(started).as_millis() as u64);
-                writers_flushed &= matches!(ok, Ok(true));
+                if !matches!(ok, Ok(true)) {
+                    writers_flushed = false;
+                    unfinished.push(format!(
+                        "{}: batches not inserted and committed",
+                        c.spec.actor()
+                    ));
+                }
             }
         }
         DrainReport {
@@ -446,6 +479,7 @@ impl SupervisorState {
             producer_flushed,
             writers_flushed,
             seconds: started.elapsed().as_secs_f64(),
+            left: unfinished,
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use marketlane_actors::clickhouse_writer::ClickHouse;
 use marketlane_protocol::category::TICK;
-use marketlane_protocol::row_id;
+use marketlane_protocol::tick_row_id;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Deserialize;
@@ -22,6 +22,11 @@ struct LedgerLine {
     kind: String,
     conid: i64,
     updated: i64,
+    /// Price and size of the trade as sent: part of its row id (`tick_row_id`).
+    #[serde(default)]
+    price: Option<f64>,
+    #[serde(default)]
+    size: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,10 +75,7 @@ fn expected(
         if e.kind != "trade" {
             continue;
         }
-        let id = row_id(
-            TICK,
-            &[source, &e.conid.to_string(), &e.updated.to_string()],
-        );
+        let id = tick_row_id(source, e.conid, e.updated, e.price, e.size, None);
         min = min.min(e.updated);
         max = max.max(e.updated);
         if exclude.is_some_and(|(a, b)| e.updated >= a && e.updated <= b) {

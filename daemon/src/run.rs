@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use marketlane_actors::Metrics;
-use marketlane_actors::supervisor::SupervisorMsg;
+use marketlane_actors::supervisor::{DrainReport, SupervisorMsg};
 use marketlane_protocol::SchemaSet;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
@@ -87,24 +87,52 @@ pub async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
     let already_drained = readiness.draining.swap(true, Ordering::SeqCst);
     readiness.set(false, "draining");
     let deadline = Duration::from_secs(config.drain_deadline_secs);
-    if already_drained {
+    let outcome = if already_drained {
         info!("already drained over the control socket");
+        Ok(())
     } else {
-        match ractor::call_t!(
+        let report = ractor::call_t!(
             supervisor,
             SupervisorMsg::Drain,
             deadline.as_millis() as u64 + 1_000,
             deadline
-        ) {
-            Ok(report) => info!(?report, "drained"),
-            Err(e) => warn!(error = %e, "drain did not finish within the deadline"),
-        }
-    }
+        );
+        drain_outcome(report.map_err(|e| e.to_string()), deadline)
+    };
     if let Some(p) = &socket {
         control::server::remove(p);
     }
     supervisor.stop(Some("shutdown".into()));
-    Ok(())
+    // A drain cut short by its deadline left rows unflushed or uncommitted: nothing is lost
+    // (Kafka and the offsets table replay them), but the exit says so, for the orchestrator
+    // and for whoever reads the pod's last status.
+    outcome
+}
+
+/// Logs the drain and turns one that did not finish within `deadline` into an error naming
+/// what was left.
+fn drain_outcome(report: Result<DrainReport, String>, deadline: Duration) -> anyhow::Result<()> {
+    match report {
+        Ok(report) if report.complete() => {
+            if report.left.is_empty() {
+                info!(?report, "drained");
+            } else {
+                warn!(?report, left = ?report.left, "drained; not everything was handed over");
+            }
+            Ok(())
+        }
+        Ok(report) => {
+            error!(?report, left = ?report.left, ?deadline, "drain did not finish within the deadline");
+            anyhow::bail!(
+                "drain did not finish within {deadline:?}; left: {}",
+                report.left.join("; ")
+            )
+        }
+        Err(e) => {
+            error!(error = %e, ?deadline, "drain did not finish within the deadline");
+            anyhow::bail!("drain did not finish within {deadline:?}: {e}")
+        }
+    }
 }
 
 async fn handle_exit(cell: ractor::ActorCell) {
@@ -113,5 +141,37 @@ async fn handle_exit(cell: ractor::ActorCell) {
         ractor::ActorStatus::Stopped | ractor::ActorStatus::Stopping
     ) {
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_cut_short_is_an_error_naming_what_was_left() {
+        let d = Duration::from_secs(1);
+        let full = DrainReport {
+            handed_over: true,
+            producer_flushed: true,
+            writers_flushed: true,
+            seconds: 0.2,
+            left: vec![],
+        };
+        assert!(drain_outcome(Ok(full.clone()), d).is_ok());
+        let no_handover = DrainReport {
+            handed_over: false,
+            left: vec!["cluster: peers did not take the symbols over".into()],
+            ..full.clone()
+        };
+        assert!(drain_outcome(Ok(no_handover), d).is_ok());
+        let cut = DrainReport {
+            writers_flushed: false,
+            left: vec!["clickhouse_writer_x: batches not inserted and committed".into()],
+            ..full
+        };
+        let e = drain_outcome(Ok(cut), d).unwrap_err().to_string();
+        assert!(e.contains("clickhouse_writer_x"), "{e}");
+        assert!(drain_outcome(Err("timeout".into()), d).is_err());
     }
 }

@@ -132,8 +132,53 @@ pub fn column_definitions(schema: &CategorySchema, caps: ServerCapabilities) -> 
     cols
 }
 
+/// The partition key of a category's ingestion table: the UTC day of its **event time**.
+/// ReplacingMergeTree collapses duplicates only within a partition, and `FINAL` does not merge
+/// across partitions; a row id is derived from the source event, which fixes its event time,
+/// so every copy of a row (a replay, a second pod during a handover, a re-emitted release)
+/// lands in the same partition whatever the producer's clock said at ingestion. (Partitioned
+/// by `ingestion_time`, a replay across midnight UTC kept both copies for good.)
+pub fn ingestion_partition_key(schema: &CategorySchema, caps: ServerCapabilities) -> String {
+    format!("toYYYYMMDD({})", datetime_expr(&schema.event_time, caps))
+}
+
+/// Name under which [`repartition_statements`] keeps an ingestion table partitioned by the
+/// day of `ingestion_time` (the layout before event-time partitions).
+pub fn legacy_partitioned_table(category: &str) -> String {
+    format!("{category}__by_ingestion_day")
+}
+
+/// Moves an existing ingestion table to event-time partitions (a partition key cannot be
+/// altered): a new table is created beside it, every row copied (with the row's own columns;
+/// `DateTime` companions are recomputed), and the two are swapped in one `RENAME`. The old
+/// table is kept as [`legacy_partitioned_table`], never dropped here: rows another pod's
+/// writer inserted into it during the copy are still there, and ops drop it once they have
+/// checked (`marketlane` logs the statements). The snapshot view is recreated by the caller.
+pub fn repartition_statements(schema: &CategorySchema, opts: &DdlOptions) -> Vec<String> {
+    let db = &opts.database;
+    let cat = &schema.category;
+    let tmp = format!("{cat}__repartition");
+    let create = create_ingestion_table(schema, opts).replacen(
+        &format!("`{db}`.`{cat}`\n"),
+        &format!("`{db}`.`{tmp}`\n"),
+        1,
+    );
+    let cols: Vec<String> = schema.columns().iter().map(|c| format!("`{c}`")).collect();
+    let cols = cols.join(", ");
+    vec![
+        format!("DROP TABLE IF EXISTS `{db}`.`{tmp}`"),
+        create,
+        format!("INSERT INTO `{db}`.`{tmp}` ({cols}) SELECT {cols} FROM `{db}`.`{cat}`"),
+        format!(
+            "RENAME TABLE `{db}`.`{cat}` TO `{db}`.`{old}`, `{db}`.`{tmp}` TO `{db}`.`{cat}`",
+            old = legacy_partitioned_table(cat)
+        ),
+    ]
+}
+
 /// `CREATE TABLE` of the ingestion table of a category: a ReplacingMergeTree whose sorting key
-/// ends in `row_id`, so a replayed row collapses into the original on merge and with `FINAL`.
+/// ends in `row_id`, so a replayed row collapses into the original on merge and with `FINAL`,
+/// partitioned by event day ([`ingestion_partition_key`]).
 pub fn create_ingestion_table(schema: &CategorySchema, opts: &DdlOptions) -> String {
     let caps = opts.capabilities;
     let mut sql = String::new();
@@ -147,18 +192,19 @@ pub fn create_ingestion_table(schema: &CategorySchema, opts: &DdlOptions) -> Str
         let sep = if i + 1 == cols.len() { "" } else { "," };
         let _ = writeln!(sql, "    {c}{sep}");
     }
-    let ingestion_dt = datetime_expr("ingestion_time", caps);
+    // Retention follows the partitions: by event day (TTL here, partition drops on 18.16).
+    let event_dt = datetime_expr(&schema.event_time, caps);
     let mut order: Vec<String> = schema.sort_key.iter().map(|k| format!("`{k}`")).collect();
     order.push(format!("`{ROW_ID}`"));
     let _ = writeln!(sql, ")\nENGINE = ReplacingMergeTree()");
-    let _ = writeln!(sql, "PARTITION BY toYYYYMMDD({ingestion_dt})");
+    let _ = writeln!(
+        sql,
+        "PARTITION BY {}",
+        ingestion_partition_key(schema, caps)
+    );
     let _ = writeln!(sql, "ORDER BY ({})", order.join(", "));
     if caps.ttl {
-        let _ = writeln!(
-            sql,
-            "TTL {ingestion_dt} + INTERVAL {} DAY",
-            opts.retention_days
-        );
+        let _ = writeln!(sql, "TTL {event_dt} + INTERVAL {} DAY", opts.retention_days);
     }
     if caps.insert_deduplication_token {
         // Lets a retried batch with the same deduplication token be dropped by the server.
@@ -723,8 +769,9 @@ mod tests {
             ddl.contains("`tick_time_dt` DateTime MATERIALIZED"),
             "{ddl}"
         );
+        // Event time, not ingestion time: every copy of a row shares its partition.
         assert!(
-            ddl.contains("PARTITION BY toYYYYMMDD(ingestion_time_dt)"),
+            ddl.contains("PARTITION BY toYYYYMMDD(tick_time_dt)"),
             "{ddl}"
         );
         assert!(
@@ -733,6 +780,31 @@ mod tests {
         assert!(ddl.contains(
             "ORDER BY (`source_system_name`, `symbol_identifier`, `tick_time`, `row_id`)"
         ));
+    }
+
+    #[test]
+    fn repartitioning_copies_into_event_time_partitions_and_keeps_the_old_table() {
+        let s = schemas();
+        let schema = s.get("tick_market_data").unwrap();
+        let st = repartition_statements(schema, &opts("18.16.1"));
+        assert_eq!(st.len(), 4);
+        assert!(
+            st[1].starts_with(
+                "CREATE TABLE IF NOT EXISTS `marketlane`.`tick_market_data__repartition`\n"
+            ),
+            "{}",
+            st[1]
+        );
+        assert!(st[1].contains("PARTITION BY toYYYYMMDD(tick_time_dt)"));
+        assert!(st[2].contains("SELECT `row_id`, `source_system_name`") && !st[2].contains("_dt`"));
+        assert_eq!(
+            st[3],
+            "RENAME TABLE `marketlane`.`tick_market_data` TO `marketlane`.`tick_market_data__by_ingestion_day`, `marketlane`.`tick_market_data__repartition` TO `marketlane`.`tick_market_data`"
+        );
+        assert!(
+            !st.iter()
+                .any(|s| s.contains("DROP TABLE IF EXISTS `marketlane`.`tick_market_data`"))
+        );
     }
 
     #[test]
@@ -747,7 +819,11 @@ mod tests {
         );
         assert!(ddl.contains("`exchange_identifier_state` Enum8('ok' = 1, 'missing' = 2)"));
         assert!(
-            ddl.contains("TTL toDateTime(ingestion_time) + INTERVAL 3 DAY"),
+            ddl.contains("PARTITION BY toYYYYMMDD(toDateTime(l2_time))"),
+            "{ddl}"
+        );
+        assert!(
+            ddl.contains("TTL toDateTime(l2_time) + INTERVAL 3 DAY"),
             "{ddl}"
         );
         assert!(!ddl.contains("_dt`"));

@@ -15,7 +15,7 @@ pub mod row;
 pub mod schema;
 pub mod wire_row;
 
-pub use row::{RowError, RowMap, UnqualifiedRecord, row_id};
+pub use row::{RowError, RowMap, UnqualifiedRecord, row_id, tick_row_id};
 pub use schema::{CategorySchema, Dtype, FieldSpec, SchemaError, SchemaSet};
 
 /// Well-known category names (the schemas may define more).

@@ -38,6 +38,60 @@ pub fn row_id(category: &str, parts: &[&str]) -> String {
         .to_string()
 }
 
+/// The row id of a trade (`tick_market_data`). The rule, and why:
+///
+/// - IB's `_updated` (ms) alone is not enough: two trades of one conid in the same millisecond
+///   would share it, and one would collapse into the other. The id therefore also holds the
+///   trade's content as every pod merges it from IB's deltas: last price and last size (the
+///   values of the emitted row, `f64` shortest round-trip text; empty for a missing size).
+///   Two trades of one millisecond that differ in neither price nor size are not two frames
+///   of IB's throttled snapshot stream anyway (a delta shows only changed fields).
+/// - The pod's clock never enters: every pod streaming the conid computes the same id.
+/// - A frame without `_updated` (seen in the wild, rare) has no event time of its own. It
+///   takes the conid's latest `_updated` (`updated_ms` here, the same on every pod: IB stamps
+///   it) and is told apart from the trade of that frame by the exact cumulative volume
+///   (field 7762, `volume`) it was merged with, which rises with every trade. Only when a pod
+///   has not seen any `_updated` for the conid yet does the caller fall back to its receive
+///   time (the one case whose id is pod-local; it is logged and counted by the caller).
+///
+/// The simulator's ledger records `updated`, `price` and `size` of each trade frame, so
+/// reconciliation computes the same id (`tick_row_id(source, conid, updated, Some(price),
+/// Some(size), None)`): every frame the simulator sends carries `_updated`.
+pub fn tick_row_id(
+    source: &str,
+    conid: i64,
+    updated_ms: i64,
+    price: Option<f64>,
+    size: Option<f64>,
+    volume_without_updated: Option<Option<f64>>,
+) -> String {
+    let num = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    let (conid, updated, price, size) = (
+        conid.to_string(),
+        updated_ms.to_string(),
+        num(price),
+        num(size),
+    );
+    match volume_without_updated {
+        None => row_id(
+            crate::category::TICK,
+            &[source, &conid, &updated, &price, &size],
+        ),
+        Some(volume) => row_id(
+            crate::category::TICK,
+            &[
+                source,
+                &conid,
+                &updated,
+                &price,
+                &size,
+                "no_updated",
+                &num(volume),
+            ],
+        ),
+    }
+}
+
 /// Why a row failed its schema. `code()` is the stable label used in metrics and quarantine.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RowError {
@@ -449,6 +503,31 @@ mod tests {
         // Part boundaries matter: ("1","23") is not ("12","3").
         assert_ne!(row_id("x", &["1", "23"]), row_id("x", &["12", "3"]));
         assert_eq!(a.len(), 36);
+    }
+
+    #[test]
+    fn same_millisecond_trades_differ_and_pods_agree() {
+        let t =
+            |p: f64, s: f64| tick_row_id("ib", 265598, 1_712_596_911_593, Some(p), Some(s), None);
+        // Two trades of one conid in one millisecond: different content, different ids.
+        assert_ne!(t(189.6, 3.0), t(189.61, 3.0));
+        assert_ne!(t(189.6, 3.0), t(189.6, 4.0));
+        // The same trade on two pods (same _updated and merged content): one id.
+        assert_eq!(t(189.6, 3.0), t(189.6, 3.0));
+        // A missing size is part of the content, not a default.
+        assert_ne!(
+            tick_row_id("ib", 1, 2, Some(1.0), None, None),
+            tick_row_id("ib", 1, 2, Some(1.0), Some(0.0), None)
+        );
+        // Without _updated: the conid's latest _updated plus the cumulative volume tell two
+        // such trades apart, and neither collides with the trade that carried that _updated.
+        let no_upd = |v: f64| tick_row_id("ib", 1, 2, Some(1.0), Some(1.0), Some(Some(v)));
+        assert_ne!(no_upd(100.0), no_upd(200.0));
+        assert_ne!(
+            no_upd(100.0),
+            tick_row_id("ib", 1, 2, Some(1.0), Some(1.0), None)
+        );
+        assert_eq!(no_upd(100.0), no_upd(100.0));
     }
 
     #[test]

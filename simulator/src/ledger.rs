@@ -2,6 +2,12 @@
 //! the connector is reconciled against; reconciliation dedups by (conid, updated). One ledger
 //! serves every gateway of the process: `gateway` (the username) says which one sent a line,
 //! and the same update sent by two gateways is still one (conid, updated) trade.
+//!
+//! A trade line carries what the connector's row id is made of (`tick_row_id` in the protocol
+//! crate: conid, `_updated`, price and size as sent), so reconciliation computes each trade's
+//! id from the ledger alone. Deduplicating by (conid, updated) stays exact here because the
+//! simulator stamps each conid's frames with a strictly increasing `_updated`
+//! (`market.rs`, `step`), so it never sends two trades of one conid in one millisecond.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};

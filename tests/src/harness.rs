@@ -17,7 +17,6 @@ use anyhow::{Context, bail};
 use fred::prelude::*;
 use marketlane_actors::config::{SecType, SymbolConfig};
 use marketlane_protocol::category::TICK;
-use marketlane_protocol::row_id;
 use serde_json::{Value, json};
 
 use crate::{Proc, clickhouse, free_port, kafka_bootstrap, kafka_payloads, unique, workspace_root};
@@ -196,7 +195,7 @@ impl Sim {
                 updated_ms,
                 conid,
                 symbol: v["symbol"].as_str().unwrap_or_default().to_string(),
-                row_id: row_id(TICK, &["ib", &conid.to_string(), &updated_ms.to_string()]),
+                row_id: crate::ledger_row_id(&v),
             });
         }
         out.sort();

@@ -262,6 +262,32 @@ pub fn kafka_payloads(topic: &str) -> anyhow::Result<Vec<Vec<u8>>> {
 }
 
 /// The `(conid, updated)` pairs of the trades in a simulator ledger.
+/// The row id the connector must give a ledger trade line (`marketlane_protocol::tick_row_id`:
+/// conid, IB's `_updated`, and the trade's price and size, which the ledger records as sent).
+pub fn ledger_row_id(line: &serde_json::Value) -> String {
+    marketlane_protocol::tick_row_id(
+        "ib",
+        line["conid"].as_i64().unwrap_or_default(),
+        line["updated"].as_i64().unwrap_or_default(),
+        line["price"].as_f64(),
+        line["size"].as_f64(),
+        None,
+    )
+}
+
+/// The row ids of every trade of a ledger file.
+pub fn ledger_row_ids(ledger: &Path) -> anyhow::Result<BTreeSet<String>> {
+    let text = std::fs::read_to_string(ledger)?;
+    let mut out = BTreeSet::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if v["kind"] == "trade" {
+            out.insert(ledger_row_id(&v));
+        }
+    }
+    Ok(out)
+}
+
 pub fn ledger_trades(ledger: &Path) -> anyhow::Result<BTreeSet<(i64, i64)>> {
     let text = std::fs::read_to_string(ledger)?;
     let mut out = BTreeSet::new();

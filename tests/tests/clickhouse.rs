@@ -674,14 +674,15 @@ async fn retention_drops_partitions_older_than_the_configured_days() {
         &workspace_root().join("schemas"),
         port,
     );
-    // Tables first (a writer start), then rows of today, 2 days ago and 5 days ago.
+    // Tables first (a writer start), then rows released today, 2 days ago and 5 days ago, all
+    // ingested now: retention goes by the event day, which is the partition.
     let mut w = start_writer(&cfg, &dir.path().join("r0.log"), port).await;
     w.terminate();
     let day = 86_400_000_000_000i64;
     let now = marketlane_protocol::now_ns();
     for (i, age) in [0i64, 2, 5].iter().enumerate() {
         clickhouse(&format!(
-            "INSERT INTO {db}.numeric_economic_data (row_id, source_system_name, component_instance_name, ingestion_time, publisher_identifier, release_identifier, release_time, release_field, release_field_value, release_field_value_unit) VALUES ('r{i}', 's', 'c', {}, 'EIA', 'weekly', {now}, 'f', 1, 'u')",
+            "INSERT INTO {db}.numeric_economic_data (row_id, source_system_name, component_instance_name, ingestion_time, publisher_identifier, release_identifier, release_time, release_field, release_field_value, release_field_value_unit) VALUES ('r{i}', 's', 'c', {now}, 'EIA', 'weekly', {}, 'f', 1, 'u')",
             now - age * day
         ))
         .await
@@ -991,4 +992,226 @@ async fn a_failing_table_holds_only_its_own_writer_and_its_group_still_rebalance
     assert_eq!(counts.trim(), "600\t600");
     a.terminate();
     drop_db(&db).await;
+}
+
+/// Failure-matrix row "poison batch": rows that are valid for the schema but that ClickHouse
+/// refuses (here a `throwIf` check the test adds to the table after the writer started, as
+/// ops would add a CHECK constraint on a current server) make the whole batch fail. The
+/// writer bisects the batch down to those rows, quarantines them with the server's reason and
+/// their Kafka coordinates, and inserts every other row exactly once; the lane goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_clickhouse_rejects_is_bisected_to_its_poison_rows() {
+    let schemas = schemas();
+    let schema = schemas.get("tick_market_data").unwrap();
+    let prefix = format!("{}_", unique("pb_"));
+    let db = unique("pb_");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = writer_config(
+        dir.path(),
+        "pb",
+        &prefix,
+        &db,
+        &unique("gpb_"),
+        &["tick_market_data"],
+        &workspace_root().join("schemas"),
+        port,
+    );
+    let log = dir.path().join("pb.log");
+    let mut w = start_writer(&cfg, &log, port).await;
+    // sample_row gives row i the price i + 0.5: rows 13 and 150 are refused by the server.
+    clickhouse(&format!(
+        "ALTER TABLE {db}.tick_market_data ADD COLUMN poison_check UInt8 \
+         MATERIALIZED throwIf(price = 13.5 OR price = 150.5)"
+    ))
+    .await
+    .unwrap();
+    const N: u64 = 200;
+    let t0 = marketlane_protocol::now_ns();
+    let rows: Vec<(String, Vec<u8>)> = (0..N)
+        .map(|i| {
+            let row = sample_row(schema, i, 3, t0);
+            // One partition: the batch holds all rows, so both poison rows share it.
+            ("k".to_string(), serde_json::to_vec(&row).unwrap())
+        })
+        .collect();
+    produce(&producer(), &format!("{prefix}tick_market_data"), &rows);
+    let landed = eventually(Duration::from_secs(60), || async {
+        scalar(&format!("SELECT count() FROM {db}.tick_market_data")).await == N - 2
+            && scalar(&format!(
+                "SELECT count() FROM {db}.tick_market_data_unqualified"
+            ))
+            .await
+                == 2
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(landed, "poison rows not isolated:\n{text}");
+    // Every good row once (no FINAL: the bisection inserted nothing twice).
+    assert_eq!(
+        scalar(&format!(
+            "SELECT uniqExact(row_id) FROM {db}.tick_market_data"
+        ))
+        .await,
+        N - 2
+    );
+    let quarantined = lines(&format!(
+        "SELECT reason_code, source_offset, position(raw, '\"price\":13.5') > 0 OR position(raw, '\"price\":150.5') > 0, reason \
+         FROM {db}.tick_market_data_unqualified ORDER BY source_offset"
+    ))
+    .await;
+    println!("  poison batch: quarantined {quarantined:?}");
+    assert_eq!(quarantined.len(), 2);
+    for (line, offset) in quarantined.iter().zip(["13", "150"]) {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f[0], "rejected_by_clickhouse", "{line}");
+        assert_eq!(f[1], offset, "{line}");
+        assert_eq!(f[2], "1", "the raw payload is the refused row: {line}");
+        assert!(f[3].contains("throwIf"), "the server's reason: {line}");
+    }
+    // The stream goes on after the poison batch.
+    let more: Vec<(String, Vec<u8>)> = (N..N + 20)
+        .map(|i| {
+            (
+                "k".to_string(),
+                serde_json::to_vec(&sample_row(schema, i, 3, t0)).unwrap(),
+            )
+        })
+        .collect();
+    produce(&producer(), &format!("{prefix}tick_market_data"), &more);
+    let after = eventually(Duration::from_secs(60), || async {
+        scalar(&format!("SELECT count() FROM {db}.tick_market_data")).await == N + 18
+    })
+    .await;
+    assert!(after, "rows after the poison batch did not land");
+    w.terminate();
+    drop_db(&db).await;
+}
+
+/// Ingestion tables are partitioned by event day, so two copies of one row (a replay or a
+/// second pod across midnight UTC) merge into one; a table made before (partitioned by
+/// ingestion day) is moved at start, with every row, and the old one is kept aside. Merges
+/// never cross partitions (`FINAL` at read time may, depending on the server and its
+/// settings), so the test counts stored rows after `OPTIMIZE … FINAL`.
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_of_a_row_across_midnight_collapse_and_old_tables_are_repartitioned() {
+    let schemas = schemas();
+    let schema = schemas.get("tick_market_data").unwrap();
+    let prefix = format!("{}_", unique("pt_"));
+    let db = unique("pt_");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = writer_config(
+        dir.path(),
+        "pt",
+        &prefix,
+        &db,
+        &unique("gpt_"),
+        &["tick_market_data"],
+        &workspace_root().join("schemas"),
+        port,
+    );
+    // An old deployment's table: the same columns, partitioned by the ingestion day.
+    clickhouse(&format!("CREATE DATABASE {db}")).await.unwrap();
+    let new_ddl = marketlane_protocol::clickhouse::create_ingestion_table(
+        schema,
+        &marketlane_protocol::clickhouse::DdlOptions {
+            database: db.clone(),
+            retention_days: 3,
+            capabilities: marketlane_protocol::clickhouse::ServerVersion::parse("18.16.1")
+                .unwrap()
+                .capabilities(),
+        },
+    );
+    let old_ddl = new_ddl.replace(
+        "PARTITION BY toYYYYMMDD(tick_time_dt)",
+        "PARTITION BY toYYYYMMDD(ingestion_time_dt)",
+    );
+    assert_ne!(old_ddl, new_ddl);
+    clickhouse(&old_ddl).await.unwrap();
+    let day = 86_400_000_000_000i64;
+    let t = marketlane_protocol::now_ns() - day;
+    let cols = schema.columns().join(", ");
+    let row = |id: &str, ingested: i64| {
+        format!(
+            "('{id}', 'ib', 'p', {ingested}, 'SMART', 'AAPL', 'stocks', 1.5, '1_USdollar', 2, '100_shares', {t})"
+        )
+    };
+    // One row stored twice, ingested on two days (a replay across midnight): the old layout
+    // keeps both copies for good, merges or not.
+    clickhouse(&format!(
+        "INSERT INTO {db}.tick_market_data ({cols}) VALUES {}, {}, {}",
+        row("dup", t),
+        row("dup", t + day),
+        row("other", t)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        merged_count(&db).await,
+        3,
+        "the old layout does not collapse across partitions"
+    );
+    let mut w = start_writer(&cfg, &dir.path().join("pt.log"), port).await;
+    let key = lines(&format!(
+        "SELECT partition_key FROM system.tables WHERE database = '{db}' AND name = 'tick_market_data'"
+    ))
+    .await;
+    assert_eq!(key, vec!["toYYYYMMDD(tick_time_dt)".to_string()]);
+    assert_eq!(
+        merged_count(&db).await,
+        2,
+        "moved to event-day partitions, the two copies collapse"
+    );
+    assert_eq!(
+        scalar(&format!(
+            "SELECT count() FROM {db}.tick_market_data__by_ingestion_day"
+        ))
+        .await,
+        3,
+        "the old table is kept aside"
+    );
+    // New copies of a row ingested on two days land in one partition and collapse.
+    clickhouse(&format!(
+        "INSERT INTO {db}.tick_market_data ({cols}) VALUES {}, {}",
+        row("again", t),
+        row("again", t + 2 * day)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(merged_count(&db).await, 3);
+    // Rows keep reaching the snapshot through the recreated view.
+    let p = producer();
+    let rows: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| {
+            (
+                "k".to_string(),
+                serde_json::to_vec(&sample_row(schema, i, 1, t)).unwrap(),
+            )
+        })
+        .collect();
+    produce(&p, &format!("{prefix}tick_market_data"), &rows);
+    let flowing = eventually(Duration::from_secs(60), || async {
+        scalar(&format!("SELECT uniqExact(row_id) FROM {db}.tick_market_data")).await == 8
+            && scalar(&format!(
+                "SELECT count() FROM {db}.tick_market_data_snapshot FINAL WHERE source_system_name = 'test'"
+            ))
+            .await
+                == 1
+    })
+    .await;
+    assert!(
+        flowing,
+        "rows do not reach the moved table and its snapshot"
+    );
+    w.terminate();
+    drop_db(&db).await;
+}
+
+/// Rows stored in the tick table once every partition is fully merged.
+async fn merged_count(db: &str) -> u64 {
+    clickhouse(&format!("OPTIMIZE TABLE {db}.tick_market_data FINAL"))
+        .await
+        .unwrap();
+    scalar(&format!("SELECT count() FROM {db}.tick_market_data")).await
 }

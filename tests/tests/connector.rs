@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use marketlane_protocol::category::TICK;
-use marketlane_protocol::row_id;
 use marketlane_tests::{
     Proc, clickhouse, eventually, free_port, kafka_bootstrap, kafka_payloads, marketlane_bin,
     output_within, unique, workspace_root,
@@ -208,12 +207,7 @@ database = "{db}"
         entries
             .iter()
             .filter(|e| e["kind"] == "trade")
-            .map(|e| {
-                row_id(
-                    TICK,
-                    &["ib", &e["conid"].to_string(), &e["updated"].to_string()],
-                )
-            })
+            .map(marketlane_tests::ledger_row_id)
             .collect()
     }
 

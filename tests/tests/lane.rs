@@ -3,10 +3,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use marketlane_protocol::category::TICK;
-use marketlane_protocol::{UnqualifiedRecord, row_id};
+use marketlane_protocol::UnqualifiedRecord;
 use marketlane_tests::{
-    Proc, clickhouse, eventually, free_port, kafka_bootstrap, kafka_payloads, ledger_trades,
+    Proc, clickhouse, eventually, free_port, kafka_bootstrap, kafka_payloads, ledger_row_ids,
     run_marketlane, unique, workspace_root,
 };
 
@@ -106,11 +105,7 @@ async fn demo_stores_every_emitted_trade_exactly_once() {
 
     // Independently of the demo's own reconciliation: the ledger's trades, by row id, are
     // exactly the rows of the (fresh) table, as an analyst counts them.
-    let trades = ledger_trades(&run_dir(dir.path()).join("ledger.jsonl")).unwrap();
-    let expected: BTreeSet<String> = trades
-        .iter()
-        .map(|(c, u)| row_id(TICK, &["ib", &c.to_string(), &u.to_string()]))
-        .collect();
+    let expected = ledger_row_ids(&run_dir(dir.path()).join("ledger.jsonl")).unwrap();
     assert_eq!(stored_row_ids(&db).await, expected);
     let counts = clickhouse(&format!(
         "SELECT count(), uniqExact(row_id) FROM {db}.tick_market_data FINAL"

@@ -168,6 +168,10 @@ struct PartitionBatch {
     min_offset: i64,
     max_offset: i64,
     event_times: Vec<i64>,
+    /// Row boundaries, offsets and payloads: a batch ClickHouse rejects is bisected with it.
+    index: super::sink::RowIndex,
+    /// Rows ClickHouse refused on their own (counted as quarantined once the batch lands).
+    poisoned: usize,
     started: Instant,
     /// The data insert was acknowledged (a retry then only writes the state).
     inserted: bool,
@@ -183,6 +187,8 @@ impl PartitionBatch {
             min_offset: offset,
             max_offset: offset,
             event_times: Vec::new(),
+            index: Default::default(),
+            poisoned: 0,
             started: Instant::now(),
             inserted: false,
         }
@@ -689,6 +695,7 @@ impl WriterState {
                 match encode_json_row(schema, payload, &mut batch.rows) {
                     Ok(t) => {
                         batch.row_count += 1;
+                        batch.index.push(offset, batch.rows.len(), payload);
                         if let Some(t) = t {
                             batch.event_times.push(t);
                         }
@@ -782,27 +789,48 @@ impl WriterState {
                 continue;
             }
             let token = dedup_token(&self.topic, p, min, max);
-            if batch.row_count > 0
-                && let Err(e) = ch
-                    .insert(&self.insert_sql, batch.rows.clone().into(), Some(&token))
+            let mut poison = Vec::new();
+            if batch.row_count > 0 {
+                match ch
+                    .insert_bisecting(&self.insert_sql, &batch.rows, &batch.index, &token)
                     .await
-            {
-                let table = self.table.clone();
-                return self.failed(&table, e.to_string());
+                {
+                    Ok(rows) => poison = rows,
+                    Err(e) => {
+                        let table = self.table.clone();
+                        return self.failed(&table, e.to_string());
+                    }
+                }
             }
-            if batch.quarantine_count > 0
+            // Rows ClickHouse refused go to quarantine with its reason, inside this batch.
+            let mut quarantine = batch.quarantine.clone();
+            let category = self.args.kind.category().to_string();
+            let now = marketlane_protocol::now_ns();
+            for row in &poison {
+                let mut rec = UnqualifiedRecord::new(
+                    &category,
+                    "rejected_by_clickhouse",
+                    row.reason.clone(),
+                    &row.payload,
+                    "unknown",
+                    &self.args.instance,
+                    now,
+                );
+                rec.source_topic = Some(self.topic.clone());
+                rec.source_partition = Some(p);
+                rec.source_offset = Some(row.offset);
+                encode_unqualified(&rec, now, &mut quarantine);
+            }
+            if (batch.quarantine_count > 0 || !poison.is_empty())
                 && let Err(e) = ch
-                    .insert(
-                        &self.quarantine_sql,
-                        batch.quarantine.clone().into(),
-                        Some(&token),
-                    )
+                    .insert(&self.quarantine_sql, quarantine.into(), Some(&token))
                     .await
             {
                 return self.failed(&quarantine_table, e.to_string());
             }
             if let Some(b) = self.batches.get_mut(&p) {
                 b.inserted = true;
+                b.poisoned = poison.len();
             }
         }
         let seq = self.next_seq();
@@ -833,12 +861,18 @@ impl WriterState {
             metrics
                 .clickhouse_rows_inserted
                 .with_label_values(&[self.table.as_str()])
-                .inc_by(batch.row_count as u64);
+                .inc_by((batch.row_count - batch.poisoned) as u64);
+            if batch.poisoned > 0 {
+                metrics
+                    .rows_quarantined
+                    .with_label_values(&[category.as_str(), "writer", "rejected_by_clickhouse"])
+                    .inc_by(batch.poisoned as u64);
+            }
             for t in &batch.event_times {
                 hist.observe((now - t).max(0) as f64 / 1e9);
             }
-            self.snapshot.rows_inserted += batch.row_count as u64;
-            self.snapshot.rows_quarantined += batch.quarantine_count as u64;
+            self.snapshot.rows_inserted += (batch.row_count - batch.poisoned) as u64;
+            self.snapshot.rows_quarantined += (batch.quarantine_count + batch.poisoned) as u64;
             self.snapshot.batches += 1;
             let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(max + 1));
         }

@@ -26,6 +26,84 @@ pub enum SinkError {
     SchemaChange(#[from] SchemaChangeError),
     #[error("clickhouse answered {query:?} with an unreadable line {line:?}")]
     Answer { query: String, line: String },
+    /// Not retryable as is: the server refused the content of the rows (a value it cannot
+    /// store, a constraint). The batch is bisected to the rows that cause it.
+    #[error("clickhouse at {url} rejected the rows (code {code}): {message}")]
+    Rejected {
+        url: String,
+        code: u32,
+        message: String,
+    },
+}
+
+/// ClickHouse error codes that say the inserted *data* is unacceptable, whatever the server's
+/// state: a retry of the same rows fails the same way. Anything else (down, overloaded, too
+/// many parts, access, missing table) is the server's state and is retried unchanged.
+const CONTENT_ERROR_CODES: &[u32] = &[
+    6,   // CANNOT_PARSE_TEXT
+    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    32,  // ATTEMPT_TO_READ_AFTER_EOF (a row shorter than its columns)
+    33,  // CANNOT_READ_ALL_DATA
+    38,  // CANNOT_PARSE_DATE
+    41,  // CANNOT_PARSE_DATETIME
+    53,  // TYPE_MISMATCH
+    69,  // ARGUMENT_OUT_OF_BOUND
+    70,  // CANNOT_CONVERT_TYPE
+    72,  // CANNOT_PARSE_NUMBER
+    117, // INCORRECT_DATA
+    131, // TOO_LARGE_STRING_SIZE
+    321, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    395, // FUNCTION_THROW_IF_VALUE_IS_NON_ZERO (a `throwIf` check in a column expression)
+    469, // VIOLATED_CONSTRAINT (a table CONSTRAINT … CHECK)
+];
+
+/// Where each row of a batch's RowBinary buffer ends, with its Kafka offset and payload: what
+/// bisecting a rejected batch needs to insert halves and to quarantine a single row with its
+/// raw payload. Kept beside the batch while it waits for its insert.
+#[derive(Debug, Default)]
+pub struct RowIndex {
+    ends: Vec<usize>,
+    offsets: Vec<i64>,
+    payload_ends: Vec<usize>,
+    payloads: Vec<u8>,
+}
+
+impl RowIndex {
+    /// Records a row that ends at `rows_len` in the batch buffer.
+    pub fn push(&mut self, offset: i64, rows_len: usize, payload: &[u8]) {
+        self.ends.push(rows_len);
+        self.offsets.push(offset);
+        self.payloads.extend_from_slice(payload);
+        self.payload_ends.push(self.payloads.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Byte range of rows `[lo, hi)` in the batch buffer.
+    fn bytes(&self, lo: usize, hi: usize) -> std::ops::Range<usize> {
+        let start = if lo == 0 { 0 } else { self.ends[lo - 1] };
+        start..self.ends[hi - 1]
+    }
+
+    fn payload(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.payload_ends[i - 1] };
+        &self.payloads[start..self.payload_ends[i]]
+    }
+}
+
+/// A row ClickHouse refused on its own, with the server's reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoisonRow {
+    pub offset: i64,
+    pub payload: Vec<u8>,
+    pub code: u32,
+    pub reason: String,
 }
 
 /// The stored state of one partition (see [`ch::OFFSETS_TABLE`]).
@@ -164,6 +242,17 @@ impl ClickHouse {
                 }
                 alters.extend(ch::plan_schema_change(schema, &table, &existing, &opts)?);
             }
+            // Tables made before event-time partitions: moved once (see the protocol's
+            // `repartition_statements`); the view is recreated below with the growth.
+            if self.partitioned_by_ingestion_time(&schema.category).await? {
+                warn!(
+                    category = %schema.category,
+                    kept_as = %ch::legacy_partitioned_table(&schema.category),
+                    "ingestion table partitioned by ingestion day: moving it to event-day \
+                     partitions; the old table is kept, drop it once checked"
+                );
+                alters.extend(ch::repartition_statements(schema, &opts));
+            }
             if !alters.is_empty() {
                 plan.push((schema, alters));
             }
@@ -190,6 +279,20 @@ impl ClickHouse {
             ran.push(create);
         }
         Ok(ran)
+    }
+
+    /// The ingestion table exists and its partition key is the day of `ingestion_time`.
+    async fn partitioned_by_ingestion_time(&self, table: &str) -> Result<bool, SinkError> {
+        let sql = format!(
+            "SELECT partition_key FROM system.tables WHERE database = '{}' AND name = '{table}'",
+            self.config.database
+        );
+        Ok(self
+            .query_tsv(&sql)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .any(|key| key.contains("ingestion_time")))
     }
 
     async fn columns(&self, table: &str) -> Result<Vec<String>, SinkError> {
@@ -219,8 +322,82 @@ impl ClickHouse {
         {
             insert = insert.with_setting("insert_deduplication_token", token);
         }
-        insert.send(rows).await.map_err(|e| self.server_err(e))?;
-        insert.end().await.map_err(|e| self.server_err(e))
+        let classify = |e: clickhouse::error::Error| {
+            let message = e.to_string();
+            match super::exception_code(&message) {
+                Some(code) if CONTENT_ERROR_CODES.contains(&code) => SinkError::Rejected {
+                    url: self.config.url.clone(),
+                    code,
+                    message,
+                },
+                _ => SinkError::Server {
+                    url: self.config.url.clone(),
+                    message,
+                },
+            }
+        };
+        insert.send(rows).await.map_err(classify)?;
+        insert.end().await.map_err(classify)
+    }
+
+    /// Inserts a batch; when ClickHouse rejects it for its content, bisects it down to the
+    /// rows it refuses on their own and returns those (the rest is inserted). Deterministic:
+    /// the same batch splits the same way, and each part carries its own token
+    /// (`<token>-<first offset>-<last offset>`), so a batch replayed after a crash lands
+    /// exactly once on servers with tokens and collapses under `FINAL` on the others. An
+    /// error that is the server's state (down, overloaded) stops the bisection and is
+    /// returned: the caller retries the whole batch.
+    pub async fn insert_bisecting(
+        &self,
+        statement: &str,
+        rows: &[u8],
+        index: &RowIndex,
+        token: &str,
+    ) -> Result<Vec<PoisonRow>, SinkError> {
+        let first = match self
+            .insert(statement, bytes::Bytes::copy_from_slice(rows), Some(token))
+            .await
+        {
+            Ok(()) => return Ok(Vec::new()),
+            Err(SinkError::Rejected { code, message, .. }) if !index.is_empty() => (code, message),
+            Err(e) => return Err(e),
+        };
+        warn!(
+            rows = index.len(),
+            reason = %first.1,
+            "clickhouse rejected a batch for its content: bisecting to the rows it refuses"
+        );
+        let mut poison = Vec::new();
+        // Ranges [lo, hi) known to be rejected, with the server's reason; depth first so
+        // the rows come out in offset order.
+        let mut rejected = vec![(0, index.len(), first)];
+        while let Some((lo, hi, (code, reason))) = rejected.pop() {
+            if hi - lo == 1 {
+                poison.push(PoisonRow {
+                    offset: index.offsets[lo],
+                    payload: index.payload(lo).to_vec(),
+                    code,
+                    reason,
+                });
+                continue;
+            }
+            let mid = lo + (hi - lo) / 2;
+            let mut halves = Vec::new();
+            for (a, b) in [(lo, mid), (mid, hi)] {
+                let part_token = format!("{token}-{}-{}", index.offsets[a], index.offsets[b - 1]);
+                let part = bytes::Bytes::copy_from_slice(&rows[index.bytes(a, b)]);
+                match self.insert(statement, part, Some(&part_token)).await {
+                    Ok(()) => {}
+                    Err(SinkError::Rejected { code, message, .. }) => {
+                        halves.push((a, b, (code, message)))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            // Second half pushed first: the first half is examined first.
+            rejected.extend(halves.into_iter().rev());
+        }
+        Ok(poison)
     }
 
     /// The stored state of every partition of `topic` that has one.
@@ -361,6 +538,29 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_rejections_are_told_from_server_trouble() {
+        let legacy = "bad response: Code: 395, e.displayText() = DB::Exception: Value passed to 'throwIf' function is non zero, e.what() = DB::Exception";
+        assert_eq!(super::super::exception_code(legacy), Some(395));
+        let modern = "bad response: Code: 469. DB::Exception: Constraint `c` for table t is violated. (VIOLATED_CONSTRAINT)";
+        assert_eq!(super::super::exception_code(modern), Some(469));
+        assert!(CONTENT_ERROR_CODES.contains(&395) && !CONTENT_ERROR_CODES.contains(&252));
+    }
+
+    #[test]
+    fn the_row_index_slices_rows_and_payloads() {
+        let mut ix = RowIndex::default();
+        ix.push(10, 3, b"a");
+        ix.push(11, 7, b"bb");
+        ix.push(12, 8, b"");
+        assert_eq!(ix.len(), 3);
+        assert_eq!(ix.bytes(0, 1), 0..3);
+        assert_eq!(ix.bytes(1, 3), 3..8);
+        assert_eq!(ix.bytes(0, 3), 0..8);
+        assert_eq!(ix.payload(1), b"bb");
+        assert_eq!(ix.payload(2), b"");
+    }
 
     #[test]
     fn dates_step_back_over_months_and_leap_years() {

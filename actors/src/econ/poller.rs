@@ -1,8 +1,12 @@
 //! The release-feed poller: every `poll_interval` it reads the feed, turns each field of each
 //! release into a `numeric_economic_data` row, and hands new rows to the producer. A feed
 //! repeats its recent releases, so rows are deduplicated on publisher + release + field +
-//! release time: in memory (the last [`SEEN_CAPACITY`] ids) and, across restarts, by the row
-//! id in ClickHouse. A field that cannot be read is quarantined; the others still flow.
+//! release time: in memory (the last [`SEEN_CAPACITY`] ids), filled at start from the row ids
+//! ClickHouse already holds, so a restarted poller does not emit the feed's recent releases
+//! again. A release re-emitted anyway (ClickHouse unreachable at start, or rows still on their
+//! way through Kafka) has the same row id and release time, hence the same event-day
+//! partition, and collapses there. A field that cannot be read is quarantined; the others
+//! still flow.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -36,12 +40,16 @@ pub struct EconSnapshot {
     pub repeated: u64,
     pub quarantined: u64,
     pub last_error: Option<String>,
+    /// Row ids recovered from ClickHouse at start (None: not recovered, see the log).
+    pub recovered: Option<u64>,
 }
 
 #[derive(Clone)]
 pub struct EconArgs {
     pub config: EconConfig,
     pub emitter: RowEmitter,
+    /// Where the rows land: the seen-set is recovered from there at start.
+    pub clickhouse: Option<crate::config::ClickHouseConfig>,
 }
 
 pub struct EconState {
@@ -71,9 +79,7 @@ impl Actor for EconPoller {
             .timeout(args.config.request_timeout)
             .user_agent("marketlane")
             .build()?;
-        let _ = myself.cast(EconMsg::Poll);
-        info!(url, "economic release poller started");
-        Ok(EconState {
+        let mut state = EconState {
             snapshot: EconSnapshot {
                 url: url.clone(),
                 ..Default::default()
@@ -84,7 +90,25 @@ impl Actor for EconPoller {
             emitter: args.emitter,
             seen: HashSet::new(),
             order: VecDeque::new(),
-        })
+        };
+        if let Some(ch) = &args.clickhouse {
+            match recover_seen(ch, &state.emitter.source_system).await {
+                Ok(ids) => {
+                    state.snapshot.recovered = Some(ids.len() as u64);
+                    // Oldest first, so the newest stay when the capacity evicts.
+                    for id in ids.into_iter().rev() {
+                        state.remember(id);
+                    }
+                }
+                Err(e) => warn!(
+                    error = %e,
+                    "cannot recover the releases already stored; repeats collapse in ClickHouse"
+                ),
+            }
+        }
+        let _ = myself.cast(EconMsg::Poll);
+        info!(url = %state.url, recovered = ?state.snapshot.recovered, "economic release poller started");
+        Ok(state)
     }
 
     async fn handle(
@@ -113,6 +137,31 @@ impl Actor for EconPoller {
             }
         }
         Ok(())
+    }
+}
+
+/// The newest [`SEEN_CAPACITY`] row ids of this source in ClickHouse, newest first.
+async fn recover_seen(
+    config: &crate::config::ClickHouseConfig,
+    source: &str,
+) -> Result<Vec<String>, crate::clickhouse_writer::SinkError> {
+    let ch = crate::clickhouse_writer::ClickHouse::connect(config).await?;
+    let source = source.replace('\\', "\\\\").replace('\'', "\\'");
+    let sql = format!(
+        "SELECT row_id FROM `{}`.`{NUMERIC_ECONOMIC}` WHERE source_system_name = '{source}' \
+         ORDER BY release_time DESC LIMIT {SEEN_CAPACITY}",
+        ch.config.database
+    );
+    // A first start has no table yet: nothing to recover.
+    match ch.query_tsv(&sql).await {
+        Ok(rows) => Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect()),
+        Err(e) if e.to_string().contains("Code: 60") || e.to_string().contains("Code: 81") => {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -9,8 +9,10 @@
 //! `tests/fixtures/recorded/ws/topic-explorer-2026-04-30/smd-single.jsonl`), and a re-sent
 //! `smd` may bring a full frame again. A frame that carries 6509 (sent in full frames and on
 //! changes only) or an `_updated` not after the last one is therefore a trade only if the last
-//! price or size differ from the state. The row id is derived from the source, the conid and
-//! IB's `_updated` time, so every pod and every replay produces the same id for the same trade.
+//! price or size differ from the state. The row id is derived from the source, the conid, IB's
+//! `_updated` time and the trade's merged price and size (`marketlane_protocol::tick_row_id`
+//! states the rule), so every pod and every replay produces the same id for the same trade,
+//! and two trades of one millisecond stay apart.
 //!
 //! Units: 7059 is "the number of units traded at the last price" (IB's field list, as copied
 //! in Voyz/ibind `ibind/client/ibkr_definitions.py`); IB documents the division by 100 for US
@@ -21,9 +23,9 @@ use std::collections::HashMap;
 
 use marketlane_protocol::category::TICK;
 use marketlane_protocol::ib::{LastPrice, MarketDataFrame, field, parse_last_price, parse_number};
-use marketlane_protocol::{RowMap, row_id};
+use marketlane_protocol::{RowMap, tick_row_id};
 use serde_json::{Value, json};
-use tracing::{debug, instrument};
+use tracing::{debug, instrument, warn};
 
 use super::{Core, Emitted, InstrumentMap, Normalize, frame_json, instrument_of};
 use crate::backpressure::Inflight;
@@ -34,6 +36,10 @@ struct TradeState {
     last_size: Option<f64>,
     /// IB's `_updated` of the last frame that changed the state.
     updated_ms: Option<i64>,
+    /// The latest `_updated` of the conid: the event time of a frame that lacks its own.
+    last_updated: Option<i64>,
+    /// The exact cumulative volume (7762) as merged: tells apart trades without `_updated`.
+    volume: Option<f64>,
     /// False until the first (snapshot) frame after a subscription has been seen.
     seeded: bool,
 }
@@ -82,6 +88,21 @@ impl Trades {
     ) -> Option<Emitted> {
         let has_last = frame.fields.get(field::LAST);
         let has_size = frame.fields.get(field::LAST_SIZE);
+        // Every frame of a known conid (trade or not) advances the merged time and volume,
+        // which identify a later frame without `_updated`.
+        if let Some(conid) = frame.conid
+            && core.instruments.contains_key(&conid)
+        {
+            let st = self.trades.entry(conid).or_default();
+            if let Some(u) = frame.updated_ms {
+                st.last_updated = Some(st.last_updated.map_or(u, |l| l.max(u)));
+            }
+            if let Some(v) = frame.fields.get(field::VOLUME)
+                && let Ok(x) = parse_number(field::VOLUME, v)
+            {
+                st.volume = Some(x);
+            }
+        }
         if has_last.is_none() && has_size.is_none() {
             return None;
         }
@@ -112,12 +133,17 @@ impl Trades {
                 return Some(Emitted::Quarantined);
             }
         };
-        let updated_ms = frame.updated_ms.unwrap_or(received_ns / 1_000_000);
         let st = self.trades.entry(conid).or_default();
-        if st.seeded && st.updated_ms.is_some_and(|u| updated_ms <= u) {
-            // The same update again (IB sends the first frame twice) or an older one: no new
-            // trade, and no reason to move the state back.
-            debug!(conid, updated_ms, "repeated frame");
+        if st.seeded
+            && let (Some(f), Some(u)) = (frame.updated_ms, st.updated_ms)
+            && f < u
+        {
+            // An older update arriving late: no new trade, and no reason to move the state
+            // back. The same `_updated` again is not dropped here: it is a repeat (IB sends
+            // the first frame twice; the full-frame rule below catches it) or a second trade
+            // of the same millisecond, which differs in price or size. A frame without
+            // `_updated` has no IB time to compare (the receive time is this pod's own).
+            debug!(conid, updated_ms = f, "older frame");
             return None;
         }
         let full = frame.fields.contains_key(field::AVAILABILITY);
@@ -135,7 +161,9 @@ impl Trades {
         if let Some(s) = size {
             st.last_size = s;
         }
-        st.updated_ms = Some(updated_ms);
+        if let Some(u) = frame.updated_ms {
+            st.updated_ms = Some(u);
+        }
         if !st.seeded {
             st.seeded = true;
             debug!(conid, "snapshot frame seeds the trade state");
@@ -148,15 +176,32 @@ impl Trades {
         if !trade {
             return None;
         }
-        let tick_time = updated_ms.saturating_mul(1_000_000);
+        let (id_ms, volume) = match (frame.updated_ms, st.last_updated) {
+            (Some(u), _) => (u, None),
+            (None, Some(u)) => (u, Some(st.volume)),
+            (None, None) => {
+                // No IB time seen for this conid yet: the receive time is the only one there
+                // is, and this id alone is pod-local (see `tick_row_id`).
+                warn!(
+                    conid,
+                    "trade frame without _updated before any _updated: receive time used"
+                );
+                (received_ns / 1_000_000, Some(st.volume))
+            }
+        };
+        let tick_time = id_ms.saturating_mul(1_000_000);
         let st = *st;
         let mut row = RowMap::new();
         let source = core.emitter.source_system.clone();
         row.insert(
             "row_id".into(),
-            json!(row_id(
-                TICK,
-                &[&source, &conid.to_string(), &updated_ms.to_string()]
+            json!(tick_row_id(
+                &source,
+                conid,
+                id_ms,
+                st.last,
+                st.last_size,
+                volume
             )),
         );
         row.insert("source_system_name".into(), json!(source));
@@ -258,7 +303,14 @@ mod tests {
                     assert_eq!(row["tick_time"], serde_json::json!(updated * 1_000_000));
                     assert_eq!(
                         row["row_id"],
-                        serde_json::json!(row_id(TICK, &["ib", "265598", &updated.to_string()]))
+                        serde_json::json!(tick_row_id(
+                            "ib",
+                            265598,
+                            updated,
+                            Some(*price),
+                            Some(*size),
+                            None
+                        ))
                     );
                     assert_eq!(row["size_unit"], "1_shares");
                     assert_eq!(row["ingestion_time"], 99);
@@ -323,5 +375,38 @@ mod tests {
             }
         }
         h.stop();
+    }
+
+    /// Two pods see the same frames at different receive times: every row id agrees, and two
+    /// trades of one millisecond (or without `_updated`) stay two rows.
+    #[tokio::test]
+    async fn ids_agree_across_pods_and_keep_same_millisecond_trades_apart() {
+        let frames = [
+            r#"{"topic":"smd+265598","conid":265598,"_updated":1,"31":"189.60","7059":"3","7762":"1000"}"#,
+            r#"{"topic":"smd+265598","conid":265598,"_updated":5,"31":"189.65","7762":"1300"}"#,
+            r#"{"topic":"smd+265598","conid":265598,"_updated":5,"31":"189.70","7762":"1600"}"#,
+            r#"{"topic":"smd+265598","conid":265598,"7059":"2","7762":"1800"}"#,
+            r#"{"topic":"smd+265598","conid":265598,"7059":"4","7762":"2200"}"#,
+        ];
+        let mut ids = Vec::new();
+        for (pod, received) in [("a", 1_000), ("b", 7_000_000)] {
+            let h = Harness::start(crate::normalizer::TickNormalizer::new(), pod).await;
+            let mut pod_ids = Vec::new();
+            for (i, f) in frames.iter().enumerate() {
+                for p in h.feed(f, received + i as i64).await {
+                    let row: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                    assert_eq!(p.topic, "tick_market_data", "{row}");
+                    // A frame without _updated takes the conid's latest one, never the clock.
+                    assert_eq!(row["tick_time"], 5_000_000, "{row}");
+                    pod_ids.push(row["row_id"].as_str().unwrap().to_string());
+                }
+            }
+            h.stop();
+            ids.push(pod_ids);
+        }
+        assert_eq!(ids[0].len(), 4, "{ids:?}");
+        assert_eq!(ids[0], ids[1]);
+        let distinct: std::collections::BTreeSet<_> = ids[0].iter().collect();
+        assert_eq!(distinct.len(), 4, "{ids:?}");
     }
 }
