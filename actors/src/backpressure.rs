@@ -3,7 +3,7 @@
 //! released when Kafka has acknowledged all of them. When Kafka is slow or down, the permits
 //! run out and the reader stops reading the socket: memory stays bounded (failure row 7).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -16,6 +16,26 @@ impl Inflight {
     /// For rows that do not come from the websocket (tests, replay).
     pub fn none() -> Self {
         Self(None)
+    }
+
+    /// Observes the permit without holding it (the websocket's replay buffer).
+    pub fn watch(&self) -> InflightWatch {
+        InflightWatch(self.0.as_ref().map(Arc::downgrade))
+    }
+}
+
+/// A frame's permit seen from outside: pending until Kafka acknowledged the frame's rows.
+#[derive(Clone, Debug, Default)]
+pub struct InflightWatch(Option<Weak<OwnedSemaphorePermit>>);
+
+impl InflightWatch {
+    pub fn pending(&self) -> bool {
+        self.0.as_ref().is_some_and(|w| w.strong_count() > 0)
+    }
+
+    /// The permit again if it is still held (a replayed frame keeps its place in the bound).
+    pub fn resume(&self) -> Inflight {
+        Inflight(self.0.as_ref().and_then(Weak::upgrade))
     }
 }
 
@@ -38,6 +58,10 @@ impl InflightLimit {
     pub async fn acquire(&self) -> Option<Inflight> {
         let permit = self.semaphore.clone().acquire_owned().await.ok()?;
         Some(Inflight(Some(Arc::new(permit))))
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
     }
 
     pub fn in_flight(&self) -> usize {

@@ -313,6 +313,18 @@ pub struct KafkaConfig {
     pub max_in_flight_frames: usize,
     pub linger_ms: u32,
     pub compression: String,
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl` (librdkafka's
+    /// `security.protocol`).
+    pub security_protocol: String,
+    /// `SCRAM-SHA-512` (default; Strimzi's `scram-sha-512` users), `SCRAM-SHA-256` or `PLAIN`.
+    pub sasl_mechanism: String,
+    pub sasl_username: String,
+    /// `MARKETLANE__KAFKA__SASL_PASSWORD`, or `sasl_password_file` (a mounted secret).
+    pub sasl_password: String,
+    pub sasl_password_file: Option<std::path::PathBuf>,
+    /// CA bundle (PEM) that signed the brokers' certificates (`ssl`, `sasl_ssl`; Strimzi's
+    /// `<cluster>-cluster-ca-cert` secret). Absent: the system's roots.
+    pub ssl_ca_location: Option<std::path::PathBuf>,
 }
 
 impl Default for KafkaConfig {
@@ -325,6 +337,12 @@ impl Default for KafkaConfig {
             max_in_flight_frames: 100_000,
             linger_ms: 5,
             compression: "lz4".into(),
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: "SCRAM-SHA-512".into(),
+            sasl_username: String::new(),
+            sasl_password: String::new(),
+            sasl_password_file: None,
+            ssl_ca_location: None,
         }
     }
 }
@@ -352,7 +370,62 @@ impl KafkaConfig {
                 ),
             ));
         }
+        let protocol = self.security_protocol.as_str();
+        if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&protocol) {
+            return Err(bad(
+                "kafka.security_protocol",
+                format!("{protocol:?} is not one of plaintext, ssl, sasl_plaintext, sasl_ssl"),
+            ));
+        }
+        if protocol.starts_with("sasl") {
+            if !["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"].contains(&self.sasl_mechanism.as_str())
+            {
+                return Err(bad(
+                    "kafka.sasl_mechanism",
+                    format!(
+                        "{:?} is not one of SCRAM-SHA-512, SCRAM-SHA-256, PLAIN",
+                        self.sasl_mechanism
+                    ),
+                ));
+            }
+            if self.sasl_username.trim().is_empty() {
+                return Err(bad("kafka.sasl_username", format!("empty with {protocol}")));
+            }
+            self.sasl_password()?;
+        }
+        if let Some(ca) = &self.ssl_ca_location
+            && !ca.is_file()
+        {
+            return Err(bad(
+                "kafka.ssl_ca_location",
+                format!("{} is not a readable file", ca.display()),
+            ));
+        }
         Ok(())
+    }
+
+    /// The SASL password: `sasl_password_file`'s content (one trailing newline dropped) when
+    /// set, else `sasl_password`. Never echoed in an error.
+    pub fn sasl_password(&self) -> Result<String, ConfigError> {
+        let password = match &self.sasl_password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    bad(
+                        "kafka.sasl_password_file",
+                        format!("{}: {}", path.display(), e.kind()),
+                    )
+                })?;
+                text.strip_suffix('\n').unwrap_or(&text).to_string()
+            }
+            None => self.sasl_password.clone(),
+        };
+        if password.is_empty() {
+            return Err(bad(
+                "kafka.sasl_password",
+                "empty: set MARKETLANE__KAFKA__SASL_PASSWORD or kafka.sasl_password_file",
+            ));
+        }
+        Ok(password)
     }
 
     pub fn topic(&self, name: &str) -> String {
@@ -502,6 +575,44 @@ pub mod humantime_secs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kafka_sasl_settings_are_checked_and_reach_the_client() {
+        let plain = KafkaConfig::default();
+        plain.validate().unwrap();
+        let c = crate::kafka::client_config(&plain);
+        assert_eq!(c.get("security.protocol"), Some("plaintext"));
+        assert_eq!(c.get("sasl.username"), None);
+        let mut k = KafkaConfig {
+            security_protocol: "sasl_plaintext".into(),
+            sasl_username: "marketlane".into(),
+            ..Default::default()
+        };
+        let e = k.validate().unwrap_err();
+        assert_eq!(e.key, "kafka.sasl_password");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        k.sasl_password_file = Some(file);
+        k.validate().unwrap();
+        let c = crate::kafka::client_config(&k);
+        assert_eq!(c.get("security.protocol"), Some("sasl_plaintext"));
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(c.get("sasl.username"), Some("marketlane"));
+        assert_eq!(c.get("sasl.password"), Some("s3cret"));
+        k.sasl_mechanism = "GSSAPI".into();
+        assert_eq!(k.validate().unwrap_err().key, "kafka.sasl_mechanism");
+        k.security_protocol = "SASL".into();
+        assert_eq!(k.validate().unwrap_err().key, "kafka.security_protocol");
+        let missing_ca = KafkaConfig {
+            ssl_ca_location: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            missing_ca.validate().unwrap_err().key,
+            "kafka.ssl_ca_location"
+        );
+    }
 
     #[test]
     fn each_ordinal_gets_its_own_ib_user() {

@@ -53,6 +53,9 @@ pub enum WsMsg {
     Tick,
     /// A (re)started normalizer asks for the instruments again.
     Announce,
+    /// A restarted normalizer asks for its lost state and the unacknowledged frames
+    /// (`unacked.rs`).
+    ReplayTo(ActorRef<NormalizerMsg>),
     GetState(RpcReplyPort<WsSnapshot>),
     /// Symbols with a market-data frame since they were (last) subscribed on the open
     /// connection, with the seconds since their last frame: what the cluster may count as
@@ -127,6 +130,8 @@ pub struct WsState {
     last_silence_check: Instant,
     recorder: Option<Recorder>,
     last_nudge: Option<Instant>,
+    /// Frames a restarted normalizer gets again (`unacked.rs`).
+    unacked: super::unacked::Unacked,
 }
 
 pub struct IbWebsocket;
@@ -142,6 +147,7 @@ impl Actor for IbWebsocket {
         args: WsArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(Duration::from_millis(250), || WsMsg::Tick);
+        let unacked_cap = args.inflight.max().saturating_add(50_000);
         let recorder = match &args.ib.record_path {
             Some(path) => Some(Recorder::open(path)?),
             None => None,
@@ -172,6 +178,8 @@ impl Actor for IbWebsocket {
             last_silence_check: Instant::now(),
             recorder,
             last_nudge: None,
+            // Unacknowledged frames are bounded by the permits already; the rest is the hold.
+            unacked: super::unacked::Unacked::new(super::unacked::HOLD, unacked_cap),
         })
     }
 
@@ -286,6 +294,14 @@ impl Actor for IbWebsocket {
                         .await;
                 }
             }
+            WsMsg::ReplayTo(normalizer) => {
+                let frames = state.unacked.replay(&normalizer, &state.instruments);
+                info!(
+                    frames,
+                    evicted = state.unacked.evicted,
+                    "replayed the unacknowledged frames to a restarted normalizer"
+                );
+            }
             WsMsg::GetState(reply) => {
                 let _ = reply.send(WsSnapshot {
                     connected: state.conn.is_some(),
@@ -393,6 +409,7 @@ impl WsState {
             return;
         }
         self.broadcast(|| NormalizerMsg::Resubscribed(conids.to_vec()));
+        self.unacked.resubscribed(conids);
         let fields: Vec<String> = self.args.ib.fields.clone();
         let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
         for conid in conids {
@@ -684,6 +701,7 @@ impl WsState {
                 }
                 self.last_data = Some(Instant::now());
                 let frame = Arc::new(book);
+                self.unacked.book(frame.clone(), received_ns, &permit);
                 self.broadcast(|| NormalizerMsg::Book {
                     frame: frame.clone(),
                     received_ns,
@@ -723,6 +741,8 @@ impl WsState {
                     }
                 }
                 let frame = Arc::new(md);
+                self.unacked
+                    .market_data(frame.clone(), received_ns, &permit);
                 self.broadcast(|| NormalizerMsg::MarketData {
                     frame: frame.clone(),
                     received_ns,

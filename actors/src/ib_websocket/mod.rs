@@ -3,5 +3,6 @@ pub mod actor;
 pub mod connection;
 pub mod recorder;
 pub mod released;
+pub mod unacked;
 
 pub use actor::{IbWebsocket, WsArgs, WsMsg, WsSnapshot};

@@ -17,6 +17,17 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
         // The broker may be restarting (failure row 7): keep reconnecting quickly.
         .set("reconnect.backoff.max.ms", "2000")
         .set("log_level", "4");
+    // Authentication and encryption (Strimzi: a `KafkaUser` with SCRAM-SHA-512 on a listener
+    // with `authentication: scram-sha-512`). `validate` has checked these values.
+    c.set("security.protocol", &kafka.security_protocol);
+    if kafka.security_protocol.starts_with("sasl") {
+        c.set("sasl.mechanism", &kafka.sasl_mechanism)
+            .set("sasl.username", &kafka.sasl_username)
+            .set("sasl.password", kafka.sasl_password().unwrap_or_default());
+    }
+    if let Some(ca) = &kafka.ssl_ca_location {
+        c.set("ssl.ca.location", ca.display().to_string());
+    }
     c
 }
 

@@ -58,6 +58,9 @@ pub enum NormalizerMsg {
     Instruments(InstrumentMap),
     /// These conids were (re)subscribed: their next frame is a full snapshot, not an update.
     Resubscribed(Vec<i64>),
+    /// The websocket's replay for this restarted normalizer starts here: frames before it
+    /// were broadcast before the replay and come again inside it.
+    ReplayBegins,
     GetState(RpcReplyPort<NormalizerSnapshot>),
     /// Fault injection (control socket `fault`, failure-matrix row 11): panic in the handler.
     InjectPanic,
@@ -88,6 +91,8 @@ pub struct Core {
     /// availability kept here. A conid without one yet (6509 not requested) counts as
     /// real-time: nothing says otherwise.
     pub availability: HashMap<i64, Availability>,
+    /// Restarted, waiting for the websocket's replay: live frames are ignored until then.
+    pub awaiting_replay: bool,
 }
 
 impl Core {
@@ -207,15 +212,18 @@ impl<N: Normalize> Actor for Normalizer<N> {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         emitter: RowEmitter,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // A (re)started normalizer asks the websocket for the instruments (and a reconnect,
-        // which brings the snapshot frames its lost state needs).
-        if let Some(ws) = emitter.names.lookup::<WsMsg>(IB_WEBSOCKET) {
-            let _ = ws.cast(WsMsg::Announce);
-        }
+        // A restarted normalizer asks the websocket for the instruments, its lost per-conid
+        // state and the frames not yet acknowledged by Kafka (`ib_websocket/unacked.rs`).
+        // Until the replay begins it ignores frames: they come again inside the replay.
+        let awaiting_replay = emitter
+            .names
+            .lookup::<WsMsg>(IB_WEBSOCKET)
+            .is_some_and(|ws| ws.cast(WsMsg::ReplayTo(myself.clone())).is_ok());
         let core = Core {
+            awaiting_replay,
             emitter,
             instruments: Arc::default(),
             snapshot: NormalizerSnapshot {
@@ -234,6 +242,9 @@ impl<N: Normalize> Actor for Normalizer<N> {
         (core, rule): &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            NormalizerMsg::MarketData { .. } | NormalizerMsg::Book { .. }
+                if core.awaiting_replay => {}
+            NormalizerMsg::ReplayBegins => core.awaiting_replay = false,
             NormalizerMsg::MarketData {
                 frame,
                 received_ns,

@@ -1,0 +1,262 @@
+//! Frames a restarted normalizer must see again. IB replays nothing, so a normalizer that
+//! panics would lose the frames in its mailbox and those sent while it was down. The
+//! websocket keeps, in receive order, every market-data and book frame whose rows Kafka has
+//! not acknowledged yet (its in-flight permit is alive) and every frame younger than
+//! [`HOLD`] (which covers the supervisor's restart back-off, at most 5 s), together with the
+//! (re)subscription markers between them. Older frames are folded into one merged field state
+//! per conid (`base`): what the normalizer's per-conid state was built from.
+//!
+//! A restarted normalizer asks for a replay (`WsMsg::ReplayTo`): it gets the instruments, a
+//! re-subscription of every conid, the merged state of each conid as a snapshot frame (which
+//! only seeds, like IB's first frame after a subscription), then the kept frames in order. The
+//! rows it makes again for frames that were already produced carry the same row ids (built
+//! from IB's `_updated` and the merged trade content), so the overlap collapses in ClickHouse
+//! and in the calculators' windows. Bounded: beyond [`Unacked::cap`] frames the oldest are
+//! folded into the base even if unacknowledged (counted in `evicted`).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use marketlane_protocol::ib::{BookFrame, MarketDataFrame};
+use ractor::ActorRef;
+
+use crate::backpressure::{Inflight, InflightWatch};
+use crate::normalizer::{InstrumentMap, NormalizerMsg};
+
+/// How long a frame is kept after it was received, acknowledged or not.
+pub const HOLD: Duration = Duration::from_secs(10);
+
+enum Item {
+    MarketData(Arc<MarketDataFrame>),
+    Book(Arc<BookFrame>),
+    /// These conids were (re)subscribed here: their next frame is a snapshot.
+    Resubscribed(Vec<i64>),
+}
+
+struct Kept {
+    at: Instant,
+    received_ns: i64,
+    permit: InflightWatch,
+    item: Item,
+}
+
+/// The merged fields of a conid's frames that are no longer kept.
+struct Base {
+    frame: MarketDataFrame,
+    /// A re-subscription was folded in after the last folded frame: the next kept frame of
+    /// the conid is a snapshot and seeds by itself.
+    awaits_snapshot: bool,
+}
+
+pub struct Unacked {
+    kept: VecDeque<Kept>,
+    base: BTreeMap<i64, Base>,
+    hold: Duration,
+    /// At most this many frames are kept.
+    pub cap: usize,
+    /// Frames folded into the base while still unacknowledged (over the cap).
+    pub evicted: u64,
+}
+
+impl Unacked {
+    pub fn new(hold: Duration, cap: usize) -> Self {
+        Self {
+            kept: VecDeque::new(),
+            base: BTreeMap::new(),
+            hold,
+            cap,
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    pub fn market_data(&mut self, frame: Arc<MarketDataFrame>, received_ns: i64, p: &Inflight) {
+        self.push(received_ns, p.watch(), Item::MarketData(frame));
+    }
+
+    pub fn book(&mut self, frame: Arc<BookFrame>, received_ns: i64, p: &Inflight) {
+        self.push(received_ns, p.watch(), Item::Book(frame));
+    }
+
+    pub fn resubscribed(&mut self, conids: &[i64]) {
+        self.push(
+            0,
+            InflightWatch::default(),
+            Item::Resubscribed(conids.to_vec()),
+        );
+    }
+
+    fn push(&mut self, received_ns: i64, permit: InflightWatch, item: Item) {
+        self.kept.push_back(Kept {
+            at: Instant::now(),
+            received_ns,
+            permit,
+            item,
+        });
+        self.fold(Instant::now());
+    }
+
+    /// Folds the oldest frames into the base while they are acknowledged and older than the
+    /// hold (or over the cap). Stops at the first one still needed: order is kept.
+    fn fold(&mut self, now: Instant) {
+        while let Some(front) = self.kept.front() {
+            let over = self.kept.len() > self.cap;
+            let needed = front.permit.pending() || now.duration_since(front.at) < self.hold;
+            if needed && !over {
+                break;
+            }
+            if over && front.permit.pending() {
+                self.evicted += 1;
+            }
+            let Some(k) = self.kept.pop_front() else {
+                break;
+            };
+            match k.item {
+                Item::MarketData(f) => {
+                    let Some(conid) = f.conid else { continue };
+                    let b = self.base.entry(conid).or_insert_with(|| Base {
+                        frame: MarketDataFrame {
+                            conid: Some(conid),
+                            updated_ms: None,
+                            fields: BTreeMap::new(),
+                        },
+                        awaits_snapshot: false,
+                    });
+                    for (k, v) in &f.fields {
+                        b.frame.fields.insert(k.clone(), v.clone());
+                    }
+                    if f.updated_ms.is_some() {
+                        b.frame.updated_ms = f.updated_ms.max(b.frame.updated_ms);
+                    }
+                    b.awaits_snapshot = false;
+                }
+                // A ladder is complete in itself: nothing to merge.
+                Item::Book(_) => {}
+                Item::Resubscribed(conids) => {
+                    for c in conids {
+                        if let Some(b) = self.base.get_mut(&c) {
+                            b.awaits_snapshot = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a restarted normalizer what it needs to rebuild its state and produce again the
+    /// rows of the kept frames (see the module comment). Returns the frames replayed.
+    pub fn replay(&mut self, to: &ActorRef<NormalizerMsg>, instruments: &InstrumentMap) -> usize {
+        self.fold(Instant::now());
+        let known = |c: Option<i64>| c.is_some_and(|c| instruments.contains_key(&c));
+        let _ = to.cast(NormalizerMsg::ReplayBegins);
+        let _ = to.cast(NormalizerMsg::Instruments(instruments.clone()));
+        let mut conids: BTreeSet<i64> = self.base.keys().copied().collect();
+        for k in &self.kept {
+            match &k.item {
+                Item::MarketData(f) => conids.extend(f.conid),
+                Item::Book(f) => conids.extend(f.conid),
+                Item::Resubscribed(c) => conids.extend(c.iter().copied()),
+            }
+        }
+        conids.retain(|c| instruments.contains_key(c));
+        let _ = to.cast(NormalizerMsg::Resubscribed(conids.into_iter().collect()));
+        for b in self.base.values() {
+            if !b.awaits_snapshot && known(b.frame.conid) {
+                let _ = to.cast(NormalizerMsg::MarketData {
+                    frame: Arc::new(b.frame.clone()),
+                    received_ns: 0,
+                    permit: Inflight::none(),
+                });
+            }
+        }
+        let mut n = 0;
+        for k in &self.kept {
+            let msg = match &k.item {
+                Item::MarketData(f) if known(f.conid) => NormalizerMsg::MarketData {
+                    frame: f.clone(),
+                    received_ns: k.received_ns,
+                    permit: k.permit.resume(),
+                },
+                Item::Book(f) if known(f.conid) => NormalizerMsg::Book {
+                    frame: f.clone(),
+                    received_ns: k.received_ns,
+                    permit: k.permit.resume(),
+                },
+                Item::Resubscribed(c) => NormalizerMsg::Resubscribed(c.clone()),
+                _ => continue,
+            };
+            n += usize::from(!matches!(msg, NormalizerMsg::Resubscribed(_)));
+            let _ = to.cast(msg);
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backpressure::InflightLimit;
+    use serde_json::json;
+
+    fn md(conid: i64, updated: i64, fields: &[(&str, serde_json::Value)]) -> Arc<MarketDataFrame> {
+        Arc::new(MarketDataFrame {
+            conid: Some(conid),
+            updated_ms: Some(updated),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        })
+    }
+
+    #[tokio::test]
+    async fn acknowledged_old_frames_fold_into_the_base_and_pending_ones_are_kept() {
+        let limit = InflightLimit::new(10);
+        let mut u = Unacked::new(Duration::ZERO, 100);
+        let acked = limit.acquire().await.unwrap();
+        u.resubscribed(&[1]);
+        u.market_data(
+            md(1, 1, &[("31", json!("10")), ("7059", json!("1"))]),
+            5,
+            &acked,
+        );
+        drop(acked);
+        let pending = limit.acquire().await.unwrap();
+        u.market_data(md(1, 2, &[("31", json!("11"))]), 6, &pending);
+        let after = Inflight::none();
+        u.market_data(md(1, 3, &[("7059", json!("2"))]), 7, &after);
+        // The marker and the acknowledged frame are folded; the pending one holds the rest.
+        assert_eq!(u.len(), 2);
+        let b = &u.base[&1];
+        assert_eq!(b.frame.fields["31"], json!("10"));
+        assert_eq!(b.frame.updated_ms, Some(1));
+        assert!(!b.awaits_snapshot);
+        drop(pending);
+        u.fold(Instant::now());
+        assert!(u.is_empty());
+        assert_eq!(u.base[&1].frame.fields["7059"], json!("2"));
+    }
+
+    #[tokio::test]
+    async fn the_cap_bounds_what_is_kept() {
+        let limit = InflightLimit::new(100);
+        let mut u = Unacked::new(Duration::from_secs(60), 3);
+        let mut permits = Vec::new();
+        for i in 0..5 {
+            let p = limit.acquire().await.unwrap();
+            u.market_data(md(1, i, &[("31", json!(i.to_string()))]), i, &p);
+            permits.push(p);
+        }
+        assert_eq!(u.len(), 3);
+        assert_eq!(u.evicted, 2);
+        assert_eq!(u.base[&1].frame.fields["31"], json!("1"));
+    }
+}
