@@ -681,6 +681,13 @@ impl WriterState {
         }
         let payload = m.payload().unwrap_or_default();
         let now = marketlane_protocol::now_ns();
+        // `quarantined_at` (the quarantine table's partition day) is the message's Kafka
+        // timestamp, the moment its producer made it: the same on every replay of the offset,
+        // so a replayed record lands in the partition of the first and collapses there.
+        let at = m
+            .timestamp()
+            .to_millis()
+            .map_or(now, |ms| ms.saturating_mul(1_000_000));
         let coords = |mut rec: UnqualifiedRecord| {
             rec.source_topic
                 .get_or_insert_with(|| m.topic().to_string());
@@ -695,7 +702,7 @@ impl WriterState {
                 match encode_json_row(schema, payload, &mut batch.rows) {
                     Ok(t) => {
                         batch.row_count += 1;
-                        batch.index.push(offset, batch.rows.len(), payload);
+                        batch.index.push(offset, at, batch.rows.len(), payload);
                         if let Some(t) = t {
                             batch.event_times.push(t);
                         }
@@ -716,7 +723,7 @@ impl WriterState {
                             &self.args.instance,
                             now,
                         ));
-                        encode_unqualified(&rec, now, &mut batch.quarantine);
+                        encode_unqualified(&rec, at, &mut batch.quarantine);
                         batch.quarantine_count += 1;
                     }
                 }
@@ -734,7 +741,7 @@ impl WriterState {
                             now,
                         )
                     });
-                encode_unqualified(&coords(rec), now, &mut batch.quarantine);
+                encode_unqualified(&coords(rec), at, &mut batch.quarantine);
                 batch.quarantine_count += 1;
             }
         }
@@ -819,7 +826,7 @@ impl WriterState {
                 rec.source_topic = Some(self.topic.clone());
                 rec.source_partition = Some(p);
                 rec.source_offset = Some(row.offset);
-                encode_unqualified(&rec, now, &mut quarantine);
+                encode_unqualified(&rec, row.at, &mut quarantine);
             }
             if (batch.quarantine_count > 0 || !poison.is_empty())
                 && let Err(e) = ch

@@ -64,15 +64,18 @@ const CONTENT_ERROR_CODES: &[u32] = &[
 pub struct RowIndex {
     ends: Vec<usize>,
     offsets: Vec<i64>,
+    /// Kafka timestamps (ns): a quarantined row's `quarantined_at`, stable across replays.
+    times: Vec<i64>,
     payload_ends: Vec<usize>,
     payloads: Vec<u8>,
 }
 
 impl RowIndex {
     /// Records a row that ends at `rows_len` in the batch buffer.
-    pub fn push(&mut self, offset: i64, rows_len: usize, payload: &[u8]) {
+    pub fn push(&mut self, offset: i64, kafka_time_ns: i64, rows_len: usize, payload: &[u8]) {
         self.ends.push(rows_len);
         self.offsets.push(offset);
+        self.times.push(kafka_time_ns);
         self.payloads.extend_from_slice(payload);
         self.payload_ends.push(self.payloads.len());
     }
@@ -101,6 +104,8 @@ impl RowIndex {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoisonRow {
     pub offset: i64,
+    /// The row's Kafka timestamp (ns).
+    pub at: i64,
     pub payload: Vec<u8>,
     pub code: u32,
     pub reason: String,
@@ -375,6 +380,7 @@ impl ClickHouse {
             if hi - lo == 1 {
                 poison.push(PoisonRow {
                     offset: index.offsets[lo],
+                    at: index.times[lo],
                     payload: index.payload(lo).to_vec(),
                     code,
                     reason,
@@ -551,9 +557,9 @@ mod tests {
     #[test]
     fn the_row_index_slices_rows_and_payloads() {
         let mut ix = RowIndex::default();
-        ix.push(10, 3, b"a");
-        ix.push(11, 7, b"bb");
-        ix.push(12, 8, b"");
+        ix.push(10, 1, 3, b"a");
+        ix.push(11, 1, 7, b"bb");
+        ix.push(12, 1, 8, b"");
         assert_eq!(ix.len(), 3);
         assert_eq!(ix.bytes(0, 1), 0..3);
         assert_eq!(ix.bytes(1, 3), 3..8);
