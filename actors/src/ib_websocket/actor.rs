@@ -51,7 +51,8 @@ pub enum WsMsg {
     },
     /// Once a second: watchdog, `tic`, re-subscription, reconnect after back-off.
     Tick,
-    /// A (re)started normalizer asks for the instruments again.
+    /// Sends the instruments to every normalizer and reconnects (fresh snapshot frames).
+    /// Restarted normalizers use `ReplayTo` instead, which loses nothing.
     Announce,
     /// A restarted normalizer asks for its lost state and the unacknowledged frames
     /// (`unacked.rs`).
