@@ -242,10 +242,19 @@ mod tests {
                     "marketlane-1.marketlane-headless",
                 ),
                 ("MARKETLANE__CLUSTER__COOKIE", "from-the-secret"),
+                (
+                    "MARKETLANE__KAFKA__SASL_PASSWORD",
+                    "from-the-kafkauser-secret",
+                ),
             ]),
         )
         .unwrap();
         assert!(c.cluster.enabled);
+        assert_eq!(c.kafka.security_protocol, "sasl_plaintext");
+        assert_eq!(
+            c.kafka.sasl_password().unwrap(),
+            "from-the-kafkauser-secret"
+        );
         assert_eq!(
             c.cluster.address(),
             c.cluster.peers[1],
@@ -260,6 +269,10 @@ mod tests {
                 (
                     "MARKETLANE__CLUSTER__ADVERTISE_HOST",
                     "marketlane-0.marketlane-headless",
+                ),
+                (
+                    "MARKETLANE__KAFKA__SASL_PASSWORD",
+                    "from-the-kafkauser-secret",
                 ),
             ]),
         )
