@@ -209,15 +209,18 @@ mod tests {
             env(&[
                 ("POD_NAME", "marketlane-writer-1"),
                 ("MARKETLANE__CLICKHOUSE__PASSWORD", "from-the-secret"),
+                ("MARKETLANE__KAFKA__SASL_PASSWORD", "kafka-secret"),
             ]),
         )
         .unwrap();
         assert_eq!(writer.roles, vec![Role::Writer]);
         assert_eq!(writer.kafka.partitions, 6);
+        assert_eq!(writer.kafka.sasl_password, "kafka-secret");
         let calc = Config::load(
             Some(&dir.join("calculator.toml")),
             env(&[
                 ("POD_NAME", "marketlane-calculator-0"),
+                ("MARKETLANE__KAFKA__SASL_PASSWORD", "kafka-secret"),
                 (
                     "MARKETLANE__CALCULATORS__REDIS__PASSWORD",
                     "from-the-secret",
@@ -227,6 +230,7 @@ mod tests {
         .unwrap();
         assert_eq!(calc.roles, vec![Role::Calculator]);
         assert_eq!(calc.calculators.redis.password, "from-the-secret");
+        assert_eq!(calc.kafka.sasl_password, "kafka-secret");
         assert!(!calc.calculators.compile().unwrap().is_empty());
     }
 
