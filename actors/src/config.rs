@@ -455,12 +455,20 @@ impl Default for ClickHouseConfig {
     }
 }
 
+/// Accepted `clickhouse.retention_days`: at least a day, at most ten years (beyond that the
+/// cutoff date leaves the calendar's range and nothing is gained).
+pub const RETENTION_DAYS: std::ops::RangeInclusive<u32> = 1..=3650;
+
 impl ClickHouseConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.url.starts_with("http://") && !self.url.starts_with("https://") {
             return Err(bad(
                 "clickhouse.url",
-                format!("{:?} is not an http(s) URL", self.url),
+                // Only the scheme: the rest may hold credentials.
+                format!(
+                    "scheme {:?} is not http or https",
+                    self.url.split("://").next().unwrap_or_default()
+                ),
             ));
         }
         let ident =
@@ -471,8 +479,16 @@ impl ClickHouseConfig {
                 format!("{:?} must be letters, digits and _", self.database),
             ));
         }
-        if self.retention_days == 0 {
-            return Err(bad("clickhouse.retention_days", "must be at least 1"));
+        if !RETENTION_DAYS.contains(&self.retention_days) {
+            return Err(bad(
+                "clickhouse.retention_days",
+                format!(
+                    "{} is outside {}..={} (days; the TTL and the partition sweep count in days)",
+                    self.retention_days,
+                    RETENTION_DAYS.start(),
+                    RETENTION_DAYS.end()
+                ),
+            ));
         }
         Ok(())
     }
@@ -680,6 +696,31 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.validate().unwrap_err().key, "clickhouse.database");
+        for days in [0, 3651, 999_999] {
+            let c = ClickHouseConfig {
+                retention_days: days,
+                ..Default::default()
+            };
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, "clickhouse.retention_days");
+            assert!(e.message.contains(&days.to_string()), "{e}");
+        }
+        for days in [1, 3650] {
+            let c = ClickHouseConfig {
+                retention_days: days,
+                ..Default::default()
+            };
+            c.validate().unwrap();
+        }
+        let c = ClickHouseConfig {
+            url: "ftp://user:hunter2@ch".into(),
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.key == "clickhouse.url" && !e.message.contains("hunter2"),
+            "{e}"
+        );
     }
 
     #[test]

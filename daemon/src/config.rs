@@ -13,6 +13,30 @@ use serde::{Deserialize, Serialize};
 
 pub const ENV_PREFIX: &str = "MARKETLANE__";
 
+/// Variables of this binary outside the config tree (command-line defaults and the tests'
+/// binary path); any other `MARKETLANE_…` with a single underscore is a typo the daemon would
+/// otherwise ignore (e.g. `MARKETLANE_REDIS_PASSWORD`).
+pub const OTHER_ENV: [&str; 3] = [
+    "MARKETLANE_REDIS_ADMIN_URL",
+    "MARKETLANE_CONTROL_SOCKET",
+    "MARKETLANE_BIN",
+];
+
+/// A `MARKETLANE…` variable that no part of the daemon reads, with what was probably meant.
+pub fn ignored_env_var(name: &str) -> Option<String> {
+    if !name.starts_with("MARKETLANE") || name.starts_with(ENV_PREFIX) || OTHER_ENV.contains(&name)
+    {
+        return None;
+    }
+    let rest = name
+        .trim_start_matches("MARKETLANE")
+        .trim_start_matches('_');
+    Some(format!(
+        "{name} is not read by marketlane; config keys are {ENV_PREFIX}SECTION__KEY (two underscores between parts, e.g. {ENV_PREFIX}{})",
+        rest.replace('_', "__")
+    ))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -95,12 +119,60 @@ impl Default for Config {
 }
 
 /// Parses an environment value as the TOML value it looks like (number, bool, array, table),
-/// falling back to a string.
+/// falling back to a string. Only for keys whose type is not a string: a string key takes its
+/// value verbatim ([`Config::load`]), so a password such as `12345678` or `'abc'` stays as given.
 fn env_value(raw: &str) -> toml::Value {
     toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// The value at `path` in `tree`, if any.
+fn lookup<'a>(tree: &'a toml::Value, path: &[String]) -> Option<&'a toml::Value> {
+    path.iter().try_fold(tree, |v, k| v.get(k.as_str()))
+}
+
+/// `over` nested under `path` as a table.
+fn nest(path: &[String], over: toml::Value) -> toml::Value {
+    path.iter().rev().fold(over, |over, p| {
+        let mut t = toml::Table::new();
+        t.insert(p.clone(), over);
+        toml::Value::Table(t)
+    })
+}
+
+/// One `MARKETLANE__…` variable on its way into the config.
+struct EnvOverride {
+    name: String,
+    path: Vec<String>,
+    raw: String,
+    /// Taken as a TOML value (the key is not a string); otherwise verbatim.
+    parsed: bool,
+}
+
+impl EnvOverride {
+    fn value(&self) -> toml::Value {
+        if self.parsed {
+            env_value(&self.raw)
+        } else {
+            toml::Value::String(self.raw.clone())
+        }
+    }
+}
+
+/// `message` with every value that came from the environment blanked out: a typo'd number is
+/// cheap to find again, a password in a log is not.
+fn redact_env_values(message: &str, env: &[EnvOverride]) -> String {
+    let mut out = message.to_string();
+    // Verbatim (string) values only: they are where secrets live, and blanking a short number
+    // would garble the message.
+    for e in env {
+        if !e.parsed && e.raw.len() >= 3 {
+            out = out.replace(&e.raw, "<redacted>");
+        }
+    }
+    out
 }
 
 fn merge(base: &mut toml::Value, over: toml::Value) {
@@ -121,6 +193,11 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
 
 impl Config {
     /// Defaults, then `file` (if any), then the environment `env`.
+    ///
+    /// An environment value is taken verbatim when its key is a string (in the defaults or the
+    /// file, or, for keys without a default such as `ib.username`, when a string is accepted
+    /// there); otherwise it is read as the TOML value it looks like (`12`, `true`, `["a"]`).
+    /// No value from the file or the environment is quoted in an error: they hold secrets.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -129,28 +206,83 @@ impl Config {
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config {}", path.display()))?;
-            let file_value: toml::Value = toml::from_str(&text)
-                .with_context(|| format!("config {} is not valid TOML", path.display()))?;
+            // toml's Display quotes the offending line, which may hold a secret: position only.
+            let file_value: toml::Value = toml::from_str(&text).map_err(|e| {
+                let at = e
+                    .span()
+                    .map(|s| {
+                        let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                        format!(" (line {line})")
+                    })
+                    .unwrap_or_default();
+                anyhow::anyhow!(
+                    "config {} is not valid TOML{at}: {}",
+                    path.display(),
+                    e.message()
+                )
+            })?;
             merge(&mut value, file_value);
         }
-        for (key, raw) in env {
-            let Some(path) = key.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            let parts: Vec<String> = path.split("__").map(str::to_lowercase).collect();
-            let mut over = env_value(&raw);
-            for p in parts.iter().rev() {
-                let mut t = toml::Table::new();
-                t.insert(p.clone(), over);
-                over = toml::Value::Table(t);
+        let mut env: Vec<EnvOverride> = env
+            .into_iter()
+            .filter_map(|(name, raw)| {
+                // Before logging is set up (its level is in this config): straight to stderr.
+                if let Some(why) = ignored_env_var(&name) {
+                    eprintln!("warning: {why}");
+                }
+                let path: Vec<String> = name
+                    .strip_prefix(ENV_PREFIX)?
+                    .split("__")
+                    .map(str::to_lowercase)
+                    .collect();
+                let parsed = match lookup(&value, &path) {
+                    Some(toml::Value::String(_)) => false,
+                    Some(_) => true,
+                    // No default (an `Option`): try verbatim first, see below.
+                    None => false,
+                };
+                Some(EnvOverride {
+                    name,
+                    path,
+                    raw,
+                    parsed,
+                })
+            })
+            .collect();
+        // A key without a default takes the string if its type accepts one, else the parsed
+        // value: at most one retry per such key, each after an error at exactly its path.
+        loop {
+            let mut merged = value.clone();
+            for e in &env {
+                merge(&mut merged, nest(&e.path, e.value()));
             }
-            merge(&mut value, over);
+            match serde_path_to_error::deserialize::<_, Config>(merged) {
+                Ok(mut config) => {
+                    config.ib.resolve_username(&config.instance)?;
+                    config
+                        .validate()
+                        .map_err(|e| anyhow::anyhow!(redact_env_values(&format!("{e:#}"), &env)))?;
+                    return Ok(config);
+                }
+                Err(err) => {
+                    let at = err.path().to_string();
+                    let retry = env.iter_mut().find(|e| {
+                        !e.parsed && e.path.join(".") == at && lookup(&value, &e.path).is_none()
+                    });
+                    if let Some(e) = retry {
+                        e.parsed = true;
+                        continue;
+                    }
+                    let from = env
+                        .iter()
+                        .find(|e| at.starts_with(&e.path.join(".")))
+                        .map(|e| format!(" (from {})", e.name))
+                        .unwrap_or_default();
+                    let message = redact_env_values(err.inner().message(), &env);
+                    bail!("config {at}{from}: {message}");
+                }
+            }
         }
-        let mut config: Config = serde_path_to_error::deserialize(value)
-            .map_err(|e| anyhow::anyhow!("config {}: {}", e.path(), e.inner().message()))?;
-        config.ib.resolve_username(&config.instance)?;
-        config.validate()?;
-        Ok(config)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -245,7 +377,10 @@ mod tests {
                     "MARKETLANE__CLUSTER__ADVERTISE_HOST",
                     "marketlane-1.marketlane-headless",
                 ),
-                ("MARKETLANE__CLUSTER__COOKIE", "from-the-secret"),
+                (
+                    "MARKETLANE__CLUSTER__COOKIE",
+                    "from-the-secret-of-at-least-32-bytes",
+                ),
                 (
                     "MARKETLANE__KAFKA__SASL_PASSWORD",
                     "from-the-kafkauser-secret",
@@ -320,6 +455,133 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn string_keys_take_environment_values_verbatim() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("MARKETLANE__CLICKHOUSE__PASSWORD", "12345678"),
+                ("MARKETLANE__CALCULATORS__REDIS__PASSWORD", "'abc'"),
+                ("MARKETLANE__IB__USERNAME", "true"),
+                ("MARKETLANE__LOG__LEVEL", "[info]"),
+                ("MARKETLANE__KAFKA__PARTITIONS", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.clickhouse.password, "12345678");
+        assert_eq!(c.calculators.redis.password, "'abc'");
+        // No default (an Option<String>): a string is accepted, so it stays one.
+        assert_eq!(c.ib.username.as_deref(), Some("true"));
+        assert_eq!(c.log.level, "[info]");
+        assert_eq!(c.kafka.partitions, 7);
+    }
+
+    #[test]
+    fn errors_never_quote_a_secret() {
+        // A bad TOML file with a secret on the offending line.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[clickhouse]\npassword = \"hunter2-in-a-file\n").unwrap();
+        let e = format!("{:#}", Config::load(Some(&path), env(&[])).unwrap_err());
+        assert!(e.contains("line 2") && !e.contains("hunter2"), "{e}");
+        // A validation error while a secret is set from the environment.
+        let e = format!(
+            "{:#}",
+            Config::load(
+                None,
+                env(&[
+                    (
+                        "MARKETLANE__CLICKHOUSE__URL",
+                        "http://u:hunter2-in-env@ch:8123"
+                    ),
+                    ("MARKETLANE__CLICKHOUSE__PASSWORD", "hunter2-in-env"),
+                ]),
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("clickhouse.url") && !e.contains("hunter2"),
+            "{e}"
+        );
+    }
+
+    /// Every environment variable the Kubernetes manifests (base and overlays) give the
+    /// daemon, loaded through this loader: one the daemon would ignore (a single underscore,
+    /// a misspelt key) fails here instead of leaving a pod without its password.
+    #[test]
+    fn every_env_var_of_the_k8s_manifests_reaches_the_config() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s");
+        let mut names = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "yaml") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    // Both `- name: X` and `{name: X, value: …}` forms.
+                    for part in text.split("name:").skip(1) {
+                        let name: String = part
+                            .trim_start()
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        if name.starts_with("MARKETLANE") {
+                            names.push((name, path.display().to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            names
+                .iter()
+                .any(|(n, _)| n == "MARKETLANE__CLICKHOUSE__PASSWORD"),
+            "the scan finds the manifests' variables: {names:?}"
+        );
+        for (name, file) in &names {
+            assert_eq!(ignored_env_var(name), None, "{file}");
+        }
+        // All at once, with secret-sized placeholder values, through the StatefulSet's config:
+        // an unknown key is an error naming it; a known one must change the loaded config.
+        let path = root.join("base/config/marketlane.toml");
+        let placeholder = "placeholder-secret-value-of-40-bytes-long!";
+        for (name, file) in names.iter().filter(|(n, _)| n.starts_with(ENV_PREFIX)) {
+            let mut vars = env(&[
+                (
+                    "MARKETLANE__CLUSTER__ADVERTISE_HOST",
+                    "marketlane-0.marketlane-headless",
+                ),
+                ("MARKETLANE__CLUSTER__COOKIE", placeholder),
+            ]);
+            let value = if name.ends_with("__JSON") {
+                "true"
+            } else {
+                placeholder
+            };
+            let value = if name.ends_with("__LEVEL") {
+                "debug"
+            } else {
+                value
+            };
+            vars.push((name.clone(), value.to_string()));
+            let c = Config::load(Some(&path), vars)
+                .unwrap_or_else(|e| panic!("{name} ({file}): {e:#}"));
+            let key: Vec<String> = name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_lowercase)
+                .collect();
+            let loaded = toml::Value::try_from(&c).unwrap();
+            assert_eq!(
+                lookup(&loaded, &key).map(|v| v.to_string().trim_matches('"').to_string()),
+                Some(value.to_string()),
+                "{name} ({file}) must set {}",
+                key.join(".")
+            );
+        }
     }
 
     #[test]

@@ -81,7 +81,8 @@ enum SchemaCommand {
         server_version: String,
         #[arg(long, default_value = "marketlane")]
         database: String,
-        #[arg(long, default_value_t = 3)]
+        /// Days of TTL (1–3650, like `clickhouse.retention_days`).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=3650))]
         retention_days: u32,
     },
     /// Validate a directory of schema files.

@@ -9,8 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use marketlane_actors::Metrics;
@@ -79,67 +81,162 @@ fn parse_instrument(spec: &str) -> anyhow::Result<Instrument> {
     })
 }
 
-/// Prints what the normalizers hand to "Kafka".
+/// What a replay printed, and what it could not.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    pub frames: u64,
+    /// Rows and quarantine records the normalizers handed over.
+    pub handed_over: u64,
+    pub printed: u64,
+    /// Lines that could not be written (e.g. a closed pipe) or decoded.
+    pub failed: u64,
+}
+
+/// Where the printer writes: stdout in the binary, a buffer in tests.
+type Sink = Box<dyn Write + Send + Sync>;
+
+/// Prints what the normalizers hand to "Kafka". It never fails: a line it cannot write is
+/// counted, so the replay can end (and exit non-zero) instead of leaving rows in a mailbox.
 struct Printer;
+
+#[derive(Default)]
+struct PrintCounts {
+    handed_over: AtomicU64,
+    printed: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct PrinterState {
+    out: std::io::BufWriter<Sink>,
+    counts: Arc<PrintCounts>,
+    /// Lines in the buffer: printed only once a flush has written them.
+    pending: u64,
+}
+
+impl PrinterState {
+    fn flush(&mut self) -> bool {
+        let ok = self.out.flush().is_ok();
+        let counter = if ok {
+            &self.counts.printed
+        } else {
+            &self.counts.failed
+        };
+        counter.fetch_add(std::mem::take(&mut self.pending), Ordering::Relaxed);
+        ok
+    }
+}
 
 impl Actor for Printer {
     type Msg = ProducerMsg;
-    type State = ();
-    type Arguments = ();
+    type State = PrinterState;
+    type Arguments = (Sink, Arc<PrintCounts>);
 
-    async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<(), ActorProcessingErr> {
-        Ok(())
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        (out, counts): (Sink, Arc<PrintCounts>),
+    ) -> Result<PrinterState, ActorProcessingErr> {
+        Ok(PrinterState {
+            out: std::io::BufWriter::with_capacity(1 << 16, out),
+            counts,
+            pending: 0,
+        })
     }
 
     async fn handle(
         &self,
         _: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        _: &mut (),
+        state: &mut PrinterState,
     ) -> Result<(), ActorProcessingErr> {
-        if let ProducerMsg::Produce(p) = msg {
-            let value: serde_json::Value = serde_json::from_slice(&p.payload)?;
-            let line = if p
-                .topic
-                .ends_with(marketlane_protocol::schema::UNQUALIFIED_SUFFIX)
-            {
-                serde_json::json!({"category": p.category, "quarantined": value})
-            } else {
-                serde_json::json!({"category": p.category, "row": value})
-            };
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{line}")?;
+        match msg {
+            ProducerMsg::Produce(p) => {
+                state.counts.handed_over.fetch_add(1, Ordering::Relaxed);
+                let line = serde_json::from_slice::<serde_json::Value>(&p.payload).map(|value| {
+                    if p.topic
+                        .ends_with(marketlane_protocol::schema::UNQUALIFIED_SUFFIX)
+                    {
+                        serde_json::json!({"category": p.category, "quarantined": value})
+                    } else {
+                        serde_json::json!({"category": p.category, "row": value})
+                    }
+                });
+                match line.map(|l| writeln!(state.out, "{l}")) {
+                    Ok(Ok(())) => state.pending += 1,
+                    Ok(Err(_)) => {
+                        // The buffer may hold what was not written: count it lost too.
+                        state.counts.failed.fetch_add(1, Ordering::Relaxed);
+                        state.flush();
+                    }
+                    Err(_) => {
+                        state.counts.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            // The replay's barrier: everything handed over before it is written out.
+            ProducerMsg::Flush(_, reply) => {
+                let _ = reply.send(state.flush());
+            }
+            ProducerMsg::GetState(reply) => {
+                let _ = reply.send(Default::default());
+            }
+            // Only the Kafka producer's own delivery tasks send it.
+            ProducerMsg::Failed(_) => {}
         }
         Ok(())
     }
 }
 
-fn frames(path: &Path) -> anyhow::Result<Vec<(i64, Vec<u8>)>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let fallback_time = i64::try_from(i).unwrap_or(0) * 1_000_000;
-        match serde_json::from_slice::<RecordedFrame>(line) {
-            Ok(rec) if rec.text.is_some() || rec.base64.is_some() => {
-                out.push((rec.received_ns, rec.bytes()));
-            }
-            _ => out.push((fallback_time, line.to_vec())),
-        }
+/// One frame of the input: a recording line or a raw frame; `None` for a blank line.
+fn frame_of(line: &[u8], index: usize) -> Option<(i64, Vec<u8>)> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
     }
-    Ok(out)
+    match serde_json::from_slice::<RecordedFrame>(line) {
+        Ok(rec) if rec.text.is_some() || rec.base64.is_some() => {
+            Some((rec.received_ns, rec.bytes()))
+        }
+        _ => Some((i64::try_from(index).unwrap_or(0) * 1_000_000, line.to_vec())),
+    }
 }
 
+/// Frames read ahead of the normalizers at most: the input is streamed, never held whole.
+const SYNC_EVERY: u64 = 256;
+
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let file = std::fs::File::open(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let report = replay_to(
+        &args,
+        std::io::BufReader::new(file),
+        Box::new(std::io::stdout()),
+    )
+    .await?;
+    if report.failed > 0 || report.printed != report.handed_over {
+        bail!(
+            "replay printed {} of {} rows ({} could not be written) from {} frames",
+            report.printed,
+            report.handed_over,
+            report.failed,
+            report.frames
+        );
+    }
+    Ok(())
+}
+
+/// Feeds the frames of `input` through the normalizers and prints every row to `out`.
+pub async fn replay_to(
+    args: &ReplayArgs,
+    mut input: impl std::io::BufRead,
+    out: Sink,
+) -> anyhow::Result<ReplayReport> {
     let schemas = Arc::new(SchemaSet::load_dir(&args.schemas_dir)?);
     let instruments: BTreeMap<i64, Instrument> = args
         .instruments
         .iter()
         .map(|s| parse_instrument(s).map(|i| (i.conid, i)))
         .collect::<anyhow::Result<_>>()?;
-    let frames = frames(&args.file)?;
     let names = ActorNames::new(format!("replay_{}_", std::process::id()));
     let emitter = RowEmitter {
         schemas,
@@ -149,7 +246,13 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         names: names.clone(),
         metrics: Arc::new(Metrics::new()),
     };
-    let (printer, _) = Actor::spawn(Some(names.name(names::KAFKA_PRODUCER)), Printer, ()).await?;
+    let counts = Arc::new(PrintCounts::default());
+    let (printer, _) = Actor::spawn(
+        Some(names.name(names::KAFKA_PRODUCER)),
+        Printer,
+        (out, counts.clone()),
+    )
+    .await?;
     let normalizers: Vec<ActorRef<NormalizerMsg>> = vec![
         Actor::spawn(
             Some(names.name(names::TICK_NORMALIZER)),
@@ -181,7 +284,21 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         n.cast(NormalizerMsg::Resubscribed(conids.clone()))?;
     }
     let permit = Inflight::none();
-    for (received_ns, data) in frames {
+    let mut frames = 0u64;
+    let mut line = Vec::new();
+    for index in 0.. {
+        line.clear();
+        let n = input
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read {}", args.file.display()))?;
+        if n == 0 {
+            break;
+        }
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let Some((received_ns, data)) = frame_of(line, index) else {
+            continue;
+        };
+        frames += 1;
         match parse_frame(&data) {
             Err(e) => {
                 emitter
@@ -210,22 +327,116 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             }
             Ok(_) => {}
         }
+        if frames.is_multiple_of(SYNC_EVERY) {
+            drained(&normalizers, &printer).await?;
+        }
     }
-    // Calls are answered after every earlier message: all rows are printed once these return.
-    for n in &normalizers {
-        ractor::call_t!(n, NormalizerMsg::GetState, 10_000)?;
-    }
-    ractor::call_t!(printer, ProducerMsg::GetState, 10_000).ok();
+    drained(&normalizers, &printer).await?;
+    // Waited for: the names are free again for another replay in this process.
     for n in normalizers {
-        n.stop(None);
+        n.stop_and_wait(None, None).await?;
     }
-    printer.stop(None);
+    printer.stop_and_wait(None, None).await?;
+    Ok(ReplayReport {
+        frames,
+        handed_over: counts.handed_over.load(Ordering::Relaxed),
+        printed: counts.printed.load(Ordering::Relaxed),
+        failed: counts.failed.load(Ordering::Relaxed),
+    })
+}
+
+/// Returns once every frame cast so far is normalized and its rows are written out. Calls are
+/// answered after every earlier message, and without a timeout: a large book takes as long as
+/// it takes, and nothing is left in a mailbox.
+async fn drained(
+    normalizers: &[ActorRef<NormalizerMsg>],
+    printer: &ActorRef<ProducerMsg>,
+) -> anyhow::Result<()> {
+    for n in normalizers {
+        ractor::call!(n, NormalizerMsg::GetState)?;
+    }
+    ractor::call!(printer, ProducerMsg::Flush, Duration::ZERO)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    /// A writer shared with the test, or one whose pipe is closed.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<std::sync::Mutex<Vec<u8>>>, bool);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.1 {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn args() -> ReplayArgs {
+        ReplayArgs {
+            file: PathBuf::from("book.jsonl"),
+            instruments: vec!["265598=AAPL".into()],
+            schemas_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas"),
+            source_system: "ib".into(),
+            instance: "replay".into(),
+        }
+    }
+
+    /// A BookTrader ladder of `levels` rows, one frame.
+    fn big_book(levels: usize) -> Vec<u8> {
+        let rows: Vec<String> = (0..levels)
+            .map(|i| {
+                format!(
+                    r#"{{"row":{i},"focus":0,"price":"{}.{:02}","bid":"{}"}}"#,
+                    100 + i / 100,
+                    i % 100,
+                    i % 900 + 1
+                )
+            })
+            .collect();
+        format!(
+            "{{\"topic\":\"sbd+DU1+265598\",\"data\":[{}]}}\n",
+            rows.join(",")
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_large_book_prints_every_row_and_a_closed_pipe_is_a_failure() {
+        // Size-independent mechanism (no timeout, streamed input); `marketlane replay` was run
+        // by hand on a 300k-level book as well (all rows printed).
+        let levels = 20_000;
+        let input = big_book(levels);
+        let out = Shared::default();
+        let report = replay_to(&args(), &input[..], Box::new(out.clone()))
+            .await
+            .unwrap();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let rows = text.lines().filter(|l| l.contains(r#""row":{"#)).count() as u64;
+        assert_eq!(report.frames, 1);
+        assert!(report.printed >= levels as u64, "{report:?}");
+        assert_eq!(report.printed, report.handed_over, "{report:?}");
+        assert_eq!(
+            rows, report.printed,
+            "every handed-over line is in the output"
+        );
+        assert_eq!(report.failed, 0);
+
+        let closed = Shared(Default::default(), true);
+        let report = replay_to(&args(), &big_book(10)[..], Box::new(closed))
+            .await
+            .unwrap();
+        assert!(report.failed > 0 && report.printed == 0, "{report:?}");
+    }
 
     #[test]
     fn instrument_specs() {

@@ -46,7 +46,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 /// A symbol streams when its latest row in Kafka is at most this old (event time).
 const FRESH_NS: i64 = 3_000_000_000;
-const COOKIE: &str = "marketlane-bench-cluster";
+const COOKIE: &str = "marketlane-bench-cluster-cookie-32-bytes";
 const USERS: [&str; 2] = ["bench-a", "bench-b"];
 
 #[derive(Debug, Clone)]

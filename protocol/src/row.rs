@@ -424,9 +424,30 @@ pub struct UnqualifiedRecord {
     pub source_offset: Option<i64>,
 }
 
+/// Bytes of a quarantined payload kept in the record (before JSON escaping, which at most
+/// sextuples them): the record stays far below Kafka's 1 MB message limit however large the
+/// input was. The original length and its SHA-256 are kept in the reason.
+pub const MAX_QUARANTINE_RAW: usize = 32 * 1024;
+/// Bytes of a quarantine reason kept (an error message may quote the offending value).
+pub const MAX_QUARANTINE_REASON: usize = 1024;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn prefix_at_char(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 impl UnqualifiedRecord {
-    /// A record for `raw` bytes, kept as text when they are UTF-8 and as base64 otherwise, so no
-    /// byte of bad input is lost.
+    /// A record for `raw` bytes, kept as text when they are UTF-8 and as base64 otherwise.
+    /// Both `raw` and `reason` are bounded ([`MAX_QUARANTINE_RAW`], [`MAX_QUARANTINE_REASON`]):
+    /// a longer payload keeps its first bytes, and the reason says how long it was and its
+    /// SHA-256, so the record always fits the broker and the input can still be identified.
     pub fn new(
         category: &str,
         reason_code: &str,
@@ -436,21 +457,37 @@ impl UnqualifiedRecord {
         component_instance_name: &str,
         ingestion_time: i64,
     ) -> Self {
-        let (raw, raw_encoding) = match std::str::from_utf8(raw) {
-            Ok(s) => (s.to_string(), RawEncoding::Utf8),
+        use base64::Engine as _;
+        let mut reason = prefix_at_char(&reason, MAX_QUARANTINE_REASON).to_string();
+        let (raw_text, raw_encoding, kept) = match std::str::from_utf8(raw) {
+            Ok(s) => {
+                let kept = prefix_at_char(s, MAX_QUARANTINE_RAW);
+                (kept.to_string(), RawEncoding::Utf8, kept.len())
+            }
             Err(_) => {
-                use base64::Engine as _;
+                // Base64 grows by 4/3: keep as many input bytes as fit the same bound.
+                let kept = &raw[..raw.len().min(MAX_QUARANTINE_RAW / 4 * 3)];
                 (
-                    base64::engine::general_purpose::STANDARD.encode(raw),
+                    base64::engine::general_purpose::STANDARD.encode(kept),
                     RawEncoding::Base64,
+                    kept.len(),
                 )
             }
         };
+        if kept < raw.len() {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(raw);
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            reason.push_str(&format!(
+                " [raw truncated: first {kept} of {} bytes kept; sha256 {hex}]",
+                raw.len()
+            ));
+        }
         Self {
             category: category.to_string(),
             reason_code: reason_code.to_string(),
             reason,
-            raw,
+            raw: raw_text,
             raw_encoding,
             source_system_name: source_system_name.to_string(),
             component_instance_name: component_instance_name.to_string(),
@@ -678,6 +715,54 @@ mod tests {
             assert_eq!(checked, validated, "{k}");
         }
         assert!(l2.check(&l2_row).is_err());
+    }
+
+    #[test]
+    fn quarantine_records_are_bounded_whatever_the_input() {
+        use sha2::Digest as _;
+        // Kafka's default message.max.bytes is 1 MB; a record must stay well below it.
+        const BROKER_LIMIT: usize = 1_000_000;
+        let field_2mb = "9".repeat(2 * 1024 * 1024);
+        let frame = format!(r#"{{"topic":"smd+265598","conid":265598,"31":"{field_2mb}"}}"#);
+        let field_64mib = vec![b'x'; 64 * 1024 * 1024];
+        let escaped = vec![1u8; 4 * 1024 * 1024]; // each byte is 6 in JSON (\u0001)
+        let mut binary = vec![0xffu8; 3 * 1024 * 1024];
+        binary[0] = b'{';
+        for (raw, encoding) in [
+            (frame.as_bytes(), RawEncoding::Utf8),
+            (&field_64mib[..], RawEncoding::Utf8),
+            (&escaped[..], RawEncoding::Utf8),
+            (&binary[..], RawEncoding::Base64),
+        ] {
+            // The reason of a bad value quotes the value: it is bounded too.
+            let reason = format!(
+                "field 31: {:?} is not a number",
+                String::from_utf8_lossy(raw)
+            );
+            let rec = UnqualifiedRecord::new("t", "bad", reason, raw, "ib", "p0", 1);
+            let json = serde_json::to_vec(&rec).unwrap();
+            assert!(json.len() < BROKER_LIMIT / 4, "{} bytes", json.len());
+            assert_eq!(rec.raw_encoding, encoding);
+            assert!(rec.raw.len() <= MAX_QUARANTINE_RAW);
+            let hex: String = sha2::Sha256::digest(raw)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert!(
+                rec.reason
+                    .contains(&format!("of {} bytes kept; sha256 {hex}", raw.len())),
+                "{}",
+                &rec.reason[rec.reason.len().saturating_sub(200)..]
+            );
+            assert!(rec.reason.len() < MAX_QUARANTINE_REASON + 200);
+        }
+        // Small inputs are kept whole, with no note.
+        let rec = UnqualifiedRecord::new("t", "c", "r".into(), "é{}".as_bytes(), "ib", "p", 5);
+        assert_eq!((rec.raw.as_str(), rec.reason.as_str()), ("é{}", "r"));
+        // A cut never splits a character.
+        let wide = "é".repeat(MAX_QUARANTINE_RAW);
+        let rec = UnqualifiedRecord::new("t", "c", "r".into(), wide.as_bytes(), "ib", "p", 5);
+        assert!(rec.raw.len() <= MAX_QUARANTINE_RAW && rec.raw.chars().all(|c| c == 'é'));
     }
 
     #[test]

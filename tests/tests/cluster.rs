@@ -21,7 +21,7 @@ use marketlane_tests::netns::{self, Net};
 use marketlane_tests::{clickhouse, eventually, free_port, output_within};
 
 const SEED: u64 = 23;
-const COOKIE: &str = "cluster-test-cookie";
+const COOKIE: &str = "cluster-test-cookie-of-32-bytes-or-more";
 /// "Never recovered".
 const TIMEOUT: Duration = Duration::from_secs(90);
 /// Two pods starting on a loaded machine, then the split's handover (up to 30 s).
@@ -630,7 +630,11 @@ async fn tls_links_form_the_cluster_and_a_wrong_cookie_is_refused() {
         c.roles = vec!["connector".into()];
         c.gateway_url = format!("http://127.0.0.1:{}", gw[i]);
         c.symbols = symbols();
-        let cookie = if i < 2 { COOKIE } else { "a-wrong-cookie" };
+        let cookie = if i < 2 {
+            COOKIE
+        } else {
+            "a-wrong-cookie-but-long-enough-to-start"
+        };
         let c = c.extra(&format!(
             "[cluster]\nenabled = true\nport = {port}\nadvertise_host = \"127.0.0.1\"\npeers = {peers:?}\ncookie = \"{cookie}\"\n{tls}",
             port = node[i],

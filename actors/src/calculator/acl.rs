@@ -120,10 +120,28 @@ pub fn users(config: &CalculatorConfig) -> Result<Vec<AclUser>, AclError> {
 }
 
 /// Applies `users` through an administrative connection (`admin_url`, e.g. the default user).
+/// `url` without its user and password, and every piece of them blanked out of `text`: the
+/// admin URL carries the admin password, and client errors may quote the URL.
+fn without_credentials(url: &str, text: &str) -> (String, String) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), text.to_string());
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return (url.to_string(), text.to_string());
+    };
+    let userinfo = &authority[..at];
+    let mut text = text.replace(userinfo, "[redacted]");
+    for part in userinfo.split(':').filter(|p| p.len() >= 3) {
+        text = text.replace(part, "[redacted]");
+    }
+    (format!("{scheme}://[redacted]@{}", &rest[at + 1..]), text)
+}
+
 pub async fn apply(admin_url: &str, users: &[AclUser]) -> Result<(), AclError> {
-    let err = |e: fred::error::Error| AclError::Redis {
-        url: admin_url.to_string(),
-        message: e.to_string(),
+    let err = |e: fred::error::Error| {
+        let (url, message) = without_credentials(admin_url, &e.to_string());
+        AclError::Redis { url, message }
     };
     let client = Builder::from_config(Config::from_url(admin_url).map_err(err)?)
         .build()
@@ -145,6 +163,20 @@ pub async fn apply(admin_url: &str, users: &[AclUser]) -> Result<(), AclError> {
 mod tests {
     use super::*;
     use crate::calculator::config::{SpecConfig, TeamConfig};
+
+    #[tokio::test]
+    async fn apply_errors_never_show_the_admin_password() {
+        for url in [
+            // Nothing listens on port 1: a connection error.
+            "redis://admin:hunter2-admin@127.0.0.1:1/0",
+            // Not a URL fred accepts.
+            "redis://admin:hunter2-admin@[not-a-host/0",
+        ] {
+            let e = apply(url, &[]).await.unwrap_err().to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("[redacted]"), "{e}");
+        }
+    }
 
     #[test]
     fn rules_confine_each_team_to_its_prefix() {

@@ -496,12 +496,16 @@ impl ClickHouse {
     }
 }
 
-/// `YYYYMMDD` `days` days before `day` (proleptic Gregorian, UTC).
+/// `YYYYMMDD` `days` days before `day` (proleptic Gregorian, UTC); a date before year 1 is 0,
+/// older than every partition (never a wrapped, far-future date that would expire them all).
 pub fn yyyymmdd_minus_days(day: u32, days: u32) -> u32 {
     let (y, m, d) = (day / 10_000, day / 100 % 100, day % 100);
     let n = days_from_civil(y as i64, m as i64, d as i64) - days as i64;
     let (y, m, d) = civil_from_days(n);
-    (y as u32) * 10_000 + (m as u32) * 100 + d as u32
+    if y < 1 {
+        return 0;
+    }
+    u32::try_from(y * 10_000 + m * 100 + d).unwrap_or(u32::MAX)
 }
 
 /// Today as `YYYYMMDD`, UTC.
@@ -574,6 +578,9 @@ mod tests {
         assert_eq!(yyyymmdd_minus_days(20260302, 3), 20260227);
         assert_eq!(yyyymmdd_minus_days(20240301, 1), 20240229);
         assert_eq!(yyyymmdd_minus_days(20270101, 1), 20261231);
+        // Far beyond any accepted retention: before year 1 is 0, never a wrapped future date.
+        assert_eq!(yyyymmdd_minus_days(20261204, 999_999), 0);
+        assert_eq!(yyyymmdd_minus_days(20261204, u32::MAX), 0);
         assert!(today_utc() > 20250101);
     }
 }

@@ -87,6 +87,14 @@ impl Default for ClusterConfig {
     }
 }
 
+/// The cookie is the only secret between a stranger and the cluster when TLS is off: at least
+/// 256 bits (e.g. `openssl rand -hex 32` gives 64 characters).
+pub const MIN_COOKIE_BYTES: usize = 32;
+
+fn short_cookie(len: usize) -> String {
+    format!("{len} bytes; at least {MIN_COOKIE_BYTES} are required (e.g. `openssl rand -hex 32`)")
+}
+
 fn bad(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         key: format!("cluster.{key}"),
@@ -110,6 +118,9 @@ impl ClusterConfig {
                 "cookie",
                 "empty: set cluster.cookie (e.g. from a secret) or cluster.cookie_file",
             ));
+        }
+        if self.cookie_file.is_none() && self.cookie.len() < MIN_COOKIE_BYTES {
+            return Err(bad("cookie", short_cookie(self.cookie.len())));
         }
         for (i, p) in self.peers.iter().enumerate() {
             let ok = p
@@ -157,6 +168,12 @@ impl ClusterConfig {
                 if cookie.is_empty() {
                     return Err(bad("cookie_file", format!("{} is empty", path.display())));
                 }
+                if cookie.len() < MIN_COOKIE_BYTES {
+                    return Err(bad(
+                        "cookie_file",
+                        format!("{}: {}", path.display(), short_cookie(cookie.len())),
+                    ));
+                }
                 Ok(cookie)
             }
             None => Ok(self.cookie.clone()),
@@ -172,7 +189,7 @@ mod tests {
         ClusterConfig {
             enabled: true,
             advertise_host: "10.0.0.1".into(),
-            cookie: "s3cret-cookie".into(),
+            cookie: "s3cret-cookie-of-at-least-32-bytes!".into(),
             peers: vec!["10.0.0.1:4697".into(), "10.0.0.2:4697".into()],
             ..Default::default()
         }
@@ -191,6 +208,13 @@ mod tests {
             (
                 ClusterConfig {
                     cookie: String::new(),
+                    ..enabled()
+                },
+                "cluster.cookie",
+            ),
+            (
+                ClusterConfig {
+                    cookie: "s3cret-cookie".into(),
                     ..enabled()
                 },
                 "cluster.cookie",
@@ -233,12 +257,17 @@ mod tests {
     fn the_cookie_comes_from_its_file_when_set() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cookie");
-        std::fs::write(&path, "from-the-secret\n").unwrap();
+        std::fs::write(&path, "from-the-secret-of-at-least-32-bytes\n").unwrap();
         let c = ClusterConfig {
             cookie_file: Some(path.clone()),
             ..enabled()
         };
-        assert_eq!(c.load_cookie().unwrap(), "from-the-secret");
+        assert_eq!(
+            c.load_cookie().unwrap(),
+            "from-the-secret-of-at-least-32-bytes"
+        );
+        std::fs::write(&path, "short\n").unwrap();
+        assert_eq!(c.load_cookie().unwrap_err().key, "cluster.cookie_file");
         std::fs::write(&path, "\n").unwrap();
         assert_eq!(c.load_cookie().unwrap_err().key, "cluster.cookie_file");
     }

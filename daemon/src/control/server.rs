@@ -1,4 +1,5 @@
-//! The control socket listener: one task per connection, at most [`MAX_CONNECTIONS`] at once.
+//! The control socket listener: one task per connection, at most [`MAX_CONNECTIONS`] at once
+//! and [`MAX_CONNECTIONS_PER_UID`] per peer uid, counted after the uid check.
 //! A connection is a sequence of request lines answered in order. Garbage gets an error reply
 //! and the connection goes on; an oversized line or an idle client is disconnected; a client
 //! that goes away mid-request only loses its reply. Nothing a client sends reaches the actors
@@ -13,13 +14,57 @@ use anyhow::{Context, bail};
 use marketlane_protocol::control::{Command, ErrorCode, MAX_LINE, Reply, Request};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{ControlConfig, Daemon};
 
 /// Concurrent control connections; more are answered `unavailable` and closed.
 const MAX_CONNECTIONS: usize = 16;
+/// Connections one peer uid may hold at once: an allowed but runaway client (a script that
+/// opens connections in a loop) leaves the other half to everyone else, e.g. an operator's
+/// `kubectl exec … ctl drain`. Slots are taken only after the uid check, so a peer that is not
+/// allowed never holds one.
+const MAX_CONNECTIONS_PER_UID: usize = MAX_CONNECTIONS / 2;
+
+/// The connection slots: [`MAX_CONNECTIONS`] in all, [`MAX_CONNECTIONS_PER_UID`] per uid.
+#[derive(Clone, Default)]
+struct Slots(Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>);
+
+/// A held slot; returned when dropped.
+struct Slot {
+    slots: Slots,
+    uid: u32,
+}
+
+impl Slots {
+    fn take(&self, uid: u32) -> Result<Slot, &'static str> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if held.values().sum::<usize>() >= MAX_CONNECTIONS {
+            return Err("too many control connections");
+        }
+        let mine = held.entry(uid).or_default();
+        if *mine >= MAX_CONNECTIONS_PER_UID {
+            return Err("too many control connections from this uid");
+        }
+        *mine += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.slots.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.uid);
+            }
+        }
+    }
+}
 /// A connection with no complete request for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a command may run (a drain has its own, shorter deadline).
@@ -58,7 +103,7 @@ pub async fn serve(config: &ControlConfig, daemon: Arc<Daemon>) -> anyhow::Resul
         .uid();
     let mut allowed = config.allowed_uids.clone();
     allowed.push(own_uid);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Slots::default();
     info!(socket = %path.display(), ?allowed, "control socket listening");
     tokio::spawn(async move {
         loop {
@@ -72,17 +117,9 @@ pub async fn serve(config: &ControlConfig, daemon: Arc<Daemon>) -> anyhow::Resul
             };
             let daemon = daemon.clone();
             let allowed = allowed.clone();
-            let slot = slots.clone().try_acquire_owned();
+            let slots = slots.clone();
             tokio::spawn(async move {
-                let Ok(_slot) = slot else {
-                    let _ = reply_and_close(
-                        stream,
-                        Reply::err(None, ErrorCode::Unavailable, "too many control connections"),
-                    )
-                    .await;
-                    return;
-                };
-                handle(stream, daemon, &allowed).await;
+                handle(stream, daemon, &allowed, &slots).await;
             });
         }
     });
@@ -101,7 +138,7 @@ async fn write_reply<W: AsyncWriteExt + Unpin>(w: &mut W, reply: &Reply) -> std:
     w.flush().await
 }
 
-async fn handle(stream: UnixStream, daemon: Arc<Daemon>, allowed: &[u32]) {
+async fn handle(stream: UnixStream, daemon: Arc<Daemon>, allowed: &[u32], slots: &Slots) {
     let uid = match stream.peer_cred() {
         Ok(c) => c.uid(),
         Err(e) => {
@@ -122,6 +159,14 @@ async fn handle(stream: UnixStream, daemon: Arc<Daemon>, allowed: &[u32]) {
         .await;
         return;
     }
+    let _slot = match slots.take(uid) {
+        Ok(slot) => slot,
+        Err(why) => {
+            warn!(uid, "control socket: {why}");
+            let _ = reply_and_close(stream, Reply::err(None, ErrorCode::Unavailable, why)).await;
+            return;
+        }
+    };
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut buf = Vec::with_capacity(256);
@@ -206,4 +251,30 @@ async fn answer(line: &[u8], daemon: &Daemon, uid: u32) -> Reply {
 /// Removes the socket file at shutdown (a stale one would be replaced at the next start anyway).
 pub fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_uid_cannot_hold_every_slot() {
+        let slots = Slots::default();
+        let runaway: Vec<Slot> = (0..MAX_CONNECTIONS_PER_UID)
+            .map(|_| slots.take(1000).unwrap())
+            .collect();
+        assert!(slots.take(1000).is_err(), "the runaway uid is at its share");
+        // Another uid (the operator) still gets the rest, up to the total.
+        let operator: Vec<Slot> = (0..MAX_CONNECTIONS - MAX_CONNECTIONS_PER_UID)
+            .map(|_| slots.take(10001).unwrap())
+            .collect();
+        assert_eq!(slots.take(4242).err(), Some("too many control connections"));
+        drop(runaway);
+        assert!(
+            slots.take(1000).is_ok(),
+            "closed connections return their slots"
+        );
+        drop(operator);
+        assert!(slots.0.lock().unwrap().values().sum::<usize>() <= 1);
+    }
 }
