@@ -46,6 +46,7 @@ pub struct Metrics {
     pub cluster_assigned_symbols: IntGauge,
     pub cluster_unassigned_symbols: IntGauge,
     pub cluster_membership_changes: IntCounterVec,
+    pub cluster_heartbeats_refused: IntCounterVec,
     pub calculator_rows: IntCounterVec,
     pub calculator_pending_keys: IntGaugeVec,
 }
@@ -269,6 +270,11 @@ impl Metrics {
                 "marketlane_cluster_membership_changes_total",
                 "Peers joining or leaving as this pod sees them, by change (joined, left, timed_out, draining)",
                 &["change"],
+            ),
+            cluster_heartbeats_refused: counter(
+                "marketlane_cluster_heartbeats_refused_total",
+                "Peer heartbeats refused, or claims cut down, by reason (identity, address, duplicate, undecodable, too_large, budget)",
+                &["reason"],
             ),
             calculator_rows: counter(
                 "marketlane_calculator_rows_total",

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use marketlane_actors::config::{SecType, SymbolConfig};
+use marketlane_protocol::cluster::{CLUSTER_PROTOCOL_VERSION, CONNECTOR_GROUP, Heartbeat};
 use marketlane_tests::harness::{
     Daemon, DaemonConfig, Launcher, Reconciliation, Sim, SimBuilder, drop_lane_data,
     fault_row_line, kafka_rows, now_ms, reconcile_ticks, run_dir, stack_shared_lock,
@@ -353,6 +354,182 @@ usernames = ["trader-live", "trader-paper"]
         }
         drop_lane_data(&self.pods[0].config).await;
     }
+}
+
+/// The old, all-remote shape of the cluster member's messages: what a forged peer sends.
+/// Variant names are the wire tags.
+#[derive(ractor_cluster::RactorClusterMessage)]
+enum ForgedMsg {
+    Heartbeat(Vec<u8>),
+    Tick,
+    Reassign,
+    SessionClosed(String),
+    #[rpc]
+    Leave(u64, ractor::RpcReplyPort<bool>),
+}
+
+/// The forged peer's own beacon: it answers the pods' heartbeat requests with whatever
+/// heartbeat the test puts in.
+#[derive(ractor_cluster::RactorClusterMessage)]
+enum ForgedBeaconMsg {
+    #[rpc]
+    Heartbeat(ractor::RpcReplyPort<Vec<u8>>),
+}
+
+struct ForgedBeacon;
+
+impl ractor::Actor for ForgedBeacon {
+    type Msg = ForgedBeaconMsg;
+    type State = Arc<std::sync::Mutex<Vec<u8>>>;
+    type Arguments = Arc<std::sync::Mutex<Vec<u8>>>;
+
+    async fn pre_start(
+        &self,
+        myself: ractor::ActorRef<Self::Msg>,
+        forged: Self::Arguments,
+    ) -> Result<Self::State, ractor::ActorProcessingErr> {
+        ractor::pg::join(CONNECTOR_GROUP.to_string(), vec![myself.get_cell()]);
+        Ok(forged)
+    }
+
+    async fn handle(
+        &self,
+        _: ractor::ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        forged: &mut Self::State,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        let ForgedBeaconMsg::Heartbeat(reply) = msg;
+        let _ = reply.send(forged.lock().unwrap().clone());
+        Ok(())
+    }
+}
+
+/// A forged peer: this test process, a second node with the right cookie but no pod's
+/// identity, dials pod 0 and for 20 s sends what the old message type allowed (leave,
+/// session closed, extra ticks, pushed heartbeats) and answers pod 0's heartbeat requests
+/// with forged heartbeats: pod 1's identity, pod 1's address under its own name with a huge
+/// line budget claiming every symbol, an address outside `peers`. Pod 0 refuses and counts
+/// them, keeps its members and its share, never drains, and no trade is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_peer_with_the_cookie_does_not_stop_the_data() {
+    if !netns::can_run() {
+        return;
+    }
+    let mut c = Cluster::start("forge").await;
+    let before = (c.held(0).await, c.held(1).await);
+    let instance1 = c.pods[1].config.instance.clone();
+    let address1 = format!("{}:4697", c.net.pod_addr(1));
+    let all: Vec<String> = symbols().into_iter().map(|s| s.symbol).collect();
+    let forged = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let heartbeat = |instance: &str, address: &str, budget: u32, seq: u64| Heartbeat {
+        version: CLUSTER_PROTOCOL_VERSION,
+        instance: instance.into(),
+        incarnation: 7,
+        seq,
+        address: address.into(),
+        line_budget: budget,
+        draining: false,
+        streaming: all.clone(),
+    };
+
+    // The forged node: the right cookie, its own name, listening on the host's bridge address.
+    let port = free_port();
+    let server = ractor_cluster::NodeServer::new(
+        port,
+        COOKIE.into(),
+        "intruder".into(),
+        c.net.host_addr().to_string(),
+        None,
+        Some(ractor_cluster::node::NodeConnectionMode::Isolated),
+    );
+    let (server, _) = ractor::Actor::spawn(None, server, ()).await.expect("node");
+    let (beacon, _) = ractor::Actor::spawn(None, ForgedBeacon, forged.clone())
+        .await
+        .expect("beacon");
+    ractor_cluster::client_connect(&server, format!("{}:4697", c.net.pod_addr(0)).as_str())
+        .await
+        .expect("dial pod 0");
+    let targets = {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let remote: Vec<ractor::ActorCell> = ractor::pg::get_members(&CONNECTOR_GROUP.into())
+                .into_iter()
+                .filter(|m| !m.get_id().is_local())
+                .collect();
+            if !remote.is_empty() || Instant::now() > until {
+                break remote;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert!(
+        !targets.is_empty(),
+        "the forged node authenticated and sees pod 0's group"
+    );
+
+    let attack = Instant::now();
+    let mut seq = 0;
+    let mut leave_answered = 0;
+    while attack.elapsed() < Duration::from_secs(20) {
+        seq += 1;
+        let phase = (seq / 20) % 3;
+        *forged.lock().unwrap() = match phase {
+            0 => heartbeat(&instance1, &address1, 100, seq),
+            1 => heartbeat("intruder", &address1, 1_000_000, seq),
+            _ => heartbeat("intruder", "10.255.0.9:4697", 100, seq),
+        }
+        .encode();
+        for t in &targets {
+            let peer: ractor::ActorRef<ForgedMsg> = t.clone().into();
+            let _ = peer.cast(ForgedMsg::Tick);
+            let _ = peer.cast(ForgedMsg::Reassign);
+            let _ = peer.cast(ForgedMsg::SessionClosed(format!(
+                "{instance1}@{}",
+                c.net.pod_addr(1)
+            )));
+            let _ = peer.cast(ForgedMsg::Heartbeat(
+                heartbeat(&instance1, &address1, 1_000_000, seq).encode(),
+            ));
+            if seq % 10 == 0 && ractor::call_t!(peer, ForgedMsg::Leave, 200, 0).is_ok() {
+                leave_answered += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = c.cluster_status(0).await.expect("pod 0 answers");
+    println!("  forged peer: pod 0 refused {}", status["refused"]);
+    assert_eq!(leave_answered, 0, "a remote Leave reached the member");
+    assert_eq!(status["draining"], false, "{status}");
+    for reason in ["identity", "duplicate", "address"] {
+        assert!(
+            status["refused"][reason].as_u64().unwrap_or(0) > 0,
+            "no {reason} refusal: {status}"
+        );
+    }
+    let members: Vec<String> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["instance"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(!members.iter().any(|m| m == "intruder"), "{members:?}");
+    assert_eq!(
+        (c.held(0).await, c.held(1).await),
+        before,
+        "the split moved under the forged peer"
+    );
+    let refused_metric = c.pods[0]
+        .metrics()
+        .await
+        .sum("marketlane_cluster_heartbeats_refused_total");
+    assert!(refused_metric > 0.0, "not counted: {refused_metric}");
+    beacon.stop(None);
+    server.stop(None);
+    // No gap allowed: every trade of the whole run is in ClickHouse exactly once.
+    let recovery = attack.elapsed().as_secs_f64();
+    c.finish("forged", "forged_peer", recovery, &[]).await;
+    c.cleanup().await;
 }
 
 /// A JSON list of symbol names.

@@ -31,6 +31,9 @@ pub struct ClusterConfig {
     pub tls: Option<ClusterTlsConfig>,
     /// Market-data lines this pod's IB user may hold (IB's default is 100).
     pub line_budget: u32,
+    /// The most lines a peer's heartbeat may claim (a larger claim counts as this many);
+    /// unset: this pod's own `line_budget` (pods of one StatefulSet have the same).
+    pub max_peer_line_budget: Option<u32>,
     #[serde(with = "humantime_secs")]
     pub heartbeat_interval: Duration,
     /// A peer unheard for this long is gone (half-open links never close by themselves).
@@ -78,6 +81,7 @@ impl Default for ClusterConfig {
             cookie_file: None,
             tls: None,
             line_budget: 100,
+            max_peer_line_budget: None,
             heartbeat_interval: Duration::from_millis(250),
             heartbeat_timeout: Duration::from_millis(1_500),
             redial_interval: Duration::from_secs(1),
@@ -151,6 +155,11 @@ impl ClusterConfig {
             return Err(bad("tls.server_name", "empty"));
         }
         Ok(())
+    }
+
+    /// The most lines a peer may claim.
+    pub fn max_peer_line_budget(&self) -> u32 {
+        self.max_peer_line_budget.unwrap_or(self.line_budget)
     }
 
     /// This pod as its peers list it.

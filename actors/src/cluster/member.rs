@@ -8,6 +8,14 @@
 //! would otherwise go unnoticed until a TCP write times out). A closed session removes the peer
 //! at once, which is what makes a killed pod's symbols move within a second.
 //!
+//! Trust: peers cannot message this actor. It is not in the advertised process group; its
+//! [`ClusterBeacon`] is, and answers only "what is your heartbeat". Each tick this pod asks every
+//! remote beacon over that peer's authenticated session, so a heartbeat arrives tied to the
+//! node that sent it, and is refused (and counted) when it names another instance than that
+//! node, an address outside `peers`, or an instance another live node already speaks for.
+//! What it claims is bounded: its line budget to `max_peer_line_budget`, its streaming list
+//! to the configured symbols.
+//!
 //! From the live members every pod computes the same split of the configured symbols
 //! ([`assign`]) and tells its IB session its share. A symbol that moves away is released only
 //! once its new owner's heartbeat lists it as streaming, or after `handover_timeout`: make
@@ -21,13 +29,14 @@ use marketlane_protocol::cluster::{CLUSTER_PROTOCOL_VERSION, CONNECTOR_GROUP, He
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{
-    BytesConvertable, IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
-    RactorClusterMessage,
+    IncomingEncryptionMode, NodeEventSubscription, NodeId, NodeServer, NodeServerMessage,
+    RactorMessage,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::assignment::{Assignment, Member, assign};
+use super::beacon::{BeaconArgs, BeaconMsg, ClusterBeacon, CurrentHeartbeat};
 use super::config::ClusterConfig;
 use super::tls::ClusterTls;
 use crate::ib_session::SessionMsg;
@@ -46,12 +55,21 @@ pub struct ClusterArgs {
     pub metrics: Arc<Metrics>,
 }
 
-/// Messages of the cluster member. `Heartbeat` arrives from peers over the cluster; the others
-/// are local (timers, node-server events, the drain, the control socket).
-#[derive(RactorClusterMessage)]
+/// A heartbeat larger than this is refused unread (a real one lists at most the configured
+/// symbols).
+const MAX_HEARTBEAT_BYTES: usize = 256 * 1024;
+
+/// Messages of the cluster member, all local (timers, node-server events, the drain, the
+/// control socket, the answers to this pod's heartbeat requests): a local message type, so
+/// none of them can arrive from the network.
+#[derive(RactorMessage)]
 pub enum ClusterMsg {
-    /// A peer's postcard-encoded [`Heartbeat`].
-    Heartbeat(Vec<u8>),
+    /// The reply of the beacon of node `node` to this pod's request: its postcard-encoded
+    /// [`Heartbeat`].
+    Pulled {
+        node: NodeId,
+        bytes: Vec<u8>,
+    },
     /// The heartbeat timer (one chain per actor: never cast it from outside).
     Tick,
     /// Recompute the split now (control socket `rebalance`).
@@ -62,9 +80,7 @@ pub enum ClusterMsg {
     SessionClosed(String),
     /// Drain: announce that this pod leaves, and answer once peers stream its symbols (true)
     /// or after the deadline in ms (false).
-    #[rpc]
     Leave(u64, RpcReplyPort<bool>),
-    #[rpc]
     GetState(RpcReplyPort<ClusterSnapshot>),
 }
 
@@ -100,26 +116,27 @@ pub struct ClusterSnapshot {
     pub draining: bool,
     /// Membership changes this pod has seen (joins, leaves, timeouts).
     pub membership_changes: u64,
-}
-
-// The snapshot is only ever sent to local callers; the cluster derive still wants bytes.
-impl BytesConvertable for ClusterSnapshot {
-    fn into_bytes(self) -> Vec<u8> {
-        postcard::to_stdvec(&self).unwrap_or_default()
-    }
-    fn from_bytes(bytes: Vec<u8>) -> Self {
-        postcard::from_bytes(&bytes).unwrap_or_default()
-    }
+    /// Peer heartbeats refused (or claims cut down), by reason.
+    pub refused: BTreeMap<String, u64>,
 }
 
 struct Peer {
     hb: Heartbeat,
     heard: Instant,
+    /// The node (session) it speaks through.
+    node: NodeId,
 }
 
 pub struct ClusterState {
     args: ClusterArgs,
     server: ActorRef<NodeServerMessage>,
+    beacon: ActorRef<BeaconMsg>,
+    /// What the beacon answers peers with.
+    current: CurrentHeartbeat,
+    refused: BTreeMap<String, u64>,
+    /// (node, reason) pairs already logged at warn level: a forging peer asks every tick.
+    refusals_logged: BTreeSet<(NodeId, &'static str)>,
+    myself: ActorRef<ClusterMsg>,
     tls: Option<ClusterTls>,
     group: String,
     incarnation: u64,
@@ -201,7 +218,17 @@ impl Actor for ClusterMember {
             subscription: Box::new(SessionEvents(myself.clone())),
         })?;
         let group = args.names.name(CONNECTOR_GROUP);
-        ractor::pg::join(group.clone(), vec![myself.get_cell()]);
+        let current = CurrentHeartbeat::default();
+        let (beacon, _) = Actor::spawn_linked(
+            None,
+            ClusterBeacon,
+            BeaconArgs {
+                group: group.clone(),
+                current: current.clone(),
+            },
+            myself.get_cell(),
+        )
+        .await?;
         info!(
             instance = %args.instance,
             address = %args.config.address(),
@@ -213,6 +240,11 @@ impl Actor for ClusterMember {
         let _ = myself.cast(ClusterMsg::Tick);
         Ok(ClusterState {
             server,
+            beacon,
+            current,
+            refused: BTreeMap::new(),
+            refusals_logged: BTreeSet::new(),
+            myself: myself.clone(),
             tls,
             group,
             incarnation: rand::random(),
@@ -234,10 +266,10 @@ impl Actor for ClusterMember {
 
     async fn post_stop(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        ractor::pg::leave(state.group.clone(), vec![myself.get_cell()]);
+        state.beacon.stop(Some("cluster member stopped".into()));
         // The next incarnation binds the same port.
         let _ = state
             .server
@@ -261,6 +293,9 @@ impl Actor for ClusterMember {
             {
                 Err(format!("cluster node server stopped: {reason:?}").into())
             }
+            SupervisionEvent::ActorFailed(cell, e) if cell.get_id() == state.beacon.get_id() => {
+                Err(format!("cluster beacon failed: {e}").into())
+            }
             _ => Ok(()),
         }
     }
@@ -276,12 +311,12 @@ impl Actor for ClusterMember {
                 state.tick().await;
                 myself.send_after(state.args.config.heartbeat_interval, || ClusterMsg::Tick);
             }
-            ClusterMsg::Heartbeat(bytes) => state.on_heartbeat(&bytes).await,
+            ClusterMsg::Pulled { node, bytes } => state.on_heartbeat(node, &bytes).await,
             ClusterMsg::Reassign => state.reassign().await,
             ClusterMsg::SessionReady(name) => {
                 info!(peer = %name, "cluster link ready");
-                // Let the new peer hear from this pod without waiting for the next tick.
-                state.send_heartbeats();
+                // Hear from the new peer without waiting for the next tick.
+                state.pull_heartbeats();
             }
             ClusterMsg::SessionClosed(name) => state.on_session_closed(&name).await,
             ClusterMsg::Leave(deadline_ms, reply) => {
@@ -290,7 +325,7 @@ impl Actor for ClusterMember {
                     "leaving the cluster: peers take the symbols over"
                 );
                 state.draining = true;
-                state.send_heartbeats();
+                state.publish_heartbeat();
                 state.reassign().await;
                 let deadline = Instant::now() + Duration::from_millis(deadline_ms);
                 if state.held.is_empty() {
@@ -318,7 +353,8 @@ impl ClusterState {
             None => Vec::new(),
         };
         self.expire_silent_peers().await;
-        self.send_heartbeats();
+        self.publish_heartbeat();
+        self.pull_heartbeats();
         self.redial();
         self.reassign().await;
         let leave_due = self
@@ -362,32 +398,143 @@ impl ClusterState {
             .collect()
     }
 
-    fn send_heartbeats(&mut self) {
+    /// What the beacon answers from now on.
+    fn publish_heartbeat(&mut self) {
         let bytes = self.heartbeat().encode();
-        for cell in ractor::pg::get_members(&self.group) {
-            if cell.get_id().is_local() {
-                continue;
-            }
-            let peer: ActorRef<ClusterMsg> = cell.into();
-            // A stale member of a dead node fails to enqueue; its session close removes it.
-            if let Err(e) = peer.cast(ClusterMsg::Heartbeat(bytes.clone())) {
-                debug!(error = %e, "heartbeat not sent");
-            }
+        if let Ok(mut current) = self.current.lock() {
+            *current = bytes;
         }
     }
 
-    async fn on_heartbeat(&mut self, bytes: &[u8]) {
-        let hb = match Heartbeat::decode(bytes) {
+    /// Asks every remote beacon for its heartbeat; each answer comes back as `Pulled` with the
+    /// node it came through. Requests run beside the actor and time out within one interval.
+    fn pull_heartbeats(&self) {
+        let timeout_ms = self.config().heartbeat_interval.as_millis().max(50) as u64;
+        for cell in ractor::pg::get_members(&self.group) {
+            let id = cell.get_id();
+            if id.is_local() {
+                continue;
+            }
+            let node = id.node();
+            let beacon: ActorRef<BeaconMsg> = cell.into();
+            let myself = self.myself.clone();
+            tokio::spawn(async move {
+                match ractor::call_t!(beacon, BeaconMsg::Heartbeat, timeout_ms) {
+                    Ok(bytes) => {
+                        let _ = myself.cast(ClusterMsg::Pulled { node, bytes });
+                    }
+                    // A stale member of a dead node; its session close removes it.
+                    Err(e) => debug!(node, error = %e, "no heartbeat from a peer"),
+                }
+            });
+        }
+    }
+
+    /// Counts (and logs once per node and reason) a refused heartbeat or a cut-down claim.
+    fn refuse(&mut self, node: NodeId, reason: &'static str, detail: &str) {
+        *self.refused.entry(reason.to_string()).or_default() += 1;
+        self.args
+            .metrics
+            .cluster_heartbeats_refused
+            .with_label_values(&[reason])
+            .inc();
+        if self.refusals_logged.insert((node, reason)) {
+            warn!(node, reason, "{detail}");
+        } else {
+            debug!(node, reason, "{detail}");
+        }
+    }
+
+    /// Checks a heartbeat against the node it came through and bounds its claims; `None` when
+    /// it is refused.
+    async fn admit(&mut self, node: NodeId, bytes: &[u8]) -> Option<Heartbeat> {
+        if bytes.len() > MAX_HEARTBEAT_BYTES {
+            self.refuse(node, "too_large", &format!("{} bytes", bytes.len()));
+            return None;
+        }
+        let mut hb = match Heartbeat::decode(bytes) {
             Ok(hb) => hb,
             Err(e) => {
-                warn!(error = %e, "ignoring a cluster heartbeat");
-                return;
+                self.refuse(
+                    node,
+                    "undecodable",
+                    &format!("ignoring a cluster heartbeat: {e}"),
+                );
+                return None;
             }
         };
-        if hb.instance == self.args.instance {
-            warn!(address = %hb.address, "a peer uses this pod's instance name; ignoring it");
-            return;
+        let sessions =
+            ractor::call_t!(self.server, NodeServerMessage::GetSessions, 500).unwrap_or_default();
+        let Some(session) = sessions.get(&node) else {
+            debug!(node, "heartbeat of a node whose session has closed");
+            return None;
+        };
+        let node_name = peer_name(session);
+        if hb.instance != instance_of(&node_name) || hb.instance == self.args.instance {
+            self.refuse(
+                node,
+                "identity",
+                &format!(
+                    "node {node_name:?} sent a heartbeat for instance {:?}; refused",
+                    hb.instance
+                ),
+            );
+            return None;
         }
+        let me = self.config().address();
+        if hb.address == me
+            || (!self.config().peers.is_empty() && !self.config().peers.contains(&hb.address))
+        {
+            self.refuse(
+                node,
+                "address",
+                &format!(
+                    "{} claims address {:?}, not one of cluster.peers; refused",
+                    hb.instance, hb.address
+                ),
+            );
+            return None;
+        }
+        // One live node per instance and per address.
+        if let Some(p) = self.peers.values().find(|p| {
+            (p.hb.instance == hb.instance || p.hb.address == hb.address)
+                && p.node != node
+                && sessions.contains_key(&p.node)
+        }) {
+            let other = p.hb.instance.clone();
+            self.refuse(
+                node,
+                "duplicate",
+                &format!(
+                    "node {node_name:?} speaks for {} at {}, which live member {other} already holds; refused",
+                    hb.instance, hb.address
+                ),
+            );
+            return None;
+        }
+        let max = self.config().max_peer_line_budget();
+        if hb.line_budget > max {
+            self.refuse(
+                node,
+                "budget",
+                &format!(
+                    "{} claims {} market-data lines; counted as {max} (cluster.max_peer_line_budget)",
+                    hb.instance, hb.line_budget
+                ),
+            );
+            hb.line_budget = max;
+        }
+        // Only configured symbols, each once: a peer cannot make this pod wait on others.
+        let mut seen = BTreeSet::new();
+        hb.streaming
+            .retain(|s| self.args.symbols.contains(s) && seen.insert(s.clone()));
+        Some(hb)
+    }
+
+    async fn on_heartbeat(&mut self, node: NodeId, bytes: &[u8]) {
+        let Some(hb) = self.admit(node, bytes).await else {
+            return;
+        };
         let previous = self.peers.get(&hb.instance).map(|p| {
             (
                 p.hb.incarnation,
@@ -424,6 +571,7 @@ impl ClusterState {
             Peer {
                 hb,
                 heard: Instant::now(),
+                node,
             },
         );
         if changed {
@@ -645,6 +793,7 @@ impl ClusterState {
             streaming: self.fresh(),
             draining: self.draining,
             membership_changes: self.membership_changes,
+            refused: self.refused.clone(),
         }
     }
 }
@@ -657,20 +806,5 @@ mod tests {
     fn node_names_map_to_instances() {
         assert_eq!(instance_of("marketlane-1@10.77.3.11"), "marketlane-1");
         assert_eq!(instance_of("marketlane-0"), "marketlane-0");
-    }
-
-    #[test]
-    fn the_snapshot_survives_the_bytes_the_cluster_derive_wants() {
-        let s = ClusterSnapshot {
-            instance: "marketlane-0".into(),
-            held: vec!["AAPL".into()],
-            owner: [("AAPL".to_string(), "marketlane-0".to_string())].into(),
-            ..Default::default()
-        };
-        let back = ClusterSnapshot::from_bytes(s.clone().into_bytes());
-        assert_eq!(back.held, s.held);
-        assert_eq!(back.owner, s.owner);
-        // Garbage decodes to an empty snapshot, not a panic.
-        assert!(ClusterSnapshot::from_bytes(vec![0xff; 3]).held.is_empty());
     }
 }

@@ -2,11 +2,13 @@
 //! (two usernames) split the configured symbols and take each other's over when one goes.
 
 mod assignment;
+mod beacon;
 mod config;
 mod member;
 mod tls;
 
 pub use assignment::{Assignment, Member, assign};
+pub use beacon::{BeaconMsg, ClusterBeacon};
 pub use config::{ClusterConfig, ClusterTlsConfig};
 pub use member::{ClusterArgs, ClusterMember, ClusterMsg, ClusterSnapshot, MemberLine};
 pub use tls::{ClusterTls, ClusterTlsError};
