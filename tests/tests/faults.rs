@@ -579,6 +579,70 @@ async fn row10_malformed_input() {
     finish(lane, "10", &[bad]).await;
 }
 
+/// An oversized frame (a 2 MB field, as a hostile or broken gateway could send): its
+/// quarantine record is bounded (32 KiB of raw, 1 KiB of reason, with the original length and
+/// SHA-256), fits Kafka's message limit, reaches the `_unqualified` table, and the stream goes
+/// on. Before, the record was ~4 MB (the reason repeated the value), Kafka refused it and the
+/// producer retried it forever inside its handler: the whole lane stalled.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_frame_gives_a_bounded_quarantine_record_and_the_stream_continues() {
+    let lane = start("oversized_", SimBuilder::new(SEED), |c| c).await;
+    let since = Instant::now();
+    let t = now_ms();
+    // 2,000,000 bytes: under the simulator's 2 MiB request limit, twice Kafka's message limit.
+    let field = "x".repeat(2_000_000);
+    lane.sim
+        .fault(json!({"kind": "raw_frame", "text": format!(
+            r#"{{"topic":"smd+265598","conid":265598,"_updated":{t},"31":"{field}","7059":"100"}}"#
+        )}))
+        .await
+        .expect("inject");
+    let recovery = lane
+        .first_after(Sink::Kafka, now_ms(), since, RECOVERY_TIMEOUT)
+        .await;
+    let db = lane.db().to_string();
+    let quarantine = lane.topic("tick_market_data_unqualified");
+    let mut found = String::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until && found.trim().is_empty() {
+        found = clickhouse(&format!(
+            "SELECT length(raw), length(reason), reason_code,              position(reason, 'of 20') > 0 AND position(reason, 'sha256 ') > 0              FROM {db}.tick_market_data_unqualified              WHERE source_topic = '{quarantine}' AND position(reason, 'bytes kept') > 0"
+        ))
+        .await
+        .unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "  oversized frame: quarantined (raw bytes, reason bytes, code, has length+hash): {}",
+        found.trim()
+    );
+    let cols: Vec<&str> = found
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split('\t')
+        .collect();
+    assert_eq!(cols.len(), 4, "no bounded quarantine record: {found:?}");
+    let (raw, reason): (usize, usize) = (cols[0].parse().unwrap(), cols[1].parse().unwrap());
+    assert!(raw <= 32 * 1024 && reason <= 1024 + 200, "{found}");
+    assert_eq!(
+        cols[3], "1",
+        "the reason keeps the original length and hash: {found}"
+    );
+    let quarantined = lane
+        .daemon
+        .metrics()
+        .await
+        .sum("marketlane_rows_quarantined_total");
+    assert!(quarantined >= 1.0, "not counted");
+    let bad = Measured {
+        name: "oversized_frame",
+        recovery,
+        gap: None,
+    };
+    finish(lane, "oversized", &[bad]).await;
+}
+
 /// Row 11: an actor panics; the supervisor restarts it with back-off, the restart counter
 /// rises and the data keeps flowing. The control command `fault` (on only with
 /// `control.allow_fault_injection`) makes the tick normalizer panic in its handler. Nothing is
