@@ -10,7 +10,7 @@ DEMO_SECONDS ?= 60
 export DEMO_SECONDS
 CARGO ?= cargo
 
-.PHONY: demo test chdb-check deps build build-release stack-up stack-down fmt-check clippy unit-test integration-test ops-deps ops-check bench bench-quick bench-build
+.PHONY: fuzz demo test chdb-check deps build build-release stack-up stack-down fmt-check clippy unit-test integration-test ops-deps ops-check bench bench-quick bench-build
 
 demo: deps stack-up build-release
 	$(CARGO_TARGET_DIR)/release/marketlane demo --seconds $(DEMO_SECONDS)
@@ -76,3 +76,10 @@ bench: deps stack-up bench-build
 
 bench-quick: deps stack-up bench-build
 	flock /tmp/marketlane-stack.lock $(CARGO_TARGET_DIR)/release/marketlane-bench --quick $(BENCH_ARGS)
+
+# Fuzzing on stable Rust (actors/src/fuzz.rs): websocket frames, control requests, cluster
+# heartbeats, the econ feed and schema files under a seeded mutator, FUZZ_SECS per target in a
+# release build (millions of inputs each); `make test` runs the same targets for 2 s each.
+FUZZ_SECS ?= 120
+fuzz:
+	MARKETLANE_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test --release -p marketlane-actors --lib fuzz:: -- --test-threads=1 --nocapture

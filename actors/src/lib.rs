@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod config;
 pub mod contracts;
 pub mod econ;
+#[cfg(test)]
+mod fuzz;
 pub mod ib_client;
 pub mod ib_gateway;
 pub mod ib_login;

@@ -167,7 +167,7 @@ async fn recover_seen(
 
 /// One field of one release, read from the feed.
 #[derive(Debug, PartialEq)]
-struct FieldValue<'a> {
+pub(crate) struct FieldValue<'a> {
     publisher: &'a str,
     release: &'a str,
     release_time_ms: i64,
@@ -177,7 +177,10 @@ struct FieldValue<'a> {
 }
 
 /// Reads one field entry of a release; the error says what is wrong with it.
-fn read_field<'a>(release: &'a Value, field: &'a Value) -> Result<FieldValue<'a>, String> {
+pub(crate) fn read_field<'a>(
+    release: &'a Value,
+    field: &'a Value,
+) -> Result<FieldValue<'a>, String> {
     let text = |v: &'a Value, key: &str| -> Result<&'a str, String> {
         v.get(key)
             .and_then(Value::as_str)
