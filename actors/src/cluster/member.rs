@@ -181,6 +181,18 @@ impl NodeEventSubscription for SessionEvents {
     }
 }
 
+/// Bounds what a peer's heartbeat claims: at most `max_budget` lines, and only configured
+/// symbols, each once, in its streaming list (a peer cannot make this pod wait on others).
+/// True when the budget was cut.
+fn bound_claims(hb: &mut Heartbeat, max_budget: u32, symbols: &[String]) -> bool {
+    let mut seen = BTreeSet::new();
+    hb.streaming
+        .retain(|s| symbols.contains(s) && seen.insert(s.clone()));
+    let cut = hb.line_budget > max_budget;
+    hb.line_budget = hb.line_budget.min(max_budget);
+    cut
+}
+
 /// The instance part of a node name `instance@host`.
 fn instance_of(node_name: &str) -> &str {
     node_name.split('@').next().unwrap_or(node_name)
@@ -513,21 +525,17 @@ impl ClusterState {
             return None;
         }
         let max = self.config().max_peer_line_budget();
-        if hb.line_budget > max {
+        let claimed = hb.line_budget;
+        if bound_claims(&mut hb, max, &self.args.symbols) {
             self.refuse(
                 node,
                 "budget",
                 &format!(
-                    "{} claims {} market-data lines; counted as {max} (cluster.max_peer_line_budget)",
-                    hb.instance, hb.line_budget
+                    "{} claims {claimed} market-data lines; counted as {max} (cluster.max_peer_line_budget)",
+                    hb.instance
                 ),
             );
-            hb.line_budget = max;
         }
-        // Only configured symbols, each once: a peer cannot make this pod wait on others.
-        let mut seen = BTreeSet::new();
-        hb.streaming
-            .retain(|s| self.args.symbols.contains(s) && seen.insert(s.clone()));
         Some(hb)
     }
 
@@ -806,5 +814,26 @@ mod tests {
     fn node_names_map_to_instances() {
         assert_eq!(instance_of("marketlane-1@10.77.3.11"), "marketlane-1");
         assert_eq!(instance_of("marketlane-0"), "marketlane-0");
+    }
+
+    #[test]
+    fn a_peer_claims_at_most_the_budget_and_the_configured_symbols() {
+        let mut hb = Heartbeat {
+            version: CLUSTER_PROTOCOL_VERSION,
+            instance: "intruder".into(),
+            incarnation: 1,
+            seq: 1,
+            address: "10.0.0.9:4697".into(),
+            line_budget: 1_000_000,
+            draining: false,
+            streaming: vec!["AAPL".into(), "EVIL".into(), "AAPL".into(), "CL".into()],
+        };
+        let symbols = vec!["AAPL".to_string(), "CL".to_string(), "XOM".to_string()];
+        assert!(bound_claims(&mut hb, 100, &symbols));
+        assert_eq!(hb.line_budget, 100);
+        assert_eq!(hb.streaming, vec!["AAPL".to_string(), "CL".to_string()]);
+        hb.line_budget = 40;
+        assert!(!bound_claims(&mut hb, 100, &symbols));
+        assert_eq!(hb.line_budget, 40);
     }
 }
