@@ -556,6 +556,8 @@ mod tests {
                     "marketlane-0.marketlane-headless",
                 ),
                 ("MARKETLANE__CLUSTER__COOKIE", placeholder),
+                // The StatefulSet's config authenticates to Kafka with SCRAM.
+                ("MARKETLANE__KAFKA__SASL_PASSWORD", placeholder),
             ]);
             let value = if name.ends_with("__JSON") {
                 "true"
