@@ -188,12 +188,26 @@ async fn a_quiet_symbols_opening_quote_is_in_the_snapshot_table() {
         lane.dir.display()
     );
     // The values are those of the first (and only) frame, as the simulator's ledger has them.
-    let ledger = std::fs::read_to_string(&lane.sim.ledger).unwrap();
-    let quote: Value = ledger
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["kind"] == "quote" && v["conid"] == 5932)
-        .expect("CVX's opening quote in the ledger");
+    // The running simulator flushes its ledger once a second: the quote may reach ClickHouse
+    // before it reaches the file, so wait for it there too.
+    let until = Instant::now() + WAIT;
+    let quote: Value = loop {
+        let ledger = std::fs::read_to_string(&lane.sim.ledger).unwrap_or_default();
+        let found = ledger
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["kind"] == "quote" && v["conid"] == 5932);
+        match found {
+            Some(q) => break q,
+            None if Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            None => panic!(
+                "CVX's opening quote is not in the ledger {}",
+                lane.sim.ledger.display()
+            ),
+        }
+    };
     let num = |v: &Value| v.as_f64().unwrap();
     let want = vec![
         (
