@@ -44,8 +44,9 @@ unit-test:
 	$(CARGO) test --workspace --exclude marketlane-tests
 
 # --nocapture: each test prints what it measured (recovery times, reconciliations) into the log.
+# --no-fail-fast: one failing test file does not hide the results of the others.
 integration-test: build
-	MARKETLANE_BIN=$(CARGO_TARGET_DIR)/debug/marketlane $(CARGO) test -p marketlane-tests -- --test-threads=1 --nocapture
+	MARKETLANE_BIN=$(CARGO_TARGET_DIR)/debug/marketlane $(CARGO) test -p marketlane-tests --no-fail-fast -- --test-threads=1 --nocapture
 
 # The DDL for current ClickHouse (production), checked in-process with chdb (PyPI chdb-core,
 # ClickHouse 26.x): every table and view, sample rows, snapshot queries, dedup tokens.
