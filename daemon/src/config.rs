@@ -400,6 +400,20 @@ mod tests {
             "a pod finds itself in peers"
         );
         assert_eq!(c.ib.username.as_deref(), Some("trader-paper"));
+        // The built-in login drives the gateway sidecar's chromedriver with this pod's files
+        // from the mounted marketlane-ib-users secret.
+        let login =
+            c.ib.login
+                .as_ref()
+                .expect("[ib.login] in the StatefulSet's config");
+        assert_eq!(
+            login.webdriver_url.as_deref(),
+            Some("http://127.0.0.1:9515")
+        );
+        assert_eq!(
+            marketlane_actors::ib_login::per_user(&login.password_file, "trader-paper"),
+            Path::new("/etc/marketlane/ib-users/trader-paper.password")
+        );
         // Without the secret the pod refuses to start, naming the key.
         let e = Config::load(
             Some(&path),
