@@ -20,17 +20,14 @@
 //! loses them after `session.timeout.ms`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use marketlane_protocol::category::TICK;
 use marketlane_protocol::{CategorySchema, RowMap};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -41,6 +38,7 @@ use super::Shared;
 use super::engine::{BookLevel, CalcRow, Trade};
 use super::worker::WorkerMsg;
 use crate::config::KafkaConfig;
+use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent};
 
 #[derive(RactorMessage)]
 pub enum ConsumerMsg {
@@ -77,45 +75,7 @@ pub struct ConsumerArgs {
     pub shared: Arc<Shared>,
 }
 
-/// Assignment changes seen by librdkafka's rebalance callback, handled by the actor.
-enum RebalanceEvent {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
-}
-
-/// Pauses newly assigned partitions inside the callback (before any fetch), so the actor can
-/// plan their warm start and seek first.
-#[derive(Default)]
-pub struct CalcRebalance {
-    events: Mutex<Vec<RebalanceEvent>>,
-}
-
-impl ClientContext for CalcRebalance {}
-
-impl ConsumerContext for CalcRebalance {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let event = match rebalance {
-            Rebalance::Assign(tpl) => {
-                if let Err(e) = consumer.pause(tpl) {
-                    warn!(error = %e, "cannot pause newly assigned partitions");
-                }
-                RebalanceEvent::Assigned(tpl.elements().iter().map(|e| e.partition()).collect())
-            }
-            Rebalance::Revoke(tpl) => {
-                RebalanceEvent::Revoked(tpl.elements().iter().map(|e| e.partition()).collect())
-            }
-            Rebalance::Error(e) => {
-                warn!(error = %e, "calculator rebalance error");
-                return;
-            }
-        };
-        if let Ok(mut events) = self.events.lock() {
-            events.push(event);
-        }
-    }
-}
-
-type CalcConsumer = StreamConsumer<CalcRebalance>;
+type CalcConsumer = StreamConsumer<PausingRebalance>;
 
 pub struct ConsumerState {
     args: ConsumerArgs,
@@ -158,7 +118,7 @@ impl Actor for CalculatorConsumer {
         .set("fetch.queue.backoff.ms", "10")
         // Bounds what librdkafka prefetches while the workers hold us back.
         .set("queued.max.messages.kbytes", "16384")
-        .create_with_context(CalcRebalance::default())?;
+        .create_with_context(PausingRebalance::default())?;
         consumer.subscribe(&[topic.as_str()])?;
         let planner: BaseConsumer = crate::kafka::client_config(&args.kafka)
             .set("group.id", &group)
@@ -228,11 +188,7 @@ impl ConsumerState {
     /// Applies assignment changes: revoked partitions make the workers drop their symbols;
     /// assigned ones are positioned at their warm start, then resumed.
     async fn handle_rebalance(&mut self) -> Result<(), ActorProcessingErr> {
-        let events = match self.consumer.context().events.lock() {
-            Ok(mut e) => std::mem::take(&mut *e),
-            Err(_) => Vec::new(),
-        };
-        for event in events {
+        for event in self.consumer.context().take() {
             match event {
                 RebalanceEvent::Revoked(parts) => self.revoke(&parts).await,
                 RebalanceEvent::Assigned(parts) => self.position(&parts).await?,

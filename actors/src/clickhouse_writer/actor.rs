@@ -17,7 +17,7 @@
 //! blocks or retries the batch.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use marketlane_protocol::clickhouse::{
@@ -28,10 +28,7 @@ use marketlane_protocol::wire_row::encode_json_row;
 use marketlane_protocol::{CategorySchema, UnqualifiedRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -39,6 +36,7 @@ use tracing::{info, warn};
 
 use super::sink::ClickHouse;
 use crate::config::{KafkaConfig, WriterConfig};
+use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent};
 use crate::metrics::Metrics;
 
 /// What a writer reads and where it writes.
@@ -119,45 +117,7 @@ pub struct WriterArgs {
     pub instance: String,
 }
 
-/// Assignment changes seen by librdkafka's rebalance callback, handled by the actor.
-enum RebalanceEvent {
-    Assigned(Vec<i32>),
-    Revoked(Vec<i32>),
-}
-
-/// Rebalance-aware consumer context: newly assigned partitions are paused inside the callback
-/// (before any fetch), so the actor can read their state from ClickHouse and seek first.
-#[derive(Default)]
-pub struct RebalanceContext {
-    events: Mutex<Vec<RebalanceEvent>>,
-}
-
-impl ClientContext for RebalanceContext {}
-
-impl ConsumerContext for RebalanceContext {
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let event = match rebalance {
-            Rebalance::Assign(tpl) => {
-                if let Err(e) = consumer.pause(tpl) {
-                    warn!(error = %e, "cannot pause newly assigned partitions");
-                }
-                RebalanceEvent::Assigned(tpl.elements().iter().map(|e| e.partition()).collect())
-            }
-            Rebalance::Revoke(tpl) => {
-                RebalanceEvent::Revoked(tpl.elements().iter().map(|e| e.partition()).collect())
-            }
-            Rebalance::Error(e) => {
-                warn!(error = %e, "rebalance error");
-                return;
-            }
-        };
-        if let Ok(mut events) = self.events.lock() {
-            events.push(event);
-        }
-    }
-}
-
-type WriterConsumer = StreamConsumer<RebalanceContext>;
+type WriterConsumer = StreamConsumer<PausingRebalance>;
 
 /// The rows of one partition waiting for their insert: offsets `[min_offset, max_offset]`.
 struct PartitionBatch {
@@ -268,7 +228,7 @@ impl Actor for ClickHouseWriter {
                 WriterKind::Quarantine { .. } => "1024",
             },
         )
-        .create_with_context(RebalanceContext::default())?;
+        .create_with_context(PausingRebalance::default())?;
         consumer.subscribe(&[topic.as_str()])?;
         let category = args.kind.category().to_string();
         let database = args.clickhouse.config.database.clone();
@@ -476,10 +436,7 @@ impl WriterState {
             let at = self.rewind.entry(m.partition()).or_insert(m.offset());
             *at = (*at).min(m.offset());
         }
-        let events = match self.consumer.context().events.lock() {
-            Ok(mut e) => std::mem::take(&mut *e),
-            Err(_) => Vec::new(),
-        };
+        let events = self.consumer.context().take();
         let mut later = Vec::new();
         for event in events {
             match event {
@@ -496,12 +453,7 @@ impl WriterState {
                 assigned => later.push(assigned),
             }
         }
-        if !later.is_empty()
-            && let Ok(mut events) = self.consumer.context().events.lock()
-        {
-            later.append(&mut events);
-            *events = later;
-        }
+        self.consumer.context().put_back(later);
     }
 
     /// The retried batch is in: partitions that delivered a message during the pause are
@@ -562,10 +514,7 @@ impl WriterState {
     /// starts from the stored state); assigned ones are positioned from the stored state, then
     /// resumed. Returns the partitions it repositioned.
     async fn handle_rebalance(&mut self) -> Result<Vec<i32>, super::SinkError> {
-        let events = match self.consumer.context().events.lock() {
-            Ok(mut e) => std::mem::take(&mut *e),
-            Err(_) => Vec::new(),
-        };
+        let events = self.consumer.context().take();
         let mut repositioned = Vec::new();
         for event in events {
             match event {
@@ -580,9 +529,9 @@ impl WriterState {
                     Ok(sought) => repositioned.extend(sought),
                     Err(e) => {
                         // The partitions stay paused until their state can be read.
-                        if let Ok(mut events) = self.consumer.context().events.lock() {
-                            events.insert(0, RebalanceEvent::Assigned(parts));
-                        }
+                        self.consumer
+                            .context()
+                            .put_back(vec![RebalanceEvent::Assigned(parts)]);
                         return Err(e);
                     }
                 },

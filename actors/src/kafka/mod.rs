@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod producer;
+pub mod rebalance;
 
 pub use producer::{KafkaProducer, Produce, ProducerArgs, ProducerMsg, ProducerSnapshot};
 

@@ -1,0 +1,86 @@
+//! The consumer context of group members that position their partitions themselves (the
+//! ClickHouse writers from their offsets table, the calculators from their look-back).
+
+use std::sync::Mutex;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use tracing::warn;
+
+/// An assignment change seen by librdkafka's rebalance callback, handled later by the actor.
+#[derive(Debug)]
+pub enum RebalanceEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Pauses newly assigned partitions inside the callback (before any fetch), so that the actor
+/// can read where each one starts and seek first; it then resumes them itself.
+#[derive(Default)]
+pub struct PausingRebalance {
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl PausingRebalance {
+    /// The changes seen since the last call, oldest first.
+    pub fn take(&self) -> Vec<RebalanceEvent> {
+        match self.events.lock() {
+            Ok(mut events) => std::mem::take(&mut *events),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Hands changes the actor could not apply yet back, ahead of any seen since.
+    pub fn put_back(&self, mut unapplied: Vec<RebalanceEvent>) {
+        if unapplied.is_empty() {
+            return;
+        }
+        if let Ok(mut events) = self.events.lock() {
+            unapplied.append(&mut events);
+            *events = unapplied;
+        }
+    }
+}
+
+impl ClientContext for PausingRebalance {}
+
+impl ConsumerContext for PausingRebalance {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let event = match rebalance {
+            Rebalance::Assign(tpl) => {
+                if let Err(e) = consumer.pause(tpl) {
+                    warn!(error = %e, "cannot pause newly assigned partitions");
+                }
+                RebalanceEvent::Assigned(tpl.elements().iter().map(|e| e.partition()).collect())
+            }
+            Rebalance::Revoke(tpl) => {
+                RebalanceEvent::Revoked(tpl.elements().iter().map(|e| e.partition()).collect())
+            }
+            Rebalance::Error(e) => {
+                warn!(error = %e, "rebalance error");
+                return;
+            }
+        };
+        if let Ok(mut events) = self.events.lock() {
+            events.push(event);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_put_back_come_before_those_seen_since() {
+        let ctx = PausingRebalance::default();
+        ctx.events
+            .lock()
+            .unwrap()
+            .push(RebalanceEvent::Revoked(vec![2]));
+        ctx.put_back(vec![RebalanceEvent::Assigned(vec![0, 1])]);
+        let order: Vec<String> = ctx.take().iter().map(|e| format!("{e:?}")).collect();
+        assert_eq!(order, ["Assigned([0, 1])", "Revoked([2])"]);
+        assert!(ctx.take().is_empty());
+    }
+}
