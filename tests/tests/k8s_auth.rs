@@ -118,6 +118,11 @@ impl PrivateClickHouse {
         me
     }
 
+    /// The `users.d` directory the server watches (it reloads a changed file by itself).
+    fn users_d(&self) -> PathBuf {
+        self._dir.path().join("users.d")
+    }
+
     /// Runs `sql` as `user` from local address `from`: Ok(answer) or Err(server's message).
     async fn query(
         &self,
@@ -196,6 +201,75 @@ fn tick_row(i: u64, t0: i64) -> Vec<u8> {
     .unwrap()
 }
 
+/// A daemon in the writer role, logged in as the k8s writer user of a private server.
+struct RunningWriter {
+    proc: Proc,
+    log: PathBuf,
+    prefix: String,
+    t0: i64,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningWriter {
+    /// Starts the writer and waits until it is ready.
+    async fn start(ch: &PrivateClickHouse) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!("{}_", unique("k8sauth_"));
+        let http_port = free_port();
+        let config = writer_config(dir.path(), ch.http, &prefix, http_port);
+        let log = dir.path().join("writer.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let proc = Proc(
+            Command::new(marketlane_bin())
+                .args(["run", "--config", config.to_str().unwrap()])
+                .current_dir(workspace_root())
+                .env("MARKETLANE__CLICKHOUSE__PASSWORD", WRITER_PASSWORD)
+                .stdout(Stdio::from(out.try_clone().unwrap()))
+                .stderr(Stdio::from(out))
+                .spawn()
+                .unwrap(),
+        );
+        let me = Self {
+            proc,
+            log,
+            prefix,
+            t0: marketlane_protocol::now_ns(),
+            _dir: dir,
+        };
+        let ready = eventually(Duration::from_secs(60), || async {
+            reqwest::get(format!("http://127.0.0.1:{http_port}/readyz"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(ready, "writer not ready:\n{}", me.log_text());
+        me
+    }
+
+    /// Produces tick rows `range` to the writer's topic and waits for Kafka's acks.
+    fn produce(&self, range: std::ops::Range<u64>) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", kafka_bootstrap())
+            .create()
+            .unwrap();
+        for i in range {
+            let payload = tick_row(i, self.t0);
+            producer
+                .send(
+                    BaseRecord::to(&format!("{}tick_market_data", self.prefix))
+                        .key("AAPL")
+                        .payload(&payload),
+                )
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_k8s_clickhouse_users_let_the_writer_write_the_analyst_read_and_nobody_else_in() {
     let ch = PrivateClickHouse::start().await;
@@ -221,50 +295,10 @@ async fn the_k8s_clickhouse_users_let_the_writer_write_the_analyst_read_and_nobo
     }
 
     // The writer runs as its user and password: tables, rows, and its offsets.
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("{}_", unique("k8sauth_"));
-    let http_port = free_port();
-    let config = writer_config(dir.path(), ch.http, &prefix, http_port);
-    let log = dir.path().join("writer.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let mut writer = Proc(
-        Command::new(marketlane_bin())
-            .args(["run", "--config", config.to_str().unwrap()])
-            .current_dir(workspace_root())
-            .env("MARKETLANE__CLICKHOUSE__PASSWORD", WRITER_PASSWORD)
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .unwrap(),
-    );
-    let ready = eventually(Duration::from_secs(60), || async {
-        reqwest::get(format!("http://127.0.0.1:{http_port}/readyz"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-    assert!(
-        ready,
-        "writer not ready:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .create()
-        .unwrap();
-    let t0 = marketlane_protocol::now_ns();
+    let mut writer = RunningWriter::start(&ch).await;
+    let prefix = writer.prefix.clone();
     const N: u64 = 50;
-    for i in 0..N {
-        let payload = tick_row(i, t0);
-        producer
-            .send(
-                BaseRecord::to(&format!("{prefix}tick_market_data"))
-                    .key("AAPL")
-                    .payload(&payload),
-            )
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    writer.produce(0..N);
     let count = |sql: &'static str| {
         let ch = &ch;
         async move {
@@ -277,8 +311,8 @@ async fn the_k8s_clickhouse_users_let_the_writer_write_the_analyst_read_and_nobo
         count("SELECT count() FROM marketlane.tick_market_data FINAL").await == Ok(N)
     })
     .await;
-    writer.terminate();
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    writer.proc.terminate();
+    let text = writer.log_text();
     assert!(landed, "rows did not land as the writer user:\n{text}");
     let offsets = ch
         .query(
@@ -317,4 +351,72 @@ async fn the_k8s_clickhouse_users_let_the_writer_write_the_analyst_read_and_nobo
     );
     // The ops login stays possible from inside the ClickHouse pod.
     assert!(ch.query(LOOPBACK, "default", "", "SELECT 1").await.is_ok());
+}
+
+/// A writer whose grants are taken away while it runs does not retry inside its handler for
+/// ever: ClickHouse's refusal fails the writer actor, the supervisor restarts it, and as the
+/// refusal persists it escalates: the daemon exits non-zero (Kubernetes restarts the pod, and
+/// the crash loop is visible). The rows it could not store stay in Kafka, uncommitted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_whose_grants_are_revoked_fails_and_the_daemon_escalates() {
+    let ch = PrivateClickHouse::start().await;
+    let mut writer = RunningWriter::start(&ch).await;
+    writer.produce(0..10);
+    let stored = || async {
+        ch.query(
+            LOOPBACK,
+            "analyst",
+            ANALYST_PASSWORD,
+            "SELECT count() FROM marketlane.tick_market_data FINAL",
+        )
+        .await
+        .map(|t| t.trim().parse::<u64>().unwrap_or(0))
+    };
+    let landed = eventually(Duration::from_secs(60), || async {
+        stored().await == Ok(10)
+    })
+    .await;
+    assert!(landed, "rows did not land:\n{}", writer.log_text());
+
+    // Revoke the writer's use of marketlane_state (its offsets), as a mistaken grant change
+    // would, and wait until the server has reloaded its users.
+    let xml = k8s_users_xml().replacen("<database>marketlane_state</database>", "", 1);
+    std::fs::write(ch.users_d().join("marketlane-users.xml"), xml).unwrap();
+    let revoked = eventually(Duration::from_secs(60), || async {
+        ch.query(
+            LOOPBACK,
+            "marketlane_writer",
+            WRITER_PASSWORD,
+            "SELECT count() FROM marketlane_state.writer_offsets",
+        )
+        .await
+        .is_err()
+    })
+    .await;
+    assert!(revoked, "the server did not reload the changed users file");
+    writer.produce(10..20);
+
+    // Restarts cannot cure a refusal: the supervisor escalates and the daemon exits.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = writer.proc.0.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let text = writer.log_text();
+    writer.proc.terminate();
+    let status = status.unwrap_or_else(|| panic!("the daemon still runs:\n{text}"));
+    assert!(!status.success(), "exit {status}:\n{text}");
+    assert!(
+        text.contains("clickhouse refused writer"),
+        "the failure names the refusal:\n{text}"
+    );
+    let restarts = text.matches("restarting").count();
+    println!("refused writer: daemon exited with {status} after {restarts} restart log lines");
+    // The second lot was never stored, so it is still in Kafka for the next start.
+    assert_eq!(stored().await, Ok(10));
 }

@@ -191,6 +191,9 @@ pub struct WriterState {
     /// back to its position before it resumes.
     rewind: BTreeMap<i32, i64>,
     group: String,
+    /// ClickHouse refused this writer's credentials or grants: the actor fails (after the
+    /// handler that saw it), so the supervisor restarts it and escalates if it persists.
+    refused: Option<String>,
 }
 
 pub struct ClickHouseWriter;
@@ -249,6 +252,7 @@ impl Actor for ClickHouseWriter {
             },
             retry_paused: Vec::new(),
             rewind: BTreeMap::new(),
+            refused: None,
             group,
             args,
             consumer: Arc::new(consumer),
@@ -282,7 +286,9 @@ impl Actor for ClickHouseWriter {
                     // Served between attempts, so a long outage of this writer's table never
                     // exceeds max.poll.interval.ms (nor holds any other writer).
                     state.keep_alive().await;
-                    if !state.flush_due().await {
+                    let flushed = state.flush_due().await;
+                    state.fail_if_refused()?;
+                    if !flushed {
                         let next = (backoff * 2).min(state.args.writer.retry_max_backoff);
                         state.retry_backoff = Some(next);
                         myself.send_after(backoff, || WriterMsg::Poll);
@@ -291,7 +297,14 @@ impl Actor for ClickHouseWriter {
                     state.end_retry().await;
                 }
                 // Reading ClickHouse state for new partitions is retried on the next poll.
-                if let Err(e) = state.poll_batch().await {
+                let polled = state.poll_batch().await;
+                state.fail_if_refused()?;
+                if let Err(e) = polled {
+                    if super::is_refusal(&e.to_string()) {
+                        return Err(
+                            format!("clickhouse refused writer {}: {e}", state.topic).into()
+                        );
+                    }
                     warn!(topic = %state.topic, error = %e, "cannot position new partitions");
                     myself.send_after(state.args.writer.retry_backoff, || WriterMsg::Poll);
                     return Ok(());
@@ -843,7 +856,11 @@ impl WriterState {
     }
 
     fn failed(&mut self, table: &str, error: String) -> bool {
-        warn!(table, error = %error, "insert failed; keeping the batch and retrying");
+        if super::is_refusal(&error) {
+            self.refused = Some(format!("{table}: {error}"));
+        } else {
+            warn!(table, error = %error, "insert failed; keeping the batch and retrying");
+        }
         self.args
             .metrics
             .clickhouse_insert_errors
@@ -852,6 +869,16 @@ impl WriterState {
         self.snapshot.failed_inserts += 1;
         self.snapshot.last_error = Some(error);
         false
+    }
+
+    /// Fails the actor when ClickHouse refused this writer's credentials or grants: retrying
+    /// cannot help, and a failing actor is what the supervisor counts, restarts and escalates
+    /// (the pod then restarts, visibly). The batch stays uncommitted, so nothing is lost.
+    fn fail_if_refused(&mut self) -> Result<(), ActorProcessingErr> {
+        match self.refused.take() {
+            Some(error) => Err(format!("clickhouse refused writer {}: {error}", self.topic).into()),
+            None => Ok(()),
+        }
     }
 
     /// Exports the consumer lag every few seconds (watermark look-ups are blocking calls).

@@ -24,6 +24,16 @@ fn exception_code(message: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// ClickHouse exception codes that say this writer may not do what it does (unknown user,
+/// wrong or missing password, address not allowed, no access to the database or table, a
+/// read-only user): no retry cures them, a person must fix the credentials or the grants.
+const REFUSAL_CODES: &[u32] = &[164, 192, 193, 194, 195, 291, 497, 516];
+
+/// Whether a ClickHouse error text is a refusal of this writer's credentials or grants.
+pub fn is_refusal(message: &str) -> bool {
+    exception_code(message).is_some_and(|c| REFUSAL_CODES.contains(&c))
+}
+
 impl SinkError {
     /// The server could not be reached or is overloaded: worth another try. An exception the
     /// server raised on purpose (a wrong password, an unknown user, a bad statement) and a
@@ -71,6 +81,27 @@ mod transient_tests {
             url: "http://clickhouse:8123".into(),
             message: message.into(),
         }
+    }
+
+    #[test]
+    fn refusals_of_credentials_or_grants_are_told_apart() {
+        // 18.16 and current servers word them differently; the code decides.
+        assert!(is_refusal(
+            "Code: 291, e.displayText() = DB::Exception: Access denied to database marketlane_state for user marketlane_writer"
+        ));
+        assert!(is_refusal(
+            "Code: 516. DB::Exception: marketlane_writer: Authentication failed: password is incorrect"
+        ));
+        assert!(is_refusal(
+            "Code: 497. DB::Exception: marketlane_writer: Not enough privileges"
+        ));
+        assert!(!is_refusal(
+            "Code: 60. DB::Exception: Table marketlane.tick_market_data doesn't exist"
+        ));
+        assert!(!is_refusal("Code: 252. DB::Exception: Too many parts"));
+        assert!(!is_refusal(
+            "error trying to connect: tcp connect error: Connection refused"
+        ));
     }
 
     #[test]
