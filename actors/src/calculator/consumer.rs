@@ -38,7 +38,7 @@ use super::Shared;
 use super::engine::{BookLevel, CalcRow, Trade};
 use super::worker::WorkerMsg;
 use crate::config::KafkaConfig;
-use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent};
+use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent, seek_assigned};
 
 #[derive(RactorMessage)]
 pub enum ConsumerMsg {
@@ -284,19 +284,8 @@ impl ConsumerState {
 
     /// Seeks a freshly assigned partition; librdkafka may need a moment before it accepts.
     async fn seek(&self, partition: i32, offset: i64) {
-        for attempt in 0..50 {
-            match self.consumer.seek(
-                &self.topic,
-                partition,
-                Offset::Offset(offset),
-                Duration::from_secs(5),
-            ) {
-                Ok(()) => return,
-                Err(e) if attempt == 49 => {
-                    warn!(topic = %self.topic, partition, offset, error = %e, "seek failed");
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
+        if let Err(e) = seek_assigned(&self.consumer, &self.topic, partition, offset, 50).await {
+            warn!(topic = %self.topic, partition, offset, error = %e, "seek failed");
         }
     }
 

@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 use super::sink::ClickHouse;
 use crate::config::{KafkaConfig, WriterConfig};
-use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent};
+use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent, seek_assigned};
 use crate::metrics::Metrics;
 
 /// What a writer reads and where it writes.
@@ -590,19 +590,8 @@ impl WriterState {
 
     /// Seeks a freshly assigned partition; librdkafka may need a moment before it accepts.
     async fn seek(&self, partition: i32, offset: i64) {
-        for attempt in 0..20 {
-            match self.consumer.seek(
-                &self.topic,
-                partition,
-                Offset::Offset(offset),
-                Duration::from_secs(5),
-            ) {
-                Ok(()) => return,
-                Err(e) if attempt == 19 => {
-                    warn!(topic = %self.topic, partition, offset, error = %e, "seek failed; the stored offsets filter replays");
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
+        if let Err(e) = seek_assigned(&self.consumer, &self.topic, partition, offset, 20).await {
+            warn!(topic = %self.topic, partition, offset, error = %e, "seek failed; the stored offsets filter replays");
         }
     }
 

@@ -2,9 +2,12 @@
 //! ClickHouse writers from their offsets table, the calculators from their look-back).
 
 use std::sync::Mutex;
+use std::time::Duration;
 
+use rdkafka::Offset;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
 use tracing::warn;
 
 /// An assignment change seen by librdkafka's rebalance callback, handled later by the actor.
@@ -39,6 +42,31 @@ impl PausingRebalance {
             unapplied.append(&mut events);
             *events = unapplied;
         }
+    }
+}
+
+/// Seeks a freshly assigned partition: librdkafka may refuse until the assignment has
+/// settled, so it tries `attempts` times, 100 ms apart; the last error is returned.
+pub async fn seek_assigned(
+    consumer: &StreamConsumer<PausingRebalance>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    attempts: u32,
+) -> Result<(), KafkaError> {
+    let mut attempt = 1;
+    loop {
+        match consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(5),
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= attempts => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+        attempt += 1;
     }
 }
 
