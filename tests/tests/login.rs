@@ -425,15 +425,24 @@ async fn the_daemon_stops_in_login_failed_and_resumes_after_ctl_reauth() {
         lane.daemon.metric("marketlane_ib_login_failures").await,
         3.0
     );
-    let readyz = reqwest::get(format!(
-        "http://127.0.0.1:{}/readyz",
-        lane.daemon.config.http_port
-    ))
-    .await
-    .unwrap();
-    assert_eq!(readyz.status(), 503);
-    let body = readyz.text().await.unwrap();
-    assert!(body.contains("login_failed"), "{body}");
+    // `/readyz` serves the result of a background check that runs every couple of seconds:
+    // wait for the check after the state change.
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let readyz = reqwest::get(format!(
+            "http://127.0.0.1:{}/readyz",
+            lane.daemon.config.http_port
+        ))
+        .await
+        .unwrap();
+        assert_eq!(readyz.status(), 503);
+        let body = readyz.text().await.unwrap();
+        if body.contains("login_failed") {
+            break;
+        }
+        assert!(Instant::now() < until, "readyz: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // No more tries while stopped (the session checks every 5 s).
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(sso(&gw).await["attempts"], 3);
