@@ -9,6 +9,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, humantime_secs};
 
+/// Default flush cadence: 10–20 ms keeps event → Redis well under 100 ms while a key
+/// changing on every trade is still written about 65 times a second, not per trade.
+pub const DEFAULT_COALESCE_INTERVAL: Duration = Duration::from_millis(15);
+
+/// The range `coalesce_interval` may take: below 1 ms a flush per key per row is what it
+/// costs; above 1 s the values are too stale for the teams.
+pub const COALESCE_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(1);
+
 /// The `[calculators]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,7 +34,9 @@ pub struct CalculatorConfig {
     pub workers: usize,
     /// Row batches a worker may have queued before the consumer stops polling Kafka.
     pub max_queued_batches: usize,
-    /// At most one write per Redis key per interval (the values in between are coalesced).
+    /// Flush cadence of a worker: the values a flush computes are written to Redis at most once
+    /// per key per interval (the values in between are coalesced). It bounds the latency a
+    /// value adds on its way to Redis; 1 ms to 1 s, 15 ms by default.
     #[serde(with = "humantime_secs")]
     pub coalesce_interval: Duration,
     /// Expiry of every key (the seed: 60 minutes). Redis 7.0 expires whole keys only.
@@ -52,7 +63,7 @@ impl Default for CalculatorConfig {
             session_timeout: Duration::from_secs(10),
             workers: 4,
             max_queued_batches: 64,
-            coalesce_interval: Duration::from_millis(100),
+            coalesce_interval: DEFAULT_COALESCE_INTERVAL,
             key_ttl: Duration::from_secs(3600),
             publish: false,
             warm_restart_lookback: Duration::from_secs(15 * 60),
@@ -268,8 +279,14 @@ impl CalculatorConfig {
         if self.max_queued_batches == 0 {
             return Err(bad("calculators.max_queued_batches", "must be at least 1"));
         }
-        if self.coalesce_interval.is_zero() {
-            return Err(bad("calculators.coalesce_interval", "must be positive"));
+        if !COALESCE_INTERVAL_RANGE.contains(&self.coalesce_interval) {
+            return Err(bad(
+                "calculators.coalesce_interval",
+                format!(
+                    "{:?} is outside 1 ms ..= 1 s (15 ms by default)",
+                    self.coalesce_interval
+                ),
+            ));
         }
         if self.key_ttl < Duration::from_secs(1) {
             return Err(bad("calculators.key_ttl", "must be at least 1 s"));
@@ -541,6 +558,26 @@ mod tests {
         let specs = config(spec("vwap", TICK)).compile().unwrap();
         assert_eq!(specs[0].window, Window::Time(60_000_000_000));
         assert_eq!(specs[0].window.label(), "60s");
+    }
+
+    #[test]
+    fn coalesce_interval_is_bounded() {
+        let mut c = config(spec("vwap", TICK));
+        assert_eq!(c.coalesce_interval, Duration::from_millis(15));
+        for ok in [1, 10, 20, 1000] {
+            c.coalesce_interval = Duration::from_millis(ok);
+            c.validate().unwrap();
+        }
+        for bad in [
+            Duration::ZERO,
+            Duration::from_micros(999),
+            Duration::from_millis(1001),
+        ] {
+            c.coalesce_interval = bad;
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, "calculators.coalesce_interval");
+            assert!(e.message.contains("outside 1 ms"), "{e}");
+        }
     }
 
     #[test]

@@ -116,8 +116,10 @@ impl Actor for CalculatorConsumer {
             args.shared.config.session_timeout,
         )
         .set("fetch.queue.backoff.ms", "10")
-        // Bounds what librdkafka prefetches while the workers hold us back.
-        .set("queued.max.messages.kbytes", "16384")
+        // Bounds what librdkafka prefetches while the workers hold us back: 3 MiB queued plus
+        // at most one 1 MiB fetch response in flight.
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
+        .set("fetch.max.bytes", FETCH_MAX_BYTES)
         .create_with_context(PausingRebalance::default())?;
         consumer.subscribe(&[topic.as_str()])?;
         let planner: BaseConsumer = crate::kafka::client_config(&args.kafka)
@@ -289,19 +291,19 @@ impl ConsumerState {
         }
     }
 
-    /// Reads what is there (up to 2 000 rows or 50 ms), hands it to the workers.
+    /// Waits up to [`IDLE_WAIT`] for a first row, then takes what librdkafka already holds (up
+    /// to [`MAX_BATCH_ROWS`], never waiting for more) and hands it to the workers: a row waits
+    /// here only while the rows ahead of it are parsed.
     async fn poll(&mut self) {
         let workers = self.args.shared.workers.len();
         let mut batches: Vec<Vec<(CalcRow, bool)>> = vec![Vec::new(); workers];
         let consumer = self.consumer.clone();
-        let deadline = Instant::now() + Duration::from_millis(50);
         let mut read = 0;
-        while read < 2_000 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let m = match tokio::time::timeout(left, consumer.recv()).await {
+        while read < MAX_BATCH_ROWS {
+            // `timeout` polls `recv` before it looks at the clock: a zero wait still takes a
+            // row that is ready.
+            let wait = if read == 0 { IDLE_WAIT } else { Duration::ZERO };
+            let m = match tokio::time::timeout(wait, consumer.recv()).await {
                 Ok(Ok(m)) => m,
                 Ok(Err(e)) => {
                     warn!(topic = %self.topic, error = %e, "consumer error");
@@ -414,6 +416,19 @@ impl ConsumerState {
         }
     }
 }
+
+/// Longest wait for a first row in one poll (an idle topic): the actor then checks its
+/// rebalances and checkpoint before polling again.
+const IDLE_WAIT: Duration = Duration::from_millis(50);
+
+/// Rows handed to the workers per poll at most.
+const MAX_BATCH_ROWS: usize = 2_000;
+
+/// librdkafka's prefetch queue of one consumer, in KiB (`queued.max.messages.kbytes`).
+const PREFETCH_KBYTES: &str = "3072";
+
+/// One fetch response at most (`fetch.max.bytes`); above `message.max.bytes` (1 000 000).
+const FETCH_MAX_BYTES: &str = "1048576";
 
 /// (partition, start offset, first live offset) of each of `partitions` of `topic`.
 fn plan(

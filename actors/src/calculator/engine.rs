@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::config::{Kind, Spec, Window};
+use super::window::{Agg, Key, Rows, Sums};
 
 /// One trade of `tick_market_data`.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +94,9 @@ pub struct Value {
 /// The trades a symbol still needs: the union of what its specs' windows can reach.
 #[derive(Debug, Default)]
 struct Trades {
-    rows: BTreeMap<(i64, String), (f64, f64)>,
+    rows: Rows,
+    /// One incremental aggregate per distinct window of the symbol's trade specs.
+    aggs: Vec<Agg>,
     as_of: Option<i64>,
     keep_ns: i64,
     keep_n: usize,
@@ -115,7 +118,10 @@ impl Trades {
             return Applied::Late;
         }
         self.as_of = Some(as_of);
-        self.rows.insert(key, (t.price, t.size));
+        self.rows.insert(key.clone(), (t.price, t.size));
+        for agg in &mut self.aggs {
+            agg.insert(&self.rows, &key, as_of);
+        }
         if self
             .rows
             .keys()
@@ -134,25 +140,34 @@ impl Trades {
         Applied::New
     }
 
-    /// The (price, size) pairs of `window`, oldest first.
-    fn window(&self, window: Window) -> Vec<(f64, f64)> {
-        let Some(as_of) = self.as_of else {
-            return Vec::new();
-        };
-        match window {
-            Window::Time(ns) => {
-                let lo = as_of.saturating_sub(ns);
-                self.rows
-                    .range((lo + 1, String::new())..)
-                    .map(|(_, v)| *v)
-                    .collect()
-            }
-            Window::Ticks(n) => {
-                let skip = self.rows.len().saturating_sub(n);
-                self.rows.values().skip(skip).copied().collect()
-            }
-            Window::Book => Vec::new(),
+    /// A fresh state for the same specs (a moved partition's symbol).
+    fn emptied(&self) -> Self {
+        Self {
+            keep_ns: self.keep_ns,
+            keep_n: self.keep_n,
+            aggs: self.aggs.iter().map(|a| Agg::new(a.window)).collect(),
+            ..Self::default()
         }
+    }
+
+    fn agg(&self, window: Window) -> Option<&Agg> {
+        self.aggs.iter().find(|a| a.window == window)
+    }
+}
+
+/// The (price, size) pairs of `window` over `rows` at event time `as_of`, oldest first: the
+/// window recomputed from the store (for `evaluate_at` and as the tests' reference).
+pub fn window_rows(rows: &Rows, window: Window, as_of: i64) -> Vec<(f64, f64)> {
+    match window {
+        Window::Time(ns) => {
+            let lo: Key = (as_of.saturating_sub(ns).saturating_add(1), String::new());
+            rows.range(lo..).map(|(_, v)| *v).collect()
+        }
+        Window::Ticks(n) => {
+            let skip = rows.len().saturating_sub(n);
+            rows.values().skip(skip).copied().collect()
+        }
+        Window::Book => Vec::new(),
     }
 }
 
@@ -169,6 +184,10 @@ struct Level {
 struct Book {
     /// (is_bid, level) → the latest row of that level.
     levels: BTreeMap<(bool, u32), Level>,
+    /// Per side (ask, bid): (l2_time, row_id, max_level) of its most recent row. A level is
+    /// only ever replaced by a newer row, so the newest row ever accepted on a side is also
+    /// the newest one it holds: the depth is known without scanning the side.
+    latest: [Option<(i64, String, u32)>; 2],
     as_of: Option<i64>,
     price_unit: String,
     size_unit: String,
@@ -198,17 +217,35 @@ impl Book {
             self.size_unit.clone_from(&b.size_unit);
         }
         self.as_of = Some(self.as_of.unwrap_or(b.time).max(b.time));
+        let latest = &mut self.latest[usize::from(b.bid)];
+        if latest
+            .as_ref()
+            .is_none_or(|(t, id, _)| (*t, id) < (new.time, &new.row_id))
+        {
+            *latest = Some((new.time, new.row_id.clone(), new.max_level));
+        }
         self.levels.insert(key, new);
         Applied::New
     }
 
     /// Depth of a side: `max_level` of its most recent row.
     fn depth(&self, bid: bool) -> u32 {
+        self.latest[usize::from(bid)]
+            .as_ref()
+            .map_or(0, |(_, _, max_level)| *max_level)
+    }
+
+    /// Total size of the live levels 1..=`n` of a side: O(n), never the whole side.
+    fn size_within(&self, bid: bool, n: u32) -> f64 {
+        let top = n.min(self.depth(bid));
+        if top == 0 {
+            return 0.0;
+        }
         self.levels
-            .range((bid, 0)..=(bid, u32::MAX))
-            .map(|(_, l)| l)
-            .max_by(|a, b| (a.time, &a.row_id).cmp(&(b.time, &b.row_id)))
-            .map_or(0, |l| l.max_level)
+            .range((bid, 1)..=(bid, top))
+            .map(|(_, l)| l.size)
+            .filter(|s| *s > 0.0)
+            .sum()
     }
 
     /// (price, size) of a live level.
@@ -273,10 +310,14 @@ impl Engine {
                 .collect();
             let mut st = SymbolState::default();
             for i in &specs {
-                match self.specs[*i].window {
+                let window = self.specs[*i].window;
+                match window {
                     Window::Time(ns) => st.trades.keep_ns = st.trades.keep_ns.max(ns),
                     Window::Ticks(n) => st.trades.keep_n = st.trades.keep_n.max(n),
-                    Window::Book => {}
+                    Window::Book => continue,
+                }
+                if st.trades.agg(window).is_none() {
+                    st.trades.aggs.push(Agg::new(window));
                 }
             }
             st.specs = specs;
@@ -293,11 +334,7 @@ impl Engine {
             return;
         };
         if category == marketlane_protocol::category::TICK {
-            st.trades = Trades {
-                keep_ns: st.trades.keep_ns,
-                keep_n: st.trades.keep_n,
-                ..Trades::default()
-            };
+            st.trades = st.trades.emptied();
         } else {
             st.book = Book::default();
         }
@@ -343,67 +380,40 @@ impl Engine {
                 unit,
             });
         }
-        let as_of = st.trades.as_of?;
-        Some(evaluate_trades(spec, &st.trades, as_of))
+        let trades = &st.trades;
+        let as_of = trades.as_of?;
+        let value = match trades.agg(spec.window) {
+            Some(agg) => agg.sums().value(spec.kind),
+            // Every trade window of the symbol's specs has an aggregate; recompute otherwise.
+            None => {
+                let w = window_rows(&trades.rows, spec.window, as_of);
+                Sums::of(spec.window, w.into_iter()).value(spec.kind)
+            }
+        };
+        Some(trade_value(spec, trades, value, as_of))
     }
 
     /// Spec `i` for `symbol` evaluated at an explicit event time `at` (≥ the symbol's `as_of`),
-    /// e.g. after a quiet period: the time window may then be empty.
+    /// e.g. after a quiet period: the time window may then be empty. Recomputed from the
+    /// store (a query, not the flush path).
     pub fn evaluate_at(&self, i: usize, symbol: &str, at: i64) -> Option<Value> {
         let spec = &self.specs[i];
         let st = self.symbols.get(symbol)?;
         if spec.window == Window::Book {
             return self.evaluate(i, symbol);
         }
-        let mut view = Trades {
-            rows: st.trades.rows.clone(),
-            as_of: Some(at.max(st.trades.as_of.unwrap_or(at))),
-            keep_ns: st.trades.keep_ns,
-            keep_n: st.trades.keep_n,
-            price_unit: st.trades.price_unit.clone(),
-            size_unit: st.trades.size_unit.clone(),
-        };
-        let as_of = view.as_of.unwrap_or(at);
-        view.as_of = Some(as_of);
-        Some(evaluate_trades(spec, &view, as_of))
+        let trades = &st.trades;
+        let as_of = at.max(trades.as_of.unwrap_or(at));
+        let w = window_rows(&trades.rows, spec.window, as_of);
+        let value = Sums::of(spec.window, w.into_iter()).value(spec.kind);
+        Some(trade_value(spec, trades, value, as_of))
     }
 }
 
-fn evaluate_trades(spec: &Spec, trades: &Trades, as_of: i64) -> Value {
-    let w = trades.window(spec.window);
-    let n = w.len();
-    let value = match spec.kind {
-        Kind::Vwap => {
-            let volume: f64 = w.iter().map(|(_, s)| s).sum();
-            (volume > 0.0).then(|| w.iter().map(|(p, s)| p * s).sum::<f64>() / volume)
-        }
-        Kind::Sma => (n > 0).then(|| w.iter().map(|(p, _)| p).sum::<f64>() / n as f64),
-        Kind::Ema => {
-            // Seeded with the oldest price of the window, alpha = 2 / (N + 1): a function of
-            // the window alone, so a restart that refills the window reproduces it exactly.
-            let span = if let Window::Ticks(span) = spec.window {
-                span
-            } else {
-                n
-            };
-            let alpha = 2.0 / (span as f64 + 1.0);
-            w.split_first().map(|((first, _), rest)| {
-                rest.iter()
-                    .fold(*first, |e, (p, _)| alpha * p + (1.0 - alpha) * e)
-            })
-        }
-        Kind::RealizedVolatility => {
-            let returns: Vec<f64> = w
-                .windows(2)
-                .filter(|pair| pair[0].0 > 0.0 && pair[1].0 > 0.0)
-                .map(|pair| (pair[1].0 / pair[0].0).ln())
-                .collect();
-            (!returns.is_empty()).then(|| returns.iter().map(|r| r * r).sum::<f64>().sqrt())
-        }
-        Kind::TradeCount => Some(n as f64),
-        Kind::Volume => Some(w.iter().map(|(_, s)| s).sum()),
-        Kind::Mid | Kind::Spread | Kind::BookImbalance => None,
-    };
+/// A trade indicator's value with its unit. EMA is seeded with the oldest price of the window,
+/// alpha = 2 / (N + 1): a function of the window alone, so a restart that refills the window
+/// reproduces it.
+fn trade_value(spec: &Spec, trades: &Trades, value: Option<f64>, as_of: i64) -> Value {
     let unit = match spec.kind {
         Kind::Vwap | Kind::Sma | Kind::Ema => trades.price_unit.clone(),
         Kind::Volume => trades.size_unit.clone(),
@@ -425,13 +435,8 @@ fn book_value(spec: &Spec, book: &Book) -> Option<f64> {
             })
         }
         Kind::BookImbalance => {
-            let side = |bid: bool| -> f64 {
-                (1..=spec.levels as u32)
-                    .filter_map(|l| book.level(bid, l))
-                    .map(|(_, s)| s)
-                    .sum()
-            };
-            let (b, a) = (side(true), side(false));
+            let n = u32::try_from(spec.levels).unwrap_or(u32::MAX);
+            let (b, a) = (book.size_within(true, n), book.size_within(false, n));
             (b + a > 0.0).then(|| (b - a) / (b + a))
         }
         _ => None,

@@ -16,10 +16,13 @@ pub mod config;
 pub mod consumer;
 pub mod engine;
 pub mod redis;
+pub mod window;
 pub mod worker;
 
 #[cfg(test)]
 mod golden_tests;
+#[cfg(test)]
+mod window_tests;
 
 use std::sync::Arc;
 
