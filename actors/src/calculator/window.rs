@@ -6,6 +6,8 @@
 //! a time window holds the keys with `as_of - W < tick_time`, a tick window the last N keys.
 //! Rows join when they land in that tail and leave from its front only, so each row enters
 //! and leaves once (amortized O(1)); a row placed in the middle touches its two neighbours.
+//! The EMA of a tick window is kept for rows that arrive in order; a row landing before the
+//! newest member (rare: late trades) recomputes that window once.
 //!
 //! Float rounding: sums updated by adding and subtracting differ from a sum over the window in
 //! the last bits. The aggregate is recomputed from the store (in window order, the same

@@ -18,7 +18,7 @@ use super::recovery::{Action, Observation, Recovery, RecoveryConfig};
 use super::state::SessionState;
 use crate::config::{IbConfig, SymbolConfig};
 use crate::contracts::{self, Instrument};
-use crate::ib_client::{IbClient, IbError};
+use crate::ib_client::IbClient;
 use crate::ib_gateway::GatewayMsg;
 use crate::ib_websocket::WsMsg;
 use crate::metrics::Metrics;
@@ -122,8 +122,8 @@ pub struct SessionActorState {
     instruments: Arc<BTreeMap<i64, Instrument>>,
     unresolved: BTreeMap<String, String>,
     last_resolve: Option<Instant>,
-    /// When the login command last ran and how it went.
-    last_login: Option<(Instant, String)>,
+    /// When the login command last ran and how it went (tokio's clock: tests pause it).
+    last_login: Option<(tokio::time::Instant, String)>,
     /// The built-in login (`[ib.login]`), run instead of `login_command`.
     login: Option<crate::ib_login::BuiltinLogin>,
     /// The configured symbols plus those added over the control socket.
@@ -392,47 +392,14 @@ impl SessionActorState {
         }
     }
 
-    /// What the gateway says now: `/tickle`, and `auth/status` when the tickle carries none.
-    async fn observe(&mut self) -> (Observation, Option<String>) {
-        let classify = |e: IbError| match e {
-            IbError::NoSession(m) => Observation::NoSession(m),
-            IbError::RateLimited(m) => Observation::RateLimited(format!("429 on {m}")),
-            IbError::Refused { message, .. } => Observation::Refused(message),
-            IbError::Unreachable { message, .. } => Observation::Unresponsive(message),
-            // 5xx and unreadable answers: IB restarting its servers (see recovery.rs).
-            e @ (IbError::Status { .. } | IbError::BadReply { .. }) => {
-                Observation::Maintenance(e.to_string())
-            }
-            IbError::NoBridge => Observation::Maintenance("no bridge on /tickle".into()),
-            // Cannot happen after start-up (the client was built); never a reason to restart.
-            IbError::Config(m) => Observation::Unresponsive(m),
-        };
-        let tickle = match self.client.tickle().await {
-            Ok(t) => t,
-            Err(e) => return (classify(e), None),
-        };
-        let session = tickle.session.clone().unwrap_or_default();
-        let status = match tickle.iserver.and_then(|i| i.auth_status) {
-            Some(s) => s,
-            None => match self.client.auth_status().await {
-                Ok(s) => s,
-                // No brokerage bridge yet: not connected, not authenticated.
-                Err(IbError::NoBridge) => Default::default(),
-                Err(e) => return (classify(e), None),
-            },
-        };
-        let obs = Observation::Status {
-            session: session.clone(),
-            authenticated: status.authenticated,
-            competing: status.competing,
-            connected: status.connected,
-        };
-        (obs, Some(session))
-    }
-
     /// One step of the state machine; returns when to run the next.
     async fn step(&mut self) -> Duration {
-        let (obs, session) = self.observe().await;
+        let super::io::Step {
+            observation: obs,
+            session,
+            mut decision,
+            call_failure,
+        } = super::io::step(&mut self.recovery, &mut self.client).await;
         if matches!(
             obs,
             Observation::Status {
@@ -442,8 +409,6 @@ impl SessionActorState {
         ) {
             self.brokerage_lost = true;
         }
-        let now = tokio::time::Instant::now();
-        let mut decision = self.recovery.decide(&obs, now);
         if decision.action == Action::Login
             && let Some(reason) = self.login.as_ref().and_then(|l| l.failed_reason())
         {
@@ -460,23 +425,12 @@ impl SessionActorState {
                 warn!(reason = %reason, action = ?decision.action, "ib session: {}", decision.state.label());
             }
         }
+        if call_failure.is_some() {
+            self.last_failure = call_failure;
+        }
         match decision.action {
-            Action::None => {}
-            Action::Init => {
-                if let Err(e) = self.client.ssodh_init().await {
-                    self.last_failure = Some(format!("ssodh/init: {e}"));
-                }
-            }
-            Action::Reauthenticate => {
-                if let Err(e) = self.client.reauthenticate().await {
-                    self.last_failure = Some(format!("reauthenticate: {e}"));
-                }
-                // The brokerage bridge does not come back by itself after a reset: open it
-                // again (ssodh/init is how a brokerage session is (re)initialized).
-                if let Err(e) = self.client.ssodh_init().await {
-                    self.last_failure = Some(format!("ssodh/init after reauthenticate: {e}"));
-                }
-            }
+            // `ssodh/init` and `reauthenticate` were called by `io::step`.
+            Action::None | Action::Init | Action::Reauthenticate => {}
             Action::Escalate => self.escalate(decision.reason.clone()).await,
             Action::RestartGateway => {
                 if let Some(gw) = self.names.lookup::<GatewayMsg>(IB_GATEWAY) {
@@ -570,12 +524,13 @@ impl SessionActorState {
         };
         // An escalation comes at most once per ladder (minutes apart), so it does not wait
         // for `login_retry`.
-        if !escalation
-            && self
-                .last_login
-                .as_ref()
-                .is_some_and(|(t, _)| t.elapsed() < config.login_retry)
-        {
+        let last = self.last_login.as_ref().map(|(t, _)| *t);
+        if !super::io::login_due(
+            last,
+            tokio::time::Instant::now(),
+            config.login_retry,
+            escalation,
+        ) {
             return;
         }
         info!(command = %cmd[0], "no brokerage session: running the login command");
@@ -608,7 +563,7 @@ impl SessionActorState {
             .with_label_values(&[label])
             .inc();
         info!(outcome = %outcome, "login command finished");
-        self.last_login = Some((Instant::now(), outcome));
+        self.last_login = Some((tokio::time::Instant::now(), outcome));
     }
 
     async fn resolve_contracts(&mut self) {

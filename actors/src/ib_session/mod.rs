@@ -1,7 +1,11 @@
-//! The IB session keepalive (`ib_session/{actor.rs,recovery.rs,state.rs}`).
+//! The IB session keepalive (`ib_session/{actor.rs,io.rs,recovery.rs,state.rs}`).
 pub mod actor;
+mod io;
 pub mod recovery;
 pub mod state;
 
 pub use actor::{IbSession, SessionArgs, SessionMsg, SessionSnapshot};
 pub use state::SessionState;
+
+#[cfg(test)]
+mod step_tests;
