@@ -13,6 +13,7 @@ COPY daemon daemon
 COPY simulator simulator
 COPY tests tests
 COPY load-tests load-tests
+# Only the daemon: the simulator (`marketlane-sim`) is for the demo and the tests, not shipped.
 RUN cargo build --release --locked --bin marketlane \
  && cp target/release/marketlane /marketlane
 

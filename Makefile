@@ -22,11 +22,13 @@ deps:
 	@scripts/build-deps
 	@scripts/chromium
 
+# Both binaries: the daemon and the simulator (`marketlane-sim`), which the demo and the
+# integration tests start from beside `marketlane`.
 build:
-	$(CARGO) build --bin marketlane
+	$(CARGO) build --bin marketlane --bin marketlane-sim
 
 build-release:
-	$(CARGO) build --release --bin marketlane
+	$(CARGO) build --release --bin marketlane --bin marketlane-sim
 
 stack-up:
 	scripts/stack up

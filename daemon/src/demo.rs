@@ -1,5 +1,6 @@
 //! `marketlane demo`: the whole lane end to end against the simulator. It starts the simulator
-//! and the daemon as child processes (the same binary), prints one status line per second with
+//! (`marketlane-sim`, found beside this executable) and the daemon (this binary) as child
+//! processes, prints one status line per second with
 //! rows/s per stage and the consumer lag, stops the simulator, waits for the lane to catch up,
 //! and prints the reconciliation `emitted=N kafka=N clickhouse=N lost=0 duplicates=0`.
 //!
@@ -141,6 +142,28 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Where `marketlane-sim` is expected: beside this executable (cargo builds both into the
+/// same directory; the production image ships without it).
+pub fn sim_bin_path() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the marketlane executable")?;
+    let dir = exe
+        .parent()
+        .with_context(|| format!("{} has no parent directory", exe.display()))?;
+    Ok(dir.join("marketlane-sim"))
+}
+
+/// `marketlane-sim` beside this executable, or an error that says how to build it.
+fn sim_bin() -> anyhow::Result<PathBuf> {
+    let sim = sim_bin_path()?;
+    if !sim.is_file() {
+        bail!(
+            "the demo needs the simulator binary {} (build both with `cargo build --bin marketlane --bin marketlane-sim`, or run `make demo`)",
+            sim.display()
+        );
+    }
+    Ok(sim)
+}
+
 struct Proc {
     name: &'static str,
     child: Child,
@@ -148,7 +171,15 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &'static str, args: &[String], log: &Path) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe()?;
+        Self::spawn_exe(name, &std::env::current_exe()?, args, log)
+    }
+
+    fn spawn_exe(
+        name: &'static str,
+        exe: &Path,
+        args: &[String],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let out = std::fs::File::create(log)?;
         let child = Command::new(exe)
             .args(args)
@@ -339,6 +370,8 @@ fn key_prefix(args: &DemoArgs, run: &str) -> String {
 }
 
 pub async fn demo(args: DemoArgs) -> anyhow::Result<DemoOutcome> {
+    // Before anything is created: without the simulator there is no demo.
+    let sim_exe = sim_bin()?;
     let run = chrono_free_stamp();
     let dir = args.dir.join(&run);
     std::fs::create_dir_all(&dir)?;
@@ -354,10 +387,10 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<DemoOutcome> {
         "demo: run {run}: logs, config and ledger in {}",
         dir.display()
     );
-    let mut sim = Proc::spawn(
+    let mut sim = Proc::spawn_exe(
         "simulator",
+        &sim_exe,
         &[
-            "sim".into(),
             "--listen".into(),
             format!("127.0.0.1:{gateway_port}"),
             "--seed".into(),

@@ -1,5 +1,6 @@
-//! The `marketlane` binary: the daemon (`run`), the IB gateway simulator (`sim`), the schema
-//! tools (`schema ddl|check`), the reconciliation and the end-to-end demo.
+//! The `marketlane` binary: the daemon (`run`), the schema tools (`schema ddl|check`), the
+//! reconciliation and the end-to-end demo. The IB gateway simulator is its own binary,
+//! `marketlane-sim` (simulator crate), so that this one does not carry it.
 
 mod config;
 mod control;
@@ -16,7 +17,6 @@ mod schema_cmd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -46,8 +46,12 @@ enum Command {
     },
     /// Feed recorded or hand-written websocket frames through the normalizers; print the rows.
     Replay(replay::ReplayArgs),
-    /// Run the IB Client Portal gateway simulator.
-    Sim(marketlane_simulator::SimArgs),
+    /// Moved: the IB gateway simulator is the `marketlane-sim` binary (says where it is).
+    #[command(hide = true)]
+    Sim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
     /// Category schema tools.
     Schema {
         #[command(subcommand)]
@@ -136,9 +140,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let log = control::LogControl::init(&config.log.level, config.log.json);
             run::run(config, log).await?;
         }
-        Command::Sim(args) => {
-            init_tracing("info", false);
-            marketlane_simulator::run(args).await.context("simulator")?;
+        Command::Sim { args } => {
+            let sim = demo::sim_bin_path()?;
+            eprintln!(
+                "error: the simulator is its own binary now: {} {}\n(build it with `cargo build --bin marketlane-sim`)",
+                sim.display(),
+                args.join(" ")
+            );
+            return Ok(ExitCode::from(2));
         }
         Command::Schema { command } => match command {
             SchemaCommand::Ddl {

@@ -356,10 +356,9 @@ async fn run_inner(
 ) -> anyhow::Result<LiveResult> {
     let http = reqwest::Client::new();
     let mut sim = Proc::spawn(
-        &env.bin,
+        &procs::sim_bin(&env.bin),
         "simulator",
         &[
-            "sim".into(),
             "--listen".into(),
             format!("127.0.0.1:{gw}"),
             "--seed".into(),

@@ -1,11 +1,16 @@
-//! Child processes (the simulator and the daemon, both the `marketlane` binary) and their
-//! resident memory and CPU from `/proc`.
+//! Child processes (the daemon, `marketlane`, and the simulator, `marketlane-sim` beside it)
+//! and their resident memory and CPU from `/proc`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+/// The simulator binary beside the daemon binary `bin`.
+pub fn sim_bin(bin: &Path) -> PathBuf {
+    bin.with_file_name("marketlane-sim")
+}
 
 pub struct Proc {
     pub name: String,

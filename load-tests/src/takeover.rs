@@ -744,10 +744,9 @@ async fn run_inner(
     let gw = [procs::free_port()?, procs::free_port()?];
     let nodes = [procs::free_port()?, procs::free_port()?];
     let mut sim = Proc::spawn(
-        &env.bin,
+        &procs::sim_bin(&env.bin),
         "simulator",
         &[
-            "sim".into(),
             "--listen".into(),
             format!("127.0.0.1:{}", gw[0]),
             "--username".into(),

@@ -1,4 +1,4 @@
-//! Command-line flags (`marketlane sim …`) and the plain config struct they convert into.
+//! Command-line flags (`marketlane-sim …`) and the plain config struct they convert into.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -10,7 +10,7 @@ use crate::error::SimError;
 /// IB's minimum spacing between two `smd` frames of one conid.
 pub const MIN_FRAME_INTERVAL_MS: u64 = 500;
 
-/// Flags of `marketlane sim`. Every flag has a default so `marketlane sim` alone starts a
+/// Flags of `marketlane-sim`. Every flag has a default so `marketlane-sim` alone starts a
 /// plain-http gateway on 127.0.0.1:5000 that behaves like a logged-in IB gateway.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {

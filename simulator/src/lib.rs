@@ -3,7 +3,8 @@
 //! `/v1/api`, the `/v1/api/ws` websocket with heartbeats and `smd`/`sbd` market data, a
 //! session clock, pacing, injectable faults, and a ledger of every trade it sent.
 //!
-//! The daemon wires [`run`] as `marketlane sim`; tests call [`spawn`] on `127.0.0.1:0`.
+//! The `marketlane-sim` binary (`src/main.rs`) wraps [`run`]; tests call [`spawn`] on
+//! `127.0.0.1:0`.
 
 mod clock;
 pub mod config;
@@ -471,7 +472,7 @@ async fn run_scenario(sims: Vec<Arc<Sim>>, clock: SimClock, steps: Vec<ScenarioS
     }
 }
 
-/// `marketlane sim`: runs until ctrl-c or SIGTERM, then flushes the ledger.
+/// `marketlane-sim`: runs until ctrl-c or SIGTERM, then flushes the ledger.
 pub async fn run(args: SimArgs) -> Result<(), SimError> {
     let handle = spawn(args.into()).await?;
     for g in handle.gateways() {

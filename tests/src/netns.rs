@@ -33,20 +33,22 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::{Proc, clickhouse_url, kafka_bootstrap, marketlane_bin, workspace_root};
+use crate::{Proc, clickhouse_url, command_line, kafka_bootstrap, workspace_root};
 
 /// Where the harness keeps its lock and the owner (pid) of every live network.
 const STATE_DIR: &str = "/run/marketlane-netns";
 /// First octets of every network: 10.77.N.0/24.
 const PREFIX: [u8; 2] = [10, 77];
 
-/// Runs the marketlane binary with `args` inside the namespace `ns` (`ip netns exec` execs it,
-/// so signals reach it), output to `log`. For launchers that outlive a borrow of [`Net`].
+/// Runs the marketlane binary (the simulator for `["sim", ..]`, see [`command_line`]) with
+/// `args` inside the namespace `ns` (`ip netns exec` execs it, so signals reach it), output to
+/// `log`. For launchers that outlive a borrow of [`Net`].
 pub fn spawn_in_ns(ns: &str, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
+    let (bin, args) = command_line(args);
     let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let child = Command::new("ip")
         .args(["netns", "exec", ns])
-        .arg(marketlane_bin())
+        .arg(bin)
         .args(args)
         .current_dir(workspace_root())
         .stdout(Stdio::from(out.try_clone()?))
@@ -323,7 +325,8 @@ impl Net {
         c
     }
 
-    /// Runs the marketlane binary (`marketlane_bin()`) with `args` in pod `i`, output to `log`.
+    /// Runs the marketlane binary (or the simulator, see [`spawn_in_ns`]) with `args` in pod
+    /// `i`, output to `log`.
     pub fn spawn_in(&self, i: usize, args: &[&str], log: &Path) -> anyhow::Result<Proc> {
         spawn_in_ns(&self.pods[i].ns, args, log)
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use marketlane_actors::calculator::acl::sha256_hex;
+use marketlane_tests::redis::redis_url;
 use marketlane_tests::{
     Proc, eventually, free_port, kafka_bootstrap, kafka_payloads, run_marketlane, unique,
     workspace_root,
@@ -43,13 +44,6 @@ struct Final {
 
 fn golden() -> std::path::PathBuf {
     workspace_root().join("tests/golden/calculators")
-}
-
-fn redis_url() -> String {
-    format!(
-        "redis://127.0.0.1:{}",
-        std::env::var("ML_REDIS_PORT").unwrap_or_else(|_| "6379".into())
-    )
 }
 
 async fn redis(user: Option<(&str, &str)>) -> anyhow::Result<Client> {

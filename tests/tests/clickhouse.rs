@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use marketlane_protocol::{CategorySchema, Dtype, SchemaSet, row_id};
+use marketlane_tests::clickhouse::{drop_db, lines, scalar};
+use marketlane_tests::config::WriterConfig;
+use marketlane_tests::kafka::producer;
 use marketlane_tests::{
-    Proc, clickhouse, clickhouse_url, eventually, free_port, kafka_bootstrap, run_marketlane,
-    unique, workspace_root,
+    Proc, clickhouse, clickhouse_url, eventually, free_port, run_marketlane, unique, workspace_root,
 };
-use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Map, Value, json};
 
@@ -34,35 +35,13 @@ fn writer_config(
     schemas_dir: &Path,
     http_port: u16,
 ) -> PathBuf {
-    let cats: Vec<String> = categories.iter().map(|c| format!("{c:?}")).collect();
-    let text = format!(
-        r#"instance = "writer-test"
-roles = ["writer"]
-schemas_dir = {schemas:?}
-drain_deadline_secs = 5
-[http]
-listen = "127.0.0.1:{http_port}"
-[kafka]
-bootstrap_servers = {kafka:?}
-topic_prefix = {prefix:?}
-partitions = 3
-[clickhouse]
-url = {ch:?}
-database = {db:?}
-[writer]
-categories = [{cats}]
-group_id = {group:?}
-batch_rows = 300
-batch_max_age = 0.2
-"#,
-        schemas = schemas_dir.display().to_string(),
-        kafka = kafka_bootstrap(),
-        ch = clickhouse_url(),
-        cats = cats.join(", "),
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+    let mut c =
+        WriterConfig::new("writer-test", Some(prefix), db, http_port).categories(categories);
+    c.schemas_dir = schemas_dir.to_path_buf();
+    c.partitions = 3;
+    c.group_id = Some(group.into());
+    c.batch_rows = Some(300);
+    c.write(&dir.join(format!("{name}.toml")))
 }
 
 /// Starts `marketlane run` with `config` and waits until it is ready (topics and tables exist).
@@ -88,15 +67,6 @@ async fn start_writer(config: &Path, log: &Path, http_port: u16) -> Proc {
         std::fs::read_to_string(log).unwrap_or_default()
     );
     p
-}
-
-fn producer() -> BaseProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", kafka_bootstrap())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap()
 }
 
 fn produce(p: &BaseProducer, topic: &str, rows: &[(String, Vec<u8>)]) {
@@ -150,19 +120,6 @@ fn key_of(schema: &CategorySchema, row: &Map<String, Value>) -> String {
         .join("|")
 }
 
-async fn scalar(sql: &str) -> u64 {
-    clickhouse(sql).await.unwrap().trim().parse().unwrap_or(0)
-}
-
-async fn lines(sql: &str) -> Vec<String> {
-    clickhouse(sql)
-        .await
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
 /// Everything an analyst can see of a category, as sorted text, to compare before and after.
 async fn table_contents(db: &str, schema: &CategorySchema) -> (Vec<String>, Vec<String>, u64) {
     let c = &schema.category;
@@ -201,11 +158,6 @@ async fn rows_inserted(http_port: u16, schemas: &SchemaSet) -> u64 {
                 .and_then(|v| v.trim().parse::<f64>().ok())
         })
         .sum::<f64>() as u64
-}
-
-async fn drop_db(db: &str) {
-    let _ = clickhouse(&format!("DROP DATABASE IF EXISTS {db}")).await;
-    let _ = clickhouse(&format!("DROP DATABASE IF EXISTS {db}_state")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

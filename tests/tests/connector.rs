@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use marketlane_protocol::category::TICK;
 use marketlane_tests::{
     Proc, clickhouse, eventually, free_port, kafka_bootstrap, kafka_payloads, marketlane_bin,
-    output_within, unique, workspace_root,
+    marketlane_sim_bin, output_within, unique, workspace_root,
 };
 use serde_json::{Value, json};
 
@@ -474,9 +474,9 @@ async fn halted_and_prior_close_prices_are_not_trades() {
 #[tokio::test(flavor = "multi_thread")]
 async fn supervised_gateway_and_login_hook() {
     let gw = free_port();
-    let bin = marketlane_bin();
+    let bin = marketlane_sim_bin();
     let ib_extra = format!(
-        "login_retry = 1.0\ngateway_command = [\"{bin}\", \"sim\", \"--listen\", \"127.0.0.1:{gw}\", \"--auto-login\", \"false\", \"--seed\", \"5\"]\nlogin_command = [\"curl\", \"-sf\", \"-X\", \"POST\", \"http://127.0.0.1:{gw}/sim/login\"]",
+        "login_retry = 1.0\ngateway_command = [\"{bin}\", \"--listen\", \"127.0.0.1:{gw}\", \"--auto-login\", \"false\", \"--seed\", \"5\"]\nlogin_command = [\"curl\", \"-sf\", \"-X\", \"POST\", \"http://127.0.0.1:{gw}/sim/login\"]",
         bin = bin.display()
     );
     let lane = Lane::start(None, &ib_extra, gw);

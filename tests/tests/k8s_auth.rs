@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use marketlane_tests::config::WriterConfig;
+use marketlane_tests::kafka::tick_row;
 use marketlane_tests::{
     Proc, eventually, free_port, kafka_bootstrap, marketlane_bin, unique, workspace_root,
 };
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use serde_json::json;
 
 const WRITER_PASSWORD: &str = "writer-secret-for-the-test";
 const ANALYST_PASSWORD: &str = "analyst-secret-for-the-test";
@@ -161,44 +162,11 @@ const LOOPBACK: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const ELSEWHERE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
 fn writer_config(dir: &Path, ch_http: u16, prefix: &str, http_port: u16) -> PathBuf {
-    let text = format!(
-        r#"instance = "k8s-auth-writer"
-roles = ["writer"]
-schemas_dir = {schemas:?}
-drain_deadline_secs = 5
-[http]
-listen = "127.0.0.1:{http_port}"
-[kafka]
-bootstrap_servers = {kafka:?}
-topic_prefix = {prefix:?}
-partitions = 1
-[clickhouse]
-url = "http://127.0.0.1:{ch_http}"
-user = "marketlane_writer"
-database = "marketlane"
-[writer]
-categories = ["tick_market_data"]
-group_id = {group:?}
-batch_max_age = 0.2
-"#,
-        schemas = workspace_root().join("schemas").display().to_string(),
-        kafka = kafka_bootstrap(),
-        group = unique("k8s_auth_"),
-    );
-    let path = dir.join("writer.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn tick_row(i: u64, t0: i64) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "row_id": marketlane_protocol::row_id("tick_market_data", &["k8s-auth", &i.to_string()]),
-        "source_system_name": "ib", "component_instance_name": "p", "ingestion_time": t0,
-        "exchange_identifier": "SMART", "symbol_identifier": "AAPL", "symbol_type": "stocks",
-        "price": 1.5, "price_unit": "1_USdollar", "size": 1.0, "size_unit": "100_shares",
-        "tick_time": t0 + i as i64,
-    }))
-    .unwrap()
+    let mut c = WriterConfig::new("k8s-auth-writer", Some(prefix), "marketlane", http_port);
+    c.clickhouse_url = format!("http://127.0.0.1:{ch_http}");
+    c.clickhouse_user = Some("marketlane_writer".into());
+    c.group_id = Some(unique("k8s_auth_"));
+    c.write(&dir.join("writer.toml"))
 }
 
 /// A daemon in the writer role, logged in as the k8s writer user of a private server.
@@ -253,7 +221,7 @@ impl RunningWriter {
             .create()
             .unwrap();
         for i in range {
-            let payload = tick_row(i, self.t0);
+            let payload = tick_row("k8s-auth", i, self.t0);
             producer
                 .send(
                     BaseRecord::to(&format!("{}tick_market_data", self.prefix))

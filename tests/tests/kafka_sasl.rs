@@ -10,13 +10,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use marketlane_tests::clickhouse::drop_db;
+use marketlane_tests::config::WriterConfig;
+use marketlane_tests::kafka::tick_row;
 use marketlane_tests::{
-    Proc, clickhouse, clickhouse_url, eventually, free_port, marketlane_bin, unique, workspace_root,
+    Proc, clickhouse, eventually, free_port, marketlane_bin, unique, workspace_root,
 };
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use serde_json::json;
 
 const USER: &str = "marketlane";
 const PASSWORD: &str = "scram-secret-for-the-test";
@@ -166,37 +168,12 @@ async fn the_daemon_authenticates_to_kafka_with_scram() {
     let http = free_port();
     let password_file = dir.path().join("kafka-password");
     std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
-    let config = dir.path().join("writer.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"instance = "sasl-writer"
-roles = ["writer"]
-schemas_dir = {schemas:?}
-drain_deadline_secs = 5
-[http]
-listen = "127.0.0.1:{http}"
-[kafka]
-bootstrap_servers = "127.0.0.1:{sasl}"
-security_protocol = "sasl_plaintext"
-sasl_mechanism = "SCRAM-SHA-512"
-sasl_username = "{USER}"
-sasl_password_file = {password_file:?}
-partitions = 1
-[clickhouse]
-url = {ch:?}
-database = "{db}"
-[writer]
-categories = ["tick_market_data"]
-batch_max_age = 0.2
-"#,
-            schemas = workspace_root().join("schemas").display().to_string(),
-            sasl = kafka.sasl,
-            password_file = password_file.display().to_string(),
-            ch = clickhouse_url(),
-        ),
-    )
-    .unwrap();
+    let mut writer_config = WriterConfig::new("sasl-writer", None, &db, http).kafka_keys(&format!(
+        "security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = {USER:?}\nsasl_password_file = {:?}",
+        password_file.display().to_string()
+    ));
+    writer_config.kafka_bootstrap = format!("127.0.0.1:{}", kafka.sasl);
+    let config = writer_config.write(&dir.path().join("writer.toml"));
     let log = dir.path().join("writer.log");
     let out = std::fs::File::create(&log).unwrap();
     let mut writer = Proc(
@@ -223,14 +200,7 @@ batch_max_age = 0.2
     let t0 = marketlane_protocol::now_ns();
     const N: u64 = 20;
     for i in 0..N {
-        let row = json!({
-            "row_id": marketlane_protocol::row_id("tick_market_data", &["sasl", &i.to_string()]),
-            "source_system_name": "ib", "component_instance_name": "p", "ingestion_time": t0,
-            "exchange_identifier": "SMART", "symbol_identifier": "AAPL", "symbol_type": "stocks",
-            "price": 1.5, "price_unit": "1_USdollar", "size": 1.0, "size_unit": "100_shares",
-            "tick_time": t0 + i as i64,
-        });
-        let payload = serde_json::to_vec(&row).unwrap();
+        let payload = tick_row("sasl", i, t0);
         producer
             .send(
                 BaseRecord::to("tick_market_data")
@@ -248,8 +218,7 @@ batch_max_age = 0.2
     .await;
     writer.terminate();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let _ = clickhouse(&format!("DROP DATABASE IF EXISTS {db}")).await;
-    let _ = clickhouse(&format!("DROP DATABASE IF EXISTS {db}_state")).await;
+    drop_db(&db).await;
     assert!(landed, "rows did not arrive over SCRAM:\n{text}");
     assert!(
         !text.contains(PASSWORD),

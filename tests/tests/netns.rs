@@ -308,11 +308,11 @@ fn spawn_in_runs_the_binary_itself_in_the_pod_and_signals_reach_it() {
         log(&logf)
     );
 
-    // `ip netns exec` execs: the child is the marketlane process, inside pod 1's namespace.
+    // `ip netns exec` execs: the child is the simulator process, inside pod 1's namespace.
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
     assert_eq!(
         exe.file_name(),
-        marketlane_tests::marketlane_bin().file_name(),
+        marketlane_tests::marketlane_sim_bin().file_name(),
         "child {pid} is {}",
         exe.display()
     );

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use marketlane_tests::harness::{Daemon, DaemonConfig, Sim, SimBuilder, kafka_rows, run_dir};
-use marketlane_tests::{eventually, free_port, marketlane_bin};
+use marketlane_tests::{eventually, free_port, marketlane_sim_bin};
 use serde_json::{Value, json};
 
 /// The connector's defaults divided by the simulator's speed (10): tickle 60 s, auth_wait
@@ -211,7 +211,7 @@ async fn a_ninety_second_brokerage_start_costs_at_most_one_reauthenticate_and_ke
 async fn a_five_minute_503_window_ends_with_the_same_gateway_and_no_login() {
     let dir = run_dir("session503_");
     let gw = free_port();
-    let bin = marketlane_bin();
+    let bin = marketlane_sim_bin();
     let mut config = connector(&format!("http://127.0.0.1:{gw}"), &dir, true);
     config = config
         .ib(
@@ -219,7 +219,6 @@ async fn a_five_minute_503_window_ends_with_the_same_gateway_and_no_login() {
             toml::Value::Array(
                 [
                     bin.display().to_string().as_str(),
-                    "sim",
                     "--listen",
                     &format!("127.0.0.1:{gw}"),
                     "--speed",
