@@ -273,8 +273,7 @@ impl Actor for ClickHouseWriter {
                     myself.send_after(state.args.writer.retry_backoff, || WriterMsg::Poll);
                     return Ok(());
                 }
-                if state.backoff.retrying() {
-                    let wait = state.backoff.failed();
+                if let Some(wait) = state.backoff.current() {
                     myself.send_after(wait, || WriterMsg::Poll);
                     return Ok(());
                 }
@@ -340,10 +339,12 @@ impl WriterState {
         tokio::pin!(sleep);
         let mut read = 0;
         while !self.batcher.has_due() && read < 10_000 {
+            // The timer first: a consumer that always has a message ready must not starve
+            // the age cut (polling an armed timer is cheap).
             let m = tokio::select! {
                 biased;
-                m = consumer.recv() => m,
                 () = &mut sleep => break,
+                m = consumer.recv() => m,
             };
             match m {
                 Ok(m) => {
@@ -560,6 +561,7 @@ impl WriterState {
         if ranges.is_empty() {
             self.batcher.landed();
             self.backoff.reset();
+            self.apply_pending_schema();
             return true;
         }
         let started = Instant::now();
@@ -668,6 +670,11 @@ impl WriterState {
         self.consumer.commit(&commits);
         self.snapshot.last_error = None;
         self.backoff.reset();
+        self.apply_pending_schema();
+    }
+
+    /// Nothing encoded under the old schema is left: a reloaded one takes over.
+    fn apply_pending_schema(&mut self) {
         if let Some(schema) = self.pending_schema.take() {
             info!(topic = %self.topic, "schema reloaded");
             self.insert_sql = insert_statement(&schema, &self.args.clickhouse.config.database);

@@ -339,6 +339,11 @@ impl Backoff {
     pub fn retrying(&self) -> bool {
         self.current.is_some()
     }
+
+    /// The wait before the next attempt, while retrying.
+    pub fn current(&self) -> Option<Duration> {
+        self.current
+    }
 }
 
 #[cfg(test)]

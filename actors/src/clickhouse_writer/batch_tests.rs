@@ -146,6 +146,7 @@ async fn back_off_doubles_to_its_maximum_and_resets() {
     let waits: Vec<u128> = (0..5).map(|_| backoff.failed().as_millis()).collect();
     assert_eq!(waits, vec![200, 400, 800, 1000, 1000]);
     assert!(backoff.retrying());
+    assert_eq!(backoff.current(), Some(Duration::from_secs(1)));
     // On paused time a retry wakes exactly after its wait.
     let t0 = Instant::now();
     tokio::time::sleep(backoff.failed()).await;
