@@ -441,6 +441,20 @@ pub struct ClickHouseConfig {
     pub password: String,
     pub database: String,
     pub retention_days: u32,
+    /// Compression of the writers' inserts.
+    pub compression: ClickHouseCompression,
+}
+
+/// `clickhouse.compression`: `lz4` (ClickHouse's native blocks) saves bandwidth between
+/// hosts and costs CPU on both ends; on loopback it only costs CPU. `auto`, the default, is
+/// `none` when the URL's host is a loopback address or `localhost` and `lz4` otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClickHouseCompression {
+    #[default]
+    Auto,
+    None,
+    Lz4,
 }
 
 impl Default for ClickHouseConfig {
@@ -451,7 +465,34 @@ impl Default for ClickHouseConfig {
             password: String::new(),
             database: "marketlane".into(),
             retention_days: 3,
+            compression: ClickHouseCompression::Auto,
         }
+    }
+}
+
+impl ClickHouseConfig {
+    /// Whether inserts are LZ4-compressed (`compression`, with `auto` resolved by the URL).
+    pub fn lz4(&self) -> bool {
+        match self.compression {
+            ClickHouseCompression::None => false,
+            ClickHouseCompression::Lz4 => true,
+            ClickHouseCompression::Auto => !self.is_loopback(),
+        }
+    }
+
+    fn is_loopback(&self) -> bool {
+        let rest = self.url.split("://").nth(1).unwrap_or_default();
+        let authority = rest.split('/').next().unwrap_or_default();
+        // Credentials before `@` are never part of the host.
+        let host_port = authority.rsplit('@').next().unwrap_or_default();
+        let host = match host_port.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => host_port.split(':').next().unwrap_or_default(),
+        };
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
 }
 
@@ -730,6 +771,36 @@ mod tests {
         ib.gateway_url = "http://127.0.0.1:5001/".into();
         assert_eq!(ib.websocket_url(), "ws://127.0.0.1:5001/v1/api/ws");
         assert_eq!(ib.api_url("/tickle"), "http://127.0.0.1:5001/v1/api/tickle");
+    }
+
+    #[test]
+    fn clickhouse_compression_is_off_on_loopback_unless_asked() {
+        let at = |url: &str, compression| ClickHouseConfig {
+            url: url.into(),
+            compression,
+            ..Default::default()
+        };
+        use ClickHouseCompression::*;
+        for url in [
+            "http://127.0.0.1:8123",
+            "http://localhost:8123/",
+            "https://u:p@[::1]:8443",
+            "http://127.0.0.2",
+        ] {
+            assert!(!at(url, Auto).lz4(), "{url}");
+            assert!(at(url, Lz4).lz4(), "{url}");
+        }
+        for url in [
+            "http://clickhouse:8123",
+            "https://10.0.0.5:8443",
+            "http://127.0.0.1.example",
+        ] {
+            assert!(at(url, Auto).lz4(), "{url}");
+            assert!(!at(url, None).lz4(), "{url}");
+        }
+        let c: ClickHouseConfig = toml::from_str("compression = 'lz4'").unwrap();
+        assert_eq!(c.compression, Lz4);
+        assert!(toml::from_str::<ClickHouseConfig>("compression = 'zstd'").is_err());
     }
 
     #[test]

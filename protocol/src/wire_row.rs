@@ -1,11 +1,12 @@
 //! A category row read from its wire JSON straight into RowBinary, for the ClickHouse writer.
 //!
-//! The general path (`validate_json` → [`crate::clickhouse::encode_row_binary`]) builds a
-//! `serde_json::Map` of the row and then an ordered copy of it: two maps, a `String` per key and
-//! per value, for every row the writer reads. Here the payload is parsed once into one slot per
-//! schema column, strings borrowed from the payload, then checked and encoded. The checks, the
-//! error of a bad row and the bytes of a good one are those of the general path (a test compares
-//! both on every kind of row).
+//! The one RowBinary encoder of a category row ([`crate::clickhouse::encode_row_binary`] feeds it
+//! a row map). `validate_json` would build a `serde_json::Map` of the row and then an ordered
+//! copy of it: two maps, a `String` per key and per value, for every row the writer reads. Here
+//! the payload is parsed once into one slot per schema column, strings borrowed from the
+//! payload, then checked and encoded. The checks and the error of a bad row are those of
+//! `validate_json`, and a validated row encodes to the same bytes as its payload (a test
+//! compares both on every kind of row; `clickhouse/tests.rs` pins the bytes).
 
 use std::borrow::Cow;
 use std::fmt;

@@ -15,11 +15,14 @@
 //! A failed insert keeps the batch and retries it with back-off; nothing advances meanwhile. A
 //! row that fails its schema goes to the quarantine table with its Kafka coordinates and never
 //! blocks or retries the batch.
+//!
+//! The bookkeeping of those rules (positions, cuts, replays, rewinds) is the pure state machine
+//! of `batch.rs`; the Kafka side is `consumer.rs`; this file encodes rows and runs the flush.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use marketlane_protocol::clickhouse::{
     BatchPhase, dedup_token, encode_unqualified, insert_statement, unqualified_insert_statement,
     unqualified_table,
@@ -28,15 +31,16 @@ use marketlane_protocol::wire_row::encode_json_row;
 use marketlane_protocol::{CategorySchema, UnqualifiedRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::sink::ClickHouse;
+use super::batch::{Admit, Backoff, Batch, Batcher};
+use super::consumer::{PREFETCH_KIB, QUARANTINE_PREFETCH_KIB, WriterConsumer};
+use super::sink::{ClickHouse, RowIndex, SinkError};
 use crate::config::{KafkaConfig, WriterConfig};
-use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent, seek_assigned};
+use crate::kafka::rebalance::RebalanceEvent;
 use crate::metrics::Metrics;
 
 /// What a writer reads and where it writes.
@@ -77,8 +81,9 @@ pub enum WriterMsg {
     /// Flushes the current batches and commits; replies whether it succeeded.
     Drain(RpcReplyPort<bool>),
     GetState(RpcReplyPort<WriterSnapshot>),
-    /// The schema grew (`reload_schemas`): flush what was encoded under the old one, then
-    /// encode with the new one. Replies whether the flush succeeded.
+    /// The schema grew (`reload_schemas`): what was encoded under the old one is flushed
+    /// first (at once, or by the retry in progress), then rows are encoded with the new one.
+    /// Replies whether the flush succeeded at once (false: the switch waits for the retry).
     ReloadSchema(Arc<CategorySchema>, RpcReplyPort<bool>),
     /// Fault injection (control socket `fault`, failure-matrix row 11): panic in the handler.
     InjectPanic,
@@ -117,80 +122,53 @@ pub struct WriterArgs {
     pub instance: String,
 }
 
-type WriterConsumer = StreamConsumer<PausingRebalance>;
-
-/// The rows of one partition waiting for their insert: offsets `[min_offset, max_offset]`.
-struct PartitionBatch {
+/// What one partition's batch holds besides its offsets: the encoded rows and quarantine
+/// records, and what the metrics and a bisection need.
+#[derive(Default)]
+pub(super) struct Encoded {
     rows: Vec<u8>,
     row_count: usize,
     quarantine: Vec<u8>,
     quarantine_count: usize,
-    min_offset: i64,
-    max_offset: i64,
     event_times: Vec<i64>,
     /// Row boundaries, offsets and payloads: a batch ClickHouse rejects is bisected with it.
-    index: super::sink::RowIndex,
+    index: RowIndex,
     /// Rows ClickHouse refused on their own (counted as quarantined once the batch lands).
     poisoned: usize,
-    started: Instant,
-    /// The data insert was acknowledged (a retry then only writes the state).
-    inserted: bool,
+    /// The buffers as sent: frozen once when the batch is first flushed, so a retry or a
+    /// bisection shares them instead of copying the batch.
+    frozen: Option<(Bytes, Bytes)>,
 }
 
-impl PartitionBatch {
-    fn new(offset: i64) -> Self {
-        Self {
-            rows: Vec::new(),
-            row_count: 0,
-            quarantine: Vec::new(),
-            quarantine_count: 0,
-            min_offset: offset,
-            max_offset: offset,
-            event_times: Vec::new(),
-            index: Default::default(),
-            poisoned: 0,
-            started: Instant::now(),
-            inserted: false,
-        }
+impl Encoded {
+    fn frozen(&mut self) -> (Bytes, Bytes) {
+        self.frozen
+            .get_or_insert_with(|| {
+                (
+                    Bytes::from(std::mem::take(&mut self.rows)),
+                    Bytes::from(std::mem::take(&mut self.quarantine)),
+                )
+            })
+            .clone()
     }
-
-    fn len(&self) -> usize {
-        self.row_count + self.quarantine_count
-    }
-}
-
-/// Where a partition stands: the next offset to take, and a range to re-cut exactly.
-#[derive(Debug, Clone, Copy)]
-struct Position {
-    next: i64,
-    /// After a `before` state: the first batch must end at exactly this offset.
-    replay_until: Option<i64>,
 }
 
 pub struct WriterState {
     args: WriterArgs,
-    consumer: Arc<WriterConsumer>,
+    consumer: WriterConsumer,
     topic: String,
     table: String,
     insert_sql: String,
     quarantine_sql: String,
-    batches: BTreeMap<i32, PartitionBatch>,
-    /// Partitions whose batch is cut and waits for (or retries) its insert.
-    due: Vec<i32>,
-    positions: HashMap<i32, Position>,
+    batcher: Batcher<Encoded>,
     paused: bool,
-    retry_backoff: Option<Duration>,
+    backoff: Backoff,
     snapshot: WriterSnapshot,
-    last_lag_update: Instant,
-    /// Partitions in the last lag export; a newly assigned one is exported at once.
-    lag_partitions: usize,
     last_seq: u64,
     /// Partitions paused while a failed batch is retried.
     retry_paused: Vec<i32>,
-    /// Messages that arrived while paused for a retry were not taken: the partition is sought
-    /// back to its position before it resumes.
-    rewind: BTreeMap<i32, i64>,
-    group: String,
+    /// A reloaded schema waiting for the batches encoded under the old one to land.
+    pending_schema: Option<Arc<CategorySchema>>,
     /// ClickHouse refused this writer's credentials or grants: the actor fails (after the
     /// handler that saw it), so the supervisor restarts it and escalates if it persists.
     refused: Option<String>,
@@ -213,26 +191,18 @@ impl Actor for ClickHouseWriter {
         // writers of its own topic (on other pods), never the rest.
         let group = args.writer.group_of(&topic);
         let group_instance = format!("{}-{}", args.instance, args.kind.topic());
-        let consumer: WriterConsumer = crate::kafka::group_consumer_config(
+        let prefetch = match args.kind {
+            WriterKind::Category(_) => PREFETCH_KIB,
+            WriterKind::Quarantine { .. } => QUARANTINE_PREFETCH_KIB,
+        };
+        let consumer = WriterConsumer::subscribe(
             &args.kafka,
+            &args.writer,
+            &topic,
             &group,
             &group_instance,
-            args.writer.session_timeout,
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.queue.backoff.ms", "10")
-        // librdkafka prefetches up to 64 MiB per consumer by default; with a writer per
-        // category and per quarantine topic that is most of the daemon's memory under lag.
-        // A batch is encoded into our own buffer, so a few MiB ahead keep the writer busy.
-        .set(
-            "queued.max.messages.kbytes",
-            match args.kind {
-                WriterKind::Category(_) => "16384",
-                WriterKind::Quarantine { .. } => "1024",
-            },
-        )
-        .create_with_context(PausingRebalance::default())?;
-        consumer.subscribe(&[topic.as_str()])?;
+            prefetch,
+        )?;
         let category = args.kind.category().to_string();
         let database = args.clickhouse.config.database.clone();
         let (table, insert_sql) = match &args.kind {
@@ -246,27 +216,22 @@ impl Actor for ClickHouseWriter {
             snapshot: WriterSnapshot {
                 topic: topic.clone(),
                 table: table.clone(),
-                group: group.clone(),
-                group_instance: group_instance.clone(),
+                group,
+                group_instance,
                 ..Default::default()
             },
+            batcher: Batcher::new(args.writer.batch_rows, args.writer.batch_max_age),
+            backoff: Backoff::new(args.writer.retry_backoff, args.writer.retry_max_backoff),
             retry_paused: Vec::new(),
-            rewind: BTreeMap::new(),
+            pending_schema: None,
             refused: None,
-            group,
             args,
-            consumer: Arc::new(consumer),
+            consumer,
             topic,
             table,
             insert_sql,
             quarantine_sql,
-            batches: BTreeMap::new(),
-            due: Vec::new(),
-            positions: HashMap::new(),
             paused: false,
-            retry_backoff: None,
-            last_lag_update: Instant::now(),
-            lag_partitions: 0,
             last_seq: 0,
         })
     }
@@ -282,16 +247,15 @@ impl Actor for ClickHouseWriter {
                 if state.paused {
                     return Ok(());
                 }
-                if let Some(backoff) = state.retry_backoff {
+                if state.backoff.retrying() {
                     // Served between attempts, so a long outage of this writer's table never
                     // exceeds max.poll.interval.ms (nor holds any other writer).
                     state.keep_alive().await;
                     let flushed = state.flush_due().await;
                     state.fail_if_refused()?;
                     if !flushed {
-                        let next = (backoff * 2).min(state.args.writer.retry_max_backoff);
-                        state.retry_backoff = Some(next);
-                        myself.send_after(backoff, || WriterMsg::Poll);
+                        let wait = state.backoff.failed();
+                        myself.send_after(wait, || WriterMsg::Poll);
                         return Ok(());
                     }
                     state.end_retry().await;
@@ -309,7 +273,12 @@ impl Actor for ClickHouseWriter {
                     myself.send_after(state.args.writer.retry_backoff, || WriterMsg::Poll);
                     return Ok(());
                 }
-                state.update_lag();
+                if let Some(wait) = state.backoff.current() {
+                    myself.send_after(wait, || WriterMsg::Poll);
+                    return Ok(());
+                }
+                let positions = state.batcher.positions().collect();
+                state.consumer.export_lag(positions, &state.args.metrics);
                 let _ = myself.cast(WriterMsg::Poll);
             }
             WriterMsg::Pause => {
@@ -326,13 +295,12 @@ impl Actor for ClickHouseWriter {
                 }
             }
             WriterMsg::ReloadSchema(schema, reply) => {
-                let ok = state.flush_all().await;
-                if ok && let WriterKind::Category(_) = state.args.kind {
-                    info!(topic = %state.topic, "schema reloaded");
-                    state.insert_sql =
-                        insert_statement(&schema, &state.args.clickhouse.config.database);
-                    state.args.kind = WriterKind::Category(schema);
+                if let WriterKind::Category(_) = state.args.kind {
+                    state.pending_schema = Some(schema);
                 }
+                // In a retry the batches stay as they are (same bytes, same token); the
+                // schema switches once they land.
+                let ok = !state.backoff.retrying() && state.flush_all().await;
                 let _ = reply.send(ok);
             }
             WriterMsg::Drain(reply) => {
@@ -344,10 +312,11 @@ impl Actor for ClickHouseWriter {
             }
             WriterMsg::GetState(reply) => {
                 let mut s = state.snapshot.clone();
-                s.batch_rows = state.batches.values().map(PartitionBatch::len).sum();
-                s.retrying = state.retry_backoff.is_some();
-                s.partitions = state.positions.iter().map(|(p, x)| (*p, x.next)).collect();
+                s.batch_rows = state.batcher.buffered();
+                s.retrying = state.backoff.retrying();
+                s.partitions = state.batcher.positions().collect();
                 s.paused_for_retry = state.retry_paused.clone();
+                s.replayed_ranges = state.batcher.replayed_ranges;
                 let _ = reply.send(s);
             }
         }
@@ -355,69 +324,52 @@ impl Actor for ClickHouseWriter {
     }
 }
 
-/// Why a message was not added to a batch.
-#[derive(Debug, PartialEq, Eq)]
-enum Skip {
-    /// Already stored (offset below the partition's position).
-    Stored,
-    /// The partition was just repositioned: the message comes again from the new position.
-    Repositioned,
-}
-
 impl WriterState {
     /// Reads messages into the per-partition batches until one is due (full, old, or at the
     /// end of a replayed range), then inserts the due ones. A failed flush switches to retry
     /// mode, where no new message is read.
-    async fn poll_batch(&mut self) -> Result<(), super::SinkError> {
+    async fn poll_batch(&mut self) -> Result<(), SinkError> {
         self.handle_rebalance().await?;
         let max_age = self.args.writer.batch_max_age;
-        let consumer = self.consumer.clone();
+        let consumer = self.consumer.stream();
+        // One timer per poll, not per message: it fires at the oldest batch's age limit, or
+        // after `max_age` without one so that the mailbox is served.
+        let mut armed = self.batcher.deadline();
+        let sleep = tokio::time::sleep_until(armed.unwrap_or_else(|| Instant::now() + max_age));
+        tokio::pin!(sleep);
         let mut read = 0;
-        while self.due.is_empty() && read < 10_000 {
-            let oldest = self
-                .batches
-                .iter()
-                .filter(|(p, _)| !self.replaying(**p))
-                .map(|(_, b)| b.started)
-                .min();
-            let deadline = oldest.unwrap_or_else(Instant::now) + max_age;
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
-            match tokio::time::timeout(remaining, consumer.recv()).await {
-                Ok(Ok(m)) => {
+        while !self.batcher.has_due() && read < 10_000 {
+            // The timer first: a consumer that always has a message ready must not starve
+            // the age cut (polling an armed timer is cheap).
+            let m = tokio::select! {
+                biased;
+                () = &mut sleep => break,
+                m = consumer.recv() => m,
+            };
+            match m {
+                Ok(m) => {
                     let repositioned = self.handle_rebalance().await?;
-                    if self.skip(&m, &repositioned).is_none() {
+                    let p = m.partition();
+                    if self.batcher.admit(p, m.offset(), &repositioned) == Admit::Take {
                         self.add(&m);
-                        let p = m.partition();
-                        let full = self
-                            .batches
-                            .get(&p)
-                            .is_some_and(|b| b.len() >= self.args.writer.batch_rows);
-                        if full && !self.replaying(p) && !self.due.contains(&p) {
-                            self.due.push(p);
+                        if armed.is_none()
+                            && let Some(deadline) = self.batcher.deadline()
+                        {
+                            armed = Some(deadline);
+                            sleep.as_mut().reset(deadline);
                         }
                     }
                     read += 1;
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     warn!(topic = %self.topic, error = %e, "consumer error");
                     break;
                 }
-                Err(_) => break,
             }
         }
-        for (p, b) in &self.batches {
-            let old = b.started.elapsed() >= max_age && !self.replaying(*p);
-            if (old || b.len() >= self.args.writer.batch_rows && !self.replaying(*p))
-                && !self.due.contains(p)
-            {
-                self.due.push(*p);
-            }
-        }
-        if !self.due.is_empty() && !self.flush_due().await {
-            self.retry_backoff = Some(self.args.writer.retry_backoff);
+        self.batcher.cut_aged(Instant::now());
+        if self.batcher.has_due() && !self.flush_due().await {
+            self.backoff.failed();
             self.pause_for_retry();
         }
         Ok(())
@@ -426,15 +378,8 @@ impl WriterState {
     /// Pauses every positioned partition while the failed batch is retried: the consumer keeps
     /// being polled (group membership, rebalances) but reads nothing new.
     fn pause_for_retry(&mut self) {
-        let mut tpl = TopicPartitionList::new();
-        self.retry_paused = self.positions.keys().copied().collect();
-        self.retry_paused.sort_unstable();
-        for p in &self.retry_paused {
-            tpl.add_partition(&self.topic, *p);
-        }
-        if let Err(e) = self.consumer.pause(&tpl) {
-            warn!(topic = %self.topic, error = %e, "cannot pause partitions for the retry");
-        }
+        self.retry_paused = self.batcher.positions().map(|(p, _)| p).collect();
+        self.consumer.pause(&self.retry_paused);
     }
 
     /// Polls the consumer without taking messages: keeps the member in its group and serves
@@ -443,99 +388,57 @@ impl WriterState {
     /// still arrives (fetched before the pause) is left for later: its partition is sought
     /// back before it resumes.
     async fn keep_alive(&mut self) {
-        let consumer = self.consumer.clone();
-        while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(5), consumer.recv()).await
-        {
-            let at = self.rewind.entry(m.partition()).or_insert(m.offset());
-            *at = (*at).min(m.offset());
+        for (p, offset) in self.consumer.poll_untaken().await {
+            self.batcher.untaken(p, offset);
         }
-        let events = self.consumer.context().take();
         let mut later = Vec::new();
-        for event in events {
+        for event in self.consumer.take_events() {
             match event {
                 RebalanceEvent::Revoked(parts) => {
                     info!(topic = %self.topic, partitions = ?parts, "partitions revoked during a retry; their batches are dropped");
                     for p in parts {
-                        self.batches.remove(&p);
-                        self.due.retain(|d| *d != p);
-                        self.positions.remove(&p);
+                        self.batcher.revoke(p);
                         self.retry_paused.retain(|x| *x != p);
-                        self.rewind.remove(&p);
                     }
                 }
                 assigned => later.push(assigned),
             }
         }
-        self.consumer.context().put_back(later);
+        self.consumer.put_back(later);
     }
 
     /// The retried batch is in: partitions that delivered a message during the pause are
     /// sought back to their position, then every paused partition resumes.
     async fn end_retry(&mut self) {
-        for (p, _) in std::mem::take(&mut self.rewind) {
-            if let Some(pos) = self.positions.get(&p) {
-                self.seek(p, pos.next).await;
-            }
+        for (p, next) in self.batcher.end_retry() {
+            self.consumer.seek(p, next).await;
         }
-        let mut tpl = TopicPartitionList::new();
-        for p in std::mem::take(&mut self.retry_paused) {
-            if self.positions.contains_key(&p) {
-                tpl.add_partition(&self.topic, p);
-            }
-        }
-        if tpl.count() > 0
-            && let Err(e) = self.consumer.resume(&tpl)
-        {
-            warn!(topic = %self.topic, error = %e, "cannot resume partitions after the retry");
-        }
+        let paused: Vec<i32> = std::mem::take(&mut self.retry_paused)
+            .into_iter()
+            .filter(|p| self.batcher.position(*p).is_some())
+            .collect();
+        self.consumer.resume(&paused);
     }
 
-    /// Flushes every batch now (drain, schema reload). A partition still re-cutting a replayed
-    /// range is dropped instead: flushing it early would change its range and token, and it is
-    /// read again from the stored state.
+    /// Flushes every batch now (drain, schema reload); a replay in progress is read again.
     async fn flush_all(&mut self) -> bool {
-        let replaying: Vec<i32> = self
-            .positions
-            .iter_mut()
-            .filter(|(_, p)| p.replay_until.is_some())
-            .map(|(p, _)| *p)
-            .collect();
-        for p in replaying {
-            if let Some(b) = self.batches.remove(&p)
-                && let Some(pos) = self.positions.get_mut(&p)
-            {
-                pos.next = b.min_offset;
-                self.seek(p, b.min_offset).await;
-            }
-        }
-        let all: Vec<i32> = self.batches.keys().copied().collect();
-        for p in all {
-            if !self.due.contains(&p) {
-                self.due.push(p);
-            }
+        for (p, offset) in self.batcher.cut_all() {
+            self.consumer.seek(p, offset).await;
         }
         self.flush_due().await
-    }
-
-    fn replaying(&self, partition: i32) -> bool {
-        self.positions
-            .get(&partition)
-            .is_some_and(|p| p.replay_until.is_some())
     }
 
     /// Applies assignment changes: revoked partitions lose their unsent batches (the next owner
     /// starts from the stored state); assigned ones are positioned from the stored state, then
     /// resumed. Returns the partitions it repositioned.
-    async fn handle_rebalance(&mut self) -> Result<Vec<i32>, super::SinkError> {
-        let events = self.consumer.context().take();
+    async fn handle_rebalance(&mut self) -> Result<Vec<i32>, SinkError> {
+        let events = self.consumer.take_events();
         let mut repositioned = Vec::new();
         for event in events {
             match event {
                 RebalanceEvent::Revoked(parts) => {
                     for p in parts {
-                        self.batches.remove(&p);
-                        self.due.retain(|d| *d != p);
-                        self.positions.remove(&p);
+                        self.batcher.revoke(p);
                     }
                 }
                 RebalanceEvent::Assigned(parts) => match self.position(&parts).await {
@@ -543,7 +446,6 @@ impl WriterState {
                     Err(e) => {
                         // The partitions stay paused until their state can be read.
                         self.consumer
-                            .context()
                             .put_back(vec![RebalanceEvent::Assigned(parts)]);
                         return Err(e);
                     }
@@ -554,99 +456,44 @@ impl WriterState {
     }
 
     /// Positions assigned partitions from their stored state; returns those it sought.
-    async fn position(&mut self, parts: &[i32]) -> Result<Vec<i32>, super::SinkError> {
+    async fn position(&mut self, parts: &[i32]) -> Result<Vec<i32>, SinkError> {
         let states = self.args.clickhouse.partition_states(&self.topic).await?;
-        let mut tpl = TopicPartitionList::new();
         let mut sought = Vec::new();
         for &p in parts {
-            let pos = match states.get(&p) {
-                Some(s) if s.phase == BatchPhase::After => Position {
-                    next: s.max_offset + 1,
-                    replay_until: None,
-                },
-                Some(s) => Position {
-                    next: s.min_offset,
-                    replay_until: Some(s.max_offset),
-                },
-                None => Position {
-                    next: 0,
-                    replay_until: None,
-                },
-            };
-            if states.contains_key(&p) {
-                self.seek(p, pos.next).await;
+            let (pos, seek) = self.batcher.assign(p, states.get(&p).copied());
+            if seek {
+                self.consumer.seek(p, pos.next).await;
                 sought.push(p);
             }
             info!(topic = %self.topic, partition = p, next = pos.next, replay_until = ?pos.replay_until, "partition assigned");
-            self.batches.remove(&p);
-            self.positions.insert(p, pos);
-            let _ = tpl.add_partition(&self.topic, p);
         }
-        if let Err(e) = self.consumer.resume(&tpl) {
-            warn!(topic = %self.topic, error = %e, "cannot resume assigned partitions");
-        }
+        self.consumer.resume(parts);
         Ok(sought)
     }
 
-    /// Seeks a freshly assigned partition; librdkafka may need a moment before it accepts.
-    async fn seek(&self, partition: i32, offset: i64) {
-        if let Err(e) = seek_assigned(&self.consumer, &self.topic, partition, offset, 20).await {
-            warn!(topic = %self.topic, partition, offset, error = %e, "seek failed; the stored offsets filter replays");
-        }
-    }
-
-    fn skip(&mut self, m: &BorrowedMessage<'_>, repositioned: &[i32]) -> Option<Skip> {
-        let p = m.partition();
-        if repositioned.contains(&p) {
-            return Some(Skip::Repositioned);
-        }
-        let pos = self.positions.entry(p).or_insert(Position {
-            next: 0,
-            replay_until: None,
-        });
-        if m.offset() < pos.next {
-            return Some(Skip::Stored);
-        }
-        // The replayed range is gone from Kafka (retention): nothing to re-cut.
-        if pos.replay_until.is_some_and(|end| m.offset() > end) && !self.batches.contains_key(&p) {
-            pos.replay_until = None;
-        }
-        None
-    }
-
+    /// Encodes an admitted message into its partition's batch.
     fn add(&mut self, m: &BorrowedMessage<'_>) {
         let partition = m.partition();
         let offset = m.offset();
-        let batch = self
-            .batches
-            .entry(partition)
-            .or_insert_with(|| PartitionBatch::new(offset));
-        batch.max_offset = offset;
-        if let Some(pos) = self.positions.get_mut(&partition) {
-            pos.next = offset + 1;
-            if pos.replay_until == Some(offset) {
-                pos.replay_until = None;
-                self.due.push(partition);
-                self.snapshot.replayed_ranges += 1;
-            }
-        }
         let payload = m.payload().unwrap_or_default();
-        let now = marketlane_protocol::now_ns();
         // `quarantined_at` (the quarantine table's partition day) is the message's Kafka
         // timestamp, the moment its producer made it: the same on every replay of the offset,
         // so a replayed record lands in the partition of the first and collapses there.
         let at = m
             .timestamp()
             .to_millis()
-            .map_or(now, |ms| ms.saturating_mul(1_000_000));
-        let coords = |mut rec: UnqualifiedRecord| {
+            .map_or_else(marketlane_protocol::now_ns, |ms| {
+                ms.saturating_mul(1_000_000)
+            });
+        let batch = self.batcher.take(partition, offset, Instant::now());
+        let quarantine = |rec: UnqualifiedRecord, buf: &mut Vec<u8>| {
+            let mut rec = rec;
             rec.source_topic
                 .get_or_insert_with(|| m.topic().to_string());
             rec.source_partition.get_or_insert(partition);
             rec.source_offset.get_or_insert(offset);
-            rec
+            encode_unqualified(&rec, at, buf);
         };
-        let category = self.args.kind.category().to_string();
         match &self.args.kind {
             WriterKind::Category(schema) => {
                 // Straight from the payload to RowBinary: no map of the row is built.
@@ -660,39 +507,40 @@ impl WriterState {
                     }
                     Err(e) => {
                         // A poison row is kept aside with its coordinates, never retried.
+                        let category = schema.category.as_str();
                         self.args
                             .metrics
                             .rows_quarantined
-                            .with_label_values(&[category.as_str(), "writer", e.code()])
+                            .with_label_values(&[category, "writer", e.code()])
                             .inc();
-                        let rec = coords(UnqualifiedRecord::new(
-                            &category,
+                        let rec = UnqualifiedRecord::new(
+                            category,
                             e.code(),
                             e.to_string(),
                             payload,
                             "unknown",
                             &self.args.instance,
-                            now,
-                        ));
-                        encode_unqualified(&rec, at, &mut batch.quarantine);
+                            marketlane_protocol::now_ns(),
+                        );
+                        quarantine(rec, &mut batch.quarantine);
                         batch.quarantine_count += 1;
                     }
                 }
             }
-            WriterKind::Quarantine { .. } => {
+            WriterKind::Quarantine { category } => {
                 let rec =
                     serde_json::from_slice::<UnqualifiedRecord>(payload).unwrap_or_else(|e| {
                         UnqualifiedRecord::new(
-                            &category,
+                            category,
                             "bad_quarantine_record",
                             e.to_string(),
                             payload,
                             "unknown",
                             &self.args.instance,
-                            now,
+                            marketlane_protocol::now_ns(),
                         )
                     });
-                encode_unqualified(&coords(rec), at, &mut batch.quarantine);
+                quarantine(rec, &mut batch.quarantine);
                 batch.quarantine_count += 1;
             }
         }
@@ -705,29 +553,19 @@ impl WriterState {
         self.last_seq
     }
 
-    /// Inserts the due partition batches: state `before`, the data with its token, state
-    /// `after`, then the advisory Kafka commit. Returns false (keeping every batch) on failure.
+    /// Inserts the due partition batches: state `before`, the data of every partition at
+    /// once (each with its token), state `after`, then the advisory Kafka commit. Returns
+    /// false (keeping every batch) on failure.
     async fn flush_due(&mut self) -> bool {
-        if self.due.is_empty() {
-            self.retry_backoff = None;
+        let ranges = self.batcher.due_ranges();
+        if ranges.is_empty() {
+            self.batcher.landed();
+            self.backoff.reset();
+            self.apply_pending_schema();
             return true;
         }
         let started = Instant::now();
         let ch = self.args.clickhouse.clone();
-        let ranges: Vec<(i32, i64, i64)> = self
-            .due
-            .iter()
-            .filter_map(|p| {
-                self.batches
-                    .get(p)
-                    .map(|b| (*p, b.min_offset, b.max_offset))
-            })
-            .collect();
-        if ranges.is_empty() {
-            self.due.clear();
-            self.retry_backoff = None;
-            return true;
-        }
         let seq = self.next_seq();
         if let Err(e) = ch
             .write_states(&self.topic, &ranges, BatchPhase::Before, seq)
@@ -738,58 +576,46 @@ impl WriterState {
                 e.to_string(),
             );
         }
-        let quarantine_table = unqualified_table(self.args.kind.category());
+        let mut bodies = Vec::new();
         for &(p, min, max) in &ranges {
-            let Some(batch) = self.batches.get(&p) else {
-                continue;
-            };
-            if batch.inserted {
-                continue;
+            if let Some(b) = self.batcher.batch_mut(p)
+                && !b.inserted
+            {
+                bodies.push((p, dedup_token(&self.topic, p, min, max), b.data.frozen()));
             }
-            let token = dedup_token(&self.topic, p, min, max);
-            let mut poison = Vec::new();
-            if batch.row_count > 0 {
-                match ch
-                    .insert_bisecting(&self.insert_sql, &batch.rows, &batch.index, &token)
-                    .await
-                {
-                    Ok(rows) => poison = rows,
-                    Err(e) => {
-                        let table = self.table.clone();
-                        return self.failed(&table, e.to_string());
+        }
+        let target = Target {
+            ch: &ch,
+            insert_sql: &self.insert_sql,
+            quarantine_sql: &self.quarantine_sql,
+            table: &self.table,
+            topic: &self.topic,
+            category: self.args.kind.category(),
+            instance: &self.args.instance,
+        };
+        // The partitions' inserts are in flight together: their ranges and tokens are their
+        // own, so their order does not matter; a failed one is retried alone.
+        let batcher = &self.batcher;
+        let results =
+            futures_util::future::join_all(bodies.into_iter().filter_map(|(p, token, body)| {
+                let batch = batcher.batch(p)?;
+                Some(async move { (p, target.insert(p, batch, &token, body).await) })
+            }))
+            .await;
+        let mut failure = None;
+        for (p, result) in results {
+            match result {
+                Ok(poisoned) => {
+                    if let Some(b) = self.batcher.batch_mut(p) {
+                        b.inserted = true;
+                        b.data.poisoned = poisoned;
                     }
                 }
+                Err(e) => failure = failure.or(Some(e)),
             }
-            // Rows ClickHouse refused go to quarantine with its reason, inside this batch.
-            let mut quarantine = batch.quarantine.clone();
-            let category = self.args.kind.category().to_string();
-            let now = marketlane_protocol::now_ns();
-            for row in &poison {
-                let mut rec = UnqualifiedRecord::new(
-                    &category,
-                    "rejected_by_clickhouse",
-                    row.reason.clone(),
-                    &row.payload,
-                    "unknown",
-                    &self.args.instance,
-                    now,
-                );
-                rec.source_topic = Some(self.topic.clone());
-                rec.source_partition = Some(p);
-                rec.source_offset = Some(row.offset);
-                encode_unqualified(&rec, row.at, &mut quarantine);
-            }
-            if (batch.quarantine_count > 0 || !poison.is_empty())
-                && let Err(e) = ch
-                    .insert(&self.quarantine_sql, quarantine.into(), Some(&token))
-                    .await
-            {
-                return self.failed(&quarantine_table, e.to_string());
-            }
-            if let Some(b) = self.batches.get_mut(&p) {
-                b.inserted = true;
-                b.poisoned = poison.len();
-            }
+        }
+        if let Some((table, error)) = failure {
+            return self.failed(&table, error);
         }
         let seq = self.next_seq();
         if let Err(e) = ch
@@ -801,47 +627,59 @@ impl WriterState {
                 e.to_string(),
             );
         }
+        self.landed(started);
+        true
+    }
+
+    /// The flushed batches are recorded: metrics, snapshot, advisory commit, and a reloaded
+    /// schema takes over.
+    fn landed(&mut self, started: Instant) {
         let metrics = &self.args.metrics;
+        let table = self.table.as_str();
         metrics
             .clickhouse_insert_duration
-            .with_label_values(&[self.table.as_str()])
+            .with_label_values(&[table])
             .observe(started.elapsed().as_secs_f64());
         let now = marketlane_protocol::now_ns();
-        let category = self.args.kind.category().to_string();
+        let category = self.args.kind.category();
         let hist = metrics
             .event_to_sink_latency
-            .with_label_values(&[category.as_str(), "clickhouse"]);
-        let mut tpl = TopicPartitionList::new();
-        for &(p, _, max) in &ranges {
-            let Some(batch) = self.batches.remove(&p) else {
-                continue;
-            };
+            .with_label_values(&[category, "clickhouse"]);
+        let mut commits = Vec::new();
+        for (p, batch) in self.batcher.landed() {
+            let Batch { max, data, .. } = batch;
+            let rows = (data.row_count - data.poisoned) as u64;
             metrics
                 .clickhouse_rows_inserted
-                .with_label_values(&[self.table.as_str()])
-                .inc_by((batch.row_count - batch.poisoned) as u64);
-            if batch.poisoned > 0 {
+                .with_label_values(&[table])
+                .inc_by(rows);
+            if data.poisoned > 0 {
                 metrics
                     .rows_quarantined
-                    .with_label_values(&[category.as_str(), "writer", "rejected_by_clickhouse"])
-                    .inc_by(batch.poisoned as u64);
+                    .with_label_values(&[category, "writer", "rejected_by_clickhouse"])
+                    .inc_by(data.poisoned as u64);
             }
-            for t in &batch.event_times {
+            for t in &data.event_times {
                 hist.observe((now - t).max(0) as f64 / 1e9);
             }
-            self.snapshot.rows_inserted += (batch.row_count - batch.poisoned) as u64;
-            self.snapshot.rows_quarantined += (batch.quarantine_count + batch.poisoned) as u64;
+            self.snapshot.rows_inserted += rows;
+            self.snapshot.rows_quarantined += (data.quarantine_count + data.poisoned) as u64;
             self.snapshot.batches += 1;
-            let _ = tpl.add_partition_offset(&self.topic, p, Offset::Offset(max + 1));
+            commits.push((p, max + 1));
         }
-        // Advisory only: the offsets table is what a new owner of the partition starts from.
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            warn!(topic = %self.topic, error = %e, "offset commit failed (advisory)");
-        }
-        self.due.clear();
+        self.consumer.commit(&commits);
         self.snapshot.last_error = None;
-        self.retry_backoff = None;
-        true
+        self.backoff.reset();
+        self.apply_pending_schema();
+    }
+
+    /// Nothing encoded under the old schema is left: a reloaded one takes over.
+    fn apply_pending_schema(&mut self) {
+        if let Some(schema) = self.pending_schema.take() {
+            info!(topic = %self.topic, "schema reloaded");
+            self.insert_sql = insert_statement(&schema, &self.args.clickhouse.config.database);
+            self.args.kind = WriterKind::Category(schema);
+        }
     }
 
     fn failed(&mut self, table: &str, error: String) -> bool {
@@ -869,31 +707,70 @@ impl WriterState {
             None => Ok(()),
         }
     }
+}
 
-    /// Exports the consumer lag every few seconds (watermark look-ups are blocking calls).
-    fn update_lag(&mut self) {
-        let assignment_changed = self.positions.len() != self.lag_partitions;
-        if !assignment_changed && self.last_lag_update.elapsed() < Duration::from_secs(2) {
-            return;
+/// Where one flush sends its partitions' batches.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    ch: &'a ClickHouse,
+    insert_sql: &'a str,
+    quarantine_sql: &'a str,
+    table: &'a str,
+    topic: &'a str,
+    category: &'a str,
+    instance: &'a str,
+}
+
+impl Target<'_> {
+    /// Inserts one partition's batch (rows, then quarantine records with the rows ClickHouse
+    /// refused on their own); returns how many it refused, or the failing table and error.
+    async fn insert(
+        self,
+        partition: i32,
+        batch: &Batch<Encoded>,
+        token: &str,
+        (rows, quarantine): (Bytes, Bytes),
+    ) -> Result<usize, (String, String)> {
+        let data = &batch.data;
+        let mut poison = Vec::new();
+        if data.row_count > 0 {
+            poison = self
+                .ch
+                .insert_bisecting(self.insert_sql, &rows, &data.index, token)
+                .await
+                .map_err(|e| (self.table.to_string(), e.to_string()))?;
         }
-        self.last_lag_update = Instant::now();
-        self.lag_partitions = self.positions.len();
-        let metrics = self.args.metrics.clone();
-        let group = self.group.clone();
-        let topic = self.topic.clone();
-        let positions: Vec<(i32, i64)> = self.positions.iter().map(|(p, x)| (*p, x.next)).collect();
-        let consumer = self.consumer.clone();
-        tokio::task::spawn_blocking(move || {
-            for (p, next) in positions {
-                let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1))
-                else {
-                    continue;
-                };
-                metrics
-                    .consumer_lag
-                    .with_label_values(&[group.as_str(), topic.as_str(), &p.to_string()])
-                    .set((high - next).max(0));
+        if data.quarantine_count == 0 && poison.is_empty() {
+            return Ok(0);
+        }
+        // Rows ClickHouse refused go to quarantine with its reason, inside this batch (rare:
+        // only then is the quarantine buffer copied).
+        let body = if poison.is_empty() {
+            quarantine
+        } else {
+            let mut buf = quarantine.to_vec();
+            let now = marketlane_protocol::now_ns();
+            for row in &poison {
+                let mut rec = UnqualifiedRecord::new(
+                    self.category,
+                    "rejected_by_clickhouse",
+                    row.reason.clone(),
+                    &row.payload,
+                    "unknown",
+                    self.instance,
+                    now,
+                );
+                rec.source_topic = Some(self.topic.to_string());
+                rec.source_partition = Some(partition);
+                rec.source_offset = Some(row.offset);
+                encode_unqualified(&rec, row.at, &mut buf);
             }
-        });
+            Bytes::from(buf)
+        };
+        self.ch
+            .insert(self.quarantine_sql, body, Some(token))
+            .await
+            .map_err(|e| (unqualified_table(self.category), e.to_string()))?;
+        Ok(poison.len())
     }
 }

@@ -1,6 +1,10 @@
-//! The ClickHouse writers (`clickhouse_writer/{actor.rs,sink.rs}`) and the retention actor
-//! for servers without TTL (`retention.rs`).
+//! The ClickHouse writers and the retention actor for servers without TTL (`retention.rs`):
+//! `actor.rs` (the writer actor, its messages, encoding and flush), `batch.rs` (the pure
+//! exactly-once state machine: positions, cuts, replays), `consumer.rs` (the Kafka side) and
+//! `sink.rs` (the ClickHouse side).
 pub mod actor;
+mod batch;
+mod consumer;
 pub mod retention;
 pub mod sink;
 

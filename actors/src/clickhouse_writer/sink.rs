@@ -135,6 +135,11 @@ impl ClickHouse {
             .with_url(&config.url)
             .with_user(&config.user)
             .with_password(&config.password)
+            .with_compression(if config.lz4() {
+                clickhouse::Compression::Lz4
+            } else {
+                clickhouse::Compression::None
+            })
             .with_validation(false);
         let raw: String = client
             .query("SELECT version()")
@@ -355,14 +360,12 @@ impl ClickHouse {
     pub async fn insert_bisecting(
         &self,
         statement: &str,
-        rows: &[u8],
+        rows: &bytes::Bytes,
         index: &RowIndex,
         token: &str,
     ) -> Result<Vec<PoisonRow>, SinkError> {
-        let first = match self
-            .insert(statement, bytes::Bytes::copy_from_slice(rows), Some(token))
-            .await
-        {
+        // `Bytes` clones and slices share the batch buffer: no copy per attempt.
+        let first = match self.insert(statement, rows.clone(), Some(token)).await {
             Ok(()) => return Ok(Vec::new()),
             Err(SinkError::Rejected { code, message, .. }) if !index.is_empty() => (code, message),
             Err(e) => return Err(e),
@@ -391,7 +394,7 @@ impl ClickHouse {
             let mut halves = Vec::new();
             for (a, b) in [(lo, mid), (mid, hi)] {
                 let part_token = format!("{token}-{}-{}", index.offsets[a], index.offsets[b - 1]);
-                let part = bytes::Bytes::copy_from_slice(&rows[index.bytes(a, b)]);
+                let part = rows.slice(index.bytes(a, b));
                 match self.insert(statement, part, Some(&part_token)).await {
                     Ok(()) => {}
                     Err(SinkError::Rejected { code, message, .. }) => {

@@ -1,0 +1,163 @@
+//! The writer's Kafka side: its group consumer (bounded prefetch, the pausing rebalance
+//! context shared with the calculators), seeks, pause/resume, the advisory commit and the lag
+//! export. What to seek where is decided by [`super::batch::Batcher`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::warn;
+
+use crate::config::{KafkaConfig, WriterConfig};
+use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent, seek_assigned};
+use crate::metrics::Metrics;
+
+/// Bytes librdkafka may prefetch per writer, in KiB (`queued.max.messages.kbytes`, and the
+/// fetch response size). Its default is 64 MiB per consumer; with a writer per category and
+/// per quarantine topic that was most of the daemon's memory under lag or a ClickHouse
+/// outage. A batch is encoded into the writer's own buffer, so a few MiB ahead keep it busy.
+pub const PREFETCH_KIB: u32 = 4096;
+/// The same for quarantine topics, which carry little.
+pub const QUARANTINE_PREFETCH_KIB: u32 = 1024;
+
+/// One writer's group consumer of one topic.
+pub struct WriterConsumer {
+    inner: Arc<StreamConsumer<PausingRebalance>>,
+    topic: String,
+    group: String,
+    last_lag_update: Instant,
+    /// Partitions in the last lag export; a newly assigned one is exported at once.
+    lag_partitions: usize,
+}
+
+impl WriterConsumer {
+    /// Joins the writer's own group (`group`, static member `instance`) on `topic`.
+    pub fn subscribe(
+        kafka: &KafkaConfig,
+        writer: &WriterConfig,
+        topic: &str,
+        group: &str,
+        instance: &str,
+        prefetch_kib: u32,
+    ) -> Result<Self, KafkaError> {
+        let prefetch_bytes = (prefetch_kib as usize * 1024).to_string();
+        let consumer: StreamConsumer<PausingRebalance> =
+            crate::kafka::group_consumer_config(kafka, group, instance, writer.session_timeout)
+                .set("auto.offset.reset", "earliest")
+                .set("fetch.queue.backoff.ms", "10")
+                .set("queued.max.messages.kbytes", prefetch_kib.to_string())
+                // One fetch response at most the prefetch budget (librdkafka's default is 50 MiB); a
+                // larger single message is still returned on its own.
+                .set("fetch.max.bytes", prefetch_bytes)
+                .create_with_context(PausingRebalance::default())?;
+        consumer.subscribe(&[topic])?;
+        Ok(Self {
+            inner: Arc::new(consumer),
+            topic: topic.to_string(),
+            group: group.to_string(),
+            last_lag_update: Instant::now(),
+            lag_partitions: 0,
+        })
+    }
+
+    /// The consumer itself, to receive from while the writer's state is borrowed mutably.
+    pub fn stream(&self) -> Arc<StreamConsumer<PausingRebalance>> {
+        self.inner.clone()
+    }
+
+    /// Assignment changes seen since the last call, oldest first.
+    pub fn take_events(&self) -> Vec<RebalanceEvent> {
+        self.inner.context().take()
+    }
+
+    /// Hands changes that could not be applied yet back, ahead of newer ones.
+    pub fn put_back(&self, events: Vec<RebalanceEvent>) {
+        self.inner.context().put_back(events);
+    }
+
+    /// Seeks a partition; librdkafka may need a moment after an assignment before it accepts.
+    /// A failed seek is logged: the stored offsets still filter what was already written.
+    pub async fn seek(&self, partition: i32, offset: i64) {
+        if let Err(e) = seek_assigned(&self.inner, &self.topic, partition, offset, 20).await {
+            warn!(topic = %self.topic, partition, offset, error = %e, "seek failed; the stored offsets filter replays");
+        }
+    }
+
+    fn list(&self, partitions: &[i32]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.topic, *p);
+        }
+        tpl
+    }
+
+    pub fn pause(&self, partitions: &[i32]) {
+        if let Err(e) = self.inner.pause(&self.list(partitions)) {
+            warn!(topic = %self.topic, error = %e, "cannot pause partitions");
+        }
+    }
+
+    pub fn resume(&self, partitions: &[i32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        if let Err(e) = self.inner.resume(&self.list(partitions)) {
+            warn!(topic = %self.topic, error = %e, "cannot resume partitions");
+        }
+    }
+
+    /// Takes whatever arrives within a few milliseconds without using it, to keep the member
+    /// in its group and serve rebalances while a failed flush waits; returns the
+    /// `(partition, offset)` of each message so delivered.
+    pub async fn poll_untaken(&self) -> Vec<(i32, i64)> {
+        use rdkafka::Message as _;
+        let mut out = Vec::new();
+        while let Ok(Ok(m)) =
+            tokio::time::timeout(Duration::from_millis(5), self.inner.recv()).await
+        {
+            out.push((m.partition(), m.offset()));
+        }
+        out
+    }
+
+    /// Commits `(partition, next offset)` pairs. Advisory only: the offsets table is what a
+    /// new owner of the partition starts from.
+    pub fn commit(&self, next: &[(i32, i64)]) {
+        let mut tpl = TopicPartitionList::new();
+        for (p, offset) in next {
+            let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*offset));
+        }
+        if let Err(e) = self.inner.commit(&tpl, CommitMode::Async) {
+            warn!(topic = %self.topic, error = %e, "offset commit failed (advisory)");
+        }
+    }
+
+    /// Exports the consumer lag every few seconds, and at once when the assignment changed
+    /// (watermark look-ups are blocking calls, so they run off the actor).
+    pub fn export_lag(&mut self, positions: Vec<(i32, i64)>, metrics: &Arc<Metrics>) {
+        let assignment_changed = positions.len() != self.lag_partitions;
+        if !assignment_changed && self.last_lag_update.elapsed() < Duration::from_secs(2) {
+            return;
+        }
+        self.last_lag_update = Instant::now();
+        self.lag_partitions = positions.len();
+        let metrics = metrics.clone();
+        let group = self.group.clone();
+        let topic = self.topic.clone();
+        let consumer = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            for (p, next) in positions {
+                let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1))
+                else {
+                    continue;
+                };
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[group.as_str(), topic.as_str(), &p.to_string()])
+                    .set((high - next).max(0));
+            }
+        });
+    }
+}
