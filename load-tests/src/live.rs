@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::clickhouse::{self as chq, Ch, Seen};
+use crate::measure::{Extra, Window};
 use crate::procs::{self, Proc, Usage};
 use crate::prom::{Buckets, Scrape};
 
@@ -29,6 +30,10 @@ pub struct LiveConfig {
     pub ws_drops: u32,
     pub pod_kills: u32,
     pub engine: bool,
+    /// `perf record -g` of the daemon over the steady window.
+    pub profile: bool,
+    /// A ClickHouse outage of this many seconds (0: none), 5 s into the steady window.
+    pub outage_secs: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -76,6 +81,8 @@ pub struct LiveResult {
     pub recovery: Recovery,
     pub steady: (f64, f64),
     pub dir: PathBuf,
+    /// Figures taken from outside the daemon (analyst counts, stack CPU, profile, outage).
+    pub extra: Extra,
 }
 
 pub struct Env {
@@ -95,6 +102,7 @@ fn config_toml(
     db: &str,
     gw: u16,
     http: u16,
+    ch_url: &str,
 ) -> anyhow::Result<String> {
     let schemas = procs::repo_root().join("schemas").canonicalize()?;
     let mut s = format!(
@@ -144,7 +152,7 @@ symbols = ["*"]
         schemas = schemas.display(),
         sock = env.work.join(format!("{}.sock", c.name)).display(),
         kafka = env.kafka,
-        ch = env.ch_url,
+        ch = ch_url,
         stamp = env.stamp,
     );
     for i in 1..=c.symbols {
@@ -155,7 +163,7 @@ symbols = ["*"]
     Ok(s)
 }
 
-async fn scrape(http: &reqwest::Client, port: u16) -> Option<Scrape> {
+pub(crate) async fn scrape(http: &reqwest::Client, port: u16) -> Option<Scrape> {
     let r = http
         .get(format!("http://127.0.0.1:{port}/metrics"))
         .timeout(Duration::from_millis(800))
@@ -198,6 +206,17 @@ fn counters(s: &Scrape) -> Counters {
 }
 
 const LATENCY: &str = "marketlane_event_to_sink_latency_seconds";
+/// Seconds the rows of the steady window have to reach ClickHouse after it before they count
+/// as never arrived.
+pub const DRAIN_GRACE_S: u64 = 10;
+/// `kafka_max_block_size` of the engine in the live runs (a block per poll round, flushed when
+/// full or at the server's `stream_flush_interval_ms`).
+pub const LIVE_ENGINE_BLOCK: u64 = 65_536;
+
+/// The engine's settings as its users tune it: one consumer per partition and the block size.
+pub fn engine_settings(partitions: usize, block: u64) -> String {
+    format!(", kafka_num_consumers = {partitions}, kafka_max_block_size = {block}")
+}
 
 fn sink_buckets(s: &Scrape, sink: &str) -> Buckets {
     s.buckets(LATENCY, |l| l.is("sink", sink))
@@ -210,6 +229,7 @@ pub async fn create_engine(
     engine_db: &str,
     topic: &str,
     group: &str,
+    settings: &str,
 ) -> anyhow::Result<()> {
     let ddl = procs::command_output(
         env.bin.to_str().unwrap_or("marketlane"),
@@ -258,7 +278,7 @@ pub async fn create_engine(
         .query(&format!(
             "CREATE TABLE `{engine_db}`.kafka_l2 ({}) ENGINE = Kafka SETTINGS \
              kafka_broker_list = '{}', kafka_topic_list = '{topic}', \
-             kafka_group_name = '{group}', kafka_format = 'JSONEachRow'",
+             kafka_group_name = '{group}', kafka_format = 'JSONEachRow'{settings}",
             defs.join(", "),
             env.kafka
         ))
@@ -317,9 +337,17 @@ pub async fn run(env: &Env, c: &LiveConfig) -> anyhow::Result<LiveResult> {
     let gw = procs::free_port()?;
     let http_port = procs::free_port()?;
     let config_path = dir.join("config.toml");
+    let proxy = if c.outage_secs > 0 {
+        Some(crate::outage::Proxy::start(crate::outage::host_port(&env.ch_url)).await?)
+    } else {
+        None
+    };
+    let ch_url = proxy.as_ref().map_or(env.ch_url.clone(), |p| {
+        format!("http://127.0.0.1:{}", p.port)
+    });
     std::fs::write(
         &config_path,
-        config_toml(env, c, &prefix, &db, gw, http_port)?,
+        config_toml(env, c, &prefix, &db, gw, http_port, &ch_url)?,
     )?;
     let result = run_inner(
         env,
@@ -331,6 +359,7 @@ pub async fn run(env: &Env, c: &LiveConfig) -> anyhow::Result<LiveResult> {
         &engine_db,
         gw,
         http_port,
+        proxy.as_ref(),
     )
     .await;
     drop_engine(&env.ch, &engine_db).await;
@@ -353,8 +382,10 @@ async fn run_inner(
     engine_db: &str,
     gw: u16,
     http_port: u16,
+    proxy: Option<&crate::outage::Proxy>,
 ) -> anyhow::Result<LiveResult> {
     let http = reqwest::Client::new();
+    let mut ex = Extra::default();
     let mut sim = Proc::spawn(
         &procs::sim_bin(&env.bin),
         "simulator",
@@ -403,14 +434,24 @@ async fn run_inner(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     if c.engine {
+        let topic = format!("{prefix}l2_market_data");
+        let parts = crate::measure::partitions(&env.kafka, &topic)?.len().max(1);
+        ex.engine_settings = engine_settings(parts, LIVE_ENGINE_BLOCK);
         create_engine(
             env,
             engine_db,
-            &format!("{prefix}l2_market_data"),
+            &topic,
             &format!("{prefix}engine"),
+            &ex.engine_settings,
         )
         .await?;
     }
+    let fresh = if c.ws_drops > 0 {
+        Some(crate::measure::FreshWatch::start(&env.kafka, prefix)?)
+    } else {
+        None
+    };
+    let mut window = Window::default();
     let run_start = Instant::now();
     let run_start_ns = marketlane_protocol::now_ns();
 
@@ -488,6 +529,7 @@ async fn run_inner(
         .map(|i| (steady_to + 4.0 + 12.0 * f64::from(i), false))
         .chain((0..c.pod_kills).map(|i| (steady_to + 4.0 + 12.0 * f64::from(c.ws_drops + i), true)))
         .collect();
+    let outage_at = steady_from + 5.0;
     let end = faults_at.last().map_or(steady_to, |(t, _)| t + 12.0);
     let mut next_fault = 0;
     let mut kills = 0;
@@ -505,6 +547,10 @@ async fn run_inner(
                 "the simulator exited; see {}",
                 dir.join("simulator.log").display()
             );
+        }
+        if let Some(p) = proxy {
+            let down = t >= outage_at && t < outage_at + c.outage_secs as f64;
+            p.set_up(!down);
         }
         if let Some(&(at, kill)) = faults_at.get(next_fault)
             && t >= at
@@ -533,9 +579,14 @@ async fn run_inner(
                         s.sum("marketlane_ws_gap_seconds_count", |_| true),
                     ));
                 }
-                let r = ws_drop(gw, http_port, &http).await?;
-                println!("bench: {}: websocket drop → data again {r:.2} s", c.name);
+                let (r, fresh_s) = ws_drop(gw, http_port, &http, fresh.as_ref()).await?;
+                println!(
+                    "bench: {}: websocket drop → frames again {r:.2} s, fresh market data in Kafka {}",
+                    c.name,
+                    fresh_s.map_or("–".into(), |x| format!("{x:.2} s"))
+                );
                 recovery.ws_resume.push(r);
+                ex.ws_fresh.push(fresh_s);
             }
             last_at = Instant::now();
             continue;
@@ -600,6 +651,15 @@ async fn run_inner(
         }
         if t >= steady_from && hist_start.is_none() {
             hist_start = Some(s.clone());
+            window
+                .start(env, db, daemon.pid(), sim.pid(), c.profile, dir)
+                .await;
+        }
+        if t >= steady_to - 0.5 && window.end.is_none() && hist_start.is_some() {
+            window.finish(env, db, daemon.pid(), sim.pid()).await;
+        }
+        if proxy.is_some() && t >= outage_at {
+            ex.rss_mb_max_outage = ex.rss_mb_max_outage.max(sample.rss_mb);
         }
         if t <= steady_to + 0.5 {
             if let Some(h0) = &hist_start {
@@ -636,6 +696,21 @@ async fn run_inner(
                 Some((s.sum("marketlane_ws_gap_seconds_sum", |_| true) - sum0) / n);
         }
     }
+    if window.end.is_none() && hist_start.is_some() {
+        window.finish(env, db, daemon.pid(), sim.pid()).await;
+    }
+    if c.ws_drops == 0 && c.pod_kills == 0 {
+        // Rows of the window still have this long to arrive before they count as missing.
+        tokio::time::sleep(Duration::from_secs(DRAIN_GRACE_S)).await;
+        window.missing(env, db, prefix, &mut ex).await;
+    }
+    if proxy.is_some() {
+        ex.outage = Some(
+            crate::measure::drain_after_outage(env, db, http_port, &daemon, c.outage_secs, &mut ex)
+                .await,
+        );
+    }
+    window.into_extra(&mut ex);
     stop.store(true, Ordering::Relaxed);
     let seen = poller.await.unwrap_or_default();
     sim.stop(Duration::from_secs(10));
@@ -648,17 +723,24 @@ async fn run_inner(
         recovery,
         steady: (steady_from, steady_to),
         dir: dir.to_path_buf(),
+        extra: ex,
     })
 }
 
 /// `drop_tcp` at the simulator; the time until the daemon counts frames again after it saw the
 /// drop (its reconnect counter moved).
-async fn ws_drop(gw: u16, http_port: u16, http: &reqwest::Client) -> anyhow::Result<f64> {
+async fn ws_drop(
+    gw: u16,
+    http_port: u16,
+    http: &reqwest::Client,
+    fresh: Option<&crate::measure::FreshWatch>,
+) -> anyhow::Result<(f64, Option<f64>)> {
     let before = scrape(http, http_port)
         .await
         .map(|s| counters(&s))
         .unwrap_or_default();
     let at = Instant::now();
+    let at_ns = marketlane_protocol::now_ns();
     http.post(format!("http://127.0.0.1:{gw}/sim/fault"))
         .body(r#"{"kind":"drop_tcp"}"#)
         .header("content-type", "application/json")
@@ -671,7 +753,21 @@ async fn ws_drop(gw: u16, http_port: u16, http: &reqwest::Client) -> anyhow::Res
             let c = counters(&s);
             match reconnected_frames {
                 None if c.reconnects > before.reconnects => reconnected_frames = Some(c.frames),
-                Some(f) if c.frames > f => return Ok(at.elapsed().as_secs_f64()),
+                Some(f) if c.frames > f => {
+                    let frames = at.elapsed().as_secs_f64();
+                    let Some(w) = fresh else {
+                        return Ok((frames, None));
+                    };
+                    // The first row in Kafka whose event time is after the drop: market data
+                    // resumed (a snapshot re-sent after the reconnect carries older times).
+                    while at.elapsed() < Duration::from_secs(30) {
+                        if w.newest_event_ns.load(Ordering::Relaxed) > at_ns {
+                            return Ok((frames, Some(at.elapsed().as_secs_f64())));
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    return Ok((frames, None));
+                }
                 _ => {}
             }
         }

@@ -8,10 +8,13 @@
 mod clickhouse;
 mod kafka;
 mod live;
+mod measure;
+mod outage;
 mod procs;
 mod prom;
 mod report;
 mod stage;
+mod summary;
 mod takeover;
 
 use std::path::PathBuf;
@@ -36,10 +39,11 @@ pub struct Args {
     /// Synthetic symbols SYM0001… streamed by the simulator, each with its book ladder.
     #[arg(long, default_value_t = 1000)]
     pub symbols: u32,
-    /// Frame interval per symbol (ms) of the run at the target rate (≈50,000 rows/s at 1,000
-    /// symbols and depth 5).
-    #[arg(long, default_value_t = 400)]
-    pub rate_interval_ms: u64,
+    /// Frame interval per symbol (ms) of the latency run. Default: after the `max` run, the
+    /// interval that offers 50,000 rows/s or 90% of the sustainable maximum if that is lower;
+    /// 400 ms (≈50,000 rows/s at 1,000 symbols and depth 5) without it.
+    #[arg(long)]
+    pub rate_interval_ms: Option<u64>,
     /// Frame interval per symbol (ms) of the run that pushes as hard as the simulator can.
     #[arg(long, default_value_t = 50)]
     pub max_interval_ms: u64,
@@ -67,10 +71,24 @@ pub struct Args {
     /// Cuts of one pod's link in the two-pod takeover (network namespaces, as root; 0 skips).
     #[arg(long, default_value_t = 5)]
     pub takeover_cuts: u32,
-    /// Which parts to run (comma-separated): rate, max, recovery, stage, takeover.
+    /// Websocket drops of the recovery run; default 10, 3 with --quick.
+    #[arg(long)]
+    pub ws_drops: Option<u32>,
+    /// Seconds of the ClickHouse outage of the `outage` part; default 60, 20 with --quick.
+    #[arg(long)]
+    pub outage_secs: Option<u64>,
+    /// `perf record -g` of the daemon over the `rate` run's steady window; the top of
+    /// `perf report --no-children` goes into the report.
+    #[arg(long)]
+    pub profile: bool,
+    /// Run on a tree with uncommitted changes (the report and summary.json say so).
+    #[arg(long)]
+    pub allow_dirty: bool,
+    /// Which parts to run (comma-separated): max, rate, recovery, outage, stage, takeover
+    /// (run in that order: `max` finds the sustainable rate the latency run offers).
     #[arg(
         long,
-        default_value = "rate,max,recovery,stage,takeover",
+        default_value = "max,rate,recovery,outage,stage,takeover",
         value_delimiter = ','
     )]
     pub parts: Vec<String>,
@@ -113,6 +131,86 @@ fn default_bin() -> PathBuf {
     target.join("release/marketlane")
 }
 
+const DEFAULT_RATE_INTERVAL_MS: u64 = 400;
+/// Offered rate of the latency run when the lane sustains it.
+const LATENCY_RATE: f64 = 50_000.0;
+
+/// The latency run's frame interval: `--rate-interval-ms`, else from the `max` run the interval
+/// offering 50,000 rows/s, or 90% of the sustainable maximum when that is lower (latency is
+/// only meaningful at a rate the lane holds). Also the sentence saying which.
+fn rate_interval(args: &Args, max: Option<&live::LiveResult>) -> (u64, String) {
+    if let Some(ms) = args.rate_interval_ms {
+        return (ms, format!("`--rate-interval-ms {ms}` (given)."));
+    }
+    let Some(r) = max.filter(|r| r.config.name == "max") else {
+        return (
+            DEFAULT_RATE_INTERVAL_MS,
+            format!(
+                "{DEFAULT_RATE_INTERVAL_MS} ms per symbol (≈50,000 rows/s; the `max` run did not run, so the lane's sustainable rate is not known)."
+            ),
+        );
+    };
+    let s = |f: fn(&live::Sample) -> f64| {
+        let v: Vec<f64> = r
+            .samples
+            .iter()
+            .filter(|x| x.t >= r.steady.0 && x.t <= r.steady.1)
+            .map(f)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let per_frame = match (s(|x| x.normalized), s(|x| x.frames)) {
+        (Some(n), Some(f)) if f > 0.0 => n / f,
+        _ => 0.0,
+    };
+    let Some(sustained) = r.extra.e2e_rows_per_s().filter(|x| *x > 0.0) else {
+        return (
+            DEFAULT_RATE_INTERVAL_MS,
+            format!(
+                "{DEFAULT_RATE_INTERVAL_MS} ms per symbol: the `max` run gave no sustainable rate."
+            ),
+        );
+    };
+    if per_frame <= 0.0 {
+        return (
+            DEFAULT_RATE_INTERVAL_MS,
+            format!(
+                "{DEFAULT_RATE_INTERVAL_MS} ms per symbol: the `max` run gave no rows per frame."
+            ),
+        );
+    }
+    let target = LATENCY_RATE.min(0.9 * sustained);
+    let offered_at = |ms: u64| f64::from(args.symbols) * 1000.0 / ms as f64 * per_frame;
+    let ms = ((f64::from(args.symbols) * 1000.0 * per_frame / target).ceil() as u64).max(1);
+    let why = if target < LATENCY_RATE {
+        format!(
+            "**below 50,000 rows/s**: the lane sustains {sustained:.0} rows/s (`max` run, simulator → ClickHouse, distinct rows), so the latency run offers 90% of that"
+        )
+    } else {
+        format!("50,000 rows/s (the lane sustains {sustained:.0} rows/s in the `max` run)")
+    };
+    (
+        ms,
+        format!(
+            "{ms} ms per symbol ≈ {:.0} rows/s offered ({per_frame:.1} rows per frame measured in the `max` run): {why}.",
+            offered_at(ms)
+        ),
+    )
+}
+
+/// The commit of the tree the driver was built from and whether it has uncommitted changes
+/// (tracked files only: new results are untracked).
+fn git_state() -> (String, bool) {
+    let root = procs::repo_root();
+    let root = root.to_str().unwrap_or(".");
+    let commit = procs::command_output("git", &["-C", root, "rev-parse", "HEAD"]);
+    let dirty = procs::command_output(
+        "git",
+        &["-C", root, "status", "--porcelain", "--untracked-files=no"],
+    );
+    (commit, !dirty.is_empty())
+}
+
 fn stamp() -> String {
     let secs = marketlane_protocol::now_ns() / 1_000_000_000;
     let days = secs.div_euclid(86_400);
@@ -143,6 +241,12 @@ async fn main() -> anyhow::Result<()> {
         bail!(
             "{} not found: build it with `cargo build --release --bin marketlane`",
             bin.display()
+        );
+    }
+    let (git_commit, git_dirty) = git_state();
+    if git_dirty && !args.allow_dirty {
+        bail!(
+            "the tree has uncommitted changes: commit them (summary.json names the commit) or pass --allow-dirty"
         );
     }
     let ch = clickhouse::Ch::new(&args.clickhouse);
@@ -180,10 +284,12 @@ async fn main() -> anyhow::Result<()> {
     let stage_runs = args.stage_runs.unwrap_or(if args.quick { 1 } else { 3 });
     let part = |p: &str| args.parts.iter().any(|x| x == p);
     let warmup = if args.quick { 6 } else { 10 };
+    let ws_drops = args.ws_drops.unwrap_or(if args.quick { 3 } else { 10 });
+    let outage_secs = args.outage_secs.unwrap_or(if args.quick { 20 } else { 60 });
     let base = LiveConfig {
         name: String::new(),
         symbols: args.symbols,
-        frame_interval_ms: args.rate_interval_ms,
+        frame_interval_ms: args.rate_interval_ms.unwrap_or(DEFAULT_RATE_INTERVAL_MS),
         book_depth: args.book_depth,
         trade_probability: args.trade_probability,
         seconds: seconds + warmup,
@@ -191,8 +297,16 @@ async fn main() -> anyhow::Result<()> {
         ws_drops: 0,
         pod_kills: 0,
         engine: !args.no_engine,
+        profile: false,
+        outage_secs: 0,
     };
     let mut report = report::Report::new(&args, &env, &out, &run);
+    report.notes = summary::Notes {
+        git_commit,
+        git_dirty,
+        symbols: args.symbols,
+        rate_choice: String::new(),
+    };
     if let Some(before) = args.compare_bin.clone() {
         if !before.exists() {
             bail!("--compare-bin {} not found", before.display());
@@ -229,13 +343,6 @@ async fn main() -> anyhow::Result<()> {
         println!("bench: report in {}", path.display());
         return Ok(());
     }
-    if part("rate") {
-        let c = LiveConfig {
-            name: "rate".into(),
-            ..base.clone()
-        };
-        report.live.push(live::run(&env, &c).await?);
-    }
     if part("max") {
         let c = LiveConfig {
             name: "max".into(),
@@ -245,14 +352,36 @@ async fn main() -> anyhow::Result<()> {
         };
         report.live.push(live::run(&env, &c).await?);
     }
+    let (rate_interval, choice) = rate_interval(&args, report.live.last());
+    report.notes.rate_choice = choice;
+    if part("rate") {
+        let c = LiveConfig {
+            name: "rate".into(),
+            frame_interval_ms: rate_interval,
+            profile: args.profile,
+            ..base.clone()
+        };
+        report.live.push(live::run(&env, &c).await?);
+    }
     if part("recovery") {
         let c = LiveConfig {
             name: "recovery".into(),
             frame_interval_ms: 500,
             seconds: warmup + 5,
-            ws_drops: faults,
+            ws_drops,
             pod_kills: faults,
             engine: false,
+            ..base.clone()
+        };
+        report.live.push(live::run(&env, &c).await?);
+    }
+    if part("outage") {
+        let c = LiveConfig {
+            name: "outage".into(),
+            frame_interval_ms: rate_interval,
+            seconds: warmup + 5 + outage_secs + 5,
+            engine: false,
+            outage_secs,
             ..base.clone()
         };
         report.live.push(live::run(&env, &c).await?);

@@ -17,6 +17,8 @@ pub struct Report {
     pub variants: Vec<Variant>,
     /// The two-pod takeover (`--parts takeover`).
     pub takeover: Option<TakeoverResult>,
+    /// Git state and how the `rate` run's offered rate was chosen (`summary.json`).
+    pub notes: crate::summary::Notes,
     out: PathBuf,
     header: String,
 }
@@ -292,6 +294,7 @@ impl Report {
             stages: Vec::new(),
             variants: Vec::new(),
             takeover: None,
+            notes: crate::summary::Notes::default(),
             out: out.to_path_buf(),
             header: h,
         }
@@ -374,21 +377,30 @@ impl Report {
             }
             std::fs::write(self.out.join("takeover-cut.csv"), s)?;
         }
-        // Headline figures for scripts; null where a part did not run or a figure was missed.
-        let takeover = self.takeover.as_ref();
-        let summary = serde_json::json!({
-            "takeover_cut_link_s_max": takeover.and_then(TakeoverResult::cut_link_max),
-            "takeover_cut_link_s": takeover
-                .map(|t| t.cuts.iter().map(|c| c.kafka).collect::<Vec<_>>()),
-            "takeover_cut_link_skipped": takeover.and_then(|t| t.cuts_skipped.clone()),
-            "takeover_sigkill_kafka_s": takeover
-                .map(|t| t.kills.iter().map(|k| k.kafka).collect::<Vec<_>>()),
-            "writer_restart_clickhouse_catch_up_s": takeover.and_then(|t| t.writer_catch_up),
-        });
+        // Headline figures for scripts (null where a part did not run or a figure was
+        // missed); the takeover's details beside them.
+        let summary = crate::summary::summary(
+            &self.notes,
+            &self.live,
+            &self.stages,
+            self.takeover.as_ref(),
+        );
         std::fs::write(
             self.out.join("summary.json"),
             serde_json::to_string_pretty(&summary).unwrap_or_default(),
         )?;
+        if let Some(t) = &self.takeover {
+            let details = serde_json::json!({
+                "takeover_cut_link_s": t.cuts.iter().map(|c| c.kafka).collect::<Vec<_>>(),
+                "takeover_cut_link_skipped": t.cuts_skipped.clone(),
+                "takeover_sigkill_kafka_s": t.kills.iter().map(|k| k.kafka).collect::<Vec<_>>(),
+                "writer_restart_clickhouse_catch_up_s": t.writer_catch_up,
+            });
+            std::fs::write(
+                self.out.join("takeover.json"),
+                serde_json::to_string_pretty(&details).unwrap_or_default(),
+            )?;
+        }
         Ok(())
     }
 
@@ -555,6 +567,12 @@ impl Report {
         if !self.variants.is_empty() {
             m.push_str(&self.side_by_side());
         }
+        m.push_str(&crate::summary::section(
+            &self.notes,
+            &self.live,
+            &self.stages,
+            self.takeover.as_ref(),
+        ));
 
         // Targets.
         let _ = writeln!(m, "\n## Targets\n");

@@ -21,6 +21,8 @@ pub struct Drain {
     /// CPU seconds of the daemon (zero for the engine).
     pub daemon_cpu: f64,
     pub secs: f64,
+    /// Distinct `row_id` with `FINAL` once all rows were counted (an analyst's count).
+    pub distinct: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -30,15 +32,39 @@ pub struct StageRun {
     pub marketlane: Drain,
     pub engine: Drain,
     pub engine_first: bool,
+    /// The engine's table settings.
+    pub engine_settings: String,
+}
+
+impl StageRun {
+    /// CPU seconds per million rows: daemon, ClickHouse during marketlane's drain, ClickHouse
+    /// during the engine's.
+    pub fn cpu_per_million(&self) -> (f64, f64, f64) {
+        let m = self.rows.max(1) as f64 / 1e6;
+        (
+            self.marketlane.daemon_cpu / m,
+            self.marketlane.ch_cpu / m,
+            self.engine.ch_cpu / m,
+        )
+    }
+}
+
+async fn distinct(env: &Env, table: &str) -> u64 {
+    env.ch
+        .query(&format!("SELECT count(DISTINCT row_id) FROM {table} FINAL"))
+        .await
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn ch_pid() -> Option<u32> {
-    std::fs::read_to_string(procs::repo_root().join("var/clickhouse/clickhouse.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    crate::measure::clickhouse_pid()
 }
+
+/// `kafka_max_block_size` of the engine on the backlog: ClickHouse's documentation sets its
+/// default to `max_insert_block_size` (1,048,576 rows), the block a backlog fills at once.
+pub const STAGE_ENGINE_BLOCK: u64 = 1_048_576;
 
 fn cpu(pid: Option<u32>) -> f64 {
     pid.and_then(procs::usage).map_or(0.0, |u| u.cpu_secs)
@@ -76,10 +102,17 @@ fn drain(rows: u64, first: f64, last: f64, ch_cpu: f64, daemon_cpu: f64) -> Drai
         ch_cpu,
         daemon_cpu,
         secs: last,
+        distinct: 0,
     }
 }
 
-async fn engine_drain(env: &Env, prefix: &str, topic: &str, rows: u64) -> anyhow::Result<Drain> {
+async fn engine_drain(
+    env: &Env,
+    prefix: &str,
+    topic: &str,
+    rows: u64,
+    settings: &str,
+) -> anyhow::Result<Drain> {
     let engine_db = format!("{}engine", prefix.trim_end_matches('_'));
     let chp = ch_pid();
     let cpu0 = cpu(chp);
@@ -89,7 +122,7 @@ async fn engine_drain(env: &Env, prefix: &str, topic: &str, rows: u64) -> anyhow
         .await??;
     let start = Instant::now();
     let r = async {
-        create_engine(env, &engine_db, topic, &group).await?;
+        create_engine(env, &engine_db, topic, &group, settings).await?;
         wait_rows(
             env,
             &format!("`{engine_db}`.l2_market_data"),
@@ -101,9 +134,13 @@ async fn engine_drain(env: &Env, prefix: &str, topic: &str, rows: u64) -> anyhow
     }
     .await;
     let ch_cpu = cpu(chp) - cpu0;
+    let n = distinct(env, &format!("`{engine_db}`.l2_market_data")).await;
     drop_engine(&env.ch, &engine_db).await;
     let (first, last) = r?;
-    Ok(drain(rows, first, last, ch_cpu, 0.0))
+    Ok(Drain {
+        distinct: n,
+        ..drain(rows, first, last, ch_cpu, 0.0)
+    })
 }
 
 async fn marketlane_drain(
@@ -162,6 +199,7 @@ group_id = "{prefix}writer"
     let daemon_cpu = cpu(Some(pid));
     let ch_cpu = cpu(chp) - cpu0;
     daemon.stop(Duration::from_secs(30));
+    let uniq = distinct(env, &table).await;
     for d in [db.clone(), format!("{db}_state")] {
         let _ = env
             .ch
@@ -169,7 +207,10 @@ group_id = "{prefix}writer"
             .await;
     }
     let (first, last) = r?;
-    Ok(drain(rows, first, last, ch_cpu, daemon_cpu))
+    Ok(Drain {
+        distinct: uniq,
+        ..drain(rows, first, last, ch_cpu, daemon_cpu)
+    })
 }
 
 /// One stage run: a fresh topic of `rows` l2 rows, drained by both, in the given order.
@@ -188,15 +229,18 @@ pub async fn run(env: &Env, rows: u64, n: usize, engine_first: bool) -> anyhow::
         })
         .await??;
         println!("bench: stage {n}: {rows} l2 rows in {topic} ({produce:.0} rows/s produced)");
+        let parts = crate::measure::partitions(&env.kafka, &topic)?.len().max(1);
         let mut run = StageRun {
             rows,
             produce_rows_per_sec: produce,
             engine_first,
+            engine_settings: crate::live::engine_settings(parts, STAGE_ENGINE_BLOCK),
             ..Default::default()
         };
         for engine in [engine_first, !engine_first] {
             if engine {
-                run.engine = engine_drain(env, &prefix, &topic, rows).await?;
+                run.engine =
+                    engine_drain(env, &prefix, &topic, rows, &run.engine_settings).await?;
                 println!(
                     "bench: stage {n}: Kafka engine  {:>8.0} rows/s ({:.0} once streaming), {:.1} s, ClickHouse CPU {:.1} s",
                     run.engine.rows_per_sec, run.engine.sustained, run.engine.secs, run.engine.ch_cpu
