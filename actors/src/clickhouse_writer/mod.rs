@@ -1,10 +1,12 @@
 //! The ClickHouse writers (`clickhouse_writer/{actor.rs,sink.rs}`) and the retention actor
 //! for servers without TTL (`retention.rs`).
 pub mod actor;
+mod child;
 pub mod retention;
 pub mod sink;
 
 pub use actor::{ClickHouseWriter, WriterArgs, WriterKind, WriterMsg, WriterSnapshot};
+pub use child::{RetentionChild, WriterChild};
 pub use retention::{ClickHouseRetention, RetentionArgs, RetentionMsg, RetentionSnapshot};
 pub use sink::{ClickHouse, SinkError};
 

@@ -1,7 +1,9 @@
 //! The IB session keepalive (`ib_session/{actor.rs,recovery.rs,state.rs}`).
 pub mod actor;
+mod child;
 pub mod recovery;
 pub mod state;
 
 pub use actor::{IbSession, SessionArgs, SessionMsg, SessionSnapshot};
+pub use child::SessionChild;
 pub use state::SessionState;
