@@ -183,3 +183,35 @@ impl GatewayState {
         });
     }
 }
+
+/// The gateway process as a supervised child.
+pub struct GatewayChild(pub GatewayArgs);
+
+impl crate::supervisor::Child for GatewayChild {
+    fn name(&self) -> String {
+        crate::names::IB_GATEWAY.into()
+    }
+
+    fn kind(&self) -> crate::supervisor::ChildKind {
+        crate::supervisor::ChildKind::Gateway
+    }
+
+    fn spawn(
+        &self,
+        name: String,
+        sup: ractor::ActorCell,
+    ) -> futures_util::future::BoxFuture<'_, Result<ractor::ActorCell, ActorProcessingErr>> {
+        crate::supervisor::spawn_linked(name, GatewayProcess, self.0.clone(), sup)
+    }
+
+    fn snapshot(
+        &self,
+        cell: ractor::ActorCell,
+    ) -> futures_util::future::BoxFuture<'static, Result<serde_json::Value, String>> {
+        crate::supervisor::ask_state(cell, GatewayMsg::GetState)
+    }
+
+    fn summary_keys(&self) -> &'static [&'static str] {
+        &["running", "pid", "starts", "seconds_up", "last_exit"]
+    }
+}

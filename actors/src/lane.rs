@@ -10,18 +10,20 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::backpressure::InflightLimit;
-use crate::clickhouse_writer::{ClickHouse, SinkError, WriterArgs, WriterKind};
+use crate::clickhouse_writer::{
+    ClickHouse, RetentionArgs, RetentionChild, SinkError, WriterArgs, WriterChild, WriterKind,
+};
 use crate::config::{ClickHouseConfig, ConfigError, IbConfig, KafkaConfig, WriterConfig};
-use crate::econ::{EconArgs, EconConfig};
-use crate::ib_gateway::GatewayArgs;
-use crate::ib_session::SessionArgs;
-use crate::ib_websocket::WsArgs;
-use crate::kafka::ProducerArgs;
+use crate::econ::{EconArgs, EconChild, EconConfig};
+use crate::ib_gateway::{GatewayArgs, GatewayChild};
+use crate::ib_session::{SessionArgs, SessionChild};
+use crate::ib_websocket::{WebsocketChild, WsArgs};
 use crate::kafka::admin::{TopicError, ensure_topics};
+use crate::kafka::{ProducerArgs, ProducerChild};
 use crate::metrics::Metrics;
 use crate::names::{self, ActorNames};
-use crate::normalizer::RowEmitter;
-use crate::supervisor::{ChildSpec, LaneSupervisor, SupervisorArgs, SupervisorMsg};
+use crate::normalizer::{NormalizerChild, RowEmitter, indicators, l2, tick};
+use crate::supervisor::{Child, LaneSupervisor, SupervisorArgs, SupervisorMsg};
 
 /// What a pod does. Both by default; a deployment may split them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,7 +125,8 @@ pub async fn start(
     })
     .await?;
     info!(count = topics.len(), "kafka topics ready");
-    let mut children = Vec::new();
+    // In start order: the data path backwards, so that each actor finds its next hop.
+    let mut children: Vec<Box<dyn Child>> = Vec::new();
     if config.roles.contains(&Role::Connector) {
         let inflight = InflightLimit::new(config.kafka.max_in_flight_frames);
         let emitter = RowEmitter {
@@ -134,15 +137,19 @@ pub async fn start(
             names: config.names.clone(),
             metrics: metrics.clone(),
         };
-        children.push(ChildSpec::Producer(ProducerArgs {
+        children.push(Box::new(ProducerChild(ProducerArgs {
             kafka: config.kafka.clone(),
             metrics: metrics.clone(),
             inflight: inflight.clone(),
-        }));
-        children.push(ChildSpec::TickNormalizer(emitter.clone()));
-        children.push(ChildSpec::L2Normalizer(emitter.clone()));
-        children.push(ChildSpec::IndicatorsNormalizer(emitter.clone()));
-        children.push(ChildSpec::Websocket(WsArgs {
+        })));
+        children.push(Box::new(NormalizerChild::<tick::Trades>::new(
+            emitter.clone(),
+        )));
+        children.push(Box::new(NormalizerChild::<l2::Books>::new(emitter.clone())));
+        children.push(Box::new(NormalizerChild::<indicators::Statistics>::new(
+            emitter.clone(),
+        )));
+        children.push(Box::new(WebsocketChild(WsArgs {
             ib: config.ib.clone(),
             names: config.names.clone(),
             normalizers: [
@@ -155,33 +162,35 @@ pub async fn start(
             emitter: emitter.clone(),
             metrics: metrics.clone(),
             inflight,
-        }));
+        })));
         if config.econ.url.is_some() {
             let mut econ_emitter = emitter.clone();
             econ_emitter.source_system = config.econ.source_system.clone();
-            children.push(ChildSpec::Econ(EconArgs {
+            children.push(Box::new(EconChild(EconArgs {
                 config: config.econ.clone(),
                 emitter: econ_emitter,
                 clickhouse: Some(config.clickhouse.clone()),
-            }));
+            })));
         }
         if let Some(command) = config.ib.gateway_command.clone() {
-            children.push(ChildSpec::Gateway(GatewayArgs { command }));
+            children.push(Box::new(GatewayChild(GatewayArgs { command })));
         }
-        children.push(ChildSpec::Session(SessionArgs {
+        children.push(Box::new(SessionChild(SessionArgs {
             ib: config.ib.clone(),
             names: config.names.clone(),
             metrics: metrics.clone(),
             clustered: config.cluster.enabled,
-        }));
+        })));
         if config.cluster.enabled {
-            children.push(ChildSpec::Cluster(crate::cluster::ClusterArgs {
-                config: config.cluster.clone(),
-                instance: config.instance.clone(),
-                symbols: config.ib.symbols.iter().map(|s| s.symbol.clone()).collect(),
-                names: config.names.clone(),
-                metrics: metrics.clone(),
-            }));
+            children.push(Box::new(crate::cluster::ClusterChild(
+                crate::cluster::ClusterArgs {
+                    config: config.cluster.clone(),
+                    instance: config.instance.clone(),
+                    symbols: config.ib.symbols.iter().map(|s| s.symbol.clone()).collect(),
+                    names: config.names.clone(),
+                    metrics: metrics.clone(),
+                },
+            )));
         }
     }
     if config.roles.contains(&Role::Calculator) {
@@ -211,26 +220,20 @@ pub async fn start(
                 },
             ];
             for kind in kinds {
-                let name = names::writer(&kind.topic());
-                children.push(ChildSpec::Writer(
-                    name,
-                    WriterArgs {
-                        kind,
-                        kafka: config.kafka.clone(),
-                        writer: config.writer.clone(),
-                        clickhouse: ch.clone(),
-                        metrics: metrics.clone(),
-                        instance: config.instance.clone(),
-                    },
-                ));
+                children.push(Box::new(WriterChild(WriterArgs {
+                    kind,
+                    kafka: config.kafka.clone(),
+                    writer: config.writer.clone(),
+                    clickhouse: ch.clone(),
+                    metrics: metrics.clone(),
+                    instance: config.instance.clone(),
+                })));
             }
         }
-        children.push(ChildSpec::Retention(
-            crate::clickhouse_writer::RetentionArgs {
-                clickhouse: ch.clone(),
-                schemas: schemas.clone(),
-            },
-        ));
+        children.push(Box::new(RetentionChild(RetentionArgs {
+            clickhouse: ch.clone(),
+            schemas: schemas.clone(),
+        })));
     }
     let (sup, _) = Actor::spawn(
         Some(config.names.name("lane_supervisor")),
@@ -253,9 +256,9 @@ fn calculator_children(
     config: &LaneConfig,
     schemas: &Arc<SchemaSet>,
     metrics: &Arc<Metrics>,
-    children: &mut Vec<ChildSpec>,
+    children: &mut Vec<Box<dyn Child>>,
 ) -> Result<(), LaneError> {
-    use crate::calculator::{ConsumerArgs, Shared, WorkerArgs};
+    use crate::calculator::{ConsumerArgs, ConsumerChild, Shared, WorkerArgs, WorkerChild};
     let specs = config.calculators.compile()?;
     if specs.is_empty() {
         info!("calculator role without specs: no calculators started");
@@ -279,34 +282,31 @@ fn calculator_children(
     let shared = Arc::new(Shared::new(
         config.calculators.clone(),
         specs,
-        consumers.clone(),
+        consumers,
         emitter,
     ));
     if !config.roles.contains(&Role::Connector) {
-        children.push(ChildSpec::Producer(ProducerArgs {
+        children.push(Box::new(ProducerChild(ProducerArgs {
             kafka: config.kafka.clone(),
             metrics: metrics.clone(),
             inflight: InflightLimit::new(config.kafka.max_in_flight_frames),
-        }));
+        })));
     }
     for index in 0..shared.workers.len() {
-        children.push(ChildSpec::CalculatorWorker(WorkerArgs {
+        children.push(Box::new(WorkerChild(WorkerArgs {
             index,
             shared: shared.clone(),
-        }));
+        })));
     }
-    for (name, category) in consumers.into_iter().zip(sources) {
+    for category in sources {
         let schema = schemas
             .get(category)
             .map_err(|_| LaneError::UnknownCategory(category.to_string()))?;
-        children.push(ChildSpec::CalculatorConsumer(
-            name,
-            ConsumerArgs {
-                schema: Arc::new(schema.clone()),
-                kafka: config.kafka.clone(),
-                shared: shared.clone(),
-            },
-        ));
+        children.push(Box::new(ConsumerChild(ConsumerArgs {
+            schema: Arc::new(schema.clone()),
+            kafka: config.kafka.clone(),
+            shared: shared.clone(),
+        })));
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! Routing is key-persistent all the same (a symbol always lands on the same worker).
 
 pub mod acl;
+mod child;
 pub mod config;
 pub mod consumer;
 pub mod engine;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+pub use child::{ConsumerChild, WorkerChild};
 pub use config::{CalculatorConfig, Spec};
 pub use consumer::{CalculatorConsumer, ConsumerArgs, ConsumerMsg, ConsumerSnapshot};
 pub use worker::{CalculatorWorker, WorkerArgs, WorkerMsg, WorkerSnapshot};

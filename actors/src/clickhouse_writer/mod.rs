@@ -5,10 +5,12 @@
 pub mod actor;
 mod batch;
 mod consumer;
+mod child;
 pub mod retention;
 pub mod sink;
 
 pub use actor::{ClickHouseWriter, WriterArgs, WriterKind, WriterMsg, WriterSnapshot};
+pub use child::{RetentionChild, WriterChild};
 pub use retention::{ClickHouseRetention, RetentionArgs, RetentionMsg, RetentionSnapshot};
 pub use sink::{ClickHouse, SinkError};
 

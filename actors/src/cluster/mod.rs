@@ -3,12 +3,14 @@
 
 mod assignment;
 mod beacon;
+mod child;
 mod config;
 mod member;
 mod tls;
 
 pub use assignment::{Assignment, Member, assign};
 pub use beacon::{BeaconMsg, ClusterBeacon};
+pub use child::ClusterChild;
 pub use config::{ClusterConfig, ClusterTlsConfig};
 pub use member::{ClusterArgs, ClusterMember, ClusterMsg, ClusterSnapshot, MemberLine};
 pub use tls::{ClusterTls, ClusterTlsError};

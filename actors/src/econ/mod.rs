@@ -2,12 +2,14 @@
 //! polled over HTTP into `numeric_economic_data`. "A new source is only a new connector": it
 //! shares the schemas, the row emitter, the producer and the writers with the IB connector.
 
+mod child;
 pub mod poller;
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use child::EconChild;
 pub use poller::{EconArgs, EconMsg, EconPoller, EconSnapshot};
 
 use crate::config::{ConfigError, humantime_secs};

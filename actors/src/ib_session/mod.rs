@@ -1,10 +1,12 @@
 //! The IB session keepalive (`ib_session/{actor.rs,io.rs,recovery.rs,state.rs}`).
 pub mod actor;
 mod io;
+mod child;
 pub mod recovery;
 pub mod state;
 
 pub use actor::{IbSession, SessionArgs, SessionMsg, SessionSnapshot};
+pub use child::SessionChild;
 pub use state::SessionState;
 
 #[cfg(test)]

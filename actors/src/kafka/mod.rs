@@ -1,9 +1,11 @@
 //! Kafka: the producer actor of the connector and the topic set-up derived from the schemas.
 
 pub mod admin;
+mod child;
 pub mod producer;
 pub mod rebalance;
 
+pub use child::ProducerChild;
 pub use producer::{KafkaProducer, Produce, ProducerArgs, ProducerMsg, ProducerSnapshot};
 
 use rdkafka::ClientConfig;

@@ -3,12 +3,15 @@
 //! [`RowEmitter`], which validates every row against its schema and sends it to Kafka, or to
 //! `<category>_unqualified` with the reason when it does not qualify.
 
+mod child;
 pub mod indicators;
 pub mod l2;
 pub mod tick;
 
 #[cfg(test)]
 pub(crate) mod testkit;
+
+pub use child::NormalizerChild;
 
 use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;

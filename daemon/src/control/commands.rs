@@ -9,23 +9,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use marketlane_actors::Role;
-use marketlane_actors::calculator::{ConsumerMsg, WorkerMsg as CalcWorkerMsg};
 use marketlane_actors::clickhouse_writer::WriterMsg;
 use marketlane_actors::cluster::{ClusterMsg, ClusterSnapshot};
 use marketlane_actors::config::{SecType as IbSecType, SymbolConfig};
 use marketlane_actors::ib_session::SessionMsg;
 use marketlane_actors::ib_session::actor::SymbolError;
 use marketlane_actors::ib_websocket::WsMsg;
-use marketlane_actors::kafka::ProducerMsg;
 use marketlane_actors::names;
 use marketlane_actors::normalizer::NormalizerMsg;
-use marketlane_actors::supervisor::{ChildCell, SupervisorMsg};
+use marketlane_actors::supervisor::{
+    ChildCell, ChildKind, STATUS_DEADLINE, Snapshot, SupervisorMsg,
+};
 use marketlane_protocol::SchemaSet;
 use marketlane_protocol::control::{
     ActorStatus, Command, ErrorCode, FaultKind, SecType, StatusResult,
 };
 use marketlane_protocol::ib::Availability;
-use ractor::{ActorCell, ActorRef};
+use ractor::ActorRef;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::info;
@@ -57,131 +57,8 @@ pub struct Daemon {
     pub allow_fault_injection: bool,
 }
 
-/// The kinds of actor the control socket knows, by message type.
-fn kind_of(cell: &ActorCell) -> &'static str {
-    let is = |b: Option<bool>| b == Some(true);
-    if is(cell.is_message_type_of::<SessionMsg>()) {
-        "session"
-    } else if is(cell.is_message_type_of::<WsMsg>()) {
-        "websocket"
-    } else if is(cell.is_message_type_of::<NormalizerMsg>()) {
-        "normalizer"
-    } else if is(cell.is_message_type_of::<ProducerMsg>()) {
-        "producer"
-    } else if is(cell.is_message_type_of::<WriterMsg>()) {
-        "writer"
-    } else if is(cell.is_message_type_of::<ClusterMsg>()) {
-        "cluster"
-    } else if is(cell.is_message_type_of::<ConsumerMsg>()) {
-        "calculator_consumer"
-    } else if is(cell.is_message_type_of::<CalcWorkerMsg>()) {
-        "calculator_worker"
-    } else {
-        "other"
-    }
-}
-
 fn to_json(v: impl Serialize) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
-}
-
-async fn state_of(cell: &ActorCell, kind: &str) -> Value {
-    let t = STATE_TIMEOUT_MS;
-    match kind {
-        "session" => {
-            let r: ActorRef<SessionMsg> = cell.clone().into();
-            ractor::call_t!(r, SessionMsg::GetState, t).map_or(Value::Null, to_json)
-        }
-        "websocket" => {
-            let r: ActorRef<WsMsg> = cell.clone().into();
-            ractor::call_t!(r, WsMsg::GetState, t).map_or(Value::Null, to_json)
-        }
-        "normalizer" => {
-            let r: ActorRef<NormalizerMsg> = cell.clone().into();
-            ractor::call_t!(r, NormalizerMsg::GetState, t).map_or(Value::Null, to_json)
-        }
-        "producer" => {
-            let r: ActorRef<ProducerMsg> = cell.clone().into();
-            ractor::call_t!(r, ProducerMsg::GetState, t).map_or(Value::Null, to_json)
-        }
-        "writer" => {
-            let r: ActorRef<WriterMsg> = cell.clone().into();
-            ractor::call_t!(r, WriterMsg::GetState, t).map_or(Value::Null, to_json)
-        }
-        "cluster" => {
-            let r: ActorRef<ClusterMsg> = cell.clone().into();
-            ractor::call_t!(r, ClusterMsg::GetState, t).map_or(Value::Null, to_json)
-        }
-        "calculator_consumer" => {
-            let r: ActorRef<ConsumerMsg> = cell.clone().into();
-            ractor::call_t!(r, ConsumerMsg::GetState, t).map_or(Value::Null, to_json)
-        }
-        "calculator_worker" => {
-            let r: ActorRef<CalcWorkerMsg> = cell.clone().into();
-            ractor::call_t!(r, CalcWorkerMsg::GetState, t).map_or(Value::Null, to_json)
-        }
-        _ => Value::Null,
-    }
-}
-
-/// One line of the status table from an actor's snapshot: the fields ops look at first.
-fn summary(kind: &str, state: &Value) -> String {
-    let Value::Object(map) = state else {
-        return "no answer".into();
-    };
-    let keys: &[&str] = match kind {
-        "session" => &[
-            "state",
-            "instruments",
-            "seconds_since_last_good_tickle",
-            "waiting_for_brokerage_secs",
-            "reauth_attempts",
-        ],
-        "websocket" => &[
-            "connected",
-            "subscribed",
-            "frames",
-            "reconnects",
-            "not_realtime_symbols",
-        ],
-        "normalizer" => &["category", "instruments", "frames", "rows", "quarantined"],
-        "producer" => &["produced", "acknowledged", "in_flight_frames"],
-        "writer" => &[
-            "paused",
-            "rows_inserted",
-            "batches",
-            "failed_inserts",
-            "retrying",
-        ],
-        "cluster" => &["members", "held", "handing_over", "unassigned", "draining"],
-        "calculator_consumer" => &["positions", "rows", "refill_rows", "last_checkpoint_ok"],
-        "calculator_worker" => &["symbols", "values_computed", "keys_written", "pending_keys"],
-        _ => &[],
-    };
-    let fmt = |v: &Value| match v {
-        Value::Number(n) if n.is_f64() => format!("{:.1}", n.as_f64().unwrap_or_default()),
-        Value::String(s) => s.clone(),
-        Value::Object(m) => m.len().to_string(),
-        Value::Array(a) => a.len().to_string(),
-        other => other.to_string(),
-    };
-    let mut parts: Vec<String> = keys
-        .iter()
-        .filter_map(|k| map.get(*k).filter(|v| !v.is_null()).map(|v| (k, v)))
-        .map(|(k, v)| format!("{k}={}", fmt(v)))
-        .collect();
-    if parts.is_empty() {
-        parts = map
-            .iter()
-            .filter(|(_, v)| v.is_number() || v.is_boolean() || v.is_string())
-            .take(4)
-            .map(|(k, v)| format!("{k}={}", fmt(v)))
-            .collect();
-    }
-    if let Some(Value::String(e)) = map.get("last_error").or(map.get("last_failure")) {
-        parts.push(format!("last_error={e:?}"));
-    }
-    parts.join(" ")
 }
 
 impl Daemon {
@@ -227,28 +104,35 @@ impl Daemon {
     }
 
     async fn status(&self) -> CmdResult {
-        let mut actors = Vec::new();
-        for child in self.children().await? {
-            let (kind, state) = match &child.cell {
-                Some(cell) => {
-                    let kind = kind_of(cell);
-                    (kind, state_of(cell, kind).await)
-                }
-                None => ("restarting", Value::Null),
-            };
-            actors.push(ActorStatus {
-                summary: if child.cell.is_some() {
-                    summary(kind, &state)
-                } else {
-                    "waiting to be restarted".into()
+        // The supervisor answers within its status deadline whatever its children do.
+        let timeout = STATUS_DEADLINE.as_millis() as u64 + STATE_TIMEOUT_MS;
+        let lane =
+            ractor::call_t!(self.supervisor, SupervisorMsg::Status, timeout).or_else(|e| {
+                err(
+                    ErrorCode::Timeout,
+                    format!("the lane supervisor did not answer (busy draining or stuck): {e}"),
+                )
+            })?;
+        let cluster = lane
+            .children
+            .iter()
+            .find(|c| c.kind == ChildKind::Cluster)
+            .and_then(|c| c.snapshot.state().cloned());
+        let actors = lane
+            .children
+            .into_iter()
+            .map(|c| ActorStatus {
+                alive: c.snapshot != Snapshot::Restarting,
+                state: match c.snapshot {
+                    Snapshot::State(v) => v,
+                    Snapshot::NoAnswer(_) | Snapshot::Restarting => Value::Null,
                 },
-                actor: child.actor,
-                kind: kind.into(),
-                alive: child.cell.is_some(),
-                restarts: child.restarts,
-                state,
-            });
-        }
+                actor: c.actor,
+                kind: c.kind.as_str().into(),
+                restarts: c.restarts,
+                summary: c.summary,
+            })
+            .collect();
         Ok(to_json(StatusResult {
             instance: self.instance.clone(),
             roles: self.roles(),
@@ -256,7 +140,7 @@ impl Daemon {
             ready_reason: self.readiness.reason(),
             draining: self.readiness.draining.load(Ordering::Relaxed),
             log_level: self.log.current(),
-            cluster: self.cluster().await.map(to_json),
+            cluster,
             actors,
         }))
     }
@@ -472,11 +356,11 @@ impl Daemon {
             );
         };
         let FaultKind::Panic = kind;
-        let sent = match kind_of(&cell) {
-            "normalizer" => ActorRef::<NormalizerMsg>::from(cell)
+        let sent = match child.kind {
+            ChildKind::Normalizer => ActorRef::<NormalizerMsg>::from(cell)
                 .cast(NormalizerMsg::InjectPanic)
                 .map_err(|e| e.to_string()),
-            "writer" => ActorRef::<WriterMsg>::from(cell)
+            ChildKind::Writer => ActorRef::<WriterMsg>::from(cell)
                 .cast(WriterMsg::InjectPanic)
                 .map_err(|e| e.to_string()),
             other => {
@@ -523,8 +407,8 @@ impl Daemon {
                 format!("{} is restarting; try again", child.actor),
             );
         };
-        match kind_of(&cell) {
-            "writer" => {
+        match child.kind {
+            ChildKind::Writer => {
                 let w: ActorRef<WriterMsg> = cell.into();
                 w.cast(if pause {
                     WriterMsg::Pause
