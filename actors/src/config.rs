@@ -334,7 +334,7 @@ impl Default for KafkaConfig {
             topic_prefix: String::new(),
             partitions: 6,
             replication_factor: 1,
-            max_in_flight_frames: 100_000,
+            max_in_flight_frames: 4_096,
             linger_ms: 5,
             compression: "lz4".into(),
             security_protocol: "plaintext".into(),

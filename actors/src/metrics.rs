@@ -33,6 +33,7 @@ pub struct Metrics {
     pub kafka_produce_errors: IntCounterVec,
     pub kafka_produce_latency: HistogramVec,
     pub in_flight_frames: IntGauge,
+    pub data_path_undelivered: IntCounterVec,
     pub consumer_lag: IntGaugeVec,
     pub clickhouse_rows_inserted: IntCounterVec,
     pub clickhouse_insert_duration: HistogramVec,
@@ -196,6 +197,11 @@ impl Metrics {
                     "Websocket frames whose rows Kafka has not yet acknowledged",
                 )
                 .expect("valid metric"),
+            ),
+            data_path_undelivered: counter(
+                "marketlane_data_path_undelivered_total",
+                "Messages of the data path a next hop did not take (it was down or restarting), by stage and outcome (requeued: kept and handed over again; replayed: the restarted actor gets it from the websocket's replay)",
+                &["stage", "outcome"],
             ),
             consumer_lag: gauge(
                 "marketlane_consumer_lag",

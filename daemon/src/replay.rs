@@ -150,29 +150,12 @@ impl Actor for Printer {
         state: &mut PrinterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ProducerMsg::Produce(p) => {
-                state.counts.handed_over.fetch_add(1, Ordering::Relaxed);
-                let line = serde_json::from_slice::<serde_json::Value>(&p.payload).map(|value| {
-                    if p.topic
-                        .ends_with(marketlane_protocol::schema::UNQUALIFIED_SUFFIX)
-                    {
-                        serde_json::json!({"category": p.category, "quarantined": value})
-                    } else {
-                        serde_json::json!({"category": p.category, "row": value})
-                    }
-                });
-                match line.map(|l| writeln!(state.out, "{l}")) {
-                    Ok(Ok(())) => state.pending += 1,
-                    Ok(Err(_)) => {
-                        // The buffer may hold what was not written: count it lost too.
-                        state.counts.failed.fetch_add(1, Ordering::Relaxed);
-                        state.flush();
-                    }
-                    Err(_) => {
-                        state.counts.failed.fetch_add(1, Ordering::Relaxed);
-                    }
+            ProducerMsg::ProduceAll(batch) => {
+                for p in batch {
+                    state.print(p);
                 }
             }
+            ProducerMsg::Produce(p) => state.print(p),
             // The replay's barrier: everything handed over before it is written out.
             ProducerMsg::Flush(_, reply) => {
                 let _ = reply.send(state.flush());
@@ -180,10 +163,37 @@ impl Actor for Printer {
             ProducerMsg::GetState(reply) => {
                 let _ = reply.send(Default::default());
             }
-            // Only the Kafka producer's own delivery tasks send it.
+            // Only the Kafka producer's own delivery reports send it.
             ProducerMsg::Failed(_) => {}
         }
         Ok(())
+    }
+}
+
+impl PrinterState {
+    /// Writes one handed-over message as a line (counted as printed once flushed).
+    fn print(&mut self, p: marketlane_actors::kafka::Produce) {
+        self.counts.handed_over.fetch_add(1, Ordering::Relaxed);
+        let line = serde_json::from_slice::<serde_json::Value>(&p.payload).map(|value| {
+            if p.topic
+                .ends_with(marketlane_protocol::schema::UNQUALIFIED_SUFFIX)
+            {
+                serde_json::json!({"category": p.category, "quarantined": value})
+            } else {
+                serde_json::json!({"category": p.category, "row": value})
+            }
+        });
+        match line.map(|l| writeln!(self.out, "{l}")) {
+            Ok(Ok(())) => self.pending += 1,
+            Ok(Err(_)) => {
+                // The buffer may hold what was not written: count it lost too.
+                self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                self.flush();
+            }
+            Err(_) => {
+                self.counts.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 

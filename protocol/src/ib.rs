@@ -371,10 +371,16 @@ fn json_i64(v: &Value) -> Option<i64> {
 /// well formed (the gateway sends some data frames as binary), and quarantined otherwise.
 pub fn parse_frame(bytes: &[u8]) -> Result<InboundFrame, FrameError> {
     let text = std::str::from_utf8(bytes).map_err(|_| FrameError::NotUtf8)?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| FrameError::NotJson(e.to_string()))?;
-    let Value::Object(mut obj) = value else {
-        return Err(FrameError::NotAnObject);
+    // Straight into the sorted map the frame keeps (no JSON object built and copied first);
+    // only input that is not an object is parsed again, for the error it gets.
+    let mut obj: BTreeMap<String, Value> = match serde_json::from_str(text) {
+        Ok(obj) => obj,
+        Err(_) => {
+            return Err(match serde_json::from_str::<Value>(text) {
+                Err(e) => FrameError::NotJson(e.to_string()),
+                Ok(_) => FrameError::NotAnObject,
+            });
+        }
     };
     let topic = obj
         .get("topic")
@@ -462,7 +468,7 @@ pub fn parse_frame(bytes: &[u8]) -> Result<InboundFrame, FrameError> {
             Ok(InboundFrame::MarketData(MarketDataFrame {
                 conid,
                 updated_ms,
-                fields: obj.into_iter().collect(),
+                fields: obj,
             }))
         }
         t if t.starts_with("sbd") => {

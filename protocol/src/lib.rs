@@ -1,6 +1,7 @@
 //! Wire types of marketlane, shared by the actors, the daemon and the tests:
 //! - [`schema`]: category schemas loaded from `schemas/` (topics, validation, DDL source);
 //! - [`row`]: category rows, deterministic row ids, quarantine records;
+//! - [`typed_row`]: the connector's rows as borrowed typed values, checked and written in one pass;
 //! - [`clickhouse`]: version-aware DDL and RowBinary encoding;
 //! - [`wire_row`]: a row's wire JSON straight to RowBinary (the ClickHouse writer's path);
 //! - [`ib`]: Interactive Brokers Client Portal messages and value parsers;
@@ -13,10 +14,12 @@ pub mod control;
 pub mod ib;
 pub mod row;
 pub mod schema;
+pub mod typed_row;
 pub mod wire_row;
 
 pub use row::{RowError, RowMap, UnqualifiedRecord, row_id, tick_row_id};
 pub use schema::{CategorySchema, Dtype, FieldSpec, SchemaError, SchemaSet};
+pub use typed_row::{RowId, Scalar, TypedRow};
 
 /// Well-known category names (the schemas may define more).
 pub mod category {

@@ -19,7 +19,7 @@ pub const STATE_OK: &str = "ok";
 pub const STATE_MISSING: &str = "missing";
 
 /// Namespace of marketlane's v5 row ids (fixed forever: changing it changes every row id).
-const ROW_ID_NAMESPACE: uuid::Uuid =
+pub(crate) const ROW_ID_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x6d61_726b_6574_6c61_6e65_2d72_6f77_6964);
 
 /// A deterministic row id: the same source event always gives the same id, on any pod and on

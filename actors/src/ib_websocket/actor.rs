@@ -24,7 +24,7 @@ use crate::backpressure::{Inflight, InflightLimit};
 use crate::config::IbConfig;
 use crate::ib_session::SessionMsg;
 use crate::metrics::Metrics;
-use crate::names::{ActorNames, IB_SESSION};
+use crate::names::{ActorNames, IB_SESSION, L2_NORMALIZER};
 use crate::normalizer::{InstrumentMap, NormalizerMsg, RowEmitter};
 
 #[derive(RactorMessage)]
@@ -133,6 +133,15 @@ pub struct WsState {
     last_nudge: Option<Instant>,
     /// Frames a restarted normalizer gets again (`unacked.rs`).
     unacked: super::unacked::Unacked,
+    /// The normalizers by name, looked up again only after a cast failed (a restart).
+    targets: Vec<Target>,
+}
+
+struct Target {
+    name: String,
+    /// The book normalizer: the only one `sbd` ladders go to.
+    books: bool,
+    actor: Option<ActorRef<NormalizerMsg>>,
 }
 
 pub struct IbWebsocket;
@@ -157,8 +166,16 @@ impl Actor for IbWebsocket {
         if let Some(s) = args.names.lookup::<SessionMsg>(IB_SESSION) {
             let _ = s.cast(SessionMsg::Announce);
         }
+        let targets = args
+            .normalizers
+            .iter()
+            .map(|name| Target {
+                name: name.clone(),
+                books: name == L2_NORMALIZER,
+                actor: None,
+            })
+            .collect();
         Ok(WsState {
-            args,
             session: None,
             instruments: Arc::default(),
             conn: None,
@@ -181,6 +198,8 @@ impl Actor for IbWebsocket {
             last_nudge: None,
             // Unacknowledged frames are bounded by the permits already; the rest is the hold.
             unacked: super::unacked::Unacked::new(super::unacked::HOLD, unacked_cap),
+            targets,
+            args,
         })
     }
 
@@ -296,7 +315,16 @@ impl Actor for IbWebsocket {
                 }
             }
             WsMsg::ReplayTo(normalizer) => {
-                let frames = state.unacked.replay(&normalizer, &state.instruments);
+                let (frames, undelivered) = state.unacked.replay(&normalizer, &state.instruments);
+                if undelivered > 0 {
+                    // It failed again meanwhile: its next start asks for the replay again.
+                    state
+                        .args
+                        .metrics
+                        .data_path_undelivered
+                        .with_label_values(&["replay", "replayed"])
+                        .inc_by(undelivered);
+                }
                 info!(
                     frames,
                     evicted = state.unacked.evicted,
@@ -386,10 +414,38 @@ impl WsState {
         }
     }
 
-    fn broadcast(&self, make: impl Fn() -> NormalizerMsg) {
-        for name in &self.args.normalizers {
-            if let Some(n) = self.args.names.lookup::<NormalizerMsg>(name) {
-                let _ = n.cast(make());
+    fn broadcast(&mut self, make: impl Fn() -> NormalizerMsg) {
+        self.send_to(false, make);
+    }
+
+    /// Sends a message to every normalizer (`books_only`: to the book normalizer alone). A
+    /// normalizer that is down or restarting does not get it: counted; a restarted one asks
+    /// for the replay (`unacked.rs`), which holds every frame it may have missed.
+    fn send_to(&mut self, books_only: bool, make: impl Fn() -> NormalizerMsg) {
+        let names = &self.args.names;
+        for t in self.targets.iter_mut().filter(|t| t.books || !books_only) {
+            let mut sent = false;
+            for fresh in [false, true] {
+                if fresh || t.actor.is_none() {
+                    t.actor = names.lookup::<NormalizerMsg>(&t.name);
+                }
+                if let Some(a) = &t.actor {
+                    if a.cast(make()).is_ok() {
+                        sent = true;
+                        break;
+                    }
+                    t.actor = None;
+                }
+                if fresh {
+                    break;
+                }
+            }
+            if !sent {
+                self.args
+                    .metrics
+                    .data_path_undelivered
+                    .with_label_values(&["ws_broadcast", "replayed"])
+                    .inc();
             }
         }
     }
@@ -703,7 +759,7 @@ impl WsState {
                 self.last_data = Some(Instant::now());
                 let frame = Arc::new(book);
                 self.unacked.book(frame.clone(), received_ns, &permit);
-                self.broadcast(|| NormalizerMsg::Book {
+                self.send_to(true, || NormalizerMsg::Book {
                     frame: frame.clone(),
                     received_ns,
                     permit: permit.clone(),

@@ -164,8 +164,9 @@ pub async fn connect(
     }
 }
 
-/// Reads frames until the socket ends, taking one in-flight permit per frame first so a slow
-/// Kafka stops the reading (backpressure) instead of filling the actor's mailbox.
+/// Reads frames until the socket ends, taking one in-flight permit per frame first and then its
+/// bytes, so a slow Kafka stops the reading (backpressure) instead of filling the actor's
+/// mailbox.
 pub fn spawn_reader(
     mut stream: SplitStream<WsStream>,
     actor: ActorRef<WsMsg>,
@@ -186,6 +187,9 @@ pub fn spawn_reader(
                 Some(Ok(Message::Text(t))) => Utf8Bytes::as_str(&t).as_bytes().to_vec(),
                 Some(Ok(Message::Binary(b))) => b.to_vec(),
                 Some(Ok(_)) => continue,
+            };
+            let Some(permit) = inflight.charge(permit, data.len()).await else {
+                break "in-flight pool closed".to_string();
             };
             if actor
                 .cast(WsMsg::Frame {

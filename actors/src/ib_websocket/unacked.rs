@@ -152,12 +152,24 @@ impl Unacked {
     }
 
     /// Hands a restarted normalizer what it needs to rebuild its state and produce again the
-    /// rows of the kept frames (see the module comment). Returns the frames replayed.
-    pub fn replay(&mut self, to: &ActorRef<NormalizerMsg>, instruments: &InstrumentMap) -> usize {
+    /// rows of the kept frames (see the module comment). Returns the frames replayed and the
+    /// messages the normalizer did not take (it failed again meanwhile: its next start asks
+    /// for the replay again, which still holds them).
+    pub fn replay(
+        &mut self,
+        to: &ActorRef<NormalizerMsg>,
+        instruments: &InstrumentMap,
+    ) -> (usize, u64) {
         self.fold(Instant::now());
         let known = |c: Option<i64>| c.is_some_and(|c| instruments.contains_key(&c));
-        let _ = to.cast(NormalizerMsg::ReplayBegins);
-        let _ = to.cast(NormalizerMsg::Instruments(instruments.clone()));
+        let mut undelivered = 0u64;
+        let mut cast = |msg: NormalizerMsg| {
+            if to.cast(msg).is_err() {
+                undelivered += 1;
+            }
+        };
+        cast(NormalizerMsg::ReplayBegins);
+        cast(NormalizerMsg::Instruments(instruments.clone()));
         let mut conids: BTreeSet<i64> = self.base.keys().copied().collect();
         for k in &self.kept {
             match &k.item {
@@ -167,10 +179,10 @@ impl Unacked {
             }
         }
         conids.retain(|c| instruments.contains_key(c));
-        let _ = to.cast(NormalizerMsg::Resubscribed(conids.into_iter().collect()));
+        cast(NormalizerMsg::Resubscribed(conids.into_iter().collect()));
         for b in self.base.values() {
             if !b.awaits_snapshot && known(b.frame.conid) {
-                let _ = to.cast(NormalizerMsg::MarketData {
+                cast(NormalizerMsg::MarketData {
                     frame: Arc::new(b.frame.clone()),
                     received_ns: 0,
                     permit: Inflight::none(),
@@ -194,9 +206,9 @@ impl Unacked {
                 _ => continue,
             };
             n += usize::from(!matches!(msg, NormalizerMsg::Resubscribed(_)));
-            let _ = to.cast(msg);
+            cast(msg);
         }
-        n
+        (n, undelivered)
     }
 }
 

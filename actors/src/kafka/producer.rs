@@ -1,20 +1,31 @@
 //! The Kafka producer actor: one idempotent producer (`acks=all`) for every category topic.
-//! A row's backpressure permit is released only when Kafka has acknowledged it; a delivery
-//! that failed for a reason that can pass (broker down, leader election, timeout) is re-sent
-//! with back-off, never dropped (rows carry deterministic ids, so a re-send that Kafka had in
-//! fact stored is collapsed downstream). An error no retry can cure is not retried forever:
-//! a message too large for the broker is replaced by a bounded quarantine record, and any
-//! other (authorization, unknown topic, invalid configuration) fails the actor, so the
-//! supervisor restarts it and, if it keeps failing, the pod exits where Kubernetes shows it.
+//! Messages go to librdkafka directly from the actor (one ractor message per frame's rows);
+//! librdkafka's delivery report comes back on the producer's own polling thread
+//! ([`Delivery::delivery`]), which counts the acknowledgement and drops the row's share of the
+//! frame's backpressure permit: no task and no actor message per row. A delivery that failed
+//! for a reason that can pass (broker down, leader election, a purge while the producer is
+//! replaced) is handed back to the producer after a back-off, never dropped (rows carry
+//! deterministic ids, so a re-send that Kafka had in fact stored is collapsed downstream). An
+//! error no retry can cure is not retried forever: a message too large for the broker is
+//! replaced by a bounded quarantine record, and any other (authorization, unknown topic,
+//! invalid configuration) fails the actor, so the supervisor restarts it and, if it keeps
+//! failing, the pod exits where Kubernetes shows it.
+//!
+//! Memory: librdkafka's queue holds at most [`QUEUE_KBYTES`]; before that, the frames'
+//! permits (`backpressure.rs`) stop the websocket reader.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus::{Histogram, IntCounter};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
+use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde::Serialize;
 use tracing::{debug, error, warn};
 
@@ -24,6 +35,10 @@ use marketlane_protocol::schema::UNQUALIFIED_SUFFIX;
 use crate::backpressure::{Inflight, InflightLimit};
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
+
+/// librdkafka's local queue, in KiB (`queue.buffering.max.kbytes`): a bound on memory at any
+/// rate; the in-flight permits normally stop the reader well before it fills.
+pub const QUEUE_KBYTES: usize = 32 * 1024;
 
 /// One message to produce.
 #[derive(Debug)]
@@ -41,10 +56,12 @@ pub struct Produce {
 #[derive(RactorMessage)]
 pub enum ProducerMsg {
     Produce(Produce),
+    /// The messages of one frame, in order: one hand-over per frame, not per row.
+    ProduceAll(Vec<Produce>),
     /// Waits until everything handed over so far is acknowledged, up to the deadline (drain).
     Flush(Duration, RpcReplyPort<bool>),
     GetState(RpcReplyPort<ProducerSnapshot>),
-    /// A delivery failed for good (sent by the delivery task): the actor fails with it.
+    /// A delivery failed for good (sent by the delivery report): the actor fails with it.
     Failed(String),
 }
 
@@ -65,15 +82,182 @@ pub struct ProducerArgs {
     pub inflight: InflightLimit,
 }
 
+/// What travels with a message through librdkafka and comes back with its delivery report.
+pub struct Pending {
+    category: String,
+    event_time_ns: Option<i64>,
+    started: Instant,
+    permit: Inflight,
+    /// Failed deliveries of this message so far (its back-off).
+    attempt: u32,
+}
+
+/// Metric handles of one topic, looked up once instead of per acknowledgement.
+struct TopicMetrics {
+    produced: IntCounter,
+    latency: Histogram,
+    event_to_kafka: Histogram,
+}
+
+#[derive(Default)]
+struct Counters {
+    acknowledged: AtomicU64,
+    retries: AtomicU64,
+    too_large: AtomicU64,
+}
+
+/// The producer's context: librdkafka calls [`ProducerContext::delivery`] once per message.
+pub struct Delivery {
+    metrics: Arc<Metrics>,
+    counters: Arc<Counters>,
+    inflight: InflightLimit,
+    topics: Mutex<HashMap<String, Arc<TopicMetrics>>>,
+    /// The producer actor's registered name: a message to re-send goes to whichever actor
+    /// holds it then (a restarted producer).
+    name: Option<String>,
+    myself: ActorRef<ProducerMsg>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        match result {
+            Ok(m) => self.acknowledged(m.topic(), *pending),
+            Err((e, m)) => {
+                let pending = *pending;
+                let p = Produce {
+                    topic: m.topic().to_string(),
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    category: pending.category,
+                    event_time_ns: pending.event_time_ns,
+                    permit: pending.permit,
+                };
+                self.failed(p, pending.attempt, e);
+            }
+        }
+    }
+}
+
+impl Delivery {
+    fn topic(&self, topic: &str, category: &str) -> Arc<TopicMetrics> {
+        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = topics.get(topic) {
+            return t.clone();
+        }
+        let t = Arc::new(TopicMetrics {
+            produced: self.metrics.kafka_produced.with_label_values(&[topic]),
+            latency: self
+                .metrics
+                .kafka_produce_latency
+                .with_label_values(&[topic]),
+            event_to_kafka: self
+                .metrics
+                .event_to_sink_latency
+                .with_label_values(&[category, "kafka"]),
+        });
+        topics.insert(topic.to_string(), t.clone());
+        t
+    }
+
+    fn acknowledged(&self, topic: &str, p: Pending) {
+        self.counters.acknowledged.fetch_add(1, Ordering::Relaxed);
+        let t = self.topic(topic, &p.category);
+        t.produced.inc();
+        t.latency.observe(p.started.elapsed().as_secs_f64());
+        if let Some(at) = p.event_time_ns {
+            let lag = (marketlane_protocol::now_ns() - at).max(0) as f64 / 1e9;
+            t.event_to_kafka.observe(lag);
+        }
+        drop(p.permit);
+        self.metrics
+            .in_flight_frames
+            .set(self.inflight.in_flight() as i64);
+    }
+
+    fn failed(&self, p: Produce, attempt: u32, e: &KafkaError) {
+        count_error(&self.metrics, &p.topic, e);
+        match classify(e) {
+            Verdict::Retry => {
+                warn!(topic = %p.topic, error = %e, attempt, "delivery failed; re-sending");
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                self.resend(p, attempt + 1);
+            }
+            Verdict::TooLarge => {
+                let failed = format!("kafka: {e}");
+                match too_large(&self.metrics, &self.counters.too_large, p, e) {
+                    // The quarantine record goes the normal way (and keeps the frame's
+                    // permit until Kafka has it).
+                    Some(q) => self.resend(q, 0),
+                    None => self.fail(failed),
+                }
+            }
+            Verdict::Fatal => {
+                error!(topic = %p.topic, error = %e, "delivery failed for good");
+                self.fail(format!("kafka: delivery to {} failed: {e}", p.topic));
+                // The row stays held (its permit too) and goes to the restarted producer: if
+                // the error persists, the supervisor's escalation ends the pod, not a drop.
+                self.resend(p, attempt + 1);
+            }
+        }
+    }
+
+    fn fail(&self, why: String) {
+        // The actor is gone already only if it failed for another message: nothing to add.
+        let _ = self.myself.cast(ProducerMsg::Failed(why));
+    }
+
+    /// Hands `p` back to the producer actor after the back-off of its attempt (100 ms · 2^n,
+    /// at most 5 s; none for a first attempt), waiting for a producer while it is restarted.
+    fn resend(&self, p: Produce, attempt: u32) {
+        let backoff = if attempt == 0 {
+            Duration::ZERO
+        } else {
+            (Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(6) - 1))
+                .min(Duration::from_secs(5))
+        };
+        let name = self.name.clone();
+        let myself = self.myself.clone();
+        let metrics = self.metrics.clone();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(backoff).await;
+            let mut p = p;
+            let mut first = true;
+            loop {
+                let target = name
+                    .as_ref()
+                    .and_then(|n| ractor::registry::where_is(n.clone()))
+                    .map(ActorRef::<ProducerMsg>::from)
+                    .unwrap_or_else(|| myself.clone());
+                match target.cast(ProducerMsg::Produce(p)) {
+                    Ok(()) => return,
+                    Err(ractor::MessagingErr::SendErr(ProducerMsg::Produce(back))) => p = back,
+                    Err(_) => return,
+                }
+                if first {
+                    first = false;
+                    metrics
+                        .data_path_undelivered
+                        .with_label_values(&["delivery_retry", "requeued"])
+                        .inc();
+                    warn!(topic = %p.topic, "producer restarting; holding a message to re-send");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+}
+
 pub struct ProducerState {
-    producer: FutureProducer,
+    producer: Arc<ThreadedProducer<Delivery>>,
     metrics: Arc<Metrics>,
     inflight: InflightLimit,
     produced: u64,
-    acknowledged: Arc<AtomicU64>,
-    retries: Arc<AtomicU64>,
-    too_large: Arc<AtomicU64>,
-    myself: ActorRef<ProducerMsg>,
+    counters: Arc<Counters>,
 }
 
 pub struct KafkaProducer;
@@ -88,7 +272,17 @@ impl Actor for KafkaProducer {
         myself: ActorRef<Self::Msg>,
         args: ProducerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let producer: FutureProducer = super::client_config(&args.kafka)
+        let counters = Arc::new(Counters::default());
+        let context = Delivery {
+            metrics: args.metrics.clone(),
+            counters: counters.clone(),
+            inflight: args.inflight.clone(),
+            topics: Mutex::new(HashMap::new()),
+            name: myself.get_name(),
+            myself,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let producer: ThreadedProducer<Delivery> = super::client_config(&args.kafka)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", &args.kafka.compression)
@@ -97,17 +291,14 @@ impl Actor for KafkaProducer {
             // limit, not a timeout, bounds what waits.
             .set("message.timeout.ms", "0")
             .set("queue.buffering.max.messages", "1000000")
-            .set("queue.buffering.max.kbytes", "1048576")
-            .create()?;
+            .set("queue.buffering.max.kbytes", QUEUE_KBYTES.to_string())
+            .create_with_context(context)?;
         Ok(ProducerState {
-            producer,
+            producer: Arc::new(producer),
             metrics: args.metrics,
             inflight: args.inflight,
             produced: 0,
-            acknowledged: Arc::new(AtomicU64::new(0)),
-            retries: Arc::new(AtomicU64::new(0)),
-            too_large: Arc::new(AtomicU64::new(0)),
-            myself,
+            counters,
         })
     }
 
@@ -122,6 +313,12 @@ impl Actor for KafkaProducer {
                 state.produced += 1;
                 send(state, p).await?;
             }
+            ProducerMsg::ProduceAll(batch) => {
+                state.produced += batch.len() as u64;
+                for p in batch {
+                    send(state, p).await?;
+                }
+            }
             ProducerMsg::Flush(deadline, reply) => {
                 let producer = state.producer.clone();
                 let done = tokio::task::spawn_blocking(move || producer.flush(deadline).is_ok())
@@ -130,12 +327,13 @@ impl Actor for KafkaProducer {
                 let _ = reply.send(done);
             }
             ProducerMsg::GetState(reply) => {
+                let c = &state.counters;
                 let _ = reply.send(ProducerSnapshot {
                     produced: state.produced,
-                    acknowledged: state.acknowledged.load(Ordering::Relaxed),
-                    delivery_retries: state.retries.load(Ordering::Relaxed),
+                    acknowledged: c.acknowledged.load(Ordering::Relaxed),
+                    delivery_retries: c.retries.load(Ordering::Relaxed),
                     in_flight_frames: state.inflight.in_flight(),
-                    too_large: state.too_large.load(Ordering::Relaxed),
+                    too_large: c.too_large.load(Ordering::Relaxed),
                 });
             }
             ProducerMsg::Failed(why) => return Err(why.into()),
@@ -144,127 +342,82 @@ impl Actor for KafkaProducer {
     }
 }
 
-/// Hands one message to librdkafka and spawns the wait for its acknowledgement. A full local
-/// queue waits here, which stalls the mailbox and so the connector (backpressure); an error
-/// that can pass is retried with back-off (100 ms · 2^n ≤ 5 s); one that cannot is returned,
-/// failing the actor, except a message too large, which is quarantined instead.
-async fn send(state: &ProducerState, mut p: Produce) -> Result<(), ActorProcessingErr> {
-    let started = Instant::now();
+/// Hands one message to librdkafka; its delivery report does the rest ([`Delivery`]). A full
+/// local queue waits here, which stalls the mailbox and so the connector (backpressure); an
+/// error that can pass is retried with back-off (100 ms · 2^n ≤ 5 s); one that cannot is
+/// returned, failing the actor, except a message too large, which is quarantined instead.
+async fn send(state: &ProducerState, p: Produce) -> Result<(), ActorProcessingErr> {
+    let Produce {
+        mut topic,
+        mut key,
+        mut payload,
+        category,
+        event_time_ns,
+        permit,
+    } = p;
+    let mut pending = Box::new(Pending {
+        category,
+        event_time_ns,
+        started: Instant::now(),
+        permit,
+        attempt: 0,
+    });
     let mut backoff = Duration::from_millis(100);
     loop {
-        let record = FutureRecord::to(&p.topic).key(&p.key).payload(&p.payload);
-        match state.producer.send_result(record) {
-            Ok(delivery) => {
-                spawn_delivery(state, p, delivery, started);
-                return Ok(());
+        let record = BaseRecord::with_opaque_to(&topic, pending)
+            .key(&key)
+            .payload(&payload);
+        let e = match state.producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((e, record)) => {
+                pending = record.delivery_opaque;
+                e
             }
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                debug!(topic = %p.topic, "local producer queue full; waiting");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if let KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) = e {
+            debug!(%topic, "local producer queue full; waiting");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        count_error(&state.metrics, &topic, &e);
+        match classify(&e) {
+            Verdict::Retry => {
+                error!(%topic, error = %e, ?backoff, "cannot enqueue message; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-            Err((e, _)) => {
-                count_error(&state.metrics, &p.topic, &e);
-                match classify(&e) {
-                    Verdict::Retry => {
-                        error!(topic = %p.topic, error = %e, ?backoff, "cannot enqueue message; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                    Verdict::TooLarge => match too_large(&state.metrics, &state.too_large, p, &e) {
-                        Some(q) => p = q,
-                        None => return Err(format!("kafka: {e}").into()),
-                    },
-                    Verdict::Fatal => {
-                        return Err(format!("kafka: cannot produce to {}: {e}", p.topic).into());
-                    }
-                }
+            Verdict::TooLarge => {
+                let Pending {
+                    category,
+                    event_time_ns,
+                    permit,
+                    ..
+                } = *pending;
+                let p = Produce {
+                    topic,
+                    key,
+                    payload,
+                    category,
+                    event_time_ns,
+                    permit,
+                };
+                let Some(q) = too_large(&state.metrics, &state.counters.too_large, p, &e) else {
+                    return Err(format!("kafka: {e}").into());
+                };
+                (topic, key, payload) = (q.topic, q.key, q.payload);
+                pending = Box::new(Pending {
+                    category: q.category,
+                    event_time_ns: q.event_time_ns,
+                    started: Instant::now(),
+                    permit: q.permit,
+                    attempt: 0,
+                });
+            }
+            Verdict::Fatal => {
+                return Err(format!("kafka: cannot produce to {topic}: {e}").into());
             }
         }
     }
-}
-
-/// Waits for the acknowledgement of one message in the background; re-sends it while the
-/// error can pass, and tells the actor when it cannot.
-fn spawn_delivery(
-    state: &ProducerState,
-    p: Produce,
-    delivery: rdkafka::producer::DeliveryFuture,
-    started: Instant,
-) {
-    let producer = state.producer.clone();
-    let metrics = state.metrics.clone();
-    let acknowledged = state.acknowledged.clone();
-    let retries = state.retries.clone();
-    let too_large_count = state.too_large.clone();
-    let inflight = state.inflight.clone();
-    let myself = state.myself.clone();
-    tokio::spawn(async move {
-        let mut outcome = delivery.await;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match outcome {
-                Ok(Ok(_)) => break,
-                Ok(Err((e, _))) => {
-                    count_error(&metrics, &p.topic, &e);
-                    match classify(&e) {
-                        Verdict::Retry => {
-                            warn!(topic = %p.topic, error = %e, "delivery failed; re-sending");
-                        }
-                        Verdict::TooLarge => {
-                            let failed = format!("kafka: {e}");
-                            match too_large(&metrics, &too_large_count, p, &e) {
-                                Some(q) => {
-                                    // The quarantine record goes the normal way (and keeps
-                                    // the frame's permit until Kafka has it).
-                                    let _ = myself.cast(ProducerMsg::Produce(q));
-                                }
-                                None => {
-                                    let _ = myself.cast(ProducerMsg::Failed(failed));
-                                }
-                            }
-                            return;
-                        }
-                        Verdict::Fatal => {
-                            error!(topic = %p.topic, error = %e, "delivery failed for good");
-                            let _ = myself.cast(ProducerMsg::Failed(format!(
-                                "kafka: delivery to {} failed: {e}",
-                                p.topic
-                            )));
-                            return;
-                        }
-                    }
-                }
-                Err(_) => warn!(topic = %p.topic, "delivery canceled; re-sending"),
-            }
-            retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            outcome = Ok(producer
-                .send(
-                    FutureRecord::to(&p.topic).key(&p.key).payload(&p.payload),
-                    Duration::from_secs(0),
-                )
-                .await);
-        }
-        acknowledged.fetch_add(1, Ordering::Relaxed);
-        metrics
-            .kafka_produced
-            .with_label_values(&[p.topic.as_str()])
-            .inc();
-        metrics
-            .kafka_produce_latency
-            .with_label_values(&[p.topic.as_str()])
-            .observe(started.elapsed().as_secs_f64());
-        if let Some(t) = p.event_time_ns {
-            let lag = (marketlane_protocol::now_ns() - t).max(0) as f64 / 1e9;
-            metrics
-                .event_to_sink_latency
-                .with_label_values(&[p.category.as_str(), "kafka"])
-                .observe(lag);
-        }
-        drop(p.permit);
-        metrics.in_flight_frames.set(inflight.in_flight() as i64);
-    });
 }
 
 fn count_error(metrics: &Metrics, topic: &str, e: &KafkaError) {

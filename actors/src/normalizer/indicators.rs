@@ -4,12 +4,13 @@
 //! time, so they are emitted too. A field whose value cannot be read is quarantined alone; the
 //! frame's other fields still give rows.
 
+use marketlane_protocol::Scalar;
 use marketlane_protocol::category::INDICATORS;
 use marketlane_protocol::ib::{
     MarketDataFrame, field, parse_abbreviated, parse_last_price, parse_number,
 };
-use marketlane_protocol::{RowMap, row_id};
-use serde_json::{Value, json};
+use marketlane_protocol::typed_row::IdName;
+use serde_json::Value;
 use tracing::instrument;
 
 use super::{Core, Normalize, frame_json, instrument_of};
@@ -70,15 +71,15 @@ const FIELDS: &[(&str, &str, &str, Unit)] = &[
     ),
 ];
 
-fn unit_name(unit: Unit, instrument: &Instrument) -> String {
+fn unit_name(unit: Unit, instrument: &Instrument) -> &str {
     match unit {
-        Unit::Price => instrument.price_unit.clone(),
-        Unit::Percent => "1_percent".into(),
+        Unit::Price => &instrument.price_unit,
+        Unit::Percent => "1_percent",
         Unit::Volume => match instrument.sec_type {
-            SecType::Stock => "1_shares".into(),
-            SecType::Future => "1_contracts".into(),
+            SecType::Stock => "1_shares",
+            SecType::Future => "1_contracts",
         },
-        Unit::Contracts => "1_contracts".into(),
+        Unit::Contracts => "1_contracts",
     }
 }
 
@@ -139,19 +140,18 @@ async fn on_frame(core: &mut Core, frame: &MarketDataFrame, received_ns: i64, pe
     if present.is_empty() {
         return;
     }
-    let (conid, instrument) = match instrument_of(&core.instruments, frame.conid) {
-        Ok((c, i)) => (c, i.clone()),
+    let instruments = core.instruments.clone();
+    let (conid, instrument) = match instrument_of(&instruments, frame.conid) {
+        Ok(found) => found,
         Err((code, reason)) => {
             core.snapshot.quarantined += 1;
-            core.emitter
-                .quarantine(INDICATORS, code, reason, &frame_json(frame), permit)
-                .await;
+            core.quarantine(INDICATORS, code, reason, &frame_json(frame), permit);
             return;
         }
     };
     let updated_ms = frame.updated_ms.unwrap_or(received_ns / 1_000_000);
     let event_time = updated_ms.saturating_mul(1_000_000);
-    let source = core.emitter.source_system.clone();
+    let (source, instance) = (core.source.clone(), core.instance.clone());
     for (field_id, identifier, kind, unit) in present {
         let raw = &frame.fields[*field_id];
         // An empty value means IB has none: nothing to report for that field.
@@ -162,50 +162,39 @@ async fn on_frame(core: &mut Core, frame: &MarketDataFrame, received_ns: i64, pe
             Ok(v) => v,
             Err(reason) => {
                 core.snapshot.quarantined += 1;
-                core.emitter
-                    .quarantine(INDICATORS, "bad_value", reason, &frame_json(frame), permit)
-                    .await;
+                core.quarantine(INDICATORS, "bad_value", reason, &frame_json(frame), permit);
                 continue;
             }
         };
-        let mut row = RowMap::new();
-        row.insert(
-            "row_id".into(),
-            json!(row_id(
-                INDICATORS,
-                &[
-                    &source,
-                    &conid.to_string(),
-                    &updated_ms.to_string(),
-                    identifier
-                ]
-            )),
+        let id = IdName::new(INDICATORS)
+            .part(&*source)
+            .part(conid)
+            .part(updated_ms)
+            .part(identifier)
+            .id();
+        let row = [
+            ("row_id", Scalar::Str(id.as_str())),
+            ("source_system_name", Scalar::Str(&source)),
+            ("component_instance_name", Scalar::Str(&instance)),
+            ("ingestion_time", Scalar::I64(received_ns)),
+            ("market_event_time", Scalar::I64(event_time)),
+            ("symbol_identifier", Scalar::Str(&instrument.symbol)),
+            ("indicator_identifier", Scalar::Str(identifier)),
+            ("indicator_value", Scalar::f64(value)),
+            (
+                "indicator_value_unit",
+                Scalar::Str(unit_name(*unit, instrument)),
+            ),
+            ("indicator_type", Scalar::Str(kind)),
+        ];
+        let emitted = core.emit_row(
+            INDICATORS,
+            conid,
+            &instrument.symbol,
+            &row,
+            event_time,
+            permit,
         );
-        row.insert("source_system_name".into(), json!(source));
-        row.insert(
-            "component_instance_name".into(),
-            json!(core.emitter.instance),
-        );
-        row.insert("ingestion_time".into(), json!(received_ns));
-        row.insert("market_event_time".into(), json!(event_time));
-        row.insert("symbol_identifier".into(), json!(instrument.symbol));
-        row.insert("indicator_identifier".into(), json!(identifier));
-        row.insert("indicator_value".into(), json!(value));
-        row.insert(
-            "indicator_value_unit".into(),
-            json!(unit_name(*unit, &instrument)),
-        );
-        row.insert("indicator_type".into(), json!(kind));
-        let emitted = core
-            .emit_row(
-                INDICATORS,
-                conid,
-                &instrument.symbol,
-                row,
-                event_time,
-                permit,
-            )
-            .await;
         core.count(emitted);
     }
 }

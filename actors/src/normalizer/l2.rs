@@ -18,9 +18,10 @@
 
 use std::collections::HashMap;
 
+use marketlane_protocol::Scalar;
 use marketlane_protocol::category::L2;
 use marketlane_protocol::ib::{BookFrame, MarketDataFrame, field, parse_number};
-use marketlane_protocol::{RowMap, row_id};
+use marketlane_protocol::typed_row::IdName;
 use serde_json::{Value, json};
 use tracing::instrument;
 
@@ -84,7 +85,27 @@ struct Level<'a> {
     size: Option<f64>,
     l2_time: i64,
     /// What identifies the event besides side and level (IB `_updated`, or receive time).
-    event_key: String,
+    event_key: EventKey<'a>,
+}
+
+/// The event part of an l2 row id: IB's `_updated` of a quote, or a ladder's receive time on
+/// this pod (`sbd-<instance>-<received_ns>`).
+#[derive(Clone, Copy)]
+enum EventKey<'a> {
+    Updated(i64),
+    Ladder { instance: &'a str, received_ns: i64 },
+}
+
+impl std::fmt::Display for EventKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Updated(ms) => write!(f, "{ms}"),
+            Self::Ladder {
+                instance,
+                received_ns,
+            } => write!(f, "sbd-{instance}-{received_ns}"),
+        }
+    }
 }
 
 /// The price of a ladder row: `"189.60"`, or `"300 @ 189.60"` on the last-trade row.
@@ -94,42 +115,33 @@ fn ladder_price(v: &Value) -> Option<f64> {
     parse_number(field::LAST, &Value::String(price.to_string())).ok()
 }
 
-async fn emit(core: &mut Core, conid: i64, l: Level<'_>, received_ns: i64, permit: &Inflight) {
-    let source = core.emitter.source_system.clone();
-    let mut row = RowMap::new();
-    row.insert(
-        "row_id".into(),
-        json!(row_id(
-            L2,
-            &[
-                &source,
-                &conid.to_string(),
-                &l.event_key,
-                l.side,
-                &l.level.to_string()
-            ]
-        )),
-    );
-    row.insert("source_system_name".into(), json!(source));
-    row.insert(
-        "component_instance_name".into(),
-        json!(core.emitter.instance),
-    );
-    row.insert("ingestion_time".into(), json!(received_ns));
-    row.insert("exchange_identifier".into(), json!(l.exchange));
-    row.insert("symbol_identifier".into(), json!(l.instrument.symbol));
-    row.insert("symbol_type".into(), json!(l.instrument.symbol_type()));
-    row.insert("price".into(), json!(l.price));
-    row.insert("price_unit".into(), json!(l.instrument.price_unit));
-    row.insert("size".into(), json!(l.size));
-    row.insert("size_unit".into(), json!(l.instrument.size_unit));
-    row.insert("side".into(), json!(l.side));
-    row.insert("level".into(), json!(l.level));
-    row.insert("max_level".into(), json!(l.max_level));
-    row.insert("l2_time".into(), json!(l.l2_time));
-    let emitted = core
-        .emit_row(L2, conid, &l.instrument.symbol, row, l.l2_time, permit)
-        .await;
+fn emit(core: &mut Core, conid: i64, l: Level<'_>, received_ns: i64, permit: &Inflight) {
+    let (source, instance) = (core.source.clone(), core.instance.clone());
+    let id = IdName::new(L2)
+        .part(&*source)
+        .part(conid)
+        .part(l.event_key)
+        .part(l.side)
+        .part(l.level)
+        .id();
+    let row = [
+        ("row_id", Scalar::Str(id.as_str())),
+        ("source_system_name", Scalar::Str(&source)),
+        ("component_instance_name", Scalar::Str(&instance)),
+        ("ingestion_time", Scalar::I64(received_ns)),
+        ("exchange_identifier", Scalar::opt_str(l.exchange)),
+        ("symbol_identifier", Scalar::Str(&l.instrument.symbol)),
+        ("symbol_type", Scalar::Str(l.instrument.symbol_type())),
+        ("price", Scalar::opt_f64(l.price)),
+        ("price_unit", Scalar::Str(&l.instrument.price_unit)),
+        ("size", Scalar::opt_f64(l.size)),
+        ("size_unit", Scalar::Str(&l.instrument.size_unit)),
+        ("side", Scalar::Str(l.side)),
+        ("level", Scalar::U64(u64::from(l.level))),
+        ("max_level", Scalar::U64(u64::from(l.max_level))),
+        ("l2_time", Scalar::I64(l.l2_time)),
+    ];
+    let emitted = core.emit_row(L2, conid, &l.instrument.symbol, &row, l.l2_time, permit);
     core.count(emitted);
 }
 
@@ -146,13 +158,12 @@ impl Books {
         if !QUOTE.iter().any(|f| frame.fields.contains_key(*f)) {
             return;
         }
-        let (conid, instrument) = match instrument_of(&core.instruments, frame.conid) {
-            Ok((c, i)) => (c, i.clone()),
+        let instruments = core.instruments.clone();
+        let (conid, instrument) = match instrument_of(&instruments, frame.conid) {
+            Ok(found) => found,
             Err((code, reason)) => {
                 core.snapshot.quarantined += 1;
-                core.emitter
-                    .quarantine(L2, code, reason, &frame_json(frame), permit)
-                    .await;
+                core.quarantine(L2, code, reason, &frame_json(frame), permit);
                 return;
             }
         };
@@ -166,9 +177,7 @@ impl Books {
                     Ok(x) => parsed[i] = Some(Some(x)),
                     Err(e) => {
                         core.snapshot.quarantined += 1;
-                        core.emitter
-                            .quarantine(L2, "bad_value", e.to_string(), &frame_json(frame), permit)
-                            .await;
+                        core.quarantine(L2, "bad_value", e.to_string(), &frame_json(frame), permit);
                         return;
                     }
                 },
@@ -199,7 +208,7 @@ impl Books {
             ("ask", book.ask, book.ask_size),
         ] {
             let level = Level {
-                instrument: &instrument,
+                instrument,
                 exchange: Some(instrument.exchange.as_str()),
                 side,
                 level: 1,
@@ -207,9 +216,9 @@ impl Books {
                 price,
                 size,
                 l2_time,
-                event_key: updated_ms.to_string(),
+                event_key: EventKey::Updated(updated_ms),
             };
-            emit(core, conid, level, received_ns, permit).await;
+            emit(core, conid, level, received_ns, permit);
         }
     }
 }
@@ -223,13 +232,12 @@ async fn on_ladder(core: &mut Core, frame: &BookFrame, received_ns: i64, permit:
         }))
         .unwrap_or_default()
     };
-    let (conid, instrument) = match instrument_of(&core.instruments, frame.conid) {
-        Ok((c, i)) => (c, i.clone()),
+    let instruments = core.instruments.clone();
+    let (conid, instrument) = match instrument_of(&instruments, frame.conid) {
+        Ok(found) => found,
         Err((code, reason)) => {
             core.snapshot.quarantined += 1;
-            core.emitter
-                .quarantine(L2, code, reason, &raw(), permit)
-                .await;
+            core.quarantine(L2, code, reason, &raw(), permit);
             return;
         }
     };
@@ -239,9 +247,7 @@ async fn on_ladder(core: &mut Core, frame: &BookFrame, received_ns: i64, permit:
         let Some(price) = r.price.as_ref().and_then(ladder_price) else {
             core.snapshot.quarantined += 1;
             let reason = format!("ladder row {}: unreadable price {:?}", r.row, r.price);
-            core.emitter
-                .quarantine(L2, "bad_value", reason, &raw(), permit)
-                .await;
+            core.quarantine(L2, "bad_value", reason, &raw(), permit);
             return;
         };
         for (side, v) in [(&mut bids, &r.bid), (&mut asks, &r.ask)] {
@@ -250,9 +256,7 @@ async fn on_ladder(core: &mut Core, frame: &BookFrame, received_ns: i64, permit:
                     Ok(size) => side.push((price, size)),
                     Err(e) => {
                         core.snapshot.quarantined += 1;
-                        core.emitter
-                            .quarantine(L2, "bad_value", e.to_string(), &raw(), permit)
-                            .await;
+                        core.quarantine(L2, "bad_value", e.to_string(), &raw(), permit);
                         return;
                     }
                 }
@@ -265,8 +269,9 @@ async fn on_ladder(core: &mut Core, frame: &BookFrame, received_ns: i64, permit:
     for (side, levels) in [("bid", &bids), ("ask", &asks)] {
         let max_level = u32::try_from(levels.len()).unwrap_or(u32::MAX);
         for (i, (price, size)) in levels.iter().enumerate() {
+            let instance = core.instance.clone();
             let level = Level {
-                instrument: &instrument,
+                instrument,
                 exchange: None,
                 side,
                 level: u32::try_from(i + 1).unwrap_or(u32::MAX),
@@ -274,9 +279,12 @@ async fn on_ladder(core: &mut Core, frame: &BookFrame, received_ns: i64, permit:
                 price: Some(*price),
                 size: Some(*size),
                 l2_time: received_ns,
-                event_key: format!("sbd-{}-{received_ns}", core.emitter.instance),
+                event_key: EventKey::Ladder {
+                    instance: &instance,
+                    received_ns,
+                },
             };
-            emit(core, conid, level, received_ns, permit).await;
+            emit(core, conid, level, received_ns, permit);
         }
     }
 }

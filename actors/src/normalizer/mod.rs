@@ -1,7 +1,9 @@
 //! Normalizers: one actor per category turns IB's stateful delta frames into stateless category
-//! rows. They share one message type (the websocket broadcasts the same frames to each) and the
-//! [`RowEmitter`], which validates every row against its schema and sends it to Kafka, or to
-//! `<category>_unqualified` with the reason when it does not qualify.
+//! rows. They share one message type (the websocket sends `smd` frames to each, `sbd` ladders
+//! to the l2 normalizer only) and the [`RowEmitter`], which checks every row against its schema
+//! and writes it to its wire JSON in one pass (`marketlane_protocol::typed_row`), or sends it to
+//! `<category>_unqualified` with the reason when it does not qualify. The messages of one frame
+//! go to the producer together, in one hand-over ([`Outbox`]).
 
 mod child;
 pub mod indicators;
@@ -11,6 +13,9 @@ pub mod tick;
 #[cfg(test)]
 pub(crate) mod testkit;
 
+#[cfg(test)]
+mod golden_tests;
+
 pub use child::NormalizerChild;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use marketlane_protocol::ib::{Availability, BookFrame, MarketDataFrame, field};
-use marketlane_protocol::{RowMap, SchemaSet, UnqualifiedRecord};
+use marketlane_protocol::typed_row::typed_row_json;
+use marketlane_protocol::{RowMap, SchemaSet, TypedRow, UnqualifiedRecord};
+use prometheus::IntCounter;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use serde::Serialize;
@@ -96,6 +103,73 @@ pub struct Core {
     pub availability: HashMap<i64, Availability>,
     /// Restarted, waiting for the websocket's replay: live frames are ignored until then.
     pub awaiting_replay: bool,
+    /// Row columns every row of this pod carries (shared, not copied per row).
+    pub source: Arc<str>,
+    pub instance: Arc<str>,
+    /// The messages of the frame being normalized, and the cached handles to send them.
+    pub out: Outbox,
+}
+
+/// The messages of one frame, handed to the producer in one message after the frame, with the
+/// producer's reference and the metric handles cached (looked up again only when the
+/// producer was restarted).
+#[derive(Default)]
+pub struct Outbox {
+    batch: Vec<Produce>,
+    producer: Option<ActorRef<ProducerMsg>>,
+    /// By category (a normalizer emits one or two: a short list).
+    categories: Vec<(String, CategoryOut)>,
+    missing: Vec<usize>,
+}
+
+/// What every row of a category needs: its topic and its counters.
+struct CategoryOut {
+    topic: String,
+    rows: IntCounter,
+    /// `missing_fields` by field index, made on first use.
+    missing: Vec<Option<IntCounter>>,
+}
+
+impl Outbox {
+    /// Hands the frame's messages to the producer, waiting while it is being restarted: a row
+    /// is never dropped because its next hop is down for a moment.
+    pub async fn flush(&mut self, emitter: &RowEmitter) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut waited = Duration::ZERO;
+        loop {
+            if self.producer.is_none() {
+                self.producer = emitter.names.lookup::<ProducerMsg>(KAFKA_PRODUCER);
+            }
+            if let Some(producer) = self.producer.clone() {
+                match producer.cast(ProducerMsg::ProduceAll(batch)) {
+                    Ok(()) => return,
+                    Err(ractor::MessagingErr::SendErr(ProducerMsg::ProduceAll(back))) => {
+                        batch = back;
+                        self.producer = None;
+                        // Try the restarted producer at once, before waiting.
+                        if waited.is_zero() {
+                            emitter
+                                .metrics
+                                .data_path_undelivered
+                                .with_label_values(&["producer_handover", "requeued"])
+                                .inc();
+                            waited = Duration::from_millis(1);
+                            continue;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            if waited.as_secs() >= 1 && waited.as_millis() % 5_000 < 20 {
+                warn!(rows = batch.len(), "producer not available; holding rows");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += Duration::from_millis(20);
+        }
+    }
 }
 
 impl Core {
@@ -104,6 +178,21 @@ impl Core {
             Emitted::Row => self.snapshot.rows += 1,
             Emitted::Quarantined => self.snapshot.quarantined += 1,
         }
+    }
+
+    /// Sends `raw` to `<category>_unqualified` with the reason, with the frame's other messages.
+    pub fn quarantine(
+        &mut self,
+        category: &str,
+        code: &str,
+        reason: String,
+        raw: &[u8],
+        p: &Inflight,
+    ) {
+        let q = self
+            .emitter
+            .quarantine_record(category, code, reason, raw, p);
+        self.out.batch.push(q);
     }
 
     /// Keeps the availability a frame carries (a full frame, or a change).
@@ -130,12 +219,12 @@ impl Core {
     /// ladders go through here too, under the level-1 availability of their conid: IB gives
     /// ladders no availability of their own, and a user whose level 1 is delayed or frozen has
     /// no real-time entitlement for the contract.
-    pub async fn emit_row(
+    pub fn emit_row(
         &mut self,
         category: &str,
         conid: i64,
         symbol: &str,
-        row: marketlane_protocol::RowMap,
+        row: &TypedRow<'_>,
         event_time_ns: i64,
         permit: &Inflight,
     ) -> Emitted {
@@ -151,15 +240,12 @@ impl Core {
                 .with_label_values(&[category, symbol])
                 .inc();
             self.snapshot.not_realtime += 1;
-            let raw = serde_json::to_vec(&row).unwrap_or_default();
-            self.emitter
-                .quarantine(category, NOT_REALTIME, reason, &raw, permit)
-                .await;
+            let raw = typed_row_json(row);
+            self.quarantine(category, NOT_REALTIME, reason, &raw, permit);
             return Emitted::Quarantined;
         }
         self.emitter
-            .emit(category, row, event_time_ns, permit)
-            .await
+            .emit_typed(&mut self.out, category, row, event_time_ns, permit)
     }
 }
 
@@ -227,6 +313,9 @@ impl<N: Normalize> Actor for Normalizer<N> {
             .is_some_and(|ws| ws.cast(WsMsg::ReplayTo(myself.clone())).is_ok());
         let core = Core {
             awaiting_replay,
+            source: emitter.source_system.as_str().into(),
+            instance: emitter.instance.as_str().into(),
+            out: Outbox::default(),
             emitter,
             instruments: Arc::default(),
             snapshot: NormalizerSnapshot {
@@ -256,6 +345,7 @@ impl<N: Normalize> Actor for Normalizer<N> {
                 core.snapshot.frames += 1;
                 core.note_availability(&frame);
                 rule.market_data(core, &frame, received_ns, &permit).await;
+                core.out.flush(&core.emitter).await;
             }
             NormalizerMsg::Book {
                 frame,
@@ -264,6 +354,7 @@ impl<N: Normalize> Actor for Normalizer<N> {
             } => {
                 core.snapshot.frames += 1;
                 rule.book(core, &frame, received_ns, &permit).await;
+                core.out.flush(&core.emitter).await;
             }
             NormalizerMsg::Instruments(map) => {
                 core.snapshot.instruments = map.len();
@@ -388,6 +479,84 @@ impl RowEmitter {
         }
     }
 
+    /// Checks a normalizer's typed row for `category` and writes it straight to its wire JSON
+    /// (the bytes [`Self::emit`] gives for the same row as a map); the message joins the
+    /// frame's others in `out`. A row that fails its schema becomes a quarantine record.
+    pub fn emit_typed(
+        &self,
+        out: &mut Outbox,
+        category: &str,
+        row: &TypedRow<'_>,
+        event_time_ns: i64,
+        permit: &Inflight,
+    ) -> Emitted {
+        let schema = match self.schemas.get(category) {
+            Ok(s) => s,
+            Err(e) => {
+                let q = self.quarantine_record(
+                    category,
+                    "unknown_category",
+                    e.to_string(),
+                    &typed_row_json(row),
+                    permit,
+                );
+                out.batch.push(q);
+                return Emitted::Quarantined;
+            }
+        };
+        let mut payload = Vec::with_capacity(512);
+        let mut missing = std::mem::take(&mut out.missing);
+        missing.clear();
+        let checked = schema.write_typed(row, &mut payload, &mut missing);
+        let emitted = match checked {
+            Ok(()) => {
+                let at = match out.categories.iter().position(|(k, _)| k == category) {
+                    Some(at) => at,
+                    None => {
+                        let c = CategoryOut {
+                            topic: self.kafka.topic(&schema.topic()),
+                            rows: self.metrics.rows_normalized.with_label_values(&[category]),
+                            missing: vec![None; schema.fields.len()],
+                        };
+                        out.categories.push((category.to_string(), c));
+                        out.categories.len() - 1
+                    }
+                };
+                let c = &mut out.categories[at].1;
+                for &i in &missing {
+                    if let Some(slot) = c.missing.get_mut(i) {
+                        slot.get_or_insert_with(|| {
+                            self.metrics.missing_fields.with_label_values(&[
+                                category,
+                                schema.fields[i].name.as_str(),
+                                self.source_system.as_str(),
+                            ])
+                        })
+                        .inc();
+                    }
+                }
+                c.rows.inc();
+                out.batch.push(Produce {
+                    topic: c.topic.clone(),
+                    key: schema.typed_key(row).to_string(),
+                    payload,
+                    category: category.to_string(),
+                    event_time_ns: Some(event_time_ns),
+                    permit: permit.clone(),
+                });
+                Emitted::Row
+            }
+            Err(e) => {
+                let raw = typed_row_json(row);
+                let q = self.quarantine_record(category, e.code(), e.to_string(), &raw, permit);
+                out.batch.push(q);
+                Emitted::Quarantined
+            }
+        };
+        out.missing = missing;
+        emitted
+    }
+
     /// Sends `raw` to `<category>_unqualified` with the reason; counted by category and reason.
     pub async fn quarantine(
         &self,
@@ -397,6 +566,19 @@ impl RowEmitter {
         raw: &[u8],
         permit: &Inflight,
     ) {
+        let q = self.quarantine_record(category, code, reason, raw, permit);
+        self.produce(q).await;
+    }
+
+    /// The quarantine record of `raw` for `<category>_unqualified`, logged and counted.
+    pub fn quarantine_record(
+        &self,
+        category: &str,
+        code: &str,
+        reason: String,
+        raw: &[u8],
+        permit: &Inflight,
+    ) -> Produce {
         if code == NOT_REALTIME {
             // Every frame of a delayed symbol ends here: the metric and `ctl status` say it,
             // a warning per row would drown the log.
@@ -421,15 +603,14 @@ impl RowEmitter {
             "{category}{}",
             marketlane_protocol::schema::UNQUALIFIED_SUFFIX
         );
-        self.produce(Produce {
+        Produce {
             topic: self.kafka.topic(&topic),
             key: code.to_string(),
             payload: serde_json::to_vec(&rec).unwrap_or_default(),
             category: category.to_string(),
             event_time_ns: None,
             permit: permit.clone(),
-        })
-        .await;
+        }
     }
 
     /// Hands a message to the producer, waiting while it is being restarted: a row is never

@@ -35,8 +35,10 @@ impl Actor for FakeProducer {
         msg: Self::Msg,
         sink: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let ProducerMsg::Produce(p) = msg {
-            sink.lock().map_err(|e| e.to_string())?.push(p);
+        match msg {
+            ProducerMsg::Produce(p) => sink.lock().map_err(|e| e.to_string())?.push(p),
+            ProducerMsg::ProduceAll(batch) => sink.lock().map_err(|e| e.to_string())?.extend(batch),
+            _ => {}
         }
         Ok(())
     }
@@ -68,6 +70,14 @@ impl Harness {
     where
         A: Actor<Msg = NormalizerMsg, Arguments = RowEmitter>,
     {
+        Self::start_with(actor, tag, vec![aapl()]).await
+    }
+
+    /// A normalizer streaming `instruments` (all re-subscribed: their first frame seeds).
+    pub async fn start_with<A>(actor: A, tag: &str, instruments: Vec<Instrument>) -> Self
+    where
+        A: Actor<Msg = NormalizerMsg, Arguments = RowEmitter>,
+    {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let names = ActorNames::new(format!("{tag}_{}_{n}_", std::process::id()));
@@ -91,12 +101,13 @@ impl Harness {
         let (normalizer, _) = Actor::spawn(Some(names.name(tag)), actor, emitter)
             .await
             .expect("normalizer");
-        let map: InstrumentMap = Arc::new([(265_598, aapl())].into());
+        let conids: Vec<i64> = instruments.iter().map(|i| i.conid).collect();
+        let map: InstrumentMap = Arc::new(instruments.into_iter().map(|i| (i.conid, i)).collect());
         normalizer
             .cast(NormalizerMsg::Instruments(map))
             .expect("cast");
         normalizer
-            .cast(NormalizerMsg::Resubscribed(vec![265_598]))
+            .cast(NormalizerMsg::Resubscribed(conids))
             .expect("cast");
         Self {
             normalizer,

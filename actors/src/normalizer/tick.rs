@@ -21,10 +21,11 @@
 
 use std::collections::HashMap;
 
+use marketlane_protocol::Scalar;
 use marketlane_protocol::category::TICK;
 use marketlane_protocol::ib::{LastPrice, MarketDataFrame, field, parse_last_price, parse_number};
-use marketlane_protocol::{RowMap, tick_row_id};
-use serde_json::{Value, json};
+use marketlane_protocol::typed_row::tick_row_id_buf;
+use serde_json::Value;
 use tracing::{debug, instrument, warn};
 
 use super::{Core, Emitted, InstrumentMap, Normalize, frame_json, instrument_of};
@@ -107,8 +108,10 @@ impl Trades {
             return None;
         }
         let quarantine = |code: &'static str, reason: String| (code, reason);
+        // The map is shared: rows borrow the instrument from it, no copy per frame.
+        let instruments = core.instruments.clone();
         let outcome = (|| {
-            let (conid, instrument) = instrument_of(&core.instruments, frame.conid)?;
+            let (conid, instrument) = instrument_of(&instruments, frame.conid)?;
             let last = match has_last.map(parse_last_price).transpose() {
                 Ok(v) => v,
                 Err(e) => return Err(quarantine("bad_value", e.to_string())),
@@ -122,14 +125,12 @@ impl Trades {
                     Err(e) => return Err(quarantine("bad_value", e.to_string())),
                 },
             };
-            Ok((conid, instrument.clone(), last, size))
+            Ok((conid, instrument, last, size))
         })();
         let (conid, instrument, last, size) = match outcome {
             Ok(v) => v,
             Err((code, reason)) => {
-                core.emitter
-                    .quarantine(TICK, code, reason, &frame_json(frame), permit)
-                    .await;
+                core.quarantine(TICK, code, reason, &frame_json(frame), permit);
                 return Some(Emitted::Quarantined);
             }
         };
@@ -191,49 +192,32 @@ impl Trades {
         };
         let tick_time = id_ms.saturating_mul(1_000_000);
         let st = *st;
-        let mut row = RowMap::new();
-        let source = core.emitter.source_system.clone();
-        row.insert(
-            "row_id".into(),
-            json!(tick_row_id(
-                &source,
-                conid,
-                id_ms,
-                st.last,
-                st.last_size,
-                volume
-            )),
-        );
-        row.insert("source_system_name".into(), json!(source));
-        row.insert(
-            "component_instance_name".into(),
-            json!(core.emitter.instance),
-        );
-        row.insert("ingestion_time".into(), json!(received_ns));
-        row.insert("exchange_identifier".into(), json!(instrument.exchange));
-        row.insert("symbol_identifier".into(), json!(instrument.symbol));
-        row.insert("symbol_type".into(), json!(instrument.symbol_type()));
-        row.insert("price".into(), st.last.map_or(Value::Null, |p| json!(p)));
-        row.insert("price_unit".into(), json!(instrument.price_unit));
-        row.insert(
-            "size".into(),
-            st.last_size.map_or(Value::Null, |s| json!(s)),
-        );
-        row.insert("size_unit".into(), json!(instrument.trade_size_unit()));
-        row.insert("tick_time".into(), json!(tick_time));
-        Some(
-            core.emit_row(TICK, conid, &instrument.symbol, row, tick_time, permit)
-                .await,
-        )
+        let (source, instance) = (core.source.clone(), core.instance.clone());
+        let id = tick_row_id_buf(&source, conid, id_ms, st.last, st.last_size, volume);
+        let row = [
+            ("row_id", Scalar::Str(id.as_str())),
+            ("source_system_name", Scalar::Str(&source)),
+            ("component_instance_name", Scalar::Str(&instance)),
+            ("ingestion_time", Scalar::I64(received_ns)),
+            ("exchange_identifier", Scalar::Str(&instrument.exchange)),
+            ("symbol_identifier", Scalar::Str(&instrument.symbol)),
+            ("symbol_type", Scalar::Str(instrument.symbol_type())),
+            ("price", Scalar::opt_f64(st.last)),
+            ("price_unit", Scalar::Str(&instrument.price_unit)),
+            ("size", Scalar::opt_f64(st.last_size)),
+            ("size_unit", Scalar::Str(instrument.trade_size_unit())),
+            ("tick_time", Scalar::I64(tick_time)),
+        ];
+        Some(core.emit_row(TICK, conid, &instrument.symbol, &row, tick_time, permit))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::names::TICK_NORMALIZER;
     use crate::normalizer::NormalizerMsg;
     use crate::normalizer::testkit::Harness;
+    use marketlane_protocol::tick_row_id;
 
     #[tokio::test]
     async fn trades_from_deltas_table() {
