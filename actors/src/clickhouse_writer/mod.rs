@@ -4,8 +4,8 @@
 //! `sink.rs` (the ClickHouse side).
 pub mod actor;
 mod batch;
-mod consumer;
 mod child;
+mod consumer;
 pub mod retention;
 pub mod sink;
 

@@ -1,7 +1,7 @@
 //! The IB session keepalive (`ib_session/{actor.rs,io.rs,recovery.rs,state.rs}`).
 pub mod actor;
-mod io;
 mod child;
+mod io;
 pub mod recovery;
 pub mod state;
 
