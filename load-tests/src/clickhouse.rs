@@ -149,21 +149,7 @@ pub fn observe(appeared: &[(i64, u64)], prev_ns: i64, now_ns: i64, run_start_ns:
 
 /// Weighted quantile of observations (exact over the recorded latencies).
 pub fn quantile(seen: &[Seen], q: f64) -> Option<f64> {
-    let total: u64 = seen.iter().map(|s| s.count).sum();
-    if total == 0 {
-        return None;
-    }
-    let mut v: Vec<(f64, u64)> = seen.iter().map(|s| (s.latency, s.count)).collect();
-    v.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let rank = (q * total as f64).ceil().max(1.0) as u64;
-    let mut acc = 0;
-    for (l, c) in v {
-        acc += c;
-        if acc >= rank {
-            return Some(l);
-        }
-    }
-    None
+    crate::summary::quantile_with_missing(seen, 0, q)
 }
 
 #[cfg(test)]
