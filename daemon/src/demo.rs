@@ -482,7 +482,10 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<DemoOutcome> {
     let deadline = Instant::now() + Duration::from_secs(args.settle_seconds);
     let result = loop {
         let r = reconcile::reconcile(&config, &ledger, exclude).await?;
-        if (r.lost == 0 && r.duplicates == 0) || Instant::now() >= deadline {
+        // The count and the row ids are two queries: an insert between them can leave the
+        // count behind with nothing lost, so wait until the count agrees too.
+        let settled = r.lost == 0 && r.duplicates == 0 && r.clickhouse == r.emitted as u64;
+        if settled || Instant::now() >= deadline {
             break r;
         }
         println!("demo: waiting for the lane to catch up ({r})");
