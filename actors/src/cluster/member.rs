@@ -43,6 +43,7 @@ use crate::ib_session::SessionMsg;
 use crate::ib_websocket::WsMsg;
 use crate::metrics::Metrics;
 use crate::names::{self, ActorNames};
+use admission::instance_of;
 
 #[derive(Clone)]
 pub struct ClusterArgs {
@@ -179,23 +180,6 @@ impl NodeEventSubscription for SessionEvents {
     fn node_session_ready(&self, ses: NodeServerSessionInformation) {
         let _ = self.0.cast(ClusterMsg::SessionReady(peer_name(&ses)));
     }
-}
-
-/// Bounds what a peer's heartbeat claims: at most `max_budget` lines, and only configured
-/// symbols, each once, in its streaming list (a peer cannot make this pod wait on others).
-/// True when the budget was cut.
-fn bound_claims(hb: &mut Heartbeat, max_budget: u32, symbols: &[String]) -> bool {
-    let mut seen = BTreeSet::new();
-    hb.streaming
-        .retain(|s| symbols.contains(s) && seen.insert(s.clone()));
-    let cut = hb.line_budget > max_budget;
-    hb.line_budget = hb.line_budget.min(max_budget);
-    cut
-}
-
-/// The instance part of a node name `instance@host`.
-fn instance_of(node_name: &str) -> &str {
-    node_name.split('@').next().unwrap_or(node_name)
 }
 
 impl Actor for ClusterMember {
@@ -440,103 +424,6 @@ impl ClusterState {
                 }
             });
         }
-    }
-
-    /// Counts (and logs once per node and reason) a refused heartbeat or a cut-down claim.
-    fn refuse(&mut self, node: NodeId, reason: &'static str, detail: &str) {
-        *self.refused.entry(reason.to_string()).or_default() += 1;
-        self.args
-            .metrics
-            .cluster_heartbeats_refused
-            .with_label_values(&[reason])
-            .inc();
-        if self.refusals_logged.insert((node, reason)) {
-            warn!(node, reason, "{detail}");
-        } else {
-            debug!(node, reason, "{detail}");
-        }
-    }
-
-    /// Checks a heartbeat against the node it came through and bounds its claims; `None` when
-    /// it is refused.
-    async fn admit(&mut self, node: NodeId, bytes: &[u8]) -> Option<Heartbeat> {
-        if bytes.len() > MAX_HEARTBEAT_BYTES {
-            self.refuse(node, "too_large", &format!("{} bytes", bytes.len()));
-            return None;
-        }
-        let mut hb = match Heartbeat::decode(bytes) {
-            Ok(hb) => hb,
-            Err(e) => {
-                self.refuse(
-                    node,
-                    "undecodable",
-                    &format!("ignoring a cluster heartbeat: {e}"),
-                );
-                return None;
-            }
-        };
-        let sessions =
-            ractor::call_t!(self.server, NodeServerMessage::GetSessions, 500).unwrap_or_default();
-        let Some(session) = sessions.get(&node) else {
-            debug!(node, "heartbeat of a node whose session has closed");
-            return None;
-        };
-        let node_name = peer_name(session);
-        if hb.instance != instance_of(&node_name) || hb.instance == self.args.instance {
-            self.refuse(
-                node,
-                "identity",
-                &format!(
-                    "node {node_name:?} sent a heartbeat for instance {:?}; refused",
-                    hb.instance
-                ),
-            );
-            return None;
-        }
-        let me = self.config().address();
-        if hb.address == me
-            || (!self.config().peers.is_empty() && !self.config().peers.contains(&hb.address))
-        {
-            self.refuse(
-                node,
-                "address",
-                &format!(
-                    "{} claims address {:?}, not one of cluster.peers; refused",
-                    hb.instance, hb.address
-                ),
-            );
-            return None;
-        }
-        // One live node per instance and per address.
-        if let Some(p) = self.peers.values().find(|p| {
-            (p.hb.instance == hb.instance || p.hb.address == hb.address)
-                && p.node != node
-                && sessions.contains_key(&p.node)
-        }) {
-            let other = p.hb.instance.clone();
-            self.refuse(
-                node,
-                "duplicate",
-                &format!(
-                    "node {node_name:?} speaks for {} at {}, which live member {other} already holds; refused",
-                    hb.instance, hb.address
-                ),
-            );
-            return None;
-        }
-        let max = self.config().max_peer_line_budget();
-        let claimed = hb.line_budget;
-        if bound_claims(&mut hb, max, &self.args.symbols) {
-            self.refuse(
-                node,
-                "budget",
-                &format!(
-                    "{} claims {claimed} market-data lines; counted as {max} (cluster.max_peer_line_budget)",
-                    hb.instance
-                ),
-            );
-        }
-        Some(hb)
     }
 
     async fn on_heartbeat(&mut self, node: NodeId, bytes: &[u8]) {
@@ -806,34 +693,6 @@ impl ClusterState {
     }
 }
 
+mod admission;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn node_names_map_to_instances() {
-        assert_eq!(instance_of("marketlane-1@10.77.3.11"), "marketlane-1");
-        assert_eq!(instance_of("marketlane-0"), "marketlane-0");
-    }
-
-    #[test]
-    fn a_peer_claims_at_most_the_budget_and_the_configured_symbols() {
-        let mut hb = Heartbeat {
-            version: CLUSTER_PROTOCOL_VERSION,
-            instance: "intruder".into(),
-            incarnation: 1,
-            seq: 1,
-            address: "10.0.0.9:4697".into(),
-            line_budget: 1_000_000,
-            draining: false,
-            streaming: vec!["AAPL".into(), "EVIL".into(), "AAPL".into(), "CL".into()],
-        };
-        let symbols = vec!["AAPL".to_string(), "CL".to_string(), "XOM".to_string()];
-        assert!(bound_claims(&mut hb, 100, &symbols));
-        assert_eq!(hb.line_budget, 100);
-        assert_eq!(hb.streaming, vec!["AAPL".to_string(), "CL".to_string()]);
-        hb.line_budget = 40;
-        assert!(!bound_claims(&mut hb, 100, &symbols));
-        assert_eq!(hb.line_budget, 40);
-    }
-}
+mod tests;
