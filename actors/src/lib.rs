@@ -21,6 +21,8 @@ pub mod metrics;
 pub mod names;
 pub mod normalizer;
 pub mod supervisor;
+#[cfg(test)]
+mod test_rng;
 
 pub use lane::{LaneConfig, LaneError, Role};
 pub use metrics::Metrics;

@@ -138,21 +138,7 @@ fn zero_sizes_give_no_vwap_and_a_volume_of_exactly_zero() {
     assert_eq!(f.agg.sums().value(Kind::Volume), Some(0.0));
 }
 
-/// xorshift64*: seeded, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::test_rng::XorShift as Rng;
 
 #[test]
 fn incremental_windows_equal_recomputed_windows_over_random_inputs() {

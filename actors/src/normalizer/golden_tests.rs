@@ -106,25 +106,14 @@ impl Three {
     }
 }
 
-/// A small deterministic generator (xorshift64*): the stream must not change with a crate.
-struct Gen(u64);
+use crate::test_rng::XorShift as Gen;
 
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[self.below(xs.len() as u64) as usize]
-    }
+/// A price near `base`, on a 0.01 tick.
+trait Price {
+    fn price(&mut self, base: f64) -> f64;
+}
+
+impl Price for Gen {
     fn price(&mut self, base: f64) -> f64 {
         let ticks = self.below(400) as f64 - 200.0;
         ((base + ticks * 0.01) * 100.0).round() / 100.0
