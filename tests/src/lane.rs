@@ -99,7 +99,14 @@ impl Lane {
     /// Waits until every configured symbol has `per_symbol` trades in ClickHouse (and, with
     /// calculators, a value in Redis).
     pub async fn wait_streaming(&self, per_symbol: u64, timeout: Duration) -> anyhow::Result<()> {
-        let want = self.daemon.config.symbols.len();
+        // A quiet symbol never trades, so it is never stored.
+        let want = self
+            .daemon
+            .config
+            .symbols
+            .iter()
+            .filter(|s| !self.sim.quiet.contains(&s.symbol))
+            .count();
         let until = Instant::now() + timeout;
         loop {
             let stored = self.stored_per_symbol().await;

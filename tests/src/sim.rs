@@ -60,6 +60,12 @@ impl SimBuilder {
             args.extend(["--username".into(), u.clone()]);
         }
         args.extend(self.args.iter().cloned());
+        let quiet = self
+            .args
+            .windows(2)
+            .filter(|w| w[0] == "--quiet-symbol")
+            .map(|w| w[1].clone())
+            .collect();
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let log = dir.join("sim.log");
         let proc = Proc::spawn(&refs, &log)?;
@@ -67,6 +73,7 @@ impl SimBuilder {
             port,
             ledger,
             log,
+            quiet,
             proc,
         })
     }
@@ -77,6 +84,8 @@ pub struct Sim {
     pub port: u16,
     pub ledger: PathBuf,
     pub log: PathBuf,
+    /// Symbols started with `--quiet-symbol`: they never trade.
+    pub quiet: Vec<String>,
     proc: Proc,
 }
 

@@ -484,34 +484,28 @@ async fn row09_redis_down() {
 /// frames.
 #[tokio::test(flavor = "multi_thread")]
 async fn row10_malformed_input() {
-    let lane = start("row10_", SimBuilder::new(SEED), |c| c).await;
+    // The bad trades are for CVX, which the simulator keeps quiet (nothing after its first
+    // frame). A trading symbol would race them: a real trade sent between the test's clock
+    // read and the injection carries a later `_updated`, and the connector rightly drops the
+    // bad frame as an older update, so no `missing_field` would ever be seen. Quiet, CVX also
+    // has no later trade whose merged row the bad frames' price could change.
+    let lane = start(
+        "row10_",
+        SimBuilder::new(SEED).args(&["--quiet-symbol", "CVX"]),
+        |c| c,
+    )
+    .await;
     let since = Instant::now();
     let t = now_ms();
-    // The bad trades carry AAPL's current last price (its latest ledger trade): a trade row's
-    // id holds the merged price, and a made-up price would stay in the connector's state (IB
-    // sends a price only when it changes) while the simulator, which never sent it, goes on
-    // from its own.
-    let entries: Vec<serde_json::Value> =
-        reqwest::get(format!("{}/sim/ledger/entries", lane.sim.gateway_url()))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-    let last = entries
-        .iter()
-        .rev()
-        .find(|e| e["kind"] == "trade" && e["conid"] == 265598)
-        .and_then(|e| e["price"].as_f64())
-        .expect("an AAPL trade in the ledger");
+    let last = "158.25";
     for fault in [
         json!({"kind": "malformed_frame"}),
         json!({"kind": "non_utf8_frame"}),
         json!({"kind": "raw_frame", "text": format!(
-            r#"{{"topic":"smd+265598","conid":265598,"_updated":{t},"31":"{last}","7059":""}}"#
+            r#"{{"topic":"smd+5932","conid":5932,"_updated":{t},"31":"{last}","7059":""}}"#
         )}),
         json!({"kind": "raw_frame", "text": format!(
-            r#"{{"topic":"smd+265598","conid":265598,"_updated":{},"31":"{last}","7059":"ten"}}"#,
+            r#"{{"topic":"smd+5932","conid":5932,"_updated":{},"31":"{last}","7059":"ten"}}"#,
             t + 1
         )}),
     ] {
