@@ -1,0 +1,125 @@
+//! `--compare-bin`: the side-by-side table of two binaries.
+
+use std::fmt::Write as _;
+
+use crate::stage::StageRun;
+
+use super::tables::{Steady, fmt_n, median};
+use super::{Report, Variant};
+
+impl Report {
+    /// `--compare-bin`: each figure for `before` and `after` (median over the rounds, each
+    /// run in brackets) and the ratio after / before.
+    pub(super) fn side_by_side(&self) -> String {
+        type Figure<'r> = (&'r str, Box<dyn Fn(&Variant) -> Option<f64> + 'r>);
+        let live = |f: fn(&Steady<'_>) -> Option<f64>| {
+            move |v: &Variant| v.live.and_then(|i| f(&Steady::new(&self.live[i])))
+        };
+        let stage =
+            |f: fn(&StageRun) -> f64| move |v: &Variant| v.stage.map(|i| f(&self.stages[i]));
+        let figures: Vec<Figure<'_>> = vec![
+            (
+                "rate: rows normalized /s (mean)",
+                Box::new(live(|s| s.mean(|x| x.normalized))),
+            ),
+            (
+                "rate: rows acknowledged by Kafka /s",
+                Box::new(live(|s| s.mean(|x| x.kafka))),
+            ),
+            (
+                "rate: rows acknowledged by ClickHouse /s",
+                Box::new(live(|s| s.mean(|x| x.clickhouse))),
+            ),
+            (
+                "rate: rows read by the calculators /s",
+                Box::new(live(|s| s.mean(|x| x.calculator_rows))),
+            ),
+            (
+                "rate: daemon CPU % (median)",
+                Box::new(live(|s| s.median(|x| x.daemon_cpu))),
+            ),
+            (
+                "rate: daemon CPU µs per row normalized",
+                Box::new(live(|s| {
+                    let rows = s.mean(|x| x.normalized)?;
+                    (rows > 0.0).then_some(s.mean(|x| x.daemon_cpu)? / 100.0 * 1e6 / rows)
+                })),
+            ),
+            (
+                "rate: daemon RSS MB (median)",
+                Box::new(live(|s| s.median(|x| x.rss_mb))),
+            ),
+            (
+                "rate: daemon RSS MB (max)",
+                Box::new(live(|s| s.max(|x| x.rss_mb))),
+            ),
+            (
+                "rate: consumer lag at the end",
+                Box::new(live(|s| s.s.last().map(|x| x.lag))),
+            ),
+            (
+                "rate: machine busy % (control)",
+                Box::new(live(|s| s.median(|x| x.machine_busy))),
+            ),
+            (
+                "stage: marketlane rows/s (from start)",
+                Box::new(stage(|r| r.marketlane.rows_per_sec)),
+            ),
+            (
+                "stage: marketlane rows/s (once streaming)",
+                Box::new(stage(|r| r.marketlane.sustained)),
+            ),
+            (
+                "stage: daemon CPU µs per row",
+                Box::new(stage(|r| {
+                    r.marketlane.daemon_cpu / r.rows.max(1) as f64 * 1e6
+                })),
+            ),
+            (
+                "stage: ClickHouse CPU s (marketlane's drain)",
+                Box::new(stage(|r| r.marketlane.ch_cpu)),
+            ),
+            (
+                "stage: Kafka engine rows/s from start (control)",
+                Box::new(stage(|r| r.engine.rows_per_sec)),
+            ),
+        ];
+        let mut m = String::new();
+        let rounds = self.variants.len() / 2;
+        let _ = writeln!(
+            m,
+            "\n## Side by side: `before` (`--compare-bin`) vs `after` (`--bin`)\n\n\
+             {rounds} rounds, each running `before` then `after` on the same stack and machine \
+             (the parts chosen by `--parts`). Median over the rounds, each run in brackets; \
+             ratio = after / before. The machine is shared: read the ratios, not the absolute \
+             figures.\n"
+        );
+        let _ = writeln!(
+            m,
+            "| figure | before | after | after / before |\n|---|---|---|---|"
+        );
+        for (name, f) in &figures {
+            let of = |label: &str| -> Vec<f64> {
+                self.variants
+                    .iter()
+                    .filter(|v| v.label == label)
+                    .filter_map(f)
+                    .collect()
+            };
+            let (b, a) = (of("before"), of("after"));
+            if b.is_empty() && a.is_empty() {
+                continue;
+            }
+            let cell = |v: &[f64]| {
+                let each: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+                format!("{} ({})", fmt_n(median(v.to_vec())), each.join(", "))
+            };
+            let ratio = match (median(b.clone()), median(a.clone())) {
+                (Some(b), Some(a)) if b > 0.0 => format!("{:.2}×", a / b),
+                _ => "–".into(),
+            };
+            let _ = writeln!(m, "| {name} | {} | {} | {ratio} |", cell(&b), cell(&a));
+        }
+        m
+    }
+}
