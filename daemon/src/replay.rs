@@ -178,9 +178,9 @@ impl PrinterState {
             if p.topic
                 .ends_with(marketlane_protocol::schema::UNQUALIFIED_SUFFIX)
             {
-                serde_json::json!({"category": p.category, "quarantined": value})
+                serde_json::json!({"category": &*p.category, "quarantined": value})
             } else {
-                serde_json::json!({"category": p.category, "row": value})
+                serde_json::json!({"category": &*p.category, "row": value})
             }
         });
         match line.map(|l| writeln!(self.out, "{l}")) {

@@ -43,11 +43,12 @@ pub const QUEUE_KBYTES: usize = 32 * 1024;
 /// One message to produce.
 #[derive(Debug)]
 pub struct Produce {
-    pub topic: String,
+    /// Shared with the normalizer's cache: no String per row.
+    pub topic: Arc<str>,
     pub key: String,
     pub payload: Vec<u8>,
-    /// Category of the row, for metrics.
-    pub category: String,
+    /// Category of the row, for metrics (shared like `topic`).
+    pub category: Arc<str>,
     /// Source event time (ns), for the event→Kafka latency.
     pub event_time_ns: Option<i64>,
     pub permit: Inflight,
@@ -84,7 +85,7 @@ pub struct ProducerArgs {
 
 /// What travels with a message through librdkafka and comes back with its delivery report.
 pub struct Pending {
-    category: String,
+    category: Arc<str>,
     event_time_ns: Option<i64>,
     started: Instant,
     permit: Inflight,
@@ -130,7 +131,7 @@ impl ProducerContext for Delivery {
             Err((e, m)) => {
                 let pending = *pending;
                 let p = Produce {
-                    topic: m.topic().to_string(),
+                    topic: m.topic().into(),
                     key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                     payload: m.payload().unwrap_or_default().to_vec(),
                     category: pending.category,
@@ -491,7 +492,7 @@ fn too_large(metrics: &Metrics, count: &AtomicU64, p: Produce, e: &KafkaError) -
     warn!(topic = %p.topic, bytes = p.payload.len(), "message too large for Kafka; quarantined");
     metrics
         .rows_quarantined
-        .with_label_values(&[p.category.as_str(), "producer", "too_large"])
+        .with_label_values(&[&*p.category, "producer", "too_large"])
         .inc();
     let rec = UnqualifiedRecord::new(
         &p.category,
@@ -503,7 +504,7 @@ fn too_large(metrics: &Metrics, count: &AtomicU64, p: Produce, e: &KafkaError) -
         marketlane_protocol::now_ns(),
     );
     Some(Produce {
-        topic: format!("{}{UNQUALIFIED_SUFFIX}", p.topic),
+        topic: format!("{}{UNQUALIFIED_SUFFIX}", p.topic).into(),
         key: "too_large".into(),
         payload: serde_json::to_vec(&rec).unwrap_or_default(),
         category: p.category,
@@ -575,7 +576,7 @@ mod tests {
             permit: Inflight::none(),
         };
         let q = too_large(&metrics, &count, p, &e).expect("quarantined");
-        assert_eq!(q.topic, "x_tick_market_data_unqualified");
+        assert_eq!(&*q.topic, "x_tick_market_data_unqualified");
         assert!(q.payload.len() < 256 * 1024, "{}", q.payload.len());
         let rec: UnqualifiedRecord = serde_json::from_slice(&q.payload).unwrap();
         assert_eq!(rec.reason_code, "too_large");

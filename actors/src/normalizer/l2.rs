@@ -367,7 +367,7 @@ mod tests {
             .await;
         assert_eq!(got.len(), 1);
         assert_eq!(json(&got[0])["reason_code"], "bad_value");
-        assert_eq!(got[0].topic, "l2_market_data_unqualified");
+        assert_eq!(&*got[0].topic, "l2_market_data_unqualified");
         h.stop();
     }
 

@@ -118,13 +118,14 @@ pub struct Outbox {
     batch: Vec<Produce>,
     producer: Option<ActorRef<ProducerMsg>>,
     /// By category (a normalizer emits one or two: a short list).
-    categories: Vec<(String, CategoryOut)>,
+    categories: Vec<CategoryOut>,
     missing: Vec<usize>,
 }
 
 /// What every row of a category needs: its topic and its counters.
 struct CategoryOut {
-    topic: String,
+    topic: Arc<str>,
+    category: Arc<str>,
     rows: IntCounter,
     /// `missing_fields` by field index, made on first use.
     missing: Vec<Option<IntCounter>>,
@@ -459,10 +460,10 @@ impl RowEmitter {
                     .with_label_values(&[category])
                     .inc();
                 self.produce(Produce {
-                    topic: self.kafka.topic(&schema.topic()),
+                    topic: self.kafka.topic(&schema.topic()).into(),
                     key,
                     payload,
-                    category: category.to_string(),
+                    category: category.into(),
                     event_time_ns: Some(event_time_ns),
                     permit: permit.clone(),
                 })
@@ -510,19 +511,20 @@ impl RowEmitter {
         let checked = schema.write_typed(row, &mut payload, &mut missing);
         let emitted = match checked {
             Ok(()) => {
-                let at = match out.categories.iter().position(|(k, _)| k == category) {
+                let at = match out.categories.iter().position(|c| &*c.category == category) {
                     Some(at) => at,
                     None => {
                         let c = CategoryOut {
-                            topic: self.kafka.topic(&schema.topic()),
+                            topic: self.kafka.topic(&schema.topic()).into(),
+                            category: category.into(),
                             rows: self.metrics.rows_normalized.with_label_values(&[category]),
                             missing: vec![None; schema.fields.len()],
                         };
-                        out.categories.push((category.to_string(), c));
+                        out.categories.push(c);
                         out.categories.len() - 1
                     }
                 };
-                let c = &mut out.categories[at].1;
+                let c = &mut out.categories[at];
                 for &i in &missing {
                     if let Some(slot) = c.missing.get_mut(i) {
                         slot.get_or_insert_with(|| {
@@ -540,7 +542,7 @@ impl RowEmitter {
                     topic: c.topic.clone(),
                     key: schema.typed_key(row).to_string(),
                     payload,
-                    category: category.to_string(),
+                    category: c.category.clone(),
                     event_time_ns: Some(event_time_ns),
                     permit: permit.clone(),
                 });
@@ -604,10 +606,10 @@ impl RowEmitter {
             marketlane_protocol::schema::UNQUALIFIED_SUFFIX
         );
         Produce {
-            topic: self.kafka.topic(&topic),
+            topic: self.kafka.topic(&topic).into(),
             key: code.to_string(),
             payload: serde_json::to_vec(&rec).unwrap_or_default(),
-            category: category.to_string(),
+            category: category.into(),
             event_time_ns: None,
             permit: permit.clone(),
         }
@@ -646,7 +648,7 @@ mod tests {
             .map(|p| {
                 let v = json(p);
                 let what = v["reason_code"].as_str().unwrap_or("row").to_string();
-                (p.topic.clone(), what)
+                (p.topic.to_string(), what)
             })
             .collect()
     }

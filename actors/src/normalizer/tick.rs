@@ -275,7 +275,7 @@ mod tests {
                 None => assert!(got.is_empty(), "frame {i} produced {got:?}"),
                 Some(Ok((price, size))) => {
                     assert_eq!(got.len(), 1, "frame {i}: {got:?}");
-                    assert_eq!(got[0].topic, "tick_market_data");
+                    assert_eq!(&*got[0].topic, "tick_market_data");
                     assert_eq!(got[0].key, "AAPL");
                     let row: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
                     assert_eq!(row["price"], serde_json::json!(price), "frame {i}");
@@ -302,7 +302,7 @@ mod tests {
                 }
                 Some(Err(code)) => {
                     assert_eq!(got.len(), 1, "frame {i}: {got:?}");
-                    assert_eq!(got[0].topic, "tick_market_data_unqualified");
+                    assert_eq!(&*got[0].topic, "tick_market_data_unqualified");
                     let rec: marketlane_protocol::UnqualifiedRecord =
                         serde_json::from_slice(&got[0].payload).unwrap();
                     assert_eq!(rec.reason_code, *code, "frame {i}: {}", rec.reason);
@@ -379,7 +379,7 @@ mod tests {
             for (i, f) in frames.iter().enumerate() {
                 for p in h.feed(f, received + i as i64).await {
                     let row: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
-                    assert_eq!(p.topic, "tick_market_data", "{row}");
+                    assert_eq!(&*p.topic, "tick_market_data", "{row}");
                     // A frame without _updated takes the conid's latest one, never the clock.
                     assert_eq!(row["tick_time"], 5_000_000, "{row}");
                     pod_ids.push(row["row_id"].as_str().unwrap().to_string());
