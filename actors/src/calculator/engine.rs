@@ -346,22 +346,30 @@ impl Engine {
     /// Applies one row. Returns what became of it and the specs whose value may have changed
     /// (empty when the symbol matches no spec of the row's category, or the row changed nothing).
     pub fn apply(&mut self, row: &CalcRow) -> (Applied, Vec<usize>) {
+        let mut touched = Vec::new();
+        let outcome = self.apply_into(row, &mut touched);
+        (outcome, touched)
+    }
+
+    /// [`Self::apply`] with the touched specs pushed onto `touched` (cleared first): the
+    /// worker reuses one vector instead of allocating one per row.
+    pub fn apply_into(&mut self, row: &CalcRow, touched: &mut Vec<usize>) -> Applied {
+        touched.clear();
         let specs = self.specs.clone();
         let st = self.state(row.symbol());
         let (outcome, source) = match row {
             CalcRow::Trade(t) => (st.trades.apply(t), marketlane_protocol::category::TICK),
             CalcRow::Book(b) => (st.book.apply(b), marketlane_protocol::category::L2),
         };
-        if outcome != Applied::New {
-            return (outcome, Vec::new());
+        if outcome == Applied::New {
+            touched.extend(
+                st.specs
+                    .iter()
+                    .copied()
+                    .filter(|i| specs[*i].source == source),
+            );
         }
-        let touched = st
-            .specs
-            .iter()
-            .copied()
-            .filter(|i| specs[*i].source == source)
-            .collect();
-        (outcome, touched)
+        outcome
     }
 
     /// The current value of spec `i` for `symbol`, `None` before the symbol's first row.

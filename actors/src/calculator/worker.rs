@@ -8,12 +8,13 @@
 //! `pending` (at most one per key, so memory is bounded by the key count), the windows keep
 //! being updated, and the write is retried with back-off until Redis is back.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use marketlane_protocol::category::INDICATORS;
+use marketlane_protocol::category::{INDICATORS, L2, TICK};
 use marketlane_protocol::{RowMap, row_id};
+use prometheus::IntCounter;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use serde::Serialize;
@@ -81,8 +82,13 @@ pub struct WorkerState {
     shared: Arc<Shared>,
     engine: Engine,
     sink: RedisSink,
-    /// (spec, symbol) whose value may have changed since the last flush.
-    dirty: BTreeSet<(usize, String)>,
+    /// Specs per symbol whose value may have changed since the last flush: keyed by symbol so
+    /// a symbol touched again within the interval costs a lookup, not a String.
+    dirty: HashMap<String, Vec<usize>>,
+    /// Reused by `apply` for the specs one row touched.
+    touched: Vec<usize>,
+    /// `calculator_rows` by [category][outcome], looked up once.
+    row_counters: [[IntCounter; 3]; 2],
     /// Values not yet in Redis, by key: the newest wins (coalescing).
     pending: HashMap<(usize, String), Update>,
     retry_backoff: Duration,
@@ -124,13 +130,23 @@ impl Actor for CalculatorWorker {
             }
         }
         myself.send_after(c.coalesce_interval, || WorkerMsg::Flush);
+        let row_counters = [TICK, L2].map(|category| {
+            [Applied::New, Applied::Duplicate, Applied::Late].map(|o| {
+                args.shared
+                    .metrics
+                    .calculator_rows
+                    .with_label_values(&[category, o.label()])
+            })
+        });
         Ok(WorkerState {
             index: args.index,
             label: crate::names::calculator_worker(args.index),
             engine: Engine::new(args.shared.specs.clone()),
             shared: args.shared,
             sink,
-            dirty: BTreeSet::new(),
+            dirty: HashMap::new(),
+            touched: Vec::new(),
+            row_counters,
             pending: HashMap::new(),
             retry_backoff: Duration::from_millis(100),
             retry_at: None,
@@ -182,11 +198,14 @@ impl Actor for CalculatorWorker {
 impl WorkerState {
     fn forget(&mut self, category: &'static str, symbols: &[String]) {
         let specs = self.shared.specs.clone();
-        let gone = |(i, symbol): &(usize, String)| {
-            specs[*i].source == category && symbols.iter().any(|s| s == symbol)
+        let gone = |i: usize, symbol: &str| {
+            specs[i].source == category && symbols.iter().any(|s| s == symbol)
         };
-        self.dirty.retain(|k| !gone(k));
-        self.pending.retain(|k, _| !gone(k));
+        self.dirty.retain(|symbol, specs_of| {
+            specs_of.retain(|i| !gone(*i, symbol));
+            !specs_of.is_empty()
+        });
+        self.pending.retain(|(i, symbol), _| !gone(*i, symbol));
         for symbol in symbols {
             self.engine.forget(category, symbol);
         }
@@ -200,25 +219,28 @@ impl WorkerState {
     }
 
     fn apply(&mut self, rows: Vec<(CalcRow, bool)>) {
-        let metrics = &self.shared.metrics;
         for (row, live) in rows {
             let category = match row {
-                CalcRow::Trade(_) => marketlane_protocol::category::TICK,
-                CalcRow::Book(_) => marketlane_protocol::category::L2,
+                CalcRow::Trade(_) => 0,
+                CalcRow::Book(_) => 1,
             };
-            let (outcome, touched) = self.engine.apply(&row);
-            metrics
-                .calculator_rows
-                .with_label_values(&[category, outcome.label()])
-                .inc();
-            match outcome {
-                Applied::New => self.snapshot.applied += 1,
-                Applied::Duplicate => self.snapshot.duplicates += 1,
-                Applied::Late => self.snapshot.late += 1,
-            }
-            if live {
-                for i in touched {
-                    self.dirty.insert((i, row.symbol().to_string()));
+            let outcome = self.engine.apply_into(&row, &mut self.touched);
+            let (at, count) = match outcome {
+                Applied::New => (0, &mut self.snapshot.applied),
+                Applied::Duplicate => (1, &mut self.snapshot.duplicates),
+                Applied::Late => (2, &mut self.snapshot.late),
+            };
+            *count += 1;
+            self.row_counters[category][at].inc();
+            if live && !self.touched.is_empty() {
+                let specs_of = match self.dirty.get_mut(row.symbol()) {
+                    Some(v) => v,
+                    None => self.dirty.entry(row.symbol().to_string()).or_default(),
+                };
+                for &i in &self.touched {
+                    if !specs_of.contains(&i) {
+                        specs_of.push(i);
+                    }
                 }
             }
         }
@@ -228,7 +250,13 @@ impl WorkerState {
     /// Redis unless a retry back-off is running.
     async fn flush(&mut self) {
         let now = marketlane_protocol::now_ns();
-        let dirty = std::mem::take(&mut self.dirty);
+        // In (spec, symbol) order, as before the map: the rows go out in a stable order.
+        let mut dirty: Vec<(usize, String)> = self
+            .dirty
+            .drain()
+            .flat_map(|(symbol, specs_of)| specs_of.into_iter().map(move |i| (i, symbol.clone())))
+            .collect();
+        dirty.sort_unstable();
         // One share per produced row; the permit returns when Kafka acknowledged them all.
         let permit = if dirty.is_empty() {
             Inflight::none()
