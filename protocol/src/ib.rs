@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod fields;
+pub use fields::{FieldValue, Fields};
+
 /// Market-data field ids of `smd` (all sent as strings, except 83 which can be a number).
 pub mod field {
     pub const LAST: &str = "31";
@@ -57,8 +60,8 @@ pub enum Delivery {
 
 impl Availability {
     /// Reads 6509; `None` for a value that is not a non-empty string.
-    pub fn parse(v: &Value) -> Option<Self> {
-        let s = v.as_str()?.trim();
+    pub fn parse(v: &impl IbValue) -> Option<Self> {
+        let s = v.string()?.trim();
         (!s.is_empty()).then(|| Self(s.to_string()))
     }
 
@@ -265,7 +268,7 @@ pub struct MarketDataFrame {
     pub conid: Option<i64>,
     /// `_updated`, ms since the epoch.
     pub updated_ms: Option<i64>,
-    pub fields: BTreeMap<String, Value>,
+    pub fields: Fields,
 }
 
 /// One row of an `sbd` BookTrader ladder.
@@ -359,21 +362,13 @@ impl FrameError {
     }
 }
 
-fn json_i64(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
 /// Classifies one websocket frame. Binary frames are passed as bytes: they are UTF-8 JSON when
 /// well formed (the gateway sends some data frames as binary), and quarantined otherwise.
 pub fn parse_frame(bytes: &[u8]) -> Result<InboundFrame, FrameError> {
     let text = std::str::from_utf8(bytes).map_err(|_| FrameError::NotUtf8)?;
-    // Straight into the sorted map the frame keeps (no JSON object built and copied first);
-    // only input that is not an object is parsed again, for the error it gets.
-    let mut obj: BTreeMap<String, Value> = match serde_json::from_str(text) {
+    // Straight into the sorted fields the frame keeps (no JSON object built and copied
+    // first); only input that is not an object is parsed again, for the error it gets.
+    let mut obj: Fields = match serde_json::from_str(text) {
         Ok(obj) => obj,
         Err(_) => {
             return Err(match serde_json::from_str::<Value>(text) {
@@ -384,7 +379,7 @@ pub fn parse_frame(bytes: &[u8]) -> Result<InboundFrame, FrameError> {
     };
     let topic = obj
         .get("topic")
-        .and_then(Value::as_str)
+        .and_then(FieldValue::as_str)
         .unwrap_or_default()
         .to_string();
     let malformed = |message: &str| FrameError::Malformed {
@@ -397,17 +392,19 @@ pub fn parse_frame(bytes: &[u8]) -> Result<InboundFrame, FrameError> {
         });
     }
     if topic.is_empty() {
-        return match obj.get("message").and_then(Value::as_str) {
+        return match obj.get("message").and_then(FieldValue::as_str) {
             Some(m) if m.contains("waiting for session") => Ok(InboundFrame::WaitingForSession),
             // sts may also come without a topic, as a bare args object.
-            _ if obj.contains_key("args") => parse_status(obj.remove("args"), &malformed),
+            _ if obj.contains_key("args") => {
+                parse_status(obj.remove("args").map(FieldValue::into_value), &malformed)
+            }
             _ => Err(malformed("no topic")),
         };
     }
     match topic.as_str() {
         "system" => {
             if let Some(hb) = obj.get("hb") {
-                let server_ms = json_i64(hb).ok_or_else(|| malformed("hb is not a number"))?;
+                let server_ms = hb.as_i64().ok_or_else(|| malformed("hb is not a number"))?;
                 Ok(InboundFrame::Heartbeat { server_ms })
             } else if let Some(user) = obj.get("success") {
                 Ok(InboundFrame::SystemGreeting {
@@ -418,7 +415,7 @@ pub fn parse_frame(bytes: &[u8]) -> Result<InboundFrame, FrameError> {
             }
         }
         "act" => {
-            let args = obj.get("args").cloned().unwrap_or(Value::Null);
+            let args = obj.get("args").map_or(Value::Null, FieldValue::to_value);
             let accounts = args
                 .get("accounts")
                 .and_then(Value::as_array)
@@ -434,10 +431,10 @@ pub fn parse_frame(bytes: &[u8]) -> Result<InboundFrame, FrameError> {
                 .map(String::from);
             Ok(InboundFrame::Accounts { accounts, selected })
         }
-        "sts" => parse_status(obj.remove("args"), &malformed),
+        "sts" => parse_status(obj.remove("args").map(FieldValue::into_value), &malformed),
         "tic" => Ok(InboundFrame::TicReply),
         "ntf" | "blt" => {
-            let args = obj.get("args").cloned().unwrap_or(Value::Null);
+            let args = obj.get("args").map_or(Value::Null, FieldValue::to_value);
             let text = ["text", "message", "title"]
                 .iter()
                 .find_map(|k| args.get(*k).and_then(Value::as_str))
@@ -456,11 +453,14 @@ pub fn parse_frame(bytes: &[u8]) -> Result<InboundFrame, FrameError> {
             let conid = obj
                 .remove("conid")
                 .as_ref()
-                .and_then(json_i64)
+                .and_then(FieldValue::as_i64)
                 .or(topic_conid);
             let updated_ms = match obj.remove("_updated") {
                 None => None,
-                Some(v) => Some(json_i64(&v).ok_or_else(|| malformed("_updated is not a number"))?),
+                Some(v) => Some(
+                    v.as_i64()
+                        .ok_or_else(|| malformed("_updated is not a number"))?,
+                ),
             };
             for meta in ["topic", "conidEx", "server_id"] {
                 obj.remove(meta);
@@ -476,7 +476,7 @@ pub fn parse_frame(bytes: &[u8]) -> Result<InboundFrame, FrameError> {
             let account = parts.next().map(String::from);
             let conid = parts.next().and_then(|c| c.parse().ok());
             let rows: Vec<BookRow> = match obj.remove("data") {
-                Some(data) => serde_json::from_value(data)
+                Some(data) => serde_json::from_value(data.into_value())
                     .map_err(|e| malformed(&format!("bad ladder: {e}")))?,
                 None => Vec::new(),
             };
@@ -521,50 +521,89 @@ pub struct ValueError {
     pub value: String,
 }
 
-fn value_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
-    match v {
-        Value::String(s) => Some(std::borrow::Cow::Borrowed(s.as_str())),
-        Value::Number(n) => Some(std::borrow::Cow::Owned(n.to_string())),
-        _ => None,
+/// A value IB sent, as parsed into a frame's [`Fields`] or, off the hot path (ladder rows,
+/// the econ feed), a `serde_json::Value`: its text when it is a string or a number.
+pub trait IbValue: std::fmt::Display {
+    fn text(&self) -> Option<std::borrow::Cow<'_, str>>;
+    /// The value when it is a string.
+    fn string(&self) -> Option<&str>;
+}
+
+impl IbValue for FieldValue {
+    fn text(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            FieldValue::Str(s) => Some(std::borrow::Cow::Borrowed(s.as_str())),
+            FieldValue::Num(n) => Some(std::borrow::Cow::Owned(n.to_string())),
+            FieldValue::Other(_) => None,
+        }
+    }
+
+    fn string(&self) -> Option<&str> {
+        self.as_str()
+    }
+}
+
+impl IbValue for Value {
+    fn text(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            Value::String(s) => Some(std::borrow::Cow::Borrowed(s.as_str())),
+            Value::Number(n) => Some(std::borrow::Cow::Owned(n.to_string())),
+            _ => None,
+        }
+    }
+
+    fn string(&self) -> Option<&str> {
+        self.as_str()
+    }
+}
+
+/// A plain decimal with optional thousands commas; `None` unless finite. Parsed in place: a
+/// String only for the rare value with commas.
+pub fn parse_decimal(text: &str) -> Option<f64> {
+    let t = text.trim();
+    let x: f64 = if t.contains(',') {
+        t.chars()
+            .filter(|c| *c != ',')
+            .collect::<String>()
+            .parse()
+            .ok()?
+    } else {
+        t.parse().ok()?
+    };
+    x.is_finite().then_some(x)
+}
+
+fn value_error(field: &str, v: &impl IbValue) -> ValueError {
+    ValueError {
+        field: field.to_string(),
+        value: v.to_string(),
     }
 }
 
 /// Parses a plain decimal as IB sends it: a string (maybe with thousands commas) or a number.
-pub fn parse_number(field: &str, v: &Value) -> Result<f64, ValueError> {
-    let err = || ValueError {
-        field: field.to_string(),
-        value: v.to_string(),
-    };
-    let text = value_text(v).ok_or_else(err)?;
-    let cleaned: String = text.trim().chars().filter(|c| *c != ',').collect();
-    let x: f64 = cleaned.parse().map_err(|_| err())?;
-    if x.is_finite() { Ok(x) } else { Err(err()) }
+pub fn parse_number(field: &str, v: &impl IbValue) -> Result<f64, ValueError> {
+    v.text()
+        .and_then(|t| parse_decimal(&t))
+        .ok_or_else(|| value_error(field, v))
 }
 
 /// Parses field 31, with its `C` (prior close) and `H` (halted) prefixes.
-pub fn parse_last_price(v: &Value) -> Result<LastPrice, ValueError> {
-    let err = || ValueError {
-        field: field::LAST.to_string(),
-        value: v.to_string(),
-    };
-    let text = value_text(v).ok_or_else(err)?;
+pub fn parse_last_price(v: &impl IbValue) -> Result<LastPrice, ValueError> {
+    let err = || value_error(field::LAST, v);
+    let text = v.text().ok_or_else(err)?;
     let text = text.trim();
     let (kind, rest): (fn(f64) -> LastPrice, &str) = match text.as_bytes().first() {
         Some(b'C') => (LastPrice::PriorClose, &text[1..]),
         Some(b'H') => (LastPrice::Halted, &text[1..]),
         _ => (LastPrice::Trade, text),
     };
-    let x = parse_number(field::LAST, &Value::String(rest.to_string())).map_err(|_| err())?;
-    Ok(kind(x))
+    parse_decimal(rest).map(kind).ok_or_else(err)
 }
 
 /// Parses an abbreviated volume (field 87): `1.2M`, `350K`, `1,234`.
-pub fn parse_abbreviated(field: &str, v: &Value) -> Result<f64, ValueError> {
-    let err = || ValueError {
-        field: field.to_string(),
-        value: v.to_string(),
-    };
-    let text = value_text(v).ok_or_else(err)?;
+pub fn parse_abbreviated(field: &str, v: &impl IbValue) -> Result<f64, ValueError> {
+    let err = || value_error(field, v);
+    let text = v.text().ok_or_else(err)?;
     let t = text.trim();
     let (num, mult) = match t.chars().last() {
         Some('K' | 'k') => (&t[..t.len() - 1], 1e3),
@@ -572,15 +611,17 @@ pub fn parse_abbreviated(field: &str, v: &Value) -> Result<f64, ValueError> {
         Some('B' | 'b') => (&t[..t.len() - 1], 1e9),
         _ => (t, 1.0),
     };
-    parse_number(field, &Value::String(num.to_string()))
-        .map(|x| x * mult)
-        .map_err(|_| err())
+    parse_decimal(num).map(|x| x * mult).ok_or_else(err)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn fv(v: Value) -> FieldValue {
+        v.into()
+    }
 
     #[test]
     fn smd_frame_from_the_reference() {
@@ -590,13 +631,13 @@ mod tests {
         };
         assert_eq!(md.conid, Some(8314));
         assert_eq!(md.updated_ms, Some(1_712_596_911_593));
-        assert_eq!(md.fields.get("31"), Some(&json!("189.60")));
+        assert_eq!(md.fields.get("31"), Some(&fv(json!("189.60"))));
         assert!(!md.fields.contains_key("topic") && !md.fields.contains_key("conidEx"));
     }
 
     #[test]
     fn availability_codes() {
-        let a = |s: &str| Availability::parse(&json!(s)).unwrap();
+        let a = |s: &str| Availability::parse(&fv(json!(s))).unwrap();
         for (code, rt, label) in [
             ("RpB", true, "realtime"),
             ("RPB", true, "realtime"),
@@ -610,8 +651,8 @@ mod tests {
             assert_eq!(a(code).is_realtime(), rt, "{code}");
             assert_eq!(a(code).label(), label, "{code}");
         }
-        assert_eq!(Availability::parse(&json!("")), None);
-        assert_eq!(Availability::parse(&json!(1)), None);
+        assert_eq!(Availability::parse(&fv(json!(""))), None);
+        assert_eq!(Availability::parse(&fv(json!(1))), None);
     }
 
     #[test]
@@ -698,29 +739,35 @@ mod tests {
     #[test]
     fn value_quirks() {
         assert_eq!(
-            parse_last_price(&json!("189.60")).unwrap(),
+            parse_last_price(&fv(json!("189.60"))).unwrap(),
             LastPrice::Trade(189.6)
         );
         assert_eq!(
-            parse_last_price(&json!("C189.60")).unwrap(),
+            parse_last_price(&fv(json!("C189.60"))).unwrap(),
             LastPrice::PriorClose(189.6)
         );
         assert_eq!(
-            parse_last_price(&json!("H12")).unwrap(),
+            parse_last_price(&fv(json!("H12"))).unwrap(),
             LastPrice::Halted(12.0)
         );
-        assert!(parse_last_price(&json!("")).is_err());
-        assert!(parse_last_price(&json!("HX")).is_err());
-        assert_eq!(parse_number("85", &json!("1,300")).unwrap(), 1300.0);
-        assert_eq!(parse_number("83", &json!(1.25)).unwrap(), 1.25);
-        assert!(parse_number("85", &json!("NaN")).is_err());
-        assert!(parse_number("85", &json!(true)).is_err());
+        assert!(parse_last_price(&fv(json!(""))).is_err());
+        assert!(parse_last_price(&fv(json!("HX"))).is_err());
+        assert_eq!(parse_number("85", &fv(json!("1,300"))).unwrap(), 1300.0);
+        assert_eq!(parse_number("83", &fv(json!(1.25))).unwrap(), 1.25);
+        assert!(parse_number("85", &fv(json!("NaN"))).is_err());
+        assert!(parse_number("85", &fv(json!(true))).is_err());
         assert_eq!(
-            parse_abbreviated("87", &json!("1.2M")).unwrap(),
+            parse_abbreviated("87", &fv(json!("1.2M"))).unwrap(),
             1_200_000.0
         );
-        assert_eq!(parse_abbreviated("87", &json!("350K")).unwrap(), 350_000.0);
-        assert_eq!(parse_abbreviated("87", &json!("1,234")).unwrap(), 1234.0);
+        assert_eq!(
+            parse_abbreviated("87", &fv(json!("350K"))).unwrap(),
+            350_000.0
+        );
+        assert_eq!(
+            parse_abbreviated("87", &fv(json!("1,234"))).unwrap(),
+            1234.0
+        );
     }
 
     #[test]

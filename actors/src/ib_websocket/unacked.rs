@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use marketlane_protocol::ib::{BookFrame, MarketDataFrame};
+use marketlane_protocol::ib::{BookFrame, Fields, MarketDataFrame};
 use ractor::ActorRef;
 
 use crate::backpressure::{Inflight, InflightWatch};
@@ -126,12 +126,12 @@ impl Unacked {
                         frame: MarketDataFrame {
                             conid: Some(conid),
                             updated_ms: None,
-                            fields: BTreeMap::new(),
+                            fields: Fields::new(),
                         },
                         awaits_snapshot: false,
                     });
-                    for (k, v) in &f.fields {
-                        b.frame.fields.insert(k.clone(), v.clone());
+                    for (k, v) in f.fields.iter() {
+                        b.frame.fields.insert(k, v.clone());
                     }
                     if f.updated_ms.is_some() {
                         b.frame.updated_ms = f.updated_ms.max(b.frame.updated_ms);

@@ -7,10 +7,9 @@
 use marketlane_protocol::Scalar;
 use marketlane_protocol::category::INDICATORS;
 use marketlane_protocol::ib::{
-    MarketDataFrame, field, parse_abbreviated, parse_last_price, parse_number,
+    FieldValue, MarketDataFrame, field, parse_abbreviated, parse_last_price, parse_number,
 };
 use marketlane_protocol::typed_row::IdName;
-use serde_json::Value;
 use tracing::instrument;
 
 use super::{Core, Normalize, frame_json, instrument_of};
@@ -85,7 +84,7 @@ fn unit_name(unit: Unit, instrument: &Instrument) -> &str {
 
 /// Reads an indicator value: numbers with commas, K/M suffixes for 87, and the `C`/`H`
 /// prefixes IB may put on prices.
-fn read(field_id: &str, v: &Value) -> Result<f64, String> {
+fn read(field_id: &str, v: &FieldValue) -> Result<f64, String> {
     if field_id == field::VOLUME_ABBREV {
         return parse_abbreviated(field_id, v).map_err(|e| e.to_string());
     }
@@ -134,7 +133,7 @@ impl Normalize for Statistics {
 async fn on_frame(core: &mut Core, frame: &MarketDataFrame, received_ns: i64, permit: &Inflight) {
     let present: Vec<_> = FIELDS
         .iter()
-        .filter(|(f, ..)| frame.fields.contains_key(*f))
+        .filter(|(f, ..)| frame.fields.contains_key(f))
         .filter(|(f, ..)| !(*f == field::VOLUME_ABBREV && frame.fields.contains_key(field::VOLUME)))
         .collect();
     if present.is_empty() {

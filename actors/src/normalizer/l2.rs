@@ -20,7 +20,9 @@ use std::collections::HashMap;
 
 use marketlane_protocol::Scalar;
 use marketlane_protocol::category::L2;
-use marketlane_protocol::ib::{BookFrame, MarketDataFrame, field, parse_number};
+use marketlane_protocol::ib::{
+    BookFrame, FieldValue, MarketDataFrame, field, parse_decimal, parse_number,
+};
 use marketlane_protocol::typed_row::IdName;
 use serde_json::{Value, json};
 use tracing::instrument;
@@ -111,8 +113,7 @@ impl std::fmt::Display for EventKey<'_> {
 /// The price of a ladder row: `"189.60"`, or `"300 @ 189.60"` on the last-trade row.
 fn ladder_price(v: &Value) -> Option<f64> {
     let text = v.as_str()?;
-    let price = text.rsplit('@').next()?.trim();
-    parse_number(field::LAST, &Value::String(price.to_string())).ok()
+    parse_decimal(text.rsplit('@').next()?)
 }
 
 fn emit(core: &mut Core, conid: i64, l: Level<'_>, received_ns: i64, permit: &Inflight) {
@@ -155,7 +156,7 @@ impl Books {
         permit: &Inflight,
     ) {
         const QUOTE: [&str; 4] = [field::BID, field::ASK, field::BID_SIZE, field::ASK_SIZE];
-        if !QUOTE.iter().any(|f| frame.fields.contains_key(*f)) {
+        if !QUOTE.iter().any(|f| frame.fields.contains_key(f)) {
             return;
         }
         let instruments = core.instruments.clone();
@@ -169,10 +170,10 @@ impl Books {
         };
         let mut parsed = [None; 4];
         for (i, f) in QUOTE.iter().enumerate() {
-            match frame.fields.get(*f) {
+            match frame.fields.get(f) {
                 None => {}
                 // IB sends "" for a value it does not have: the level is cleared.
-                Some(Value::String(t)) if t.trim().is_empty() => parsed[i] = Some(None),
+                Some(FieldValue::Str(t)) if t.trim().is_empty() => parsed[i] = Some(None),
                 Some(v) => match parse_number(f, v) {
                     Ok(x) => parsed[i] = Some(Some(x)),
                     Err(e) => {

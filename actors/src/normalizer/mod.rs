@@ -380,7 +380,7 @@ pub fn frame_json(frame: &MarketDataFrame) -> Vec<u8> {
     let mut obj: serde_json::Map<String, serde_json::Value> = frame
         .fields
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| (k.to_string(), v.to_value()))
         .collect();
     obj.insert("conid".into(), serde_json::json!(frame.conid));
     obj.insert("_updated".into(), serde_json::json!(frame.updated_ms));

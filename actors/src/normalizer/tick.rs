@@ -23,9 +23,10 @@ use std::collections::HashMap;
 
 use marketlane_protocol::Scalar;
 use marketlane_protocol::category::TICK;
-use marketlane_protocol::ib::{LastPrice, MarketDataFrame, field, parse_last_price, parse_number};
+use marketlane_protocol::ib::{
+    FieldValue, LastPrice, MarketDataFrame, field, parse_last_price, parse_number,
+};
 use marketlane_protocol::typed_row::tick_row_id_buf;
-use serde_json::Value;
 use tracing::{debug, instrument, warn};
 
 use super::{Core, Emitted, InstrumentMap, Normalize, frame_json, instrument_of};
@@ -119,7 +120,7 @@ impl Trades {
             // IB sends "" for a value it does not have: that clears the size.
             let size = match has_size {
                 None => None,
-                Some(Value::String(t)) if t.trim().is_empty() => Some(None),
+                Some(FieldValue::Str(t)) if t.trim().is_empty() => Some(None),
                 Some(v) => match parse_number(field::LAST_SIZE, v) {
                     Ok(x) => Some(Some(x)),
                     Err(e) => return Err(quarantine("bad_value", e.to_string())),
