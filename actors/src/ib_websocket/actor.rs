@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use marketlane_protocol::category::TICK;
@@ -15,9 +15,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use rand::Rng;
 use serde::Serialize;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::connection::{self, WsSink};
+use super::liveness::{self, Liveness, Tick, Timing};
 use super::recorder::Recorder;
 use super::released::ReleasedConids;
 use crate::backpressure::{Inflight, InflightLimit};
@@ -51,7 +53,8 @@ pub enum WsMsg {
         generation: u64,
         reason: String,
     },
-    /// Once a second: watchdog, `tic`, re-subscription, reconnect after back-off.
+    /// Every 250 ms (`liveness::TICK`): watchdog, `tic`, silence check, re-subscription,
+    /// reconnect after back-off.
     Tick,
     /// Sends the instruments to every normalizer and reconnects (fresh snapshot frames).
     /// Restarted normalizers use `ReplayTo` instead, which loses nothing.
@@ -102,9 +105,6 @@ pub struct WsArgs {
 struct Connection {
     sink: WsSink,
     reader: tokio::task::JoinHandle<()>,
-    last_frame: Instant,
-    last_tic: Instant,
-    last_subscribe: Option<Instant>,
 }
 
 pub struct WsState {
@@ -113,8 +113,8 @@ pub struct WsState {
     instruments: InstrumentMap,
     conn: Option<Connection>,
     generation: u64,
-    attempt: u32,
-    retry_at: Instant,
+    /// Heartbeat, `tic`, re-subscription, silence-check and back-off timing (`liveness.rs`).
+    liveness: Liveness,
     reconnects: u64,
     last_disconnect: Option<(Instant, String)>,
     last_data: Option<Instant>,
@@ -130,9 +130,7 @@ pub struct WsState {
     silent: BTreeSet<i64>,
     /// Field 6509 per conid: sent in the first frame of a subscription and on changes only.
     availability: HashMap<i64, Availability>,
-    last_silence_check: Instant,
     recorder: Option<Recorder>,
-    last_nudge: Option<Instant>,
     /// Frames a restarted normalizer gets again (`unacked.rs`).
     unacked: super::unacked::Unacked,
     /// The normalizers by name, looked up again only after a cast failed (a restart).
@@ -158,7 +156,7 @@ impl Actor for IbWebsocket {
         myself: ActorRef<Self::Msg>,
         args: WsArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        myself.send_interval(Duration::from_millis(250), || WsMsg::Tick);
+        myself.send_interval(liveness::TICK, || WsMsg::Tick);
         let unacked_cap = args.inflight.max().saturating_add(50_000);
         let recorder = match &args.ib.record_path {
             Some(path) => Some(Recorder::open(path)?),
@@ -182,8 +180,7 @@ impl Actor for IbWebsocket {
             instruments: Arc::default(),
             conn: None,
             generation: 0,
-            attempt: 0,
-            retry_at: Instant::now(),
+            liveness: Liveness::new(Timing::from(&args.ib), Instant::now()),
             reconnects: 0,
             last_disconnect: None,
             last_data: None,
@@ -195,9 +192,7 @@ impl Actor for IbWebsocket {
             last_seen: HashMap::new(),
             silent: BTreeSet::new(),
             availability: HashMap::new(),
-            last_silence_check: Instant::now(),
             recorder,
-            last_nudge: None,
             // Unacknowledged frames are bounded by the permits already; the rest is the hold.
             unacked: super::unacked::Unacked::new(super::unacked::HOLD, unacked_cap),
             targets,
@@ -226,7 +221,7 @@ impl Actor for IbWebsocket {
                     info!("brokerage session ready; connecting websocket");
                     state.session = Some(session);
                     state.close("new session").await;
-                    state.retry_at = Instant::now();
+                    state.liveness.connect_now(Instant::now());
                 } else if state.conn.is_some() {
                     // Re-authenticated on the same session: IB ended the subscriptions when it
                     // said `authenticated:false`, so subscribe everything again.
@@ -342,9 +337,9 @@ impl Actor for IbWebsocket {
                     reconnects: state.reconnects,
                     last_disconnect_reason: state.last_disconnect.as_ref().map(|(_, r)| r.clone()),
                     seconds_since_last_frame: state
-                        .conn
-                        .as_ref()
-                        .map(|c| c.last_frame.elapsed().as_secs_f64()),
+                        .liveness
+                        .since_last_frame(Instant::now())
+                        .map(|d| d.as_secs_f64()),
                     frames: state.frames,
                     quarantined_frames: state.quarantined,
                     late_frames: state.late_frames,
@@ -442,9 +437,7 @@ impl WsState {
     async fn subscribe_all(&mut self) {
         let conids: Vec<i64> = self.instruments.keys().copied().collect();
         self.subscribe(&conids).await;
-        if let Some(c) = self.conn.as_mut() {
-            c.last_subscribe = Some(Instant::now());
-        }
+        self.liveness.subscribed(Instant::now());
     }
 
     /// `sbd` for the instruments configured with depth, once the account is known.
@@ -482,16 +475,10 @@ impl WsState {
                     self.generation,
                     self.args.inflight.clone(),
                 );
-                let now = Instant::now();
                 // Frames of an earlier connection say nothing about this one's subscriptions.
                 self.last_seen.clear();
-                self.conn = Some(Connection {
-                    sink,
-                    reader,
-                    last_frame: now,
-                    last_tic: now,
-                    last_subscribe: None,
-                });
+                self.conn = Some(Connection { sink, reader });
+                self.liveness.connected(Instant::now());
                 self.args.metrics.ws_connected.set(1);
                 info!(
                     generation = self.generation,
@@ -509,31 +496,26 @@ impl WsState {
     /// Asks the session actor to check the session now (at most every 2 s): a socket that
     /// cannot connect or is not recognised often means the gateway restarted.
     fn nudge_session(&mut self) {
-        if self
-            .last_nudge
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
-        {
+        if !self.liveness.nudge_due(Instant::now()) {
             return;
         }
-        self.last_nudge = Some(Instant::now());
         if let Some(s) = self.args.names.lookup::<SessionMsg>(IB_SESSION) {
             let _ = s.cast(SessionMsg::SocketUnauthenticated);
         }
     }
 
-    /// Jittered exponential back-off: 100 ms, 200 ms, … up to 5 s, ±50 %.
+    /// Jittered exponential back-off (`liveness::retry_delay`): 100 ms, 200 ms, … up to 5 s,
+    /// ±50 % so that pods do not reconnect in step.
     fn schedule_retry(&mut self) {
-        let base = Duration::from_millis(100) * 2u32.saturating_pow(self.attempt.min(6));
-        let base = base.min(Duration::from_secs(5));
         let jitter = rand::rng().random_range(0.5..1.5);
-        self.retry_at = Instant::now() + base.mul_f64(jitter);
-        self.attempt = self.attempt.saturating_add(1);
+        self.liveness.schedule_retry(Instant::now(), jitter);
     }
 
     async fn close(&mut self, reason: &str) {
         if let Some(mut conn) = self.conn.take() {
             conn.reader.abort();
             let _ = futures_util::SinkExt::close(&mut conn.sink).await;
+            self.liveness.closed();
             self.args.metrics.ws_connected.set(0);
             self.last_disconnect = Some((Instant::now(), reason.to_string()));
             // New generation: frames still queued from the old reader are ignored.
@@ -554,37 +536,34 @@ impl WsState {
     }
 
     async fn on_tick(&mut self, myself: &ActorRef<WsMsg>) {
-        let Some(conn) = self.conn.as_ref() else {
-            if self.session.is_some() && Instant::now() >= self.retry_at {
-                self.connect(myself).await;
+        let now = Instant::now();
+        let due = match self.liveness.tick(now) {
+            Tick::Wait => return,
+            Tick::Connect => {
+                if self.session.is_some() {
+                    self.connect(myself).await;
+                }
+                return;
             }
-            return;
+            Tick::Lost { label, silent_for } => {
+                let reason = format!(
+                    "no frame for {:.1}s (heartbeat every 10s)",
+                    silent_for.as_secs_f64()
+                );
+                self.lost(&reason, label).await;
+                return;
+            }
+            Tick::Alive(due) => due,
         };
-        let ib = &self.args.ib;
-        if conn.last_frame.elapsed() > ib.heartbeat_timeout {
-            let reason = format!(
-                "no frame for {:.1}s (heartbeat every 10s)",
-                conn.last_frame.elapsed().as_secs_f64()
-            );
-            self.lost(&reason, "heartbeat_timeout").await;
-            return;
-        }
-        if conn.last_tic.elapsed() >= ib.tic_interval {
-            if let Some(c) = self.conn.as_mut() {
-                c.last_tic = Instant::now();
-            }
+        if due.tic {
+            self.liveness.tic_sent(now);
             self.send(outbound::TIC.to_string()).await;
         }
-        if self.last_silence_check.elapsed() >= Duration::from_secs(1) {
-            self.last_silence_check = Instant::now();
+        if due.silence_check {
             self.check_silence().await;
         }
-        let due = self
-            .conn
-            .as_ref()
-            .and_then(|c| c.last_subscribe)
-            .is_some_and(|t| t.elapsed() >= self.args.ib.resubscribe_interval);
-        if due {
+        // A failed send above closed the socket: nothing to refresh.
+        if due.resubscribe && self.conn.is_some() {
             // A re-sent smd refreshes IB's expiry timer; it is not a new subscription, so the
             // normalizers are not told to expect a snapshot.
             debug!(
@@ -597,33 +576,25 @@ impl WsState {
             for conid in conids {
                 self.send(outbound::smd(conid, &fields)).await;
             }
-            if let Some(c) = self.conn.as_mut() {
-                c.last_subscribe = Some(Instant::now());
-            }
+            self.liveness.subscribed(Instant::now());
         }
     }
 
     /// Flags subscribed symbols that have been silent longer than `silent_after` (counted
     /// from the later of their last frame and the subscription) and re-requests them.
     async fn check_silence(&mut self) {
-        let Some(since) = self.conn.as_ref().and_then(|c| c.last_subscribe) else {
+        let Some(since) = self.liveness.last_subscribe() else {
             return;
         };
         let limit = self.args.ib.silent_after;
-        let newly: Vec<i64> = self
-            .instruments
-            .keys()
-            .filter(|c| !self.silent.contains(c))
-            .filter(|c| {
-                let last = self
-                    .last_seen
-                    .get(c)
-                    .copied()
-                    .map_or(since, |t| t.max(since));
-                last.elapsed() > limit
-            })
-            .copied()
-            .collect();
+        let newly = liveness::newly_silent(
+            self.instruments.keys().copied(),
+            &self.last_seen,
+            &self.silent,
+            since,
+            Instant::now(),
+            limit,
+        );
         if newly.is_empty() {
             return;
         }

@@ -3,7 +3,9 @@
 //! streams it, so those frames are dropped, not quarantined as an unknown conid.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// How long after its `umd` a released conid's frames are expected.
 pub const RELEASE_GRACE: Duration = Duration::from_secs(15);

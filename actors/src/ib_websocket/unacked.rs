@@ -16,7 +16,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use marketlane_protocol::ib::{BookFrame, Fields, MarketDataFrame};
 use ractor::ActorRef;

@@ -61,9 +61,7 @@ impl WsState {
         if let Some(r) = self.recorder.as_mut() {
             r.write(data);
         }
-        if let Some(c) = self.conn.as_mut() {
-            c.last_frame = Instant::now();
-        }
+        self.liveness.frame(Instant::now());
         let received_ns = marketlane_protocol::now_ns();
         let metrics = self.args.metrics.clone();
         let frame = match parse_frame(data) {
@@ -97,7 +95,7 @@ impl WsState {
         match frame {
             InboundFrame::SystemGreeting { username } => {
                 info!(username, "gateway greeting; subscribing");
-                self.attempt = 0;
+                self.liveness.greeted();
                 if let Some((at, _)) = &self.last_disconnect
                     && self.last_data.is_some()
                 {
