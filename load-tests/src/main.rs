@@ -1,4 +1,4 @@
-//! `marketlane-bench`: the load driver of marketlane (issue #8). It runs the simulator at a
+//! `marketlane-bench`: the load driver of marketlane. It runs the simulator at a
 //! configured rate against the daemon and the real local stack, measures rows/s per stage,
 //! latencies, RSS and CPU, recovery times, and ClickHouse's own Kafka engine on the same topic
 //! and server, and writes a markdown report with PNG plots to `load-tests/results/<run>/`.
