@@ -10,24 +10,33 @@ use serde_json::json;
 use crate::redis::redis_url;
 use crate::{free_port, kafka_bootstrap, unique, workspace_root};
 
-/// The steady-load universe: three stocks and a future.
-pub fn steady_symbols() -> Vec<SymbolConfig> {
-    let stock = |s: &str| SymbolConfig {
-        symbol: s.into(),
+/// A stock routed via SMART, without the ladder.
+pub fn stock(symbol: &str) -> SymbolConfig {
+    SymbolConfig {
+        symbol: symbol.into(),
         sec_type: SecType::Stock,
         exchange: None,
         depth: false,
-    };
+    }
+}
+
+/// A future by root symbol and its exchange (the front month streams).
+pub fn future(symbol: &str, exchange: &str) -> SymbolConfig {
+    SymbolConfig {
+        symbol: symbol.into(),
+        sec_type: SecType::Future,
+        exchange: Some(exchange.into()),
+        depth: false,
+    }
+}
+
+/// The steady-load universe: three stocks and a future.
+pub fn steady_symbols() -> Vec<SymbolConfig> {
     vec![
         stock("AAPL"),
         stock("XOM"),
         stock("CVX"),
-        SymbolConfig {
-            symbol: "CL".into(),
-            sec_type: SecType::Future,
-            exchange: Some("NYMEX".into()),
-            depth: false,
-        },
+        future("CL", "NYMEX"),
     ]
 }
 
@@ -99,6 +108,10 @@ pub struct DaemonConfig {
     pub control_socket: PathBuf,
     pub drain_deadline_secs: u64,
     pub batch_max_age_secs: f64,
+    pub schemas_dir: PathBuf,
+    /// Dotted paths ([`DaemonConfig::without`]) taken out of the generated config before
+    /// `extra` is merged: those settings are left to the daemon's defaults.
+    pub omit: Vec<String>,
     /// Merged over everything else last (e.g. a `[cluster]` section).
     pub extra: toml::Table,
 }
@@ -123,6 +136,8 @@ impl DaemonConfig {
             control_socket: dir.join(format!("{id}-0.sock")),
             drain_deadline_secs: 25,
             batch_max_age_secs: 0.3,
+            schemas_dir: workspace_root().join("schemas"),
+            omit: Vec::new(),
             extra: toml::Table::new(),
         }
     }
@@ -164,6 +179,41 @@ impl DaemonConfig {
         self
     }
 
+    /// Leaves keys or whole sections out (dotted paths: `"writer"`, `"clickhouse.url"`,
+    /// `"ib.symbols"`), so the daemon's defaults apply: for tests whose meaning is "as a pod
+    /// configured with only these keys". A path the builder does not write is a mistake and
+    /// panics when the config is rendered. [`DaemonConfig::with_toml`] and
+    /// [`DaemonConfig::extra`] still apply on top.
+    pub fn without(mut self, paths: &[&str]) -> Self {
+        self.omit.extend(paths.iter().map(|p| p.to_string()));
+        self
+    }
+
+    /// Sets the key at a dotted path (`"econ.poll_interval"`, `"log.json"`, `"calculators"`)
+    /// to `value`, for settings the builder does not model; merged over everything else last,
+    /// like [`DaemonConfig::extra`]. The daemon refuses unknown keys, so a misspelt path fails
+    /// the test.
+    pub fn with_toml(mut self, path: &str, value: impl Into<toml::Value>) -> Self {
+        let over = path.rsplit('.').fold(value.into(), |v, key| {
+            toml::Value::Table(toml::Table::from_iter([(key.to_string(), v)]))
+        });
+        if let toml::Value::Table(t) = over {
+            merge(&mut self.extra, t);
+        }
+        self
+    }
+
+    /// `host:port` of `/metrics`, `/livez` and `/readyz`.
+    pub fn http_addr(&self) -> String {
+        format!("{}:{}", self.http_host, self.http_port)
+    }
+
+    /// Writes the config to `path` and returns it.
+    pub fn write(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.to_toml()).expect("write the daemon config");
+        path.to_path_buf()
+    }
+
     pub fn to_toml(&self) -> String {
         let mut ib = toml::Table::new();
         ib.insert("gateway_url".into(), self.gateway_url.clone().into());
@@ -176,11 +226,7 @@ impl DaemonConfig {
         root.insert("instance".into(), self.instance.clone().into());
         root.insert(
             "schemas_dir".into(),
-            workspace_root()
-                .join("schemas")
-                .display()
-                .to_string()
-                .into(),
+            self.schemas_dir.display().to_string().into(),
         );
         root.insert(
             "roles".into(),
@@ -232,8 +278,24 @@ impl DaemonConfig {
         if let Some(c) = &self.calculators {
             root.insert("calculators".into(), c.to_toml());
         }
+        for path in &self.omit {
+            if !remove(&mut root, path) {
+                panic!("without({path:?}): the builder writes no such key");
+            }
+        }
         merge(&mut root, self.extra.clone());
         toml::to_string(&root).expect("config as TOML")
+    }
+}
+
+/// Removes the key at a dotted path; false when there is none.
+fn remove(table: &mut toml::Table, path: &str) -> bool {
+    match path.split_once('.') {
+        None => table.remove(path).is_some(),
+        Some((head, rest)) => match table.get_mut(head) {
+            Some(toml::Value::Table(t)) => remove(t, rest),
+            _ => false,
+        },
     }
 }
 
@@ -419,5 +481,43 @@ batch_max_age = 0.2
         assert_eq!(kafka["security_protocol"].as_str(), Some("sasl_plaintext"));
         let writer = t["writer"].as_table().expect("writer");
         assert!(!writer.contains_key("group_id") && !writer.contains_key("batch_rows"));
+    }
+
+    /// `without` takes keys and sections out, `with_toml` adds keys the builder does not
+    /// model, and both leave every other key as the builder writes it.
+    #[test]
+    fn daemon_config_leaves_out_and_adds_keys() {
+        let dir = Path::new("/tmp");
+        let full: toml::Table =
+            toml::from_str(&DaemonConfig::new("http://gw", dir).to_toml()).expect("full");
+        let c = DaemonConfig::new("http://gw", dir)
+            .without(&["roles", "writer", "clickhouse.url", "ib.symbols"])
+            .with_toml("econ.poll_interval", 0.3)
+            .with_toml("kafka.partitions", 3)
+            .with_toml("clickhouse.password", "pw");
+        let t: toml::Table = toml::from_str(&c.to_toml()).expect("built");
+        assert!(!t.contains_key("roles") && !t.contains_key("writer"));
+        assert!(!t["ib"].as_table().expect("ib").contains_key("symbols"));
+        assert!(!t["clickhouse"].as_table().expect("ch").contains_key("url"));
+        assert_eq!(t["econ"]["poll_interval"].as_float(), Some(0.3));
+        assert_eq!(t["kafka"]["partitions"].as_integer(), Some(3));
+        assert_eq!(t["clickhouse"]["password"].as_str(), Some("pw"));
+        // Every other key as in the full config (names aside: they are fresh per config).
+        for key in ["schemas_dir", "drain_deadline_secs"] {
+            assert_eq!(t[key], full[key], "{key}");
+        }
+        assert!(t["clickhouse"].get("database").is_some());
+        assert_eq!(
+            t["kafka"]["bootstrap_servers"],
+            full["kafka"]["bootstrap_servers"]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "clickhouse.ulr")]
+    fn daemon_config_refuses_to_leave_out_a_key_it_does_not_write() {
+        DaemonConfig::new("http://gw", Path::new("/tmp"))
+            .without(&["clickhouse.ulr"])
+            .to_toml();
     }
 }

@@ -155,12 +155,16 @@ impl Daemon {
 
     /// `/readyz` answered 200.
     pub async fn ready(&self) -> bool {
-        reqwest::get(format!(
-            "http://{}:{}/readyz",
-            self.config.http_host, self.config.http_port
-        ))
-        .await
-        .is_ok_and(|r| r.status().is_success())
+        readyz(&self.config.http_addr()).await.ready()
+    }
+
+    /// [`wait_readyz`] on this daemon.
+    pub async fn wait_readyz(
+        &self,
+        timeout: Duration,
+        until: impl FnMut(&Readyz) -> bool,
+    ) -> Result<Readyz, Readyz> {
+        wait_readyz(&self.config.http_addr(), timeout, until).await
     }
 
     /// One control-socket request; the whole reply (`ok`, `result` or `error`).
@@ -189,6 +193,55 @@ impl Daemon {
             .iter()
             .find(|a| a["actor"] == name)
             .cloned()
+    }
+}
+
+/// One `/readyz` answer: its status (0: no answer) and body (the reason when not ready).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readyz {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Readyz {
+    /// A success status: the pod is ready.
+    pub fn ready(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// `GET http://{http}/readyz` once (`http` is `host:port`).
+pub async fn readyz(http: &str) -> Readyz {
+    match reqwest::get(format!("http://{http}/readyz")).await {
+        Ok(r) => Readyz {
+            status: r.status().as_u16(),
+            body: r.text().await.unwrap_or_default(),
+        },
+        Err(_) => Readyz {
+            status: 0,
+            body: String::new(),
+        },
+    }
+}
+
+/// Polls `/readyz` of `http` (`host:port`) until `until` holds for an answer: `Ok` with that
+/// answer, or `Err` with the last one when `timeout` passed. `until` sees every answer, so
+/// it may also assert on the ones on the way (e.g. "never ready meanwhile").
+pub async fn wait_readyz(
+    http: &str,
+    timeout: Duration,
+    mut until: impl FnMut(&Readyz) -> bool,
+) -> Result<Readyz, Readyz> {
+    let end = Instant::now() + timeout;
+    loop {
+        let r = readyz(http).await;
+        if until(&r) {
+            return Ok(r);
+        }
+        if Instant::now() >= end {
+            return Err(r);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

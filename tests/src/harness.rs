@@ -13,7 +13,7 @@
 
 pub use crate::clickhouse::tick_time_ns;
 pub use crate::config::{Calculators, DaemonConfig, steady_symbols};
-pub use crate::daemon::{Daemon, Launcher, Metrics};
+pub use crate::daemon::{Daemon, Launcher, Metrics, Readyz, readyz, wait_readyz};
 pub use crate::kafka::{delete_topics, kafka_rows};
 pub use crate::lane::{Lane, RedisCheck, Sink, drop_lane_data};
 pub use crate::reconcile::{Reconciliation, fault_row_line, reconcile_ticks};

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use marketlane_actors::calculator::acl::sha256_hex;
+use marketlane_tests::config::DaemonConfig;
 use marketlane_tests::redis::redis_url;
 use marketlane_tests::{
     Proc, eventually, free_port, kafka_bootstrap, kafka_payloads, run_marketlane, unique,
@@ -18,6 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
+use serde_json::json;
 
 const T0: i64 = 1_767_225_600_000_000_000;
 const S: i64 = 1_000_000_000;
@@ -60,6 +62,8 @@ async fn redis(user: Option<(&str, &str)>) -> anyhow::Result<Client> {
 struct Setup {
     prefix: String,
     key_prefix: String,
+    daemon: DaemonConfig,
+    /// Where `daemon` is written.
     config: std::path::PathBuf,
     group: String,
     passwords: HashMap<&'static str, String>,
@@ -83,65 +87,55 @@ fn setup_with(redis: &str, user: Option<(&str, &str)>) -> Setup {
         ("beta", format!("b-{id}")),
     ]
     .into();
-    let specs = std::fs::read_to_string(golden().join("specs.toml")).unwrap();
-    let mut teams = String::new();
-    let mut team = "";
-    for line in specs.lines() {
-        match line.trim() {
-            "name = \"alpha\"" => team = "alpha",
-            "name = \"beta\"" => team = "beta",
-            _ => {}
-        }
-        if line.starts_with("password_sha256") {
-            teams.push_str(&format!(
-                "password_sha256 = \"{}\"\n",
-                sha256_hex(&passwords[team])
-            ));
-            continue;
-        }
-        let line = line
-            .replace("[[teams]]", "[[calculators.teams]]")
-            .replace("[[teams.specs]]", "[[calculators.teams.specs]]");
-        teams.push_str(&line);
-        teams.push('\n');
+    // The golden specs with each team's own password.
+    let mut specs: toml::Table =
+        toml::from_str(&std::fs::read_to_string(golden().join("specs.toml")).unwrap()).unwrap();
+    let mut teams = specs.remove("teams").unwrap();
+    for team in teams.as_array_mut().unwrap() {
+        let team = team.as_table_mut().unwrap();
+        let name = team["name"].as_str().unwrap().to_string();
+        team.insert(
+            "password_sha256".into(),
+            sha256_hex(&passwords[name.as_str()]).into(),
+        );
     }
-    let config = dir.path().join("marketlane.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"instance = "calc-test"
-roles = ["calculator"]
-[http]
-listen = "127.0.0.1:{port}"
-[control]
-socket = "{dir}/ctl.sock"
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-partitions = 3
-[calculators]
-group_id = "{group}"
-coalesce_interval = 0.05
-checkpoint_interval = 0.5
-key_ttl = 600
-publish = true
-[calculators.redis]
-url = "{redis}"
-user = "{daemon_user}"
-password = "{daemon_pw}"
-key_prefix = "{key_prefix}"
-{teams}"#,
-            port = free_port(),
-            dir = dir.path().display(),
-            kafka = kafka_bootstrap(),
-            daemon_user = user.map_or(format!("{key_prefix}-daemon"), |u| u.0.to_string()),
-            daemon_pw = user.map_or(passwords["daemon"].clone(), |u| u.1.to_string()),
-        ),
-    )
-    .unwrap();
+    let calculators = json!({
+        "group_id": group,
+        "coalesce_interval": 0.05,
+        "checkpoint_interval": 0.5,
+        "key_ttl": 600,
+        "publish": true,
+        "redis": {
+            "url": redis,
+            "user": user.map_or(format!("{key_prefix}-daemon"), |u| u.0.to_string()),
+            "password": user.map_or(passwords["daemon"].clone(), |u| u.1.to_string()),
+            "key_prefix": key_prefix,
+        },
+        "teams": teams,
+    });
+    // A calculator-only pod: no gateway, ClickHouse or schemas.
+    let mut daemon = DaemonConfig::new("http://unused", dir.path())
+        .without(&[
+            "schemas_dir",
+            "drain_deadline_secs",
+            "ib",
+            "clickhouse",
+            "writer",
+        ])
+        .with_toml("kafka.partitions", 3)
+        .with_toml(
+            "calculators",
+            toml::Value::try_from(calculators).expect("calculators as TOML"),
+        );
+    daemon.instance = "calc-test".into();
+    daemon.roles = vec!["calculator".into()];
+    daemon.control_socket = dir.path().join("ctl.sock");
+    daemon.kafka_prefix = prefix.clone();
+    let config = daemon.write(&dir.path().join("marketlane.toml"));
     Setup {
         prefix,
         key_prefix,
+        daemon,
         config,
         group,
         passwords,
@@ -688,24 +682,14 @@ async fn two_calculator_pods_split_the_partitions_and_one_takes_over_after_a_kil
     assert!(out.status.success());
     // Pod b: the same lane, its own name (static member id), port and control socket; a short
     // session timeout so that the kill moves the partitions quickly.
-    let text = std::fs::read_to_string(&s.config)
-        .unwrap()
-        .replace("[calculators]\n", "[calculators]\nsession_timeout = 6\n");
-    std::fs::write(&s.config, &text).unwrap();
-    let sock_a = s.config.parent().unwrap().join("ctl.sock");
-    let sock_b = s.config.parent().unwrap().join("ctl-b.sock");
-    let port_line = text.lines().find(|l| l.starts_with("listen")).unwrap();
-    let config_b = s.config.parent().unwrap().join("pod-b.toml");
-    std::fs::write(
-        &config_b,
-        text.replace("instance = \"calc-test\"", "instance = \"calc-test-b\"")
-            .replace(
-                port_line,
-                &format!("listen = \"127.0.0.1:{}\"", free_port()),
-            )
-            .replace("ctl.sock", "ctl-b.sock"),
-    )
-    .unwrap();
+    let dir = s.config.parent().unwrap();
+    let pod_a = s.daemon.clone().with_toml("calculators.session_timeout", 6);
+    pod_a.write(&s.config);
+    let sock_a = pod_a.control_socket.clone();
+    let mut pod_b = pod_a.sharing("calc-test-b", dir);
+    pod_b.control_socket = dir.join("ctl-b.sock");
+    let sock_b = pod_b.control_socket.clone();
+    let config_b = pod_b.write(&dir.join("pod-b.toml"));
 
     let admin = redis(None).await.unwrap();
     // Room for every update of the run: a lagging receiver would lose some unchecked.

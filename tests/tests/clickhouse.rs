@@ -12,6 +12,7 @@ use std::time::Duration;
 use marketlane_protocol::{CategorySchema, Dtype, SchemaSet, row_id};
 use marketlane_tests::clickhouse::{drop_db, lines, scalar};
 use marketlane_tests::config::WriterConfig;
+use marketlane_tests::daemon::wait_readyz;
 use marketlane_tests::kafka::producer;
 use marketlane_tests::{
     Proc, clickhouse, clickhouse_url, eventually, free_port, run_marketlane, unique, workspace_root,
@@ -47,23 +48,20 @@ fn writer_config(
 /// Starts `marketlane run` with `config` and waits until it is ready (topics and tables exist).
 async fn start_writer(config: &Path, log: &Path, http_port: u16) -> Proc {
     let mut p = Proc::spawn(&["run", "-c", config.to_str().unwrap()], log).unwrap();
-    let url = format!("http://127.0.0.1:{http_port}/readyz");
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    let mut ready = false;
-    while !ready && std::time::Instant::now() < until {
-        if let Ok(Some(_)) = p.0.try_wait() {
-            break;
-        }
-        ready = reqwest::get(&url)
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if !ready {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    // A writer that exited will never be ready: stop waiting then.
+    let mut exited = false;
+    let ready = wait_readyz(
+        &format!("127.0.0.1:{http_port}"),
+        Duration::from_secs(60),
+        |r| {
+            exited = !r.ready() && matches!(p.0.try_wait(), Ok(Some(_)));
+            exited || r.ready()
+        },
+    )
+    .await;
     assert!(
-        ready,
-        "writer not ready:\n{}",
+        ready.is_ok() && !exited,
+        "writer not ready ({ready:?}, exited: {exited}):\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
     p

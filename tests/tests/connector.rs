@@ -6,10 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use marketlane_actors::config::SymbolConfig;
 use marketlane_protocol::category::TICK;
+use marketlane_tests::config::{DaemonConfig, future, stock};
 use marketlane_tests::{
-    Proc, clickhouse, eventually, free_port, kafka_bootstrap, kafka_payloads, marketlane_bin,
-    marketlane_sim_bin, output_within, unique, workspace_root,
+    Proc, clickhouse, eventually, free_port, kafka_payloads, marketlane_bin, marketlane_sim_bin,
+    output_within, unique, workspace_root,
 };
 use serde_json::{Value, json};
 
@@ -40,25 +42,28 @@ impl RunDir {
     }
 }
 
-const SYMBOLS: &str = r#"symbols = [{ symbol = "AAPL" }, { symbol = "XOM" }, { symbol = "CVX" }, { symbol = "CL", sec_type = "future", exchange = "NYMEX" }, { symbol = "GC", sec_type = "future", exchange = "COMEX" }]"#;
+/// The default universe: three stocks and two futures.
+fn symbols() -> Vec<SymbolConfig> {
+    vec![
+        stock("AAPL"),
+        stock("XOM"),
+        stock("CVX"),
+        future("CL", "NYMEX"),
+        future("GC", "COMEX"),
+    ]
+}
 
 impl Lane {
-    /// `sim_args` are extra simulator flags (`None`: the daemon starts the gateway itself,
-    /// from `ib_extra`); `ib_extra` is more TOML for the `[ib]` section.
-    fn start(sim_args: Option<&[&str]>, ib_extra: &str, gw: u16) -> Self {
-        Self::start_with_symbols(sim_args, ib_extra, gw, SYMBOLS)
-    }
-
-    /// As [`Lane::start`], with `symbols` (a TOML `symbols = [...]` line) instead of the
-    /// default five.
-    fn start_with_symbols(
+    /// `sim_args` are extra simulator flags (`None`: the daemon starts the gateway itself, from
+    /// `[ib]` keys that `configure` sets); `configure` adds to a connector-only pod of the
+    /// default symbols that leaves drain deadline, control socket and ClickHouse URL to the
+    /// daemon's defaults.
+    fn start(
         sim_args: Option<&[&str]>,
-        ib_extra: &str,
         gw: u16,
-        symbols: &str,
+        configure: impl FnOnce(DaemonConfig) -> DaemonConfig,
     ) -> Self {
         let dir = RunDir::new();
-        let http = free_port();
         let prefix = format!("{}_", unique("c_"));
         let db = unique("c_");
         let sim = sim_args.map(|extra| {
@@ -67,30 +72,19 @@ impl Lane {
             args.extend_from_slice(extra);
             Proc::spawn(&args, &dir.path().join("sim.log")).unwrap()
         });
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"instance = "conn-test-0"
-roles = ["connector"]
-schemas_dir = "{schemas}"
-[http]
-listen = "127.0.0.1:{http}"
-[ib]
-gateway_url = "http://127.0.0.1:{gw}"
-{symbols}
-{ib_extra}
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-[clickhouse]
-database = "{db}"
-"#,
-                schemas = workspace_root().join("schemas").display(),
-                kafka = kafka_bootstrap(),
-            ),
-        )
-        .unwrap();
+        let mut c = DaemonConfig::new(&format!("http://127.0.0.1:{gw}"), dir.path()).without(&[
+            "drain_deadline_secs",
+            "control",
+            "clickhouse.url",
+            "writer",
+        ]);
+        c.instance = "conn-test-0".into();
+        c.roles = vec!["connector".into()];
+        c.symbols = symbols();
+        c.kafka_prefix = prefix.clone();
+        c.database = db.clone();
+        let c = configure(c);
+        let config = c.write(&dir.path().join("config.toml"));
         let daemon = Proc::spawn(
             &["run", "--config", config.to_str().unwrap()],
             &dir.path().join("daemon.log"),
@@ -98,7 +92,7 @@ database = "{db}"
         .unwrap();
         Self {
             gw,
-            http,
+            http: c.http_port,
             prefix,
             db,
             sim,
@@ -248,8 +242,14 @@ async fn thirty_simulated_minutes_without_a_silent_symbol() {
     let gw = free_port();
     let lane = Lane::start(
         Some(&["--speed", "30", "--subscription-expiry-secs", "600"]),
-        "tickle_interval = 2.0\nresubscribe_interval = 16.0\nheartbeat_timeout = 2.0\ntic_interval = 1.6\nsilent_after = 4.0",
         gw,
+        |c| {
+            c.ib("tickle_interval", 2.0)
+                .ib("resubscribe_interval", 16.0)
+                .ib("heartbeat_timeout", 2.0)
+                .ib("tic_interval", 1.6)
+                .ib("silent_after", 4.0)
+        },
     );
     lane.wait_for_rows(10).await;
     // 29 simulated minutes take 58 s at 30×, then longer on a loaded machine: poll for them.
@@ -296,7 +296,7 @@ async fn thirty_simulated_minutes_without_a_silent_symbol() {
 /// simulator sent is a row exactly once (no phantom trade from the new snapshot).
 #[tokio::test(flavor = "multi_thread")]
 async fn tcp_drop_reconnects_and_resubscribes() {
-    let lane = Lane::start(Some(&[]), "", free_port());
+    let lane = Lane::start(Some(&[]), free_port(), |c| c);
     lane.wait_for_rows(10).await;
     lane.fault(json!({"kind": "drop_tcp"})).await;
     let resumed = lane
@@ -334,7 +334,7 @@ async fn tcp_drop_reconnects_and_resubscribes() {
 /// Heartbeats stop while the socket stays open: the watchdog notices and reconnects.
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_open_socket_is_detected_by_the_heartbeat_watchdog() {
-    let lane = Lane::start(Some(&[]), "heartbeat_timeout = 3.0", free_port());
+    let lane = Lane::start(Some(&[]), free_port(), |c| c.ib("heartbeat_timeout", 3.0));
     lane.wait_for_rows(5).await;
     lane.fault(json!({"kind": "stop_heartbeats"})).await;
     let resumed = lane
@@ -353,7 +353,7 @@ async fn silent_open_socket_is_detected_by_the_heartbeat_watchdog() {
 /// `ssodh/init`, which the default 60 s would make the re-authentication wait for.)
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_authentication_is_recovered_without_a_restart() {
-    let lane = Lane::start(Some(&[]), "reauth_min_interval = 2.0", free_port());
+    let lane = Lane::start(Some(&[]), free_port(), |c| c.ib("reauth_min_interval", 2.0));
     lane.wait_for_rows(5).await;
     let pid = lane.daemon.0.id();
     lane.fault(json!({"kind": "sts_unauthenticated"})).await;
@@ -372,11 +372,9 @@ async fn lost_authentication_is_recovered_without_a_restart() {
 /// A 429 puts the session in the penalty box; it waits it out and recovers.
 #[tokio::test(flavor = "multi_thread")]
 async fn penalty_box_is_waited_out() {
-    let lane = Lane::start(
-        Some(&[]),
-        "tickle_interval = 1.0\npenalty_box = 4.0",
-        free_port(),
-    );
+    let lane = Lane::start(Some(&[]), free_port(), |c| {
+        c.ib("tickle_interval", 1.0).ib("penalty_box", 4.0)
+    });
     lane.wait_for_rows(5).await;
     lane.fault(json!({"kind": "penalty_box", "seconds": 3.0}))
         .await;
@@ -410,7 +408,7 @@ async fn penalty_box_is_waited_out() {
 /// A competing login: the state says so and the daemon does not re-authenticate in a loop.
 #[tokio::test(flavor = "multi_thread")]
 async fn competing_session_is_reported_not_fought() {
-    let lane = Lane::start(Some(&[]), "tickle_interval = 1.0", free_port());
+    let lane = Lane::start(Some(&[]), free_port(), |c| c.ib("tickle_interval", 1.0));
     lane.wait_for_rows(3).await;
     lane.fault(json!({"kind": "competing"})).await;
     let seen = eventually(Duration::from_secs(20), || async {
@@ -444,7 +442,7 @@ async fn competing_session_is_reported_not_fought() {
 /// are still exactly the simulator's trades.
 #[tokio::test(flavor = "multi_thread")]
 async fn halted_and_prior_close_prices_are_not_trades() {
-    let lane = Lane::start(Some(&["--status-probability", "0.3"]), "", free_port());
+    let lane = Lane::start(Some(&["--status-probability", "0.3"]), free_port(), |c| c);
     lane.wait_for_rows(20).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     lane.fault(json!({"kind": "stop_heartbeats"})).await;
@@ -475,11 +473,30 @@ async fn halted_and_prior_close_prices_are_not_trades() {
 async fn supervised_gateway_and_login_hook() {
     let gw = free_port();
     let bin = marketlane_sim_bin();
-    let ib_extra = format!(
-        "login_retry = 1.0\ngateway_command = [\"{bin}\", \"--listen\", \"127.0.0.1:{gw}\", \"--auto-login\", \"false\", \"--seed\", \"5\"]\nlogin_command = [\"curl\", \"-sf\", \"-X\", \"POST\", \"http://127.0.0.1:{gw}/sim/login\"]",
-        bin = bin.display()
-    );
-    let lane = Lane::start(None, &ib_extra, gw);
+    let listen = format!("127.0.0.1:{gw}");
+    let gateway = [
+        &bin.display().to_string(),
+        "--listen",
+        &listen,
+        "--auto-login",
+        "false",
+        "--seed",
+        "5",
+    ]
+    .map(String::from);
+    let login = [
+        "curl",
+        "-sf",
+        "-X",
+        "POST",
+        &format!("http://{listen}/sim/login"),
+    ]
+    .map(String::from);
+    let lane = Lane::start(None, gw, |c| {
+        c.ib("login_retry", 1.0)
+            .ib("gateway_command", gateway.to_vec())
+            .ib("login_command", login.to_vec())
+    });
     lane.wait_for_rows(3).await;
     let logins = "marketlane_ib_login_attempts_total{outcome=\"ok\"}";
     assert!(
@@ -512,11 +529,9 @@ async fn recorded_frames_replay_to_the_same_rows() {
     let gw = free_port();
     let dir = tempfile::tempdir().unwrap();
     let record = dir.path().join("frames.jsonl");
-    let lane = Lane::start(
-        Some(&[]),
-        &format!("record_path = \"{}\"", record.display()),
-        gw,
-    );
+    let lane = Lane::start(Some(&[]), gw, |c| {
+        c.ib("record_path", record.display().to_string())
+    });
     lane.wait_for_rows(15).await;
     lane.fault(json!({"kind": "malformed_frame"})).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -577,11 +592,9 @@ async fn recorded_frames_replay_to_the_same_rows() {
 /// stream goes on in the same process (`reauth_min_interval` 2 s: see above).
 #[tokio::test(flavor = "multi_thread")]
 async fn nightly_reset_is_recovered() {
-    let lane = Lane::start(
-        Some(&[]),
-        "tickle_interval = 1.0\nreauth_min_interval = 2.0",
-        free_port(),
-    );
+    let lane = Lane::start(Some(&[]), free_port(), |c| {
+        c.ib("tickle_interval", 1.0).ib("reauth_min_interval", 2.0)
+    });
     lane.wait_for_rows(5).await;
     let inits =
         "marketlane_ib_requests_total{endpoint=\"/iserver/auth/ssodh/init\",outcome=\"ok\"}";
@@ -605,11 +618,9 @@ async fn nightly_reset_is_recovered() {
 /// closed. The daemon picks up the new session and streams again.
 #[tokio::test(flavor = "multi_thread")]
 async fn session_expiry_after_its_maximum_age_is_recovered() {
-    let lane = Lane::start(
-        Some(&["--max-session-secs", "15"]),
-        "tickle_interval = 1.0",
-        free_port(),
-    );
+    let lane = Lane::start(Some(&["--max-session-secs", "15"]), free_port(), |c| {
+        c.ib("tickle_interval", 1.0)
+    });
     lane.wait_for_rows(3).await;
     let started = Instant::now();
     let expired = eventually(Duration::from_secs(40), || async {
@@ -633,13 +644,10 @@ async fn session_expiry_after_its_maximum_age_is_recovered() {
 /// silent, and an unknown symbol is a clear error that names it; the others stream on.
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_and_unknown_symbols_are_reported() {
-    let symbols = SYMBOLS.replace("symbols = [", "symbols = [{ symbol = \"NOPE\" }, ");
-    let lane = Lane::start_with_symbols(
-        Some(&["--line-cap", "4"]),
-        "silent_after = 3.0",
-        free_port(),
-        &symbols,
-    );
+    let lane = Lane::start(Some(&["--line-cap", "4"]), free_port(), |mut c| {
+        c.symbols.insert(0, stock("NOPE"));
+        c.ib("silent_after", 3.0)
+    });
     lane.wait_for_rows(5).await;
     let flagged = eventually(Duration::from_secs(30), || async {
         lane.metric("marketlane_silent_symbols").await >= 1.0

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use marketlane_tests::config::{DaemonConfig, stock};
+use marketlane_tests::daemon::wait_readyz;
 use marketlane_tests::{
-    Proc, clickhouse, eventually, free_port, kafka_bootstrap, marketlane_bin, output_within,
-    unique, workspace_root,
+    Proc, clickhouse, eventually, free_port, marketlane_bin, output_within, unique, workspace_root,
 };
 use serde_json::Value;
 
@@ -88,32 +89,22 @@ impl Ctl {
 }
 
 fn write_config(dir: &Path, gw: u16, http: u16, prefix: &str, db: &str, schemas: &Path) -> PathBuf {
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"instance = "ctl-0"
-schemas_dir = "{schemas}"
-[http]
-listen = "127.0.0.1:{http}"
-[control]
-socket = "{socket}"
-[ib]
-gateway_url = "http://127.0.0.1:{gw}"
-symbols = [{{ symbol = "AAPL" }}, {{ symbol = "XOM" }}]
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-[clickhouse]
-database = "{db}"
-"#,
-            schemas = schemas.display(),
-            socket = dir.join("run/control.sock").display(),
-            kafka = kafka_bootstrap(),
-        ),
-    )
-    .unwrap();
-    config
+    // The keys an operator would write for one connector + writer pod; roles, drain deadline,
+    // ClickHouse URL and writer settings are the daemon's defaults.
+    let mut c = DaemonConfig::new(&format!("http://127.0.0.1:{gw}"), dir).without(&[
+        "roles",
+        "drain_deadline_secs",
+        "clickhouse.url",
+        "writer",
+    ]);
+    c.instance = "ctl-0".into();
+    c.schemas_dir = schemas.to_path_buf();
+    c.http_port = http;
+    c.control_socket = dir.join("run/control.sock");
+    c.symbols = vec![stock("AAPL"), stock("XOM")];
+    c.kafka_prefix = prefix.into();
+    c.database = db.into();
+    c.write(&dir.join("config.toml"))
 }
 
 fn actor<'a>(status: &'a Value, name: &str) -> &'a Value {
@@ -123,13 +114,6 @@ fn actor<'a>(status: &'a Value, name: &str) -> &'a Value {
         .iter()
         .find(|a| a["actor"] == name)
         .unwrap_or_else(|| panic!("no actor {name} in {status}"))
-}
-
-async fn readyz(http: u16) -> u16 {
-    reqwest::get(format!("http://127.0.0.1:{http}/readyz"))
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -144,6 +128,7 @@ async fn every_control_command_and_bad_input() {
         std::fs::copy(&p, schemas.join(p.file_name().unwrap())).unwrap();
     }
     let (gw, http) = (free_port(), free_port());
+    let http_addr = format!("127.0.0.1:{http}");
     let _sim = Proc::spawn(
         &[
             "sim",
@@ -175,14 +160,8 @@ async fn every_control_command_and_bad_input() {
     assert!(up, "daemon not up: {}", log());
     let mode = std::fs::metadata(&ctl.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            readyz(http).await == 200
-        })
-        .await,
-        "never ready: {}",
-        log()
-    );
+    let ready = wait_readyz(&http_addr, Duration::from_secs(30), |r| r.status == 200).await;
+    assert!(ready.is_ok(), "never ready: {ready:?} {}", log());
     let status = ctl.json(&["status"]).json();
     assert_eq!(status["ok"], true);
     assert_eq!(status["result"]["instance"], "ctl-0");
@@ -424,13 +403,8 @@ async fn every_control_command_and_bad_input() {
         "{}",
         drained.stdout
     );
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            readyz(http).await == 503
-        })
-        .await,
-        "still ready after drain"
-    );
+    let unready = wait_readyz(&http_addr, Duration::from_secs(10), |r| r.status == 503).await;
+    assert!(unready.is_ok(), "still ready after drain: {unready:?}");
     assert_eq!(ctl.json(&["status"]).json()["result"]["draining"], true);
     let twice = ctl.json(&["drain"]);
     assert_eq!(

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use marketlane_protocol::category::NUMERIC_ECONOMIC;
 use marketlane_protocol::row_id;
+use marketlane_tests::config::DaemonConfig;
 use marketlane_tests::{
-    Proc, clickhouse, eventually, free_port, kafka_bootstrap, kafka_payloads, unique,
-    workspace_root,
+    Proc, clickhouse, eventually, free_port, kafka_payloads, unique, workspace_root,
 };
 use serde_json::Value;
 
@@ -36,32 +36,25 @@ async fn releases_reach_clickhouse_once_each_and_the_snapshot_holds_the_latest()
         &dir.join("sim.log"),
     )
     .unwrap();
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"instance = "econ-test-0"
-schemas_dir = "{schemas}"
-[http]
-listen = "127.0.0.1:{http}"
-[ib]
-gateway_url = "http://127.0.0.1:{gw}"
-[econ]
-url = "http://127.0.0.1:{gw}/econ/releases"
-poll_interval = 0.3
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-[clickhouse]
-database = "{db}"
-[writer]
-batch_max_age = 0.2
-"#,
-            schemas = workspace_root().join("schemas").display(),
-            kafka = kafka_bootstrap(),
-        ),
-    )
-    .unwrap();
+    // Only the keys of an economic-feed pod: no IB symbols, roles, control socket, drain
+    // deadline, ClickHouse URL or writer group (the daemon's defaults).
+    let mut c = DaemonConfig::new(&format!("http://127.0.0.1:{gw}"), &dir)
+        .without(&[
+            "roles",
+            "drain_deadline_secs",
+            "control",
+            "ib.symbols",
+            "clickhouse.url",
+            "writer.group_id",
+        ])
+        .with_toml("econ.url", format!("http://127.0.0.1:{gw}/econ/releases"))
+        .with_toml("econ.poll_interval", 0.3);
+    c.instance = "econ-test-0".into();
+    c.http_port = http;
+    c.kafka_prefix = prefix.clone();
+    c.database = db.clone();
+    c.batch_max_age_secs = 0.2;
+    let config = c.write(&dir.join("config.toml"));
     let mut daemon = Proc::spawn(
         &["run", "--config", config.to_str().unwrap()],
         &dir.join("daemon.log"),

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use marketlane_tests::config::WriterConfig;
+use marketlane_tests::daemon::{Readyz, wait_readyz};
 use marketlane_tests::kafka::tick_row;
 use marketlane_tests::{
     Proc, eventually, free_port, kafka_bootstrap, marketlane_bin, unique, workspace_root,
@@ -204,13 +205,17 @@ impl RunningWriter {
             t0: marketlane_protocol::now_ns(),
             _dir: dir,
         };
-        let ready = eventually(Duration::from_secs(60), || async {
-            reqwest::get(format!("http://127.0.0.1:{http_port}/readyz"))
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
+        let ready = wait_readyz(
+            &format!("127.0.0.1:{http_port}"),
+            Duration::from_secs(60),
+            Readyz::ready,
+        )
         .await;
-        assert!(ready, "writer not ready:\n{}", me.log_text());
+        assert!(
+            ready.is_ok(),
+            "writer not ready ({ready:?}):\n{}",
+            me.log_text()
+        );
         me
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use marketlane_tests::clickhouse::drop_db;
 use marketlane_tests::config::WriterConfig;
+use marketlane_tests::daemon::{Readyz, wait_readyz};
 use marketlane_tests::kafka::tick_row;
 use marketlane_tests::{
     Proc, clickhouse, eventually, free_port, marketlane_bin, unique, workspace_root,
@@ -185,15 +186,15 @@ async fn the_daemon_authenticates_to_kafka_with_scram() {
             .spawn()
             .unwrap(),
     );
-    let ready = eventually(Duration::from_secs(90), || async {
-        reqwest::get(format!("http://127.0.0.1:{http}/readyz"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
+    let ready = wait_readyz(
+        &format!("127.0.0.1:{http}"),
+        Duration::from_secs(90),
+        Readyz::ready,
+    )
     .await;
     assert!(
-        ready,
-        "writer not ready over SCRAM:\n{}",
+        ready.is_ok(),
+        "writer not ready over SCRAM ({ready:?}):\n{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     let producer: BaseProducer = kafka.client(PASSWORD).create().unwrap();

@@ -3,10 +3,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use marketlane_actors::config::SymbolConfig;
 use marketlane_protocol::UnqualifiedRecord;
+use marketlane_tests::config::{DaemonConfig, future, stock};
 use marketlane_tests::{
-    Proc, clickhouse, eventually, free_port, kafka_bootstrap, kafka_payloads, ledger_row_ids,
-    run_marketlane, unique, workspace_root,
+    Proc, clickhouse, eventually, free_port, kafka_payloads, ledger_row_ids, run_marketlane,
+    unique, workspace_root,
 };
 
 /// A demo still running after this hangs (it streams for seconds, then settles).
@@ -204,28 +206,19 @@ async fn bad_frames_and_rows_are_quarantined_and_the_stream_continues() {
         &dir.path().join("sim.log"),
     )
     .unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"instance = "itest-0"
-schemas_dir = "{schemas}"
-[http]
-listen = "127.0.0.1:{http}"
-[ib]
-gateway_url = "http://127.0.0.1:{gw}"
-symbols = [{{ symbol = "AAPL" }}, {{ symbol = "XOM" }}, {{ symbol = "CVX" }}, {{ symbol = "CL", sec_type = "future", exchange = "NYMEX" }}]
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-[clickhouse]
-database = "{db}"
-"#,
-            schemas = workspace_root().join("schemas").display(),
-            kafka = kafka_bootstrap(),
-        ),
-    )
-    .unwrap();
+    // Only the keys an operator must write for one connector + writer pod.
+    let mut c = DaemonConfig::new(&format!("http://127.0.0.1:{gw}"), dir.path()).without(&[
+        "roles",
+        "drain_deadline_secs",
+        "control",
+        "clickhouse.url",
+        "writer",
+    ]);
+    c.instance = "itest-0".into();
+    c.http_port = http;
+    c.kafka_prefix = prefix.clone();
+    c.database = db.clone();
+    let config = c.write(&dir.path().join("config.toml"));
     let mut daemon = Proc::spawn(
         &["run", "--config", config.to_str().unwrap()],
         &dir.path().join("daemon.log"),
@@ -333,30 +326,28 @@ async fn market_categories_reach_their_snapshot_tables_from_the_simulator() {
         &dir.path().join("sim.log"),
     )
     .unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"instance = "snapshot-test-0"
-schemas_dir = "{schemas}"
-[http]
-listen = "127.0.0.1:{http}"
-[ib]
-gateway_url = "http://127.0.0.1:{gw}"
-symbols = [{{ symbol = "AAPL", depth = true }}, {{ symbol = "XOM" }}, {{ symbol = "CL", sec_type = "future", exchange = "NYMEX" }}]
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-[clickhouse]
-database = "{db}"
-[writer]
-batch_max_age = 0.2
-"#,
-            schemas = workspace_root().join("schemas").display(),
-            kafka = kafka_bootstrap(),
-        ),
-    )
-    .unwrap();
+    // AAPL with its ladder; the keys an operator must write, and short writer batches.
+    let mut c = DaemonConfig::new(&format!("http://127.0.0.1:{gw}"), dir.path()).without(&[
+        "roles",
+        "drain_deadline_secs",
+        "control",
+        "clickhouse.url",
+        "writer.group_id",
+    ]);
+    c.instance = "snapshot-test-0".into();
+    c.http_port = http;
+    c.symbols = vec![
+        SymbolConfig {
+            depth: true,
+            ..stock("AAPL")
+        },
+        stock("XOM"),
+        future("CL", "NYMEX"),
+    ];
+    c.kafka_prefix = prefix.clone();
+    c.database = db.clone();
+    c.batch_max_age_secs = 0.2;
+    let config = c.write(&dir.path().join("config.toml"));
     let mut daemon = Proc::spawn(
         &["run", "--config", config.to_str().unwrap()],
         &dir.path().join("daemon.log"),

@@ -427,22 +427,15 @@ async fn the_daemon_stops_in_login_failed_and_resumes_after_ctl_reauth() {
     );
     // `/readyz` serves the result of a background check that runs every couple of seconds:
     // wait for the check after the state change.
-    let until = Instant::now() + Duration::from_secs(15);
-    loop {
-        let readyz = reqwest::get(format!(
-            "http://127.0.0.1:{}/readyz",
-            lane.daemon.config.http_port
-        ))
-        .await
-        .unwrap();
-        assert_eq!(readyz.status(), 503);
-        let body = readyz.text().await.unwrap();
-        if body.contains("login_failed") {
-            break;
-        }
-        assert!(Instant::now() < until, "readyz: {body}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // Every answer on the way is "not ready" too.
+    let readyz = lane
+        .daemon
+        .wait_readyz(Duration::from_secs(15), |r| {
+            assert_eq!(r.status, 503, "{r:?}");
+            r.body.contains("login_failed")
+        })
+        .await;
+    assert!(readyz.is_ok(), "readyz: {readyz:?}");
     // No more tries while stopped (the session checks every 5 s).
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(sso(&gw).await["attempts"], 3);

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use marketlane_tests::config::{DaemonConfig, stock};
 use marketlane_tests::{
-    Proc, clickhouse, eventually, free_port, kafka_bootstrap, output_within, unique, workspace_root,
+    Proc, clickhouse, eventually, free_port, output_within, unique, workspace_root,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,30 +120,22 @@ async fn a_live_daemon_exposes_exactly_the_spec_and_promtool_accepts_it() {
         &dir.path().join("sim.log"),
     )
     .unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"instance = "spec-0"
-schemas_dir = "{schemas}"
-[http]
-listen = "127.0.0.1:{http}"
-[control]
-enabled = false
-[ib]
-gateway_url = "http://127.0.0.1:{gw}"
-symbols = [{{ symbol = "AAPL" }}, {{ symbol = "XOM" }}]
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-[clickhouse]
-database = "{db}"
-"#,
-            schemas = workspace_root().join("schemas").display(),
-            kafka = kafka_bootstrap(),
-        ),
-    )
-    .unwrap();
+    // One connector + writer pod with only the keys an operator must write, no control socket.
+    let mut c = DaemonConfig::new(&format!("http://127.0.0.1:{gw}"), dir.path())
+        .without(&[
+            "roles",
+            "drain_deadline_secs",
+            "control.socket",
+            "clickhouse.url",
+            "writer",
+        ])
+        .with_toml("control.enabled", false);
+    c.instance = "spec-0".into();
+    c.http_port = http;
+    c.symbols = vec![stock("AAPL"), stock("XOM")];
+    c.kafka_prefix = prefix.clone();
+    c.database = db.clone();
+    let config = c.write(&dir.path().join("config.toml"));
     let mut daemon = Proc::spawn(
         &["run", "--config", config.to_str().unwrap()],
         &dir.path().join("daemon.log"),

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use marketlane_tests::{
-    Proc, eventually, free_port, kafka_bootstrap, output_within, unique, workspace_root,
-};
+use marketlane_tests::config::{DaemonConfig, stock};
+use marketlane_tests::daemon::wait_readyz;
+use marketlane_tests::{Proc, eventually, free_port, output_within, unique, workspace_root};
 
 const CH_SECRET: &str = "ch-Secr3t-7f3a9c";
 const COOKIE_SECRET: &str = "cluster-c00kie-51d2";
@@ -28,38 +28,27 @@ async fn probes_follow_the_role_and_no_secret_reaches_the_logs() {
     )
     .unwrap();
     let prefix = format!("{}_", unique("t_"));
-    let config = dir.path().join("config.toml");
-    // A connector-only pod, debug logs as JSON, with a ClickHouse password in the file.
-    std::fs::write(
-        &config,
-        format!(
-            r#"instance = "ops-0"
-roles = ["connector"]
-schemas_dir = "{schemas}"
-[http]
-listen = "127.0.0.1:{http}"
-[log]
-level = "debug"
-json = true
-[control]
-socket = "{socket}"
-[ib]
-gateway_url = "http://127.0.0.1:{gw}"
-# Tickle often so that the loss of the gateway shows within seconds.
-tickle_interval = 2
-symbols = [{{ symbol = "XOM" }}]
-[kafka]
-bootstrap_servers = "{kafka}"
-topic_prefix = "{prefix}"
-[clickhouse]
-password = "{CH_SECRET}"
-"#,
-            schemas = workspace_root().join("schemas").display(),
-            socket = dir.path().join("control.sock").display(),
-            kafka = kafka_bootstrap(),
-        ),
-    )
-    .unwrap();
+    // A connector-only pod, debug logs as JSON, with a ClickHouse password in the file (and no
+    // database, drain deadline or writer settings: the daemon's defaults).
+    let mut c = DaemonConfig::new(&format!("http://127.0.0.1:{gw}"), dir.path())
+        .without(&[
+            "drain_deadline_secs",
+            "clickhouse.url",
+            "clickhouse.database",
+            "writer",
+        ])
+        .with_toml("log.level", "debug")
+        .with_toml("log.json", true)
+        // Tickle often so that the loss of the gateway shows within seconds.
+        .ib("tickle_interval", 2)
+        .with_toml("clickhouse.password", CH_SECRET);
+    c.instance = "ops-0".into();
+    c.roles = vec!["connector".into()];
+    c.http_port = http;
+    c.control_socket = dir.path().join("control.sock");
+    c.symbols = vec![stock("XOM")];
+    c.kafka_prefix = prefix.clone();
+    let config = c.write(&dir.path().join("config.toml"));
     let log_path = dir.path().join("daemon.log");
     let mut daemon =
         Proc::spawn(&["run", "--config", config.to_str().unwrap()], &log_path).unwrap();
@@ -73,14 +62,9 @@ password = "{CH_SECRET}"
         "livez: {}",
         log()
     );
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            get(format!("{base}/readyz")).await.0 == 200
-        })
-        .await,
-        "never ready: {}",
-        log()
-    );
+    let http_addr = c.http_addr();
+    let ready = wait_readyz(&http_addr, Duration::from_secs(60), |r| r.status == 200).await;
+    assert!(ready.is_ok(), "never ready: {ready:?} {}", log());
     // More logging at trace level for a moment, then back.
     let ctl = |args: &[&str]| {
         output_within(
@@ -101,14 +85,13 @@ password = "{CH_SECRET}"
 
     // The gateway goes away: the connector is not ready and says why; it stays alive.
     sim.terminate();
+    let unready = wait_readyz(&http_addr, Duration::from_secs(30), |r| {
+        r.status == 503 && r.body.contains("ib session")
+    })
+    .await;
     assert!(
-        eventually(Duration::from_secs(30), || async {
-            let (code, body) = get(format!("{base}/readyz")).await;
-            code == 503 && body.contains("ib session")
-        })
-        .await,
-        "still ready without a gateway: {:?}",
-        get(format!("{base}/readyz")).await
+        unready.is_ok(),
+        "still ready without a gateway: {unready:?}"
     );
     assert_eq!(get(format!("{base}/livez")).await.0, 200);
     daemon.terminate();
