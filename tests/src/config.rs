@@ -172,26 +172,18 @@ impl DaemonConfig {
         self
     }
 
-    /// Merges a TOML fragment over the generated config.
-    pub fn extra(mut self, fragment: &str) -> Self {
-        let t: toml::Table = toml::from_str(fragment).expect("extra config is valid TOML");
-        merge(&mut self.extra, t);
-        self
-    }
-
     /// Leaves keys or whole sections out (dotted paths: `"writer"`, `"clickhouse.url"`,
     /// `"ib.symbols"`), so the daemon's defaults apply: for tests whose meaning is "as a pod
     /// configured with only these keys". A path the builder does not write is a mistake and
-    /// panics when the config is rendered. [`DaemonConfig::with_toml`] and
-    /// [`DaemonConfig::extra`] still apply on top.
+    /// panics when the config is rendered. [`DaemonConfig::with_toml`] still applies on top.
     pub fn without(mut self, paths: &[&str]) -> Self {
         self.omit.extend(paths.iter().map(|p| p.to_string()));
         self
     }
 
     /// Sets the key at a dotted path (`"econ.poll_interval"`, `"log.json"`, `"calculators"`)
-    /// to `value`, for settings the builder does not model; merged over everything else last,
-    /// like [`DaemonConfig::extra`]. The daemon refuses unknown keys, so a misspelt path fails
+    /// to `value`, for settings the builder does not model; merged over everything else last.
+    /// The daemon refuses unknown keys, so a misspelt path fails
     /// the test.
     pub fn with_toml(mut self, path: &str, value: impl Into<toml::Value>) -> Self {
         let over = path.rsplit('.').fold(value.into(), |v, key| {

@@ -95,18 +95,13 @@ impl Cluster {
             c.symbols = symbols();
             c.http_host = net.pod_addr(i).to_string();
             c.clickhouse_url = net.clickhouse_url_for_pods();
-            let c = c.extra(&format!(
-                r#"[cluster]
-enabled = true
-advertise_host = "{addr}"
-peers = {peers:?}
-cookie = "{COOKIE}"
-heartbeat_timeout = 3.0
-[ib]
-usernames = ["trader-live", "trader-paper"]
-"#,
-                addr = net.pod_addr(i),
-            ));
+            let c = c
+                .with_toml("cluster.enabled", true)
+                .with_toml("cluster.advertise_host", net.pod_addr(i).to_string())
+                .with_toml("cluster.peers", peers.clone())
+                .with_toml("cluster.cookie", COOKIE)
+                .with_toml("cluster.heartbeat_timeout", 3.0)
+                .ib("usernames", vec!["trader-live", "trader-paper"]);
             let launcher: Launcher = {
                 let ns = net.ns_name(i).to_string();
                 Arc::new(move |args: &[&str], log: &Path| netns::spawn_in_ns(&ns, args, log))
@@ -707,7 +702,7 @@ async fn row12_a_rolling_restart_of_both_pods_loses_nothing() {
 
 /// Writes a CA and one certificate for every pod (`marketlane-cluster`, server and client
 /// use) with openssl, as an operator's cert-manager would; returns the `[cluster.tls]` TOML.
-fn cluster_certificates(dir: &Path) -> String {
+fn cluster_certificates(dir: &Path) -> toml::Table {
     let run = |args: &[&str]| {
         let out = output_within(
             std::process::Command::new("openssl")
@@ -771,10 +766,13 @@ fn cluster_certificates(dir: &Path) -> String {
         "-out",
         "pod.pem",
     ]);
-    format!(
-        "[cluster.tls]\ncert = \"{d}/pod.pem\"\nkey = \"{d}/pod.key\"\nca = \"{d}/ca.pem\"\nserver_name = \"marketlane-cluster\"\n",
-        d = dir.display()
-    )
+    let file = |name: &str| toml::Value::from(dir.join(name).display().to_string());
+    toml::Table::from_iter([
+        ("cert".to_string(), file("pod.pem")),
+        ("key".to_string(), file("pod.key")),
+        ("ca".to_string(), file("ca.pem")),
+        ("server_name".to_string(), "marketlane-cluster".into()),
+    ])
 }
 
 /// Pod links with mutual TLS form the cluster; a pod with the wrong cookie (same CA, so TLS
@@ -812,10 +810,13 @@ async fn tls_links_form_the_cluster_and_a_wrong_cookie_is_refused() {
         } else {
             "a-wrong-cookie-but-long-enough-to-start"
         };
-        let c = c.extra(&format!(
-            "[cluster]\nenabled = true\nport = {port}\nadvertise_host = \"127.0.0.1\"\npeers = {peers:?}\ncookie = \"{cookie}\"\n{tls}",
-            port = node[i],
-        ));
+        let c = c
+            .with_toml("cluster.enabled", true)
+            .with_toml("cluster.port", i64::from(node[i]))
+            .with_toml("cluster.advertise_host", "127.0.0.1")
+            .with_toml("cluster.peers", peers.clone())
+            .with_toml("cluster.cookie", cookie)
+            .with_toml("cluster.tls", tls.clone());
         pods.push(Daemon::spawn(c, &dir).expect("pod"));
     }
     let members = |i: usize| pods[i].metric("marketlane_cluster_members");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use marketlane_tests::harness::{Lane, SimBuilder};
+use marketlane_tests::harness::{DaemonConfig, Lane, SimBuilder};
 use marketlane_tests::run_marketlane;
 use serde_json::{Value, json};
 
@@ -325,12 +325,12 @@ async fn push_notification_is_waited_for_and_resent() {
     );
 }
 
-fn login_section(s: &Secrets, password: &Path) -> String {
-    format!(
-        "[ib.login]\npassword_file = \"{}\"\ntotp_secret_file = \"{}\"\npaper = true\npage_timeout = 30\n",
-        password.display(),
-        s.totp.display()
-    )
+/// `[ib.login]` with the secrets' files, a paper account and a 30 s page timeout.
+fn with_login(c: DaemonConfig, s: &Secrets, password: &Path) -> DaemonConfig {
+    c.with_toml("ib.login.password_file", password.display().to_string())
+        .with_toml("ib.login.totp_secret_file", s.totp.display().to_string())
+        .with_toml("ib.login.paper", true)
+        .with_toml("ib.login.page_timeout", 30)
 }
 
 /// `[ib.login]`: the pod goes from `needs_login` to streaming without a person.
@@ -346,10 +346,11 @@ async fn the_daemon_logs_in_by_itself() {
         "--totp-secret-file",
         s.totp.to_str().unwrap(),
     ]);
-    let section = login_section(&s, &s.password);
     let started = Instant::now();
-    let lane = Lane::start("login", sim, |c| c.ib("username", "user1").extra(&section))
-        .expect("start lane");
+    let lane = Lane::start("login", sim, |c| {
+        with_login(c.ib("username", "user1"), &s, &s.password)
+    })
+    .expect("start lane");
     lane.wait_streaming(1, Duration::from_secs(180))
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", lane.daemon.log()));
@@ -392,9 +393,8 @@ async fn the_daemon_stops_in_login_failed_and_resumes_after_ctl_reauth() {
         "--totp-secret-file",
         s.totp.to_str().unwrap(),
     ]);
-    let section = login_section(&s, &in_use);
     let lane = Lane::start("loginfail", sim, |c| {
-        c.ib("username", "user1").extra(&section)
+        with_login(c.ib("username", "user1"), &s, &in_use)
     })
     .expect("start lane");
     let gw = lane.sim.gateway_url();
