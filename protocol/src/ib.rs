@@ -271,15 +271,17 @@ pub struct MarketDataFrame {
     pub fields: Fields,
 }
 
-/// One row of an `sbd` BookTrader ladder.
+/// One row of an `sbd` BookTrader ladder. Its values are IB's short strings, kept inline like
+/// a frame's fields: the replay store holds many ladders, and a heap String per value was
+/// most of their memory.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default)]
 pub struct BookRow {
     pub row: i64,
     pub focus: i64,
-    pub price: Option<Value>,
-    pub bid: Option<Value>,
-    pub ask: Option<Value>,
+    pub price: Option<FieldValue>,
+    pub bid: Option<FieldValue>,
+    pub ask: Option<FieldValue>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -733,7 +735,7 @@ mod tests {
         assert_eq!(b.account.as_deref(), Some("DU1"));
         assert_eq!(b.conid, Some(265_598));
         assert_eq!(b.rows.len(), 3);
-        assert_eq!(b.rows[2].bid, Some(json!("1,200")));
+        assert_eq!(b.rows[2].bid, Some(fv(json!("1,200"))));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use marketlane_protocol::ib::{
     BookFrame, FieldValue, MarketDataFrame, field, parse_decimal, parse_number,
 };
 use marketlane_protocol::typed_row::IdName;
-use serde_json::{Value, json};
+use serde_json::json;
 use tracing::instrument;
 
 use super::{Core, InstrumentMap, Normalize, frame_json, instrument_of};
@@ -111,7 +111,7 @@ impl std::fmt::Display for EventKey<'_> {
 }
 
 /// The price of a ladder row: `"189.60"`, or `"300 @ 189.60"` on the last-trade row.
-fn ladder_price(v: &Value) -> Option<f64> {
+fn ladder_price(v: &FieldValue) -> Option<f64> {
     let text = v.as_str()?;
     parse_decimal(text.rsplit('@').next()?)
 }
@@ -247,7 +247,9 @@ async fn on_ladder(core: &mut Core, frame: &BookFrame, received_ns: i64, permit:
     for r in &frame.rows {
         let Some(price) = r.price.as_ref().and_then(ladder_price) else {
             core.snapshot.quarantined += 1;
-            let reason = format!("ladder row {}: unreadable price {:?}", r.row, r.price);
+            // As a `serde_json::Value` prints it, so the reason reads as before.
+            let shown = r.price.as_ref().map(FieldValue::to_value);
+            let reason = format!("ladder row {}: unreadable price {shown:?}", r.row);
             core.quarantine(L2, "bad_value", reason, &raw(), permit);
             return;
         };
