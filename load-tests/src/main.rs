@@ -312,6 +312,14 @@ async fn main() -> anyhow::Result<()> {
             bail!("--compare-bin {} not found", before.display());
         }
         let after = env.bin.clone();
+        // Two copies of one build would measure only the machine's noise as a change.
+        if std::fs::read(&before)? == std::fs::read(&after)? {
+            bail!(
+                "--compare-bin {} is the same binary as --bin {}: nothing to compare (did the release build fail?)",
+                before.display(),
+                after.display()
+            );
+        }
         for round in 0..args.rounds {
             for (label, bin) in [("before", &before), ("after", &after)] {
                 env.bin = bin.clone();
