@@ -96,17 +96,21 @@ impl Lane {
             .collect()
     }
 
-    /// Waits until every configured symbol has `per_symbol` trades in ClickHouse (and, with
-    /// calculators, a value in Redis).
-    pub async fn wait_streaming(&self, per_symbol: u64, timeout: Duration) -> anyhow::Result<()> {
-        // A quiet symbol never trades, so it is never stored.
-        let want = self
-            .daemon
+    /// How many configured symbols trade: a quiet one (`--quiet-symbol`) never does, so it is
+    /// never stored and has no indicator.
+    pub fn trading_symbols(&self) -> usize {
+        self.daemon
             .config
             .symbols
             .iter()
             .filter(|s| !self.sim.quiet.contains(&s.symbol))
-            .count();
+            .count()
+    }
+
+    /// Waits until every trading symbol has `per_symbol` trades in ClickHouse (and, with
+    /// calculators, a value in Redis).
+    pub async fn wait_streaming(&self, per_symbol: u64, timeout: Duration) -> anyhow::Result<()> {
+        let want = self.trading_symbols();
         let until = Instant::now() + timeout;
         loop {
             let stored = self.stored_per_symbol().await;

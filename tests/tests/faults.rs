@@ -76,14 +76,7 @@ async fn finish(mut lane: Lane, row: &str, measured: &[Measured]) -> Reconciliat
         lane.daemon.log()
     );
     lane.sim.stop();
-    // A quiet symbol never trades, so it has no indicator to be current.
-    let trading = lane
-        .daemon
-        .config
-        .symbols
-        .iter()
-        .filter(|s| !lane.sim.quiet.contains(&s.symbol))
-        .count();
+    let trading = lane.trading_symbols();
     let gaps: Vec<(i64, i64)> = measured.iter().filter_map(|m| m.gap).collect();
     let r = lane
         .reconcile(&gaps, Duration::from_secs(60))
