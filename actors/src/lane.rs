@@ -136,6 +136,7 @@ pub async fn start(
             instance: config.instance.clone(),
             names: config.names.clone(),
             metrics: metrics.clone(),
+            progress: Default::default(),
         };
         children.push(Box::new(ProducerChild(ProducerArgs {
             kafka: config.kafka.clone(),
@@ -274,6 +275,7 @@ fn calculator_children(
         instance: config.instance.clone(),
         names: config.names.clone(),
         metrics: metrics.clone(),
+        progress: Default::default(),
     };
     let consumers: Vec<String> = sources
         .iter()

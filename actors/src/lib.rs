@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod contracts;
 pub mod econ;
+pub mod frame_progress;
 #[cfg(test)]
 mod fuzz;
 pub mod ib_client;

@@ -107,6 +107,10 @@ fn init_tracing(level: &str, json: bool) {
     }
 }
 
+/// See the workspace manifest: the hot path allocates per frame and per row on every thread.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // ractor_cluster pulls aws-lc; one process-wide rustls provider avoids ambiguity.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

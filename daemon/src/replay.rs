@@ -255,6 +255,7 @@ pub async fn replay_to(
         instance: args.instance.clone(),
         names: names.clone(),
         metrics: Arc::new(Metrics::new()),
+        progress: Default::default(),
     };
     let counts = Arc::new(PrintCounts::default());
     let (printer, _) = Actor::spawn(
@@ -322,6 +323,7 @@ pub async fn replay_to(
                         frame: frame.clone(),
                         received_ns,
                         permit: permit.clone(),
+                        number: 0,
                     })?;
                 }
             }
@@ -332,6 +334,7 @@ pub async fn replay_to(
                         frame: frame.clone(),
                         received_ns,
                         permit: permit.clone(),
+                        number: 0,
                     })?;
                 }
             }

@@ -193,8 +193,9 @@ impl Actor for IbWebsocket {
             silent: BTreeSet::new(),
             availability: HashMap::new(),
             recorder,
-            // Unacknowledged frames are bounded by the permits already; the rest is the hold.
-            unacked: super::unacked::Unacked::new(super::unacked::HOLD, unacked_cap),
+            // Unacknowledged frames are bounded by the permits already; the rest covers the frames
+            // a restarting normalizer has not handled (its supervisor's back-off, ~5 s).
+            unacked: super::unacked::Unacked::new(args.emitter.progress.clone(), unacked_cap),
             targets,
             args,
         })

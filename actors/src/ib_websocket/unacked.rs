@@ -1,10 +1,12 @@
 //! Frames a restarted normalizer must see again. IB replays nothing, so a normalizer that
 //! panics would lose the frames in its mailbox and those sent while it was down. The
 //! websocket keeps, in receive order, every market-data and book frame whose rows Kafka has
-//! not acknowledged yet (its in-flight permit is alive) and every frame younger than
-//! [`HOLD`] (which covers the supervisor's restart back-off, at most 5 s), together with the
-//! (re)subscription markers between them. Older frames are folded into one merged field state
-//! per conid (`base`): what the normalizer's per-conid state was built from.
+//! not acknowledged yet (its in-flight permit is alive) or that a normalizer it went to has
+//! not handled yet ([`FrameProgress`]: a normalizer that died with the frame in its mailbox,
+//! or was down when it was sent), together with the (re)subscription markers between them.
+//! Older frames are folded into one merged field state per conid (`base`): what the
+//! normalizer's per-conid state was built from. In steady state that keeps about the frames
+//! in flight, not a time window of the stream.
 //!
 //! A restarted normalizer asks for a replay (`WsMsg::ReplayTo`): it gets the instruments, a
 //! re-subscription of every conid, the merged state of each conid as a snapshot frame (which
@@ -16,18 +18,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::time::Instant;
 
 use marketlane_protocol::ib::{BookFrame, Fields, MarketDataFrame};
 use ractor::ActorRef;
 
 use crate::backpressure::{Inflight, InflightWatch};
+use crate::frame_progress::FrameProgress;
 use crate::normalizer::{InstrumentMap, NormalizerMsg};
-
-/// How long a frame is kept after it was received, acknowledged or not.
-pub const HOLD: Duration = Duration::from_secs(10);
 
 enum Item {
     MarketData(Arc<MarketDataFrame>),
@@ -37,7 +34,8 @@ enum Item {
 }
 
 struct Kept {
-    at: Instant,
+    /// The frame's number ([`FrameProgress::number`]); 0 for a marker.
+    number: u64,
     received_ns: i64,
     permit: InflightWatch,
     item: Item,
@@ -54,7 +52,7 @@ struct Base {
 pub struct Unacked {
     kept: VecDeque<Kept>,
     base: BTreeMap<i64, Base>,
-    hold: Duration,
+    progress: Arc<FrameProgress>,
     /// At most this many frames are kept.
     pub cap: usize,
     /// Frames folded into the base while still unacknowledged (over the cap).
@@ -62,11 +60,11 @@ pub struct Unacked {
 }
 
 impl Unacked {
-    pub fn new(hold: Duration, cap: usize) -> Self {
+    pub fn new(progress: Arc<FrameProgress>, cap: usize) -> Self {
         Self {
             kept: VecDeque::new(),
             base: BTreeMap::new(),
-            hold,
+            progress,
             cap,
             evicted: 0,
         }
@@ -80,42 +78,64 @@ impl Unacked {
         self.kept.is_empty()
     }
 
-    pub fn market_data(&mut self, frame: Arc<MarketDataFrame>, received_ns: i64, p: &Inflight) {
-        self.push(received_ns, p.watch(), Item::MarketData(frame));
+    /// Keeps a market-data frame; returns its number, which goes to the normalizers with it.
+    pub fn market_data(
+        &mut self,
+        frame: Arc<MarketDataFrame>,
+        received_ns: i64,
+        p: &Inflight,
+    ) -> u64 {
+        self.push(received_ns, p.watch(), Item::MarketData(frame))
     }
 
-    pub fn book(&mut self, frame: Arc<BookFrame>, received_ns: i64, p: &Inflight) {
-        self.push(received_ns, p.watch(), Item::Book(frame));
+    /// Keeps a ladder; returns its number.
+    pub fn book(&mut self, frame: Arc<BookFrame>, received_ns: i64, p: &Inflight) -> u64 {
+        self.push(received_ns, p.watch(), Item::Book(frame))
     }
 
     pub fn resubscribed(&mut self, conids: &[i64]) {
-        self.push(
-            0,
-            InflightWatch::default(),
-            Item::Resubscribed(conids.to_vec()),
-        );
+        self.kept.push_back(Kept {
+            number: 0,
+            received_ns: 0,
+            permit: InflightWatch::default(),
+            item: Item::Resubscribed(conids.to_vec()),
+        });
+        self.fold();
     }
 
-    fn push(&mut self, received_ns: i64, permit: InflightWatch, item: Item) {
+    fn push(&mut self, received_ns: i64, permit: InflightWatch, item: Item) -> u64 {
+        let number = self.progress.number();
         self.kept.push_back(Kept {
-            at: Instant::now(),
+            number,
             received_ns,
             permit,
             item,
         });
-        self.fold(Instant::now());
+        self.fold();
+        number
     }
 
-    /// Folds the oldest frames into the base while they are acknowledged and older than the
-    /// hold (or over the cap). Stops at the first one still needed: order is kept.
-    fn fold(&mut self, now: Instant) {
+    /// Whether a replay may still need `k`: its rows are not acknowledged, or a normalizer it
+    /// went to has not handled it (a marker is needed only while a frame before it is).
+    fn needed(&self, k: &Kept) -> bool {
+        k.permit.pending()
+            || match k.item {
+                Item::MarketData(_) => !self.progress.market_data_handled(k.number),
+                Item::Book(_) => !self.progress.book_handled(k.number),
+                Item::Resubscribed(_) => false,
+            }
+    }
+
+    /// Folds the oldest frames into the base while no replay can need them (or while over the
+    /// cap). Stops at the first one still needed: order is kept.
+    fn fold(&mut self) {
         while let Some(front) = self.kept.front() {
             let over = self.kept.len() > self.cap;
-            let needed = front.permit.pending() || now.duration_since(front.at) < self.hold;
+            let needed = self.needed(front);
             if needed && !over {
                 break;
             }
-            if over && front.permit.pending() {
+            if needed {
                 self.evicted += 1;
             }
             let Some(k) = self.kept.pop_front() else {
@@ -162,7 +182,7 @@ impl Unacked {
         to: &ActorRef<NormalizerMsg>,
         instruments: &InstrumentMap,
     ) -> (usize, u64) {
-        self.fold(Instant::now());
+        self.fold();
         let known = |c: Option<i64>| c.is_some_and(|c| instruments.contains_key(&c));
         let mut undelivered = 0u64;
         let mut cast = |msg: NormalizerMsg| {
@@ -188,6 +208,7 @@ impl Unacked {
                     frame: Arc::new(b.frame.clone()),
                     received_ns: 0,
                     permit: Inflight::none(),
+                    number: 0,
                 });
             }
         }
@@ -198,11 +219,13 @@ impl Unacked {
                     frame: f.clone(),
                     received_ns: k.received_ns,
                     permit: k.permit.resume(),
+                    number: k.number,
                 },
                 Item::Book(f) if known(f.conid) => NormalizerMsg::Book {
                     frame: f.clone(),
                     received_ns: k.received_ns,
                     permit: k.permit.resume(),
+                    number: k.number,
                 },
                 Item::Resubscribed(c) => NormalizerMsg::Resubscribed(c.clone()),
                 _ => continue,
@@ -218,6 +241,7 @@ impl Unacked {
 mod tests {
     use super::*;
     use crate::backpressure::InflightLimit;
+    use crate::normalizer::{Normalize, indicators, l2, tick};
     use serde_json::json;
 
     fn md(conid: i64, updated: i64, fields: &[(&str, serde_json::Value)]) -> Arc<MarketDataFrame> {
@@ -231,22 +255,46 @@ mod tests {
         })
     }
 
+    fn book(conid: i64) -> Arc<BookFrame> {
+        Arc::new(BookFrame {
+            account: None,
+            conid: Some(conid),
+            rows: Vec::new(),
+        })
+    }
+
+    const ALL: [&str; 3] = [
+        tick::Trades::CATEGORY,
+        l2::Books::CATEGORY,
+        indicators::Statistics::CATEGORY,
+    ];
+
+    fn handled(p: &FrameProgress, categories: &[&str], number: u64) {
+        for c in categories {
+            p.handled(FrameProgress::slot(c).unwrap(), number);
+        }
+    }
+
     #[tokio::test]
-    async fn acknowledged_old_frames_fold_into_the_base_and_pending_ones_are_kept() {
+    async fn acknowledged_handled_frames_fold_into_the_base_and_pending_ones_are_kept() {
+        let progress = Arc::new(FrameProgress::default());
         let limit = InflightLimit::new(10);
-        let mut u = Unacked::new(Duration::ZERO, 100);
+        let mut u = Unacked::new(progress.clone(), 100);
         let acked = limit.acquire().await.unwrap();
         u.resubscribed(&[1]);
-        u.market_data(
+        let first = u.market_data(
             md(1, 1, &[("31", json!("10")), ("7059", json!("1"))]),
             5,
             &acked,
         );
         drop(acked);
+        handled(&progress, &ALL, first);
         let pending = limit.acquire().await.unwrap();
-        u.market_data(md(1, 2, &[("31", json!("11"))]), 6, &pending);
+        let second = u.market_data(md(1, 2, &[("31", json!("11"))]), 6, &pending);
         let after = Inflight::none();
-        u.market_data(md(1, 3, &[("7059", json!("2"))]), 7, &after);
+        let third = u.market_data(md(1, 3, &[("7059", json!("2"))]), 7, &after);
+        handled(&progress, &ALL, third);
+        assert_eq!((first, second, third), (1, 2, 3));
         // The marker and the acknowledged frame are folded; the pending one holds the rest.
         assert_eq!(u.len(), 2);
         let b = &u.base[&1];
@@ -254,15 +302,41 @@ mod tests {
         assert_eq!(b.frame.updated_ms, Some(1));
         assert!(!b.awaits_snapshot);
         drop(pending);
-        u.fold(Instant::now());
+        u.fold();
         assert!(u.is_empty());
         assert_eq!(u.base[&1].frame.fields["7059"], json!("2"));
+        assert_eq!(u.evicted, 0);
+    }
+
+    /// A normalizer that dies with frames in its mailbox releases their permits without their
+    /// rows reaching Kafka: the frames stay until it (restarted) has handled them.
+    #[tokio::test]
+    async fn a_released_frame_a_normalizer_has_not_handled_is_kept_for_the_replay() {
+        let progress = Arc::new(FrameProgress::default());
+        let limit = InflightLimit::new(10);
+        let mut u = Unacked::new(progress.clone(), 100);
+        let p = limit.acquire().await.unwrap();
+        let n = u.market_data(md(1, 1, &[("31", json!("10"))]), 5, &p);
+        drop(p);
+        handled(&progress, &ALL[..2], n);
+        u.fold();
+        assert_eq!(u.len(), 1, "the indicators normalizer has not handled it");
+        // Ladders go to the book normalizer only: its progress alone decides.
+        let b = u.book(book(1), 6, &Inflight::none());
+        handled(&progress, &[l2::Books::CATEGORY], b);
+        u.fold();
+        assert_eq!(u.len(), 2, "kept behind the frame before it: order is kept");
+        handled(&progress, &[indicators::Statistics::CATEGORY], n);
+        u.fold();
+        assert!(u.is_empty());
+        assert_eq!(u.evicted, 0);
     }
 
     #[tokio::test]
     async fn the_cap_bounds_what_is_kept() {
+        let progress = Arc::new(FrameProgress::default());
         let limit = InflightLimit::new(100);
-        let mut u = Unacked::new(Duration::from_secs(60), 3);
+        let mut u = Unacked::new(progress, 3);
         let mut permits = Vec::new();
         for i in 0..5 {
             let p = limit.acquire().await.unwrap();

@@ -35,6 +35,7 @@ use tracing::warn;
 use crate::backpressure::Inflight;
 use crate::config::KafkaConfig;
 use crate::contracts::Instrument;
+use crate::frame_progress::FrameProgress;
 use crate::ib_websocket::WsMsg;
 use crate::kafka::{Produce, ProducerMsg};
 use crate::metrics::Metrics;
@@ -57,12 +58,15 @@ pub enum NormalizerMsg {
         frame: Arc<MarketDataFrame>,
         received_ns: i64,
         permit: Inflight,
+        /// The websocket's number of the frame ([`FrameProgress`]); 0 for a replay's seed.
+        number: u64,
     },
     /// One `sbd` BookTrader ladder, as received.
     Book {
         frame: Arc<BookFrame>,
         received_ns: i64,
         permit: Inflight,
+        number: u64,
     },
     /// The instruments this pod streams (after contract resolution or a rebalance).
     Instruments(InstrumentMap),
@@ -108,6 +112,8 @@ pub struct Core {
     pub instance: Arc<str>,
     /// The messages of the frame being normalized, and the cached handles to send them.
     pub out: Outbox,
+    /// This normalizer's slot in the emitter's [`FrameProgress`].
+    pub progress_slot: Option<usize>,
 }
 
 /// The messages of one frame, handed to the producer in one message after the frame, with the
@@ -174,6 +180,15 @@ impl Outbox {
 }
 
 impl Core {
+    /// Frame `number` is handled: its rows are with the producer (0: a replay's seed).
+    fn handled(&self, number: u64) {
+        if let Some(slot) = self.progress_slot
+            && number > 0
+        {
+            self.emitter.progress.handled(slot, number);
+        }
+    }
+
     pub fn count(&mut self, emitted: Emitted) {
         match emitted {
             Emitted::Row => self.snapshot.rows += 1,
@@ -324,6 +339,7 @@ impl<N: Normalize> Actor for Normalizer<N> {
                 ..Default::default()
             },
             availability: HashMap::new(),
+            progress_slot: FrameProgress::slot(N::CATEGORY),
         };
         Ok((core, N::default()))
     }
@@ -342,20 +358,24 @@ impl<N: Normalize> Actor for Normalizer<N> {
                 frame,
                 received_ns,
                 permit,
+                number,
             } => {
                 core.snapshot.frames += 1;
                 core.note_availability(&frame);
                 rule.market_data(core, &frame, received_ns, &permit).await;
                 core.out.flush(&core.emitter).await;
+                core.handled(number);
             }
             NormalizerMsg::Book {
                 frame,
                 received_ns,
                 permit,
+                number,
             } => {
                 core.snapshot.frames += 1;
                 rule.book(core, &frame, received_ns, &permit).await;
                 core.out.flush(&core.emitter).await;
+                core.handled(number);
             }
             NormalizerMsg::Instruments(map) => {
                 core.snapshot.instruments = map.len();
@@ -408,6 +428,8 @@ pub struct RowEmitter {
     pub instance: String,
     pub names: ActorNames,
     pub metrics: Arc<Metrics>,
+    /// How far the normalizers got through the websocket's frames (the replay store's bound).
+    pub progress: Arc<FrameProgress>,
 }
 
 /// What became of one row handed to [`RowEmitter::emit`].

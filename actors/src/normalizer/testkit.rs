@@ -97,6 +97,7 @@ impl Harness {
             instance: "marketlane-0".into(),
             names: names.clone(),
             metrics: metrics.clone(),
+            progress: Default::default(),
         };
         let (normalizer, _) = Actor::spawn(Some(names.name(tag)), actor, emitter)
             .await
@@ -124,11 +125,13 @@ impl Harness {
                 frame: Arc::new(md),
                 received_ns,
                 permit: Inflight::none(),
+                number: 0,
             },
             InboundFrame::Book(b) => NormalizerMsg::Book {
                 frame: Arc::new(b),
                 received_ns,
                 permit: Inflight::none(),
+                number: 0,
             },
             other => panic!("not a market-data frame: {other:?}"),
         };

@@ -117,11 +117,12 @@ impl WsState {
                 }
                 self.last_data = Some(Instant::now());
                 let frame = Arc::new(book);
-                self.unacked.book(frame.clone(), received_ns, &permit);
+                let number = self.unacked.book(frame.clone(), received_ns, &permit);
                 self.send_to(true, || NormalizerMsg::Book {
                     frame: frame.clone(),
                     received_ns,
                     permit: permit.clone(),
+                    number,
                 });
             }
             InboundFrame::WaitingForSession => {
@@ -157,12 +158,14 @@ impl WsState {
                     }
                 }
                 let frame = Arc::new(md);
-                self.unacked
+                let number = self
+                    .unacked
                     .market_data(frame.clone(), received_ns, &permit);
                 self.broadcast(|| NormalizerMsg::MarketData {
                     frame: frame.clone(),
                     received_ns,
                     permit: permit.clone(),
+                    number,
                 });
             }
             InboundFrame::Notice { topic, text } => info!(topic, text, "gateway notice"),
