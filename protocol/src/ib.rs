@@ -368,6 +368,43 @@ impl FrameError {
 /// well formed (the gateway sends some data frames as binary), and quarantined otherwise.
 pub fn parse_frame(bytes: &[u8]) -> Result<InboundFrame, FrameError> {
     let text = std::str::from_utf8(bytes).map_err(|_| FrameError::NotUtf8)?;
+    // A ladder straight into its rows: the general path below builds a JSON tree of `data`
+    // first (a map per row) and converts it. Anything this does not read as a plain ladder
+    // (an `error` key, a malformed `data`, another topic) takes the general path, which gives
+    // the same frame or the error.
+    if text.contains("\"sbd")
+        && let Ok(wire) = serde_json::from_str::<LadderWire>(text)
+        && wire.error.is_none()
+        && wire.topic.starts_with("sbd")
+    {
+        return Ok(InboundFrame::Book(wire.into_frame()));
+    }
+    parse_frame_generally(text)
+}
+
+/// An `sbd` frame as sent: the topic (`sbd+<account>+<conid>`) and the ladder.
+#[derive(Deserialize)]
+struct LadderWire<'a> {
+    #[serde(borrow)]
+    topic: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    data: Vec<BookRow>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+impl LadderWire<'_> {
+    fn into_frame(self) -> BookFrame {
+        let mut parts = self.topic.split('+').skip(1);
+        BookFrame {
+            account: parts.next().map(String::from),
+            conid: parts.next().and_then(|c| c.parse().ok()),
+            rows: self.data,
+        }
+    }
+}
+
+fn parse_frame_generally(text: &str) -> Result<InboundFrame, FrameError> {
     // Straight into the sorted fields the frame keeps (no JSON object built and copied
     // first); only input that is not an object is parsed again, for the error it gets.
     let mut obj: Fields = match serde_json::from_str(text) {
@@ -724,6 +761,32 @@ mod tests {
                 .code(),
             "malformed_frame"
         );
+    }
+
+    /// The ladder's direct path gives what the general path gives, frame or error.
+    #[test]
+    fn ladders_read_directly_equal_the_general_path() {
+        let frames = [
+            r#"{"topic":"sbd+DU1+265598","data":[{"row":0,"focus":0,"price":"189.70","ask":"300"},{"row":2,"focus":0,"price":"189.60","bid":"1,200"}]}"#,
+            r#"{"data":[{"bid":7,"price":189.5,"row":1,"focus":1}],"topic":"sbd+DU1+5","server_id":"q0"}"#,
+            r#"{"topic":"\u0073bd+DU2+7","data":[]}"#,
+            r#"{"topic":"sbd+DU1+5"}"#,
+            r#"{"topic":"sbd+DU1+5","data":null}"#,
+            r#"{"topic":"sbd+DU1+5","data":[{"row":"x"}]}"#,
+            r#"{"topic":"sbd+DU1+5","data":{"row":1}}"#,
+            r#"{"topic":"sbd+DU1+5","error":"no market data permission"}"#,
+            r#"{"topic":"sbd+DU1+5","data":[],"data":[{"row":1,"focus":0,"price":"1"}]}"#,
+            r#"{"topic":"smd+5","31":"\"sbd","_updated":1}"#,
+            r#"{"topic":"sbd","data":[{"row":0,"focus":0,"price":"1","ask":"2","extra":{"a":[1]}}]}"#,
+            r#"{"topic":"sbd+DU1+notanumber","data":[]}"#,
+        ];
+        for f in frames {
+            assert_eq!(parse_frame(f.as_bytes()), parse_frame_generally(f), "{f}");
+        }
+        // The plain ladders did take the direct path.
+        for f in &frames[..4] {
+            assert!(serde_json::from_str::<LadderWire>(f).is_ok(), "{f}");
+        }
     }
 
     #[test]
