@@ -2,8 +2,9 @@
 //!
 //! Exactly-once after clickhouse-kafka-connect's design:
 //! - batches are cut per partition, so each insert covers one offset range `[min, max]`;
-//! - before the insert the range is written to the offsets table as `before`, after
-//!   ClickHouse acknowledged it as `after` (`clickhouse_writer/sink.rs`);
+//! - each flush makes one insert into the offsets table (`clickhouse_writer/sink.rs`) ahead of
+//!   its data: the range of each batch it sends as `before`, and as `after` the ranges earlier
+//!   flushes landed (of partitions with no batch in this one); a drain writes the last `after`s;
 //! - on partition assignment the writer reads that state and seeks: after `after` to `max + 1`,
 //!   after `before` to `min`, and then cuts the first batch at exactly `max`, so a batch that may
 //!   or may not have landed is sent again with the same range and the same
@@ -17,15 +18,14 @@
 //! blocks or retries the batch.
 //!
 //! The bookkeeping of those rules (positions, cuts, replays, rewinds) is the pure state machine
-//! of `batch.rs`; the Kafka side is `consumer.rs`; this file encodes rows and runs the flush.
+//! of `batch.rs`; the Kafka side is `consumer.rs`; this file encodes rows, `flush.rs` sends them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use marketlane_protocol::clickhouse::{
-    BatchPhase, dedup_token, encode_unqualified, insert_statement, unqualified_insert_statement,
-    unqualified_table,
+    encode_unqualified, insert_statement, unqualified_insert_statement, unqualified_table,
 };
 use marketlane_protocol::wire_row::encode_json_row;
 use marketlane_protocol::{CategorySchema, UnqualifiedRecord};
@@ -36,7 +36,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::batch::{Admit, Backoff, Batch, Batcher};
+use super::batch::{Admit, Backoff, Batcher};
 use super::consumer::{PREFETCH_KIB, QUARANTINE_PREFETCH_KIB, WriterConsumer};
 use super::sink::{ClickHouse, RowIndex, SinkError};
 use crate::config::{KafkaConfig, WriterConfig};
@@ -105,6 +105,11 @@ pub struct WriterSnapshot {
     pub partitions: BTreeMap<i32, i64>,
     /// Batches re-sent with their original range after a restart (`before` state found).
     pub replayed_ranges: u64,
+    /// Flushes whose batches all landed, and inserts sent to the offsets table, failed ones
+    /// included (one per flush attempt that sends a new range, one per drain with `after`
+    /// ranges to write).
+    pub flushes: u64,
+    pub offset_inserts: u64,
     /// The writer's own consumer group and static member id.
     pub group: String,
     pub group_instance: String,
@@ -305,6 +310,9 @@ impl Actor for ClickHouseWriter {
             }
             WriterMsg::Drain(reply) => {
                 let ok = state.flush_all().await;
+                if ok {
+                    state.record_afters().await;
+                }
                 let _ = reply.send(ok);
             }
             WriterMsg::InjectPanic => {
@@ -546,133 +554,6 @@ impl WriterState {
         }
     }
 
-    /// A strictly increasing version for the offsets state of this writer.
-    fn next_seq(&mut self) -> u64 {
-        let now = marketlane_protocol::now_ns().max(0) as u64;
-        self.last_seq = now.max(self.last_seq + 1);
-        self.last_seq
-    }
-
-    /// Inserts the due partition batches: state `before`, the data of every partition at
-    /// once (each with its token), state `after`, then the advisory Kafka commit. Returns
-    /// false (keeping every batch) on failure.
-    async fn flush_due(&mut self) -> bool {
-        let ranges = self.batcher.due_ranges();
-        if ranges.is_empty() {
-            self.batcher.landed();
-            self.backoff.reset();
-            self.apply_pending_schema();
-            return true;
-        }
-        let started = Instant::now();
-        let ch = self.args.clickhouse.clone();
-        let seq = self.next_seq();
-        if let Err(e) = ch
-            .write_states(&self.topic, &ranges, BatchPhase::Before, seq)
-            .await
-        {
-            return self.failed(
-                marketlane_protocol::clickhouse::OFFSETS_TABLE,
-                e.to_string(),
-            );
-        }
-        let mut bodies = Vec::new();
-        for &(p, min, max) in &ranges {
-            if let Some(b) = self.batcher.batch_mut(p)
-                && !b.inserted
-            {
-                bodies.push((p, dedup_token(&self.topic, p, min, max), b.data.frozen()));
-            }
-        }
-        let target = Target {
-            ch: &ch,
-            insert_sql: &self.insert_sql,
-            quarantine_sql: &self.quarantine_sql,
-            table: &self.table,
-            topic: &self.topic,
-            category: self.args.kind.category(),
-            instance: &self.args.instance,
-        };
-        // The partitions' inserts are in flight together: their ranges and tokens are their
-        // own, so their order does not matter; a failed one is retried alone.
-        let batcher = &self.batcher;
-        let results =
-            futures_util::future::join_all(bodies.into_iter().filter_map(|(p, token, body)| {
-                let batch = batcher.batch(p)?;
-                Some(async move { (p, target.insert(p, batch, &token, body).await) })
-            }))
-            .await;
-        let mut failure = None;
-        for (p, result) in results {
-            match result {
-                Ok(poisoned) => {
-                    if let Some(b) = self.batcher.batch_mut(p) {
-                        b.inserted = true;
-                        b.data.poisoned = poisoned;
-                    }
-                }
-                Err(e) => failure = failure.or(Some(e)),
-            }
-        }
-        if let Some((table, error)) = failure {
-            return self.failed(&table, error);
-        }
-        let seq = self.next_seq();
-        if let Err(e) = ch
-            .write_states(&self.topic, &ranges, BatchPhase::After, seq)
-            .await
-        {
-            return self.failed(
-                marketlane_protocol::clickhouse::OFFSETS_TABLE,
-                e.to_string(),
-            );
-        }
-        self.landed(started);
-        true
-    }
-
-    /// The flushed batches are recorded: metrics, snapshot, advisory commit, and a reloaded
-    /// schema takes over.
-    fn landed(&mut self, started: Instant) {
-        let metrics = &self.args.metrics;
-        let table = self.table.as_str();
-        metrics
-            .clickhouse_insert_duration
-            .with_label_values(&[table])
-            .observe(started.elapsed().as_secs_f64());
-        let now = marketlane_protocol::now_ns();
-        let category = self.args.kind.category();
-        let hist = metrics
-            .event_to_sink_latency
-            .with_label_values(&[category, "clickhouse"]);
-        let mut commits = Vec::new();
-        for (p, batch) in self.batcher.landed() {
-            let Batch { max, data, .. } = batch;
-            let rows = (data.row_count - data.poisoned) as u64;
-            metrics
-                .clickhouse_rows_inserted
-                .with_label_values(&[table])
-                .inc_by(rows);
-            if data.poisoned > 0 {
-                metrics
-                    .rows_quarantined
-                    .with_label_values(&[category, "writer", "rejected_by_clickhouse"])
-                    .inc_by(data.poisoned as u64);
-            }
-            for t in &data.event_times {
-                hist.observe((now - t).max(0) as f64 / 1e9);
-            }
-            self.snapshot.rows_inserted += rows;
-            self.snapshot.rows_quarantined += (data.quarantine_count + data.poisoned) as u64;
-            self.snapshot.batches += 1;
-            commits.push((p, max + 1));
-        }
-        self.consumer.commit(&commits);
-        self.snapshot.last_error = None;
-        self.backoff.reset();
-        self.apply_pending_schema();
-    }
-
     /// Nothing encoded under the old schema is left: a reloaded one takes over.
     fn apply_pending_schema(&mut self) {
         if let Some(schema) = self.pending_schema.take() {
@@ -709,68 +590,9 @@ impl WriterState {
     }
 }
 
-/// Where one flush sends its partitions' batches.
-#[derive(Clone, Copy)]
-struct Target<'a> {
-    ch: &'a ClickHouse,
-    insert_sql: &'a str,
-    quarantine_sql: &'a str,
-    table: &'a str,
-    topic: &'a str,
-    category: &'a str,
-    instance: &'a str,
-}
+#[path = "flush.rs"]
+mod flush;
 
-impl Target<'_> {
-    /// Inserts one partition's batch (rows, then quarantine records with the rows ClickHouse
-    /// refused on their own); returns how many it refused, or the failing table and error.
-    async fn insert(
-        self,
-        partition: i32,
-        batch: &Batch<Encoded>,
-        token: &str,
-        (rows, quarantine): (Bytes, Bytes),
-    ) -> Result<usize, (String, String)> {
-        let data = &batch.data;
-        let mut poison = Vec::new();
-        if data.row_count > 0 {
-            poison = self
-                .ch
-                .insert_bisecting(self.insert_sql, &rows, &data.index, token)
-                .await
-                .map_err(|e| (self.table.to_string(), e.to_string()))?;
-        }
-        if data.quarantine_count == 0 && poison.is_empty() {
-            return Ok(0);
-        }
-        // Rows ClickHouse refused go to quarantine with its reason, inside this batch (rare:
-        // only then is the quarantine buffer copied).
-        let body = if poison.is_empty() {
-            quarantine
-        } else {
-            let mut buf = quarantine.to_vec();
-            let now = marketlane_protocol::now_ns();
-            for row in &poison {
-                let mut rec = UnqualifiedRecord::new(
-                    self.category,
-                    "rejected_by_clickhouse",
-                    row.reason.clone(),
-                    &row.payload,
-                    "unknown",
-                    self.instance,
-                    now,
-                );
-                rec.source_topic = Some(self.topic.to_string());
-                rec.source_partition = Some(partition);
-                rec.source_offset = Some(row.offset);
-                encode_unqualified(&rec, row.at, &mut buf);
-            }
-            Bytes::from(buf)
-        };
-        self.ch
-            .insert(self.quarantine_sql, body, Some(token))
-            .await
-            .map_err(|e| (unqualified_table(self.category), e.to_string()))?;
-        Ok(poison.len())
-    }
-}
+#[cfg(test)]
+#[path = "flush_tests.rs"]
+mod flush_tests;

@@ -6,10 +6,16 @@
 //! The rules (clickhouse-kafka-connect's design):
 //! - a batch holds one partition's consecutive offsets `[min, max]`; it is cut when it holds
 //!   `batch_rows` messages or its first one is `max_age` old;
-//! - its range is recorded as `before` ahead of the insert and `after` once acknowledged;
+//! - a flush makes one offsets insert ([`Batcher::state_records`]): the `before` range of each
+//!   batch it is about to send, and the `after` range of each batch the previous flushes landed
+//!   whose partition has no newer range in it. A batch's own `after` is thus written with the
+//!   next flush (or by a drain), never in an insert of its own;
 //! - on assignment a partition resumes after an `after` range, and at the `min` of a `before`
 //!   range, whose first batch is then cut at exactly that `max`: the replay carries the same
-//!   range and so the same deduplication token (`topic-partition-min-max`);
+//!   range and so the same deduplication token (`topic-partition-min-max`). A `before` range
+//!   that did land (its `after` not yet written) is so sent once more and dropped as a copy;
+//!   a `before` is only written once every earlier batch of its partition has landed, so
+//!   nothing below its `min` is missing;
 //! - a failed insert keeps its batches; nothing new is taken until it lands, and offsets the
 //!   consumer delivered meanwhile are read again from the partition's position afterwards.
 
@@ -20,6 +26,9 @@ use marketlane_protocol::clickhouse::BatchPhase;
 use tokio::time::Instant;
 
 use super::sink::PartitionState;
+
+/// One row of the offsets table: `(partition, min, max, phase)`.
+pub type StateRecord = (i32, i64, i64, BatchPhase);
 
 /// Where a partition stands: the next offset to take, and a range to re-cut exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +79,8 @@ pub struct Batch<D> {
     pub started: Instant,
     /// The data insert was acknowledged (a retry then only records the range).
     pub inserted: bool,
+    /// Its `before` range is stored (a retry does not write it again).
+    pub recorded: bool,
     pub data: D,
 }
 
@@ -85,6 +96,9 @@ pub struct Batcher<D> {
     /// While a failed flush is retried: the lowest offset the consumer delivered per
     /// partition that was not taken (read again once the retry is over).
     rewind: BTreeMap<i32, i64>,
+    /// Ranges landed whose `after` is not stored yet, per partition (the newest only): the
+    /// next offsets insert carries them.
+    unrecorded_after: BTreeMap<i32, (i64, i64)>,
     /// Batches cut at the end of a replayed range.
     pub replayed_ranges: u64,
 }
@@ -98,6 +112,7 @@ impl<D: Default> Batcher<D> {
             batches: BTreeMap::new(),
             due: Vec::new(),
             rewind: BTreeMap::new(),
+            unrecorded_after: BTreeMap::new(),
             replayed_ranges: 0,
         }
     }
@@ -113,7 +128,8 @@ impl<D: Default> Batcher<D> {
     }
 
     /// A partition was revoked: its unsent batch is dropped (its next owner starts from the
-    /// stored state).
+    /// stored state), and so is its unwritten `after`: a range written for a partition this
+    /// writer no longer owns could hide its new owner's newer one.
     pub fn revoke(&mut self, partition: i32) {
         self.drop_partition(partition);
         self.positions.remove(&partition);
@@ -123,6 +139,7 @@ impl<D: Default> Batcher<D> {
         self.batches.remove(&partition);
         self.due.retain(|d| *d != partition);
         self.rewind.remove(&partition);
+        self.unrecorded_after.remove(&partition);
     }
 
     /// Whether a delivered message is taken. `repositioned` partitions were just sought.
@@ -162,6 +179,7 @@ impl<D: Default> Batcher<D> {
             messages: 0,
             started: now,
             inserted: false,
+            recorded: false,
             data: D::default(),
         });
         batch.max = offset;
@@ -232,13 +250,70 @@ impl<D: Default> Batcher<D> {
         self.batches.get_mut(&partition)
     }
 
-    /// The cut batches' `after` ranges are recorded: they leave the writer (returned for the
-    /// metrics), and nothing is due any more.
+    /// The rows of this flush's offsets insert: `before` for each due batch not yet recorded,
+    /// and `after` for each landed range whose partition has no due batch (that batch's
+    /// `before` is newer, or is about to be). Empty when every due batch is recorded (a retry
+    /// of the data only): the `after` ranges then wait for the next flush. All rows of one
+    /// insert share one version: a partition has at most one row in it.
+    pub fn state_records(&self) -> Vec<StateRecord> {
+        let mut records: Vec<StateRecord> = self
+            .due
+            .iter()
+            .filter_map(|p| self.batches.get(p).map(|b| (*p, b)))
+            .filter(|(_, b)| !b.recorded)
+            .map(|(p, b)| (p, b.min, b.max, BatchPhase::Before))
+            .collect();
+        if records.is_empty() {
+            return records;
+        }
+        records.extend(self.after_records());
+        records
+    }
+
+    /// The landed ranges whose `after` is not stored yet, for partitions without a due batch
+    /// (a drain writes them once, so a clean restart replays nothing).
+    pub fn after_records(&self) -> Vec<StateRecord> {
+        self.unrecorded_after
+            .iter()
+            .filter(|(p, _)| !self.due.contains(p))
+            .map(|(p, (min, max))| (*p, *min, *max, BatchPhase::After))
+            .collect()
+    }
+
+    /// The offsets insert of `records` was acknowledged.
+    pub fn recorded(&mut self, records: &[StateRecord]) {
+        for &(p, min, max, phase) in records {
+            match phase {
+                BatchPhase::Before => {
+                    if let Some(b) = self.batches.get_mut(&p)
+                        && (b.min, b.max) == (min, max)
+                    {
+                        b.recorded = true;
+                    }
+                    // Its newer `before` supersedes the partition's older `after`.
+                    self.unrecorded_after.remove(&p);
+                }
+                BatchPhase::After => {
+                    if self.unrecorded_after.get(&p) == Some(&(min, max)) {
+                        self.unrecorded_after.remove(&p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The cut batches were acknowledged: they leave the writer (returned for the metrics),
+    /// nothing is due any more, and their `after` ranges wait for the next offsets insert.
     pub fn landed(&mut self) -> Vec<(i32, Batch<D>)> {
         let due = std::mem::take(&mut self.due);
-        due.into_iter()
+        let landed: Vec<(i32, Batch<D>)> = due
+            .into_iter()
             .filter_map(|p| self.batches.remove(&p).map(|b| (p, b)))
-            .collect()
+            .collect();
+        for (p, b) in &landed {
+            self.unrecorded_after.insert(*p, (b.min, b.max));
+        }
+        landed
     }
 
     /// Cuts every batch now (drain, schema reload). A partition still re-cutting a replayed

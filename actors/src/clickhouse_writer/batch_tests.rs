@@ -156,12 +156,109 @@ async fn back_off_doubles_to_its_maximum_and_resets() {
     assert_eq!(backoff.failed(), Duration::from_millis(200));
 }
 
+#[tokio::test(start_paused = true)]
+async fn one_offsets_insert_carries_the_new_before_ranges_and_the_landed_after_ranges() {
+    use BatchPhase::{After, Before};
+    let mut b = Batcher::<()>::new(2, AGE);
+    b.assign(0, None);
+    b.assign(1, None);
+    take_all(&mut b, 0, 0..=1);
+    take_all(&mut b, 1, 0..=1);
+    let first = b.state_records();
+    assert_eq!(first, vec![(0, 0, 1, Before), (1, 0, 1, Before)]);
+    b.recorded(&first);
+    b.landed();
+    // Only partition 0 is due next: its new `before` supersedes its own `after`, which is
+    // never written; partition 1's `after` rides along in the same insert.
+    take_all(&mut b, 0, 2..=3);
+    take_all(&mut b, 1, 2..=2);
+    let second = b.state_records();
+    assert_eq!(second, vec![(0, 2, 3, Before), (1, 0, 1, After)]);
+    b.recorded(&second);
+    b.landed();
+    // A drain writes what is left: partition 0's last range (1's batch is not cut).
+    assert_eq!(b.after_records(), vec![(0, 2, 3, After)]);
+    b.recorded(&b.after_records());
+    assert!(b.after_records().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_of_the_data_alone_writes_no_offsets_again() {
+    let mut b = Batcher::<()>::new(2, AGE);
+    b.assign(0, None);
+    take_all(&mut b, 0, 0..=1);
+    let records = b.state_records();
+    // The offsets insert failed: the retry writes the same range again.
+    assert_eq!(b.state_records(), records);
+    b.recorded(&records);
+    // The data insert failed after the range was stored: the retry sends only the data.
+    assert!(b.state_records().is_empty());
+    b.landed();
+    assert_eq!(b.after_records(), vec![(0, 0, 1, BatchPhase::After)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revoked_or_reassigned_partition_loses_its_unwritten_after() {
+    let mut b = Batcher::<()>::new(1, AGE);
+    b.assign(0, None);
+    b.assign(1, None);
+    take_all(&mut b, 0, 0..=0);
+    take_all(&mut b, 1, 0..=0);
+    let records = b.state_records();
+    b.recorded(&records);
+    b.landed();
+    b.revoke(0);
+    // Its next owner may have stored a newer range since: this one must not hide it.
+    assert_eq!(b.after_records(), vec![(1, 0, 0, BatchPhase::After)]);
+    b.assign(1, stored(0, 0, BatchPhase::Before));
+    assert!(b.after_records().is_empty());
+}
+
 /// The server side of the property test: the offsets table (latest state per partition) and
 /// the inserted ranges, each token kept once as the server's deduplication does.
 #[derive(Default)]
 struct Server {
     states: BTreeMap<i32, PartitionState>,
     tokens: BTreeSet<(i32, i64, i64)>,
+    offset_inserts: u64,
+}
+
+impl Server {
+    /// One offsets insert: all its rows carry one version, so a partition may appear once
+    /// (two rows would tie and either could win on read).
+    fn record(&mut self, records: &[StateRecord]) {
+        let partitions: BTreeSet<i32> = records.iter().map(|r| r.0).collect();
+        assert_eq!(
+            partitions.len(),
+            records.len(),
+            "a partition twice in one insert"
+        );
+        for &(p, min, max, phase) in records {
+            self.states.insert(
+                p,
+                PartitionState {
+                    min_offset: min,
+                    max_offset: max,
+                    phase,
+                },
+            );
+        }
+        self.offset_inserts += 1;
+    }
+}
+
+/// What the faults of a run exercised (summed over seeds: each case must occur).
+#[derive(Default, Debug)]
+struct Coverage {
+    /// Crashes with landed ranges whose `after` was not written yet.
+    crash_before_after: u64,
+    /// Crashes with a due batch whose `before` is stored.
+    crash_mid_flush: u64,
+    /// Drains that left every partition resuming past its range (a clean restart).
+    clean_drains: u64,
+    /// Flushes that landed, and offsets inserts they made.
+    flushes: u64,
+    flush_offset_inserts: u64,
 }
 
 /// A consumer: per partition, the next offset it delivers.
@@ -174,7 +271,7 @@ const PARTITIONS: i32 = 3;
 /// One writer life: random deliveries, age cuts, flushes that fail at any step, crashes at
 /// any point; then a final run without faults. Every offset must end up in exactly one
 /// inserted range (distinct tokens never overlap) and none may be missing.
-fn run(seed: u64, end: i64) {
+fn run(seed: u64, end: i64, cov: &mut Coverage) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut server = Server::default();
     let batch_rows = rng.random_range(1..8);
@@ -195,7 +292,7 @@ fn run(seed: u64, end: i64) {
         let mut retrying = false;
         let mut now = Instant::now();
         for _ in 0..200 {
-            match rng.random_range(0..10) {
+            match rng.random_range(0..11) {
                 0..=5 => {
                     // The actor reads nothing more once a batch is cut: it flushes first.
                     if b.has_due() && !retrying {
@@ -219,13 +316,38 @@ fn run(seed: u64, end: i64) {
                         b.cut_aged(now);
                     }
                 }
-                7 if faults => break, // crash
+                7 if faults => {
+                    // A crash: whatever the writer held is lost.
+                    if !b.after_records().is_empty() {
+                        cov.crash_before_after += 1;
+                    }
+                    if b.due_ranges()
+                        .iter()
+                        .any(|r| b.batch(r.0).unwrap().recorded)
+                    {
+                        cov.crash_mid_flush += 1;
+                    }
+                    break;
+                }
+                8 if faults => {
+                    drain(&mut b, &mut server, &mut consumer, &mut rng, cov);
+                    break;
+                }
                 _ => {
                     if !b.has_due() {
                         continue;
                     }
-                    let fail_at = if faults { rng.random_range(0..6) } else { 9 };
+                    let fail_at = if faults { rng.random_range(0..7) } else { 9 };
+                    let inserts = server.offset_inserts;
+                    // A range not stored yet: this attempt writes exactly one offsets insert.
+                    let fresh = b
+                        .due_ranges()
+                        .iter()
+                        .any(|r| b.batch(r.0).is_some_and(|x| !x.recorded));
                     if flush(&mut b, &mut server, fail_at) {
+                        assert_eq!(server.offset_inserts - inserts, u64::from(fresh));
+                        cov.flushes += 1;
+                        cov.flush_offset_inserts += server.offset_inserts - inserts;
                         if retrying {
                             for (p, o) in b.end_retry() {
                                 consumer.cursor.insert(p, o);
@@ -292,60 +414,94 @@ fn run(seed: u64, end: i64) {
     }
 }
 
-/// The actor's flush against the model server; `fail_at` picks the failing step (0: the
-/// `before` record, 1..=3: the insert of the first due batch, 4: the `after` record).
+/// The actor's flush against the model server; `fail_at` picks the failing step: 0 the
+/// offsets insert, 1 the same landed but its answer lost, 2..=3 the insert of the first due
+/// batch, 4 the same landed but its answer lost; above, nothing fails.
 fn flush(b: &mut Batcher<()>, server: &mut Server, fail_at: u32) -> bool {
-    let ranges = b.due_ranges();
-    if fail_at == 0 {
-        return false;
+    let records = b.state_records();
+    if !records.is_empty() {
+        if fail_at == 0 {
+            return false;
+        }
+        server.record(&records);
+        if fail_at == 1 {
+            return false;
+        }
+        b.recorded(&records);
     }
-    for &(p, min, max) in &ranges {
-        server.states.insert(
-            p,
-            PartitionState {
-                min_offset: min,
-                max_offset: max,
-                phase: BatchPhase::Before,
-            },
-        );
-    }
-    for (i, &(p, min, max)) in ranges.iter().enumerate() {
+    for (i, (p, min, max)) in b.due_ranges().into_iter().enumerate() {
         if b.batch(p).is_some_and(|x| x.inserted) {
             continue;
         }
-        if (1..=3).contains(&fail_at) && i == 0 {
+        if (2..=3).contains(&fail_at) && i == 0 {
             return false;
         }
         server.tokens.insert((p, min, max));
+        if fail_at == 4 && i == 0 {
+            return false;
+        }
         if let Some(x) = b.batch_mut(p) {
             x.inserted = true;
         }
-    }
-    if fail_at == 4 {
-        return false;
-    }
-    for &(p, min, max) in &ranges {
-        server.states.insert(
-            p,
-            PartitionState {
-                min_offset: min,
-                max_offset: max,
-                phase: BatchPhase::After,
-            },
-        );
     }
     b.landed();
     true
 }
 
+/// A drain (the actor's `Drain`, then the process exits): every batch is cut and flushed, a
+/// replay in progress is dropped, then the landed ranges' `after` is written, which may fail.
+fn drain(
+    b: &mut Batcher<()>,
+    server: &mut Server,
+    consumer: &mut Consumer,
+    rng: &mut StdRng,
+    cov: &mut Coverage,
+) {
+    for (p, o) in b.cut_all() {
+        consumer.cursor.insert(p, o);
+    }
+    if !flush(b, server, rng.random_range(0..9)) {
+        return;
+    }
+    let records = b.after_records();
+    if !records.is_empty() && rng.random_bool(0.2) {
+        return; // the `after` insert failed: the next life replays those ranges
+    }
+    if !records.is_empty() {
+        server.record(&records);
+        b.recorded(&records);
+    }
+    let replaying =
+        (0..PARTITIONS).any(|p| b.position(p).is_some_and(|x| x.replay_until.is_some()));
+    if !replaying {
+        // A clean drain: the next life resumes past every stored range, replaying nothing.
+        let before: Vec<_> = server
+            .states
+            .iter()
+            .filter(|(_, s)| s.phase == BatchPhase::Before)
+            .collect();
+        assert!(before.is_empty(), "a clean drain left {before:?}");
+        cov.clean_drains += 1;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn property_every_offset_lands_in_exactly_one_range_through_faults() {
+    let mut cov = Coverage::default();
     for seed in 0..300 {
         run(
             seed,
             StdRng::seed_from_u64(seed ^ 0x5eed).random_range(0..60),
+            &mut cov,
         );
     }
+    // The faults that matter occurred: crashes between a batch's data and the offsets insert
+    // that would record its `after`, crashes mid-flush, clean drains.
+    assert!(cov.crash_before_after > 20, "{cov:?}");
+    assert!(cov.crash_mid_flush > 20, "{cov:?}");
+    assert!(cov.clean_drains > 20, "{cov:?}");
+    // At most one offsets insert per flush (none for a retry of the data alone).
+    assert!(cov.flush_offset_inserts <= cov.flushes, "{cov:?}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The ClickHouse writers and the retention actor for servers without TTL (`retention.rs`):
-//! `actor.rs` (the writer actor, its messages, encoding and flush), `batch.rs` (the pure
-//! exactly-once state machine: positions, cuts, replays), `consumer.rs` (the Kafka side) and
-//! `sink.rs` (the ClickHouse side).
+//! `actor.rs` (the writer actor, its messages and encoding), `flush.rs` (its flush), `batch.rs`
+//! (the pure exactly-once state machine: positions, cuts, replays, offsets records),
+//! `consumer.rs` (the Kafka side) and `sink.rs` (the ClickHouse side).
 pub mod actor;
 mod batch;
 mod child;

@@ -441,17 +441,17 @@ impl ClickHouse {
         Ok(out)
     }
 
-    /// Records the ranges of a set of partition batches in one insert.
+    /// Records the states of a set of partitions in one insert, all under version `seq`
+    /// (the reading side takes the row of the highest version per partition).
     pub async fn write_states(
         &self,
         topic: &str,
-        ranges: &[(i32, i64, i64)],
-        phase: BatchPhase,
+        records: &[(i32, i64, i64, BatchPhase)],
         seq: u64,
     ) -> Result<(), SinkError> {
-        let mut buf = Vec::with_capacity(ranges.len() * 48);
-        for (p, min, max) in ranges {
-            ch::encode_offset_state(topic, *p, (*min, *max), phase, seq, &mut buf);
+        let mut buf = Vec::with_capacity(records.len() * 48);
+        for &(p, min, max, phase) in records {
+            ch::encode_offset_state(topic, p, (min, max), phase, seq, &mut buf);
         }
         self.insert(
             &ch::offsets_insert_statement(&self.config.database),

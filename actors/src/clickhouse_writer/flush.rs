@@ -1,0 +1,229 @@
+//! The writer's flush: one offsets insert (the `before` ranges of the batches it sends and
+//! the `after` ranges of those the previous flushes landed), the partitions' data inserts in
+//! parallel, then the metrics and the advisory commit once all landed (see `batch.rs` for
+//! why that is exactly-once).
+
+use bytes::Bytes;
+use marketlane_protocol::UnqualifiedRecord;
+use marketlane_protocol::clickhouse::{dedup_token, encode_unqualified, unqualified_table};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::super::batch::{Batch, StateRecord};
+use super::super::sink::ClickHouse;
+use super::{Encoded, WriterState};
+
+impl WriterState {
+    /// A strictly increasing version for the offsets state of this writer.
+    fn next_seq(&mut self) -> u64 {
+        let now = marketlane_protocol::now_ns().max(0) as u64;
+        self.last_seq = now.max(self.last_seq + 1);
+        self.last_seq
+    }
+
+    /// Inserts the due partition batches: one offsets insert (their `before` ranges and the
+    /// previous flushes' `after` ranges), the data of every partition at once (each with its
+    /// token), then the advisory Kafka commit. Returns false (keeping every batch) on failure.
+    pub(super) async fn flush_due(&mut self) -> bool {
+        let ranges = self.batcher.due_ranges();
+        if ranges.is_empty() {
+            self.batcher.landed();
+            self.backoff.reset();
+            self.apply_pending_schema();
+            return true;
+        }
+        let started = Instant::now();
+        let ch = self.args.clickhouse.clone();
+        // Empty on a retry whose ranges are stored already: only the data is sent again.
+        let records = self.batcher.state_records();
+        if !records.is_empty()
+            && let Err(e) = self.write_states(&records).await
+        {
+            return self.failed(marketlane_protocol::clickhouse::OFFSETS_TABLE, e);
+        }
+        let mut bodies = Vec::new();
+        for &(p, min, max) in &ranges {
+            if let Some(b) = self.batcher.batch_mut(p)
+                && !b.inserted
+            {
+                bodies.push((p, dedup_token(&self.topic, p, min, max), b.data.frozen()));
+            }
+        }
+        let target = Target {
+            ch: &ch,
+            insert_sql: &self.insert_sql,
+            quarantine_sql: &self.quarantine_sql,
+            table: &self.table,
+            topic: &self.topic,
+            category: self.args.kind.category(),
+            instance: &self.args.instance,
+        };
+        // The partitions' inserts are in flight together: their ranges and tokens are their
+        // own, so their order does not matter; a failed one is retried alone.
+        let batcher = &self.batcher;
+        let results =
+            futures_util::future::join_all(bodies.into_iter().filter_map(|(p, token, body)| {
+                let batch = batcher.batch(p)?;
+                Some(async move { (p, target.insert(p, batch, &token, body).await) })
+            }))
+            .await;
+        let mut failure = None;
+        for (p, result) in results {
+            match result {
+                Ok(poisoned) => {
+                    if let Some(b) = self.batcher.batch_mut(p) {
+                        b.inserted = true;
+                        b.data.poisoned = poisoned;
+                    }
+                }
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some((table, error)) = failure {
+            return self.failed(&table, error);
+        }
+        self.landed(started);
+        true
+    }
+
+    /// One insert into the offsets table (all rows under one version: one row per partition).
+    async fn write_states(&mut self, records: &[StateRecord]) -> Result<(), String> {
+        let seq = self.next_seq();
+        self.snapshot.offset_inserts += 1;
+        self.args
+            .clickhouse
+            .write_states(&self.topic, records, seq)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.batcher.recorded(records);
+        Ok(())
+    }
+
+    /// A drain stores the `after` ranges the last flushes left for the next one, so a clean
+    /// restart or hand-over replays nothing. Not needed for exactly-once: without it the next
+    /// owner sends those ranges once more with their tokens.
+    pub(super) async fn record_afters(&mut self) {
+        let records = self.batcher.after_records();
+        if records.is_empty() {
+            return;
+        }
+        if let Err(e) = self.write_states(&records).await {
+            let table = marketlane_protocol::clickhouse::OFFSETS_TABLE;
+            self.args
+                .metrics
+                .clickhouse_insert_errors
+                .with_label_values(&[table])
+                .inc();
+            warn!(topic = %self.topic, error = %e, "cannot record the landed ranges; the next owner sends them once more");
+        }
+    }
+
+    /// The flushed batches are recorded: metrics, snapshot, advisory commit, and a reloaded
+    /// schema takes over.
+    fn landed(&mut self, started: Instant) {
+        let metrics = &self.args.metrics;
+        let table = self.table.as_str();
+        metrics
+            .clickhouse_insert_duration
+            .with_label_values(&[table])
+            .observe(started.elapsed().as_secs_f64());
+        let now = marketlane_protocol::now_ns();
+        let category = self.args.kind.category();
+        let hist = metrics
+            .event_to_sink_latency
+            .with_label_values(&[category, "clickhouse"]);
+        let mut commits = Vec::new();
+        for (p, batch) in self.batcher.landed() {
+            let Batch { max, data, .. } = batch;
+            let rows = (data.row_count - data.poisoned) as u64;
+            metrics
+                .clickhouse_rows_inserted
+                .with_label_values(&[table])
+                .inc_by(rows);
+            if data.poisoned > 0 {
+                metrics
+                    .rows_quarantined
+                    .with_label_values(&[category, "writer", "rejected_by_clickhouse"])
+                    .inc_by(data.poisoned as u64);
+            }
+            for t in &data.event_times {
+                hist.observe((now - t).max(0) as f64 / 1e9);
+            }
+            self.snapshot.rows_inserted += rows;
+            self.snapshot.rows_quarantined += (data.quarantine_count + data.poisoned) as u64;
+            self.snapshot.batches += 1;
+            commits.push((p, max + 1));
+        }
+        self.snapshot.flushes += 1;
+        self.consumer.commit(&commits);
+        self.snapshot.last_error = None;
+        self.backoff.reset();
+        self.apply_pending_schema();
+    }
+}
+
+/// Where one flush sends its partitions' batches.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    ch: &'a ClickHouse,
+    insert_sql: &'a str,
+    quarantine_sql: &'a str,
+    table: &'a str,
+    topic: &'a str,
+    category: &'a str,
+    instance: &'a str,
+}
+
+impl Target<'_> {
+    /// Inserts one partition's batch (rows, then quarantine records with the rows ClickHouse
+    /// refused on their own); returns how many it refused, or the failing table and error.
+    async fn insert(
+        self,
+        partition: i32,
+        batch: &Batch<Encoded>,
+        token: &str,
+        (rows, quarantine): (Bytes, Bytes),
+    ) -> Result<usize, (String, String)> {
+        let data = &batch.data;
+        let mut poison = Vec::new();
+        if data.row_count > 0 {
+            poison = self
+                .ch
+                .insert_bisecting(self.insert_sql, &rows, &data.index, token)
+                .await
+                .map_err(|e| (self.table.to_string(), e.to_string()))?;
+        }
+        if data.quarantine_count == 0 && poison.is_empty() {
+            return Ok(0);
+        }
+        // Rows ClickHouse refused go to quarantine with its reason, inside this batch (rare:
+        // only then is the quarantine buffer copied).
+        let body = if poison.is_empty() {
+            quarantine
+        } else {
+            let mut buf = quarantine.to_vec();
+            let now = marketlane_protocol::now_ns();
+            for row in &poison {
+                let mut rec = UnqualifiedRecord::new(
+                    self.category,
+                    "rejected_by_clickhouse",
+                    row.reason.clone(),
+                    &row.payload,
+                    "unknown",
+                    self.instance,
+                    now,
+                );
+                rec.source_topic = Some(self.topic.to_string());
+                rec.source_partition = Some(partition);
+                rec.source_offset = Some(row.offset);
+                encode_unqualified(&rec, row.at, &mut buf);
+            }
+            Bytes::from(buf)
+        };
+        self.ch
+            .insert(self.quarantine_sql, body, Some(token))
+            .await
+            .map_err(|e| (unqualified_table(self.category), e.to_string()))?;
+        Ok(poison.len())
+    }
+}
