@@ -90,6 +90,11 @@ pub struct WsSnapshot {
     /// Symbols whose market data is not real-time: their rows go to `<category>_unqualified`
     /// with reason `not_realtime`.
     pub not_realtime_symbols: Vec<String>,
+    /// Frames kept for a restarted normalizer's replay (`unacked.rs`): about the frames in
+    /// flight, more while a normalizer restarts.
+    pub replay_frames: usize,
+    /// Frames folded out of the replay store over its cap while a replay could still need them.
+    pub replay_evicted: u64,
 }
 
 #[derive(Clone)]
@@ -365,6 +370,8 @@ impl Actor for IbWebsocket {
                         .collect::<BTreeSet<_>>()
                         .into_iter()
                         .collect(),
+                    replay_frames: state.unacked.len(),
+                    replay_evicted: state.unacked.evicted,
                 });
             }
         }
