@@ -540,8 +540,12 @@ impl ClickHouseConfig {
 pub struct WriterConfig {
     /// Categories to write; empty means every category of the schemas.
     pub categories: Vec<String>,
-    /// A batch is cut at this many rows …
+    /// A batch is cut at this many rows, …
     pub batch_rows: usize,
+    /// … when it holds this many bytes (encoded rows and the payloads kept beside them for a
+    /// bisection: what bounds a writer's memory when it catches up on a backlog or waits for
+    /// ClickHouse) …
+    pub batch_bytes: usize,
     /// … or when its first row is this old.
     #[serde(with = "humantime_secs")]
     pub batch_max_age: Duration,
@@ -564,6 +568,7 @@ impl Default for WriterConfig {
         Self {
             categories: Vec::new(),
             batch_rows: 50_000,
+            batch_bytes: 8 * 1024 * 1024,
             batch_max_age: Duration::from_millis(500),
             group_id: "marketlane-clickhouse-writer".into(),
             session_timeout: Duration::from_secs(10),
@@ -577,6 +582,9 @@ impl WriterConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.batch_rows == 0 {
             return Err(bad("writer.batch_rows", "must be at least 1"));
+        }
+        if self.batch_bytes < 64 * 1024 {
+            return Err(bad("writer.batch_bytes", "must be at least 65536"));
         }
         if self.batch_max_age.is_zero() {
             return Err(bad("writer.batch_max_age", "must be positive"));

@@ -146,6 +146,11 @@ pub(super) struct Encoded {
 }
 
 impl Encoded {
+    /// What the batch holds in memory: encoded rows and records, and the payloads kept beside.
+    fn bytes(&self) -> usize {
+        self.rows.len() + self.quarantine.len() + self.index.payload_bytes()
+    }
+
     fn frozen(&mut self) -> (Bytes, Bytes) {
         self.frozen
             .get_or_insert_with(|| {
@@ -551,6 +556,9 @@ impl WriterState {
                 quarantine(rec, &mut batch.quarantine);
                 batch.quarantine_count += 1;
             }
+        }
+        if batch.bytes() >= self.args.writer.batch_bytes {
+            self.batcher.cut_full(partition);
         }
     }
 

@@ -5,7 +5,8 @@
 //!
 //! The rules (clickhouse-kafka-connect's design):
 //! - a batch holds one partition's consecutive offsets `[min, max]`; it is cut when it holds
-//!   `batch_rows` messages or its first one is `max_age` old;
+//!   `batch_rows` messages, when its bytes reach the caller's bound ([`Batcher::cut_full`]) or
+//!   when its first one is `max_age` old;
 //! - a flush makes one offsets insert ([`Batcher::state_records`]): the `before` range of each
 //!   batch it is about to send, and the `after` range of each batch the previous flushes landed
 //!   whose partition has no newer range in it. A batch's own `after` is thus written with the
@@ -195,6 +196,18 @@ impl<D: Default> Batcher<D> {
             self.due.push(partition);
         }
         &mut batch.data
+    }
+
+    /// Cuts `partition`'s batch because it holds as many bytes as the caller allows. A batch
+    /// replaying a `before` range is not cut: it must end where that range ended, whose batch
+    /// was cut under the same bound from the same messages.
+    pub fn cut_full(&mut self, partition: i32) {
+        if self.batches.contains_key(&partition)
+            && !self.replaying(partition)
+            && !self.due.contains(&partition)
+        {
+            self.due.push(partition);
+        }
     }
 
     fn replaying(&self, partition: i32) -> bool {

@@ -36,6 +36,26 @@ async fn a_batch_is_cut_when_full() {
     assert_eq!(b.buffered(), 0);
 }
 
+/// A batch whose bytes reached the bound is cut like a full one; a replayed range is not: it
+/// must end where it ended before.
+#[tokio::test(start_paused = true)]
+async fn a_batch_is_cut_at_its_byte_bound_but_a_replayed_range_only_at_its_end() {
+    let mut b = Batcher::<()>::new(100, AGE);
+    b.assign(0, None);
+    b.cut_full(0);
+    assert!(!b.has_due(), "no batch to cut");
+    take_all(&mut b, 0, 0..=1);
+    b.cut_full(0);
+    assert_eq!(b.due_ranges(), vec![(0, 0, 1)]);
+    b.landed();
+    b.assign(1, stored(10, 12, BatchPhase::Before));
+    take_all(&mut b, 1, 10..=11);
+    b.cut_full(1);
+    assert!(!b.has_due());
+    take_all(&mut b, 1, 12..=12);
+    assert_eq!(b.due_ranges(), vec![(1, 10, 12)]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_batch_is_cut_by_age_on_paused_time() {
     let mut b = Batcher::<()>::new(100, AGE);
@@ -308,6 +328,10 @@ fn run(seed: u64, end: i64, cov: &mut Coverage) {
                         b.untaken(p, o);
                     } else if b.admit(p, o, &[]) == Admit::Take {
                         b.take(p, o, now);
+                        // The batch's bytes reached the writer's bound.
+                        if rng.random_bool(0.1) {
+                            b.cut_full(p);
+                        }
                     }
                 }
                 6 => {

@@ -84,6 +84,11 @@ impl RowIndex {
         self.ends.len()
     }
 
+    /// Bytes of the raw payloads kept for a bisection.
+    pub fn payload_bytes(&self) -> usize {
+        self.payloads.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }

@@ -99,6 +99,11 @@ fn bad_values_name_their_key() {
         ..Default::default()
     };
     assert_eq!(k.validate().unwrap_err().key, "kafka.compression");
+    let w = WriterConfig {
+        batch_bytes: 1000,
+        ..Default::default()
+    };
+    assert_eq!(w.validate().unwrap_err().key, "writer.batch_bytes");
     let c = ClickHouseConfig {
         database: "x; DROP".into(),
         ..Default::default()
