@@ -76,7 +76,7 @@ impl Report {
                 Box::new(live(|s| s.max(|x| x.role_rss_mb[2]))),
             ),
             (
-                "rate: consumer lag at the end",
+                "rate: writer consumer lag at the end",
                 Box::new(live(|s| s.s.last().map(|x| x.lag))),
             ),
             (
