@@ -77,8 +77,9 @@ pub struct Args {
     /// Seconds of the ClickHouse outage of the `outage` part; default 60, 20 with --quick.
     #[arg(long)]
     pub outage_secs: Option<u64>,
-    /// `perf record -g` of the daemon over the `rate` run's steady window; the top of
-    /// `perf report --no-children` goes into the report.
+    /// `perf record -g` of the connector process, and apart of the writer process, over the
+    /// `rate` run's steady window; the top of each `perf report --no-children` goes into the
+    /// report.
     #[arg(long)]
     pub profile: bool,
     /// Run on a tree with uncommitted changes (the report and summary.json say so).

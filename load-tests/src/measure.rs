@@ -1,7 +1,7 @@
 //! Figures taken from outside the daemon: rows as an analyst counts them (distinct `row_id`,
 //! `FINAL`), the CPU of ClickHouse and Kafka from their pid files, rows produced to Kafka in a
 //! time window (offsets for times), the first fresh market-data row in Kafka after a websocket
-//! drop, and a `perf` profile of the daemon.
+//! drop, and `perf` profiles of the connector and the writer processes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,6 +15,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::clickhouse::Ch;
 use crate::live::Env;
+use crate::live::daemons::{Daemons, PerRole, Role};
 use crate::outage::OutageResult;
 use crate::procs;
 
@@ -245,15 +246,16 @@ pub struct Profiler {
 }
 
 impl Profiler {
-    pub fn start(pid: u32, dir: &Path) -> anyhow::Result<Self> {
-        let data = dir.join("perf.data");
+    /// Records into `<dir>/perf-<name>.data`.
+    pub fn start(pid: u32, dir: &Path, name: &str) -> anyhow::Result<Self> {
+        let data = dir.join(format!("perf-{name}.data"));
         let child = Command::new("perf")
             .args(["record", "-g", "-F", "499", "-o"])
             .arg(&data)
             .args(["-p", &pid.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(
-                dir.join("perf-record.log"),
+                dir.join(format!("perf-record-{name}.log")),
             )?))
             .spawn()
             .context("cannot start perf (apt-get install linux-perf)")?;
@@ -300,15 +302,17 @@ pub struct Extra {
     /// Distinct rows in ClickHouse at the start and the end of the steady window, and the
     /// seconds between the two counts.
     pub analyst: Option<(Analyst, Analyst, f64)>,
-    /// CPU seconds over the same span: daemon, simulator, ClickHouse and Kafka.
-    pub daemon_cpu_s: Option<f64>,
+    /// CPU seconds over the same span: each daemon process (connector, writer, calculator),
+    /// the simulator, ClickHouse and Kafka.
+    pub role_cpu_s: Option<PerRole<f64>>,
     pub sim_cpu_s: Option<f64>,
     pub stack: StackCpu,
     /// Source rows the daemon produced to Kafka during the window (Kafka timestamps), and how
     /// many of them (by `ingestion_time`) were in ClickHouse `DRAIN_GRACE_S` after it.
     pub produced_in_window: Option<u64>,
     pub arrived_in_window: Option<u64>,
-    /// The top of `perf report --no-children` over the window.
+    /// The top of `perf report --no-children` over the window, the connector's then the
+    /// writer's.
     pub profile: Option<String>,
     /// Websocket drop → first row in Kafka with an event time after the drop (s).
     pub ws_fresh: Vec<Option<f64>>,
@@ -335,59 +339,87 @@ impl Extra {
         let (a, b, secs) = self.analyst?;
         (secs > 0.0).then(|| b.indicators.saturating_sub(a.indicators) as f64 / secs)
     }
-    /// Daemon CPU µs per distinct source row into ClickHouse over the window.
-    pub fn daemon_us_per_row(&self) -> Option<f64> {
+    /// CPU seconds of the connector and the writer together: the target's "connector + writer".
+    pub fn daemon_cpu_s(&self) -> Option<f64> {
+        let c = self.role_cpu_s?;
+        Some(c[Role::Connector.index()] + c[Role::Writer.index()])
+    }
+    pub fn role_cpu(&self, role: Role) -> Option<f64> {
+        Some(self.role_cpu_s?[role.index()])
+    }
+    fn us_per_source_row(&self, cpu_s: Option<f64>) -> Option<f64> {
         let (a, b, _) = self.analyst?;
         let rows = b.source.saturating_sub(a.source);
-        (rows > 0).then(|| self.daemon_cpu_s.unwrap_or(0.0) * 1e6 / rows as f64)
+        (rows > 0).then(|| cpu_s.unwrap_or(0.0) * 1e6 / rows as f64)
+    }
+    /// Connector + writer CPU µs per distinct source row into ClickHouse over the window.
+    pub fn daemon_us_per_row(&self) -> Option<f64> {
+        self.us_per_source_row(self.daemon_cpu_s())
+    }
+    /// One process's CPU µs per distinct source row into ClickHouse over the window.
+    pub fn role_us_per_row(&self, role: Role) -> Option<f64> {
+        self.us_per_source_row(self.role_cpu(role))
     }
 }
+
+/// One end of the window: when, distinct rows, CPU seconds of the three daemon processes and
+/// the simulator, and of the stack.
+type Mark = (
+    std::time::Instant,
+    i64,
+    Analyst,
+    PerRole<f64>,
+    f64,
+    StackCpu,
+);
 
 /// The steady window of a live run, measured from outside at its start and end.
 #[derive(Default)]
 pub struct Window {
-    start: Option<(std::time::Instant, i64, Analyst, f64, f64, StackCpu)>,
-    pub end: Option<(std::time::Instant, i64, Analyst, f64, f64, StackCpu)>,
-    profiler: Option<Profiler>,
-    profile: Option<String>,
+    start: Option<Mark>,
+    pub end: Option<Mark>,
+    profilers: Vec<(Role, Profiler)>,
+    profile: Vec<String>,
 }
 
-async fn mark(
-    env: &Env,
-    db: &str,
-    daemon: u32,
-    sim: u32,
-) -> (std::time::Instant, i64, Analyst, f64, f64, StackCpu) {
+async fn mark(env: &Env, db: &str, daemons: PerRole<u32>, sim: u32) -> Mark {
     let (at, ns) = (std::time::Instant::now(), marketlane_protocol::now_ns());
     let cpu = |p| procs::usage(p).map_or(0.0, |u| u.cpu_secs);
-    let (d, s, st) = (cpu(daemon), cpu(sim), stack_cpu());
+    let (d, s, st) = (daemons.map(cpu), cpu(sim), stack_cpu());
     let a = analyst(&env.ch, db, "").await.unwrap_or_default();
     (at, ns, a, d, s, st)
 }
 
 impl Window {
+    /// `profile`: `perf record` of the connector process (websocket → Kafka, the hot path of a
+    /// row) and of the writer process (Kafka → ClickHouse), each apart.
     pub async fn start(
         &mut self,
         env: &Env,
         db: &str,
-        daemon: u32,
+        daemons: PerRole<u32>,
         sim: u32,
         profile: bool,
         dir: &Path,
     ) {
-        self.start = Some(mark(env, db, daemon, sim).await);
+        self.start = Some(mark(env, db, daemons, sim).await);
         if profile {
-            match Profiler::start(daemon, dir) {
-                Ok(p) => self.profiler = Some(p),
-                Err(e) => self.profile = Some(format!("no profile: {e:#}")),
+            for role in [Role::Connector, Role::Writer] {
+                match Profiler::start(daemons[role.index()], dir, role.name()) {
+                    Ok(p) => self.profilers.push((role, p)),
+                    Err(e) => self
+                        .profile
+                        .push(format!("{}: no profile: {e:#}", role.name())),
+                }
             }
         }
     }
 
-    pub async fn finish(&mut self, env: &Env, db: &str, daemon: u32, sim: u32) {
-        self.end = Some(mark(env, db, daemon, sim).await);
-        if let Some(p) = self.profiler.take() {
-            self.profile = Some(p.finish(45));
+    pub async fn finish(&mut self, env: &Env, db: &str, daemons: PerRole<u32>, sim: u32) {
+        self.end = Some(mark(env, db, daemons, sim).await);
+        for (role, p) in self.profilers.drain(..) {
+            self.profile
+                .push(format!("{} process:\n{}", role.name(), p.finish(45)));
         }
     }
 
@@ -414,22 +446,21 @@ impl Window {
     pub fn into_extra(self, ex: &mut Extra) {
         if let (Some(s), Some(e)) = (&self.start, &self.end) {
             ex.analyst = Some((s.2, e.2, (e.0 - s.0).as_secs_f64()));
-            ex.daemon_cpu_s = Some(e.3 - s.3);
+            ex.role_cpu_s = Some([0, 1, 2].map(|i| e.3[i] - s.3[i]));
             ex.sim_cpu_s = Some(e.4 - s.4);
             ex.stack = e.5.since(&s.5);
         }
-        ex.profile = self.profile;
+        ex.profile = (!self.profile.is_empty()).then(|| self.profile.join("\n\n"));
     }
 }
 
 /// After the outage: waits until the writer's consumer lag is 0 (at most `2 × outage + 30` s),
-/// following the daemon's RSS, then counts source rows in Kafka (the daemon's counter) and in
-/// ClickHouse (distinct, `FINAL`).
+/// following the writer process's RSS (the one that holds what ClickHouse refused), then counts
+/// source rows in Kafka (the connector's counter) and in ClickHouse (distinct, `FINAL`).
 pub async fn drain_after_outage(
     env: &Env,
     db: &str,
-    http_port: u16,
-    daemon: &procs::Proc,
+    daemons: &Daemons,
     outage_secs: u64,
     ex: &mut Extra,
 ) -> OutageResult {
@@ -445,14 +476,16 @@ pub async fn drain_after_outage(
         SOURCE.iter().any(|(c, _)| t.ends_with(c))
     };
     loop {
-        if let Some(u) = procs::usage(daemon.pid()) {
+        if let Some(u) = procs::usage(daemons.get(Role::Writer).proc.pid()) {
             ex.rss_mb_max_outage = ex.rss_mb_max_outage.max(u.rss_bytes as f64 / 1048576.0);
         }
-        if let Some(s) = crate::live::scrape(&http, http_port).await {
+        if let Some(s) = daemons.scrape(&http, Role::Writer).await {
             r.lag_at_end = s.sum("marketlane_consumer_lag", |l| {
                 l.get("group").unwrap_or("").contains("writer") && source(l)
             });
-            r.kafka_rows = s.sum("marketlane_kafka_produced_total", source);
+            if let Some(c) = daemons.scrape(&http, Role::Connector).await {
+                r.kafka_rows = c.sum("marketlane_kafka_produced_total", source);
+            }
             if r.lag_at_end == 0.0 && at.elapsed() > Duration::from_secs(2) {
                 r.drained_after = Some(at.elapsed().as_secs_f64());
                 break;
@@ -465,7 +498,7 @@ pub async fn drain_after_outage(
     }
     // The last batch acknowledged is queryable; give the counter scrape and the insert a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    if let Some(s) = crate::live::scrape(&http, http_port).await {
+    if let Some(s) = daemons.scrape(&http, Role::Connector).await {
         r.kafka_rows = s.sum("marketlane_kafka_produced_total", source);
     }
     r.clickhouse_rows = analyst(&env.ch, db, "").await.map_or(0, |a| a.source);

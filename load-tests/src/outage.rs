@@ -67,7 +67,7 @@ pub fn host_port(url: &str) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct OutageResult {
     pub outage_secs: u64,
-    /// Daemon RSS max (MB) from the start of the outage to the end of the drain.
+    /// The writer process's RSS max (MB) from the start of the outage to the end of the drain.
     pub rss_mb_max: f64,
     /// Seconds after the proxy came back until the daemon's consumer lag was 0 (None: not
     /// within the drain limit).

@@ -136,6 +136,26 @@ impl Buckets {
         )
     }
 
+    /// Both sets of observations (one histogram that spans processes). Where one has a bound
+    /// the other lacks, the other's count is its cumulative count at the next lower bound.
+    pub fn plus(&self, other: &Buckets) -> Buckets {
+        let at = |b: &Buckets, le: f64| {
+            b.0.iter()
+                .take_while(|(l, _)| *l <= le)
+                .last()
+                .map_or(0.0, |(_, c)| *c)
+        };
+        let mut bounds: Vec<f64> = self.0.iter().chain(&other.0).map(|(l, _)| *l).collect();
+        bounds.sort_by(f64::total_cmp);
+        bounds.dedup();
+        Buckets(
+            bounds
+                .into_iter()
+                .map(|le| (le, at(self, le) + at(other, le)))
+                .collect(),
+        )
+    }
+
     pub fn count(&self) -> f64 {
         self.0.last().map_or(0.0, |(_, c)| *c)
     }
@@ -220,5 +240,16 @@ lat_bucket{category="l2",sink="redis",le="+Inf"} 100
         let p50 = d.quantile(0.5).unwrap();
         assert!(p50 > 0.1 && p50 <= 1.0, "{p50}");
         assert_eq!(Buckets::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn histograms_of_two_processes_add_up() {
+        let a = Buckets(vec![(0.1, 5.0), (f64::INFINITY, 6.0)]);
+        let b = Buckets(vec![(0.1, 1.0), (1.0, 3.0), (f64::INFINITY, 3.0)]);
+        assert_eq!(
+            a.plus(&b).0,
+            vec![(0.1, 6.0), (1.0, 8.0), (f64::INFINITY, 9.0)]
+        );
+        assert_eq!(Buckets::default().plus(&b), b);
     }
 }

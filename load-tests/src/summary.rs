@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use crate::clickhouse::Seen;
+use crate::live::daemons::ROLES;
 use crate::live::{LiveResult, engine_settings};
 use crate::prom::Buckets;
 use crate::report::median;
@@ -133,6 +134,8 @@ pub fn summary(
     let p99_redis = latency_run
         .and_then(redis_hist)
         .and_then(|b| hist_quantile(&b, 0.99));
+    // Conservative: the largest of the three processes' max VmRSS (`rss_mb` is per sample
+    // already the largest of the three).
     let rss = max
         .filter(|_| notes.symbols == 1000)
         .and_then(|r| r.samples.iter().map(|s| s.rss_mb).reduce(f64::max));
@@ -198,7 +201,7 @@ pub fn section(
             "daemon_cpu_us_per_row",
             f(g("daemon_cpu_us_per_row"), 1),
             "≤5",
-            "`rate` run: daemon CPU seconds (`/proc/<pid>/stat`, all roles) over the steady window ÷ distinct source rows into ClickHouse in it",
+            "`rate` run: CPU seconds of the connector process + the writer process (`/proc/<pid>/stat`, each its own process as deployed) over the steady window ÷ distinct source rows into ClickHouse in it; the calculator process's CPU per row is apart in the table below",
         ),
         (
             "p99_event_to_clickhouse_s",
@@ -216,7 +219,7 @@ pub fn section(
             "rss_mb_max_1000_symbols",
             f(g("rss_mb_max_1000_symbols"), 0),
             "≤150",
-            "`max` run at 1,000 symbols: daemon VmRSS max of the 1 s samples",
+            "`max` run at 1,000 symbols: the largest of the three processes' (connector, writer, calculator) max VmRSS over the 1 s samples; each process's max in the table below",
         ),
         (
             "engine_ratio",
@@ -258,6 +261,47 @@ pub fn section(
     m
 }
 
+/// CPU per source row and max VmRSS of each daemon process (the daemon runs as three, one per
+/// role, as deployed): the calculator's share is here, not in `daemon_cpu_us_per_row`.
+fn per_process(live: &[LiveResult]) -> String {
+    let mut m = String::new();
+    let _ = writeln!(
+        m,
+        "\nPer daemon process over the steady window: CPU s and µs per distinct source row into ClickHouse; VmRSS max (MB) over the run's 1 s samples. The calculator's µs per row is apart from `daemon_cpu_us_per_row` (connector + writer); `rss_mb_max_1000_symbols` is the largest of the three RSS columns.\n"
+    );
+    let mut head = String::from("| run |");
+    for role in ROLES {
+        let n = role.name();
+        let _ = write!(head, " {n} CPU s | {n} µs/row |");
+    }
+    for role in ROLES {
+        let _ = write!(head, " {} RSS max MB |", role.name());
+    }
+    let _ = writeln!(m, "{head}\n|---{}", "|---".repeat(9) + "|");
+    for r in live.iter().filter(|r| r.extra.analyst.is_some()) {
+        let e = &r.extra;
+        let mut row = format!("| {} |", r.config.name);
+        for role in ROLES {
+            let _ = write!(
+                row,
+                " {} | {} |",
+                f(e.role_cpu(role), 1),
+                f(e.role_us_per_row(role), 2)
+            );
+        }
+        for role in ROLES {
+            let max = r
+                .samples
+                .iter()
+                .map(|s| s.role_rss_mb[role.index()])
+                .reduce(f64::max);
+            let _ = write!(row, " {} |", f(max, 0));
+        }
+        let _ = writeln!(m, "{row}");
+    }
+    m
+}
+
 fn live_details(live: &[LiveResult]) -> String {
     let mut m = String::new();
     if live.iter().any(|r| r.extra.analyst.is_some()) {
@@ -267,7 +311,7 @@ fn live_details(live: &[LiveResult]) -> String {
         );
         let _ = writeln!(
             m,
-            "| run | source rows/s into ClickHouse (distinct, FINAL) | indicator rows/s | daemon CPU s | µs per row | simulator CPU s | ClickHouse CPU s | Kafka CPU s | window s | rows produced in the window / in ClickHouse after {} s / never arrived |\n|---|---|---|---|---|---|---|---|---|---|",
+            "| run | source rows/s into ClickHouse (distinct, FINAL) | indicator rows/s | connector + writer CPU s | µs per row (connector + writer) | simulator CPU s | ClickHouse CPU s | Kafka CPU s | window s | rows produced in the window / in ClickHouse after {} s / never arrived |\n|---|---|---|---|---|---|---|---|---|---|",
             crate::live::DRAIN_GRACE_S
         );
         for r in live.iter().filter(|r| r.extra.analyst.is_some()) {
@@ -278,7 +322,7 @@ fn live_details(live: &[LiveResult]) -> String {
                 r.config.name,
                 f(e.e2e_rows_per_s(), 0),
                 f(e.indicators_per_s(), 0),
-                f(e.daemon_cpu_s, 1),
+                f(e.daemon_cpu_s(), 1),
                 f(e.daemon_us_per_row(), 1),
                 f(e.sim_cpu_s, 1),
                 f(e.stack.clickhouse, 1),
@@ -289,6 +333,7 @@ fn live_details(live: &[LiveResult]) -> String {
                 e.missing().map_or("–".into(), |x| x.to_string()),
             );
         }
+        m.push_str(&per_process(live));
         if let Some(r) = run(live, "rate") {
             let seen = seen(r);
             let missing = r.extra.missing().unwrap_or(0);
@@ -338,7 +383,7 @@ fn live_details(live: &[LiveResult]) -> String {
         if let Some(o) = &r.extra.outage {
             let _ = writeln!(
                 m,
-                "\n### ClickHouse outage of {} s at the `rate` load\n\nThe daemon's `clickhouse.url` points at a TCP proxy in the driver; for {} s it cut every connection and refused new ones (the shared server kept running). Daemon RSS max from the outage to the end of the drain: **{:.0} MB** (target ≤200). Writer lag 0 again {} after the outage; lag then {:.0}. Source rows acknowledged by Kafka {:.0}, distinct in ClickHouse {}: **rows lost {}** (target 0; `–`: not drained within the limit, so unknown).\n",
+                "\n### ClickHouse outage of {} s at the `rate` load\n\nThe daemon's `clickhouse.url` points at a TCP proxy in the driver; for {} s it cut every connection and refused new ones (the shared server kept running). Writer process RSS max from the outage to the end of the drain: **{:.0} MB** (target ≤200). Writer lag 0 again {} after the outage; lag then {:.0}. Source rows acknowledged by Kafka {:.0}, distinct in ClickHouse {}: **rows lost {}** (target 0; `–`: not drained within the limit, so unknown).\n",
                 o.outage_secs,
                 o.outage_secs,
                 o.rss_mb_max,
@@ -355,7 +400,7 @@ fn live_details(live: &[LiveResult]) -> String {
         if let Some(p) = &r.extra.profile {
             let _ = writeln!(
                 m,
-                "\n### Profile of the daemon (`{}` run, steady window)\n\n`perf record -g -F 499 -p <daemon>`, then `perf report --no-children --sort dso,symbol` (self time; lines ≥0.5%):\n\n```\n{p}\n```\n",
+                "\n### Profiles of the connector and the writer processes (`{}` run, steady window)\n\n`perf record -g -F 499 -p <pid>` of each (the connector reads the websocket, normalizes and produces to Kafka; the writer consumes Kafka and inserts into ClickHouse), then `perf report --no-children --sort dso,symbol` (self time; lines ≥0.5%):\n\n```\n{p}\n```\n",
                 r.config.name
             );
         }

@@ -1,11 +1,12 @@
-//! A live run: the simulator at a configured rate → the daemon (connector, writer, calculator)
-//! → Kafka, ClickHouse, Redis, with ClickHouse's Kafka engine reading the same l2 topic into a
-//! same-shape table on the same server. Samples every second: rows/s per stage, the daemon's
-//! RSS and CPU, the latency histograms; polls the tables for event → queryable; injects the
-//! websocket drop and the pod kill when asked.
+//! A live run: the simulator at a configured rate → the daemon as production runs it, three
+//! processes (connector, writer, calculator: [`daemons`]) → Kafka, ClickHouse, Redis, with
+//! ClickHouse's Kafka engine reading the same l2 topic into a same-shape table on the same
+//! server. Samples every second: rows/s per stage, each process's RSS and CPU, the latency
+//! histograms; polls the tables for event → queryable; injects the websocket drop (at the
+//! simulator) and the pod kill (of the connector) when asked.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,11 +15,13 @@ use anyhow::{Context, bail};
 
 use crate::clickhouse::{self as chq, Ch, Seen};
 use crate::measure::{Extra, Window};
-use crate::procs::{self, Proc, Usage};
+use crate::procs::{self, Proc};
 use crate::prom::{Buckets, Scrape};
 
 mod config;
-use config::config_toml;
+pub mod daemons;
+mod faults;
+use daemons::{Daemons, PerRole, ROLES, Role};
 
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
@@ -33,7 +36,7 @@ pub struct LiveConfig {
     pub ws_drops: u32,
     pub pod_kills: u32,
     pub engine: bool,
-    /// `perf record -g` of the daemon over the steady window.
+    /// `perf record -g` of the connector and the writer processes over the steady window.
     pub profile: bool,
     /// A ClickHouse outage of this many seconds (0: none), 5 s into the steady window.
     pub outage_secs: u64,
@@ -49,9 +52,15 @@ pub struct Sample {
     pub calculator_rows: f64,
     pub redis_writes: f64,
     pub engine: f64,
+    /// The writer's consumer lag.
     pub lag: f64,
+    /// The largest VmRSS of the three processes (MB).
     pub rss_mb: f64,
+    /// CPU % of the three processes together (100% = one core).
     pub daemon_cpu: f64,
+    /// Per process, in [`ROLES`] order: VmRSS (MB) and CPU %.
+    pub role_rss_mb: PerRole<f64>,
+    pub role_cpu: PerRole<f64>,
     pub sim_cpu: f64,
     pub machine_busy: f64,
     pub p99_kafka: Option<f64>,
@@ -65,11 +74,12 @@ pub struct Recovery {
     pub ws_resume: Vec<f64>,
     /// The daemon's own `marketlane_ws_gap_seconds` (mean over the drops).
     pub ws_gap_daemon: Option<f64>,
-    /// SIGKILL → the new process counts frames again (s).
+    /// SIGKILL of the connector → the new connector counts frames again (s).
     pub kill_frames: Vec<f64>,
-    /// SIGKILL → the new process has rows acknowledged by Kafka (s).
+    /// SIGKILL → the new connector has rows acknowledged by Kafka (s).
     pub kill_kafka: Vec<f64>,
-    /// SIGKILL → the new process has rows acknowledged by ClickHouse (s).
+    /// SIGKILL → the writer acknowledged rows from ClickHouse that came after the new
+    /// connector's first Kafka acknowledgement (s).
     pub kill_clickhouse: Vec<f64>,
 }
 
@@ -108,39 +118,7 @@ pub(crate) async fn scrape(http: &reqwest::Client, port: u16) -> Option<Scrape> 
     Some(Scrape::parse(&r.text().await.ok()?))
 }
 
-/// The stage counters of one scrape.
-#[derive(Debug, Clone, Copy, Default)]
-struct Counters {
-    frames: f64,
-    normalized: f64,
-    kafka: f64,
-    clickhouse: f64,
-    calculator_rows: f64,
-    redis_writes: f64,
-    lag: f64,
-    reconnects: f64,
-}
-
-fn counters(s: &Scrape) -> Counters {
-    let qualified =
-        |l: &crate::prom::Labels| !l.get("topic").unwrap_or("").ends_with("_unqualified");
-    Counters {
-        frames: s.sum("marketlane_ws_frames_total", |_| true),
-        normalized: s.sum("marketlane_rows_normalized_total", |_| true),
-        kafka: s.sum("marketlane_kafka_produced_total", qualified),
-        clickhouse: s.sum("marketlane_clickhouse_rows_inserted_total", |l| {
-            !l.get("table").unwrap_or("").ends_with("_unqualified")
-        }),
-        calculator_rows: s.sum("marketlane_calculator_rows_total", |l| {
-            l.is("outcome", "applied")
-        }),
-        redis_writes: s.sum("marketlane_redis_writes_total", |l| l.is("outcome", "ok")),
-        lag: s.sum("marketlane_consumer_lag", |_| true),
-        reconnects: s.sum("marketlane_ws_reconnects_total", |_| true),
-    }
-}
-
-const LATENCY: &str = "marketlane_event_to_sink_latency_seconds";
+pub(crate) const LATENCY: &str = "marketlane_event_to_sink_latency_seconds";
 /// Seconds the rows of the steady window have to reach ClickHouse after it before they count
 /// as never arrived.
 pub const DRAIN_GRACE_S: u64 = 10;
@@ -151,10 +129,6 @@ pub const LIVE_ENGINE_BLOCK: u64 = 65_536;
 /// The engine's settings as its users tune it: one consumer per partition and the block size.
 pub fn engine_settings(partitions: usize, block: u64) -> String {
     format!(", kafka_num_consumers = {partitions}, kafka_max_block_size = {block}")
-}
-
-fn sink_buckets(s: &Scrape, sink: &str) -> Buckets {
-    s.buckets(LATENCY, |l| l.is("sink", sink))
 }
 
 /// Creates the engine's database (marketlane's DDL, so the same tables and snapshot view), a
@@ -250,19 +224,6 @@ async fn drop_databases(ch: &Ch, db: &str) {
     }
 }
 
-fn spawn_daemon(env: &Env, config: &Path, dir: &Path, n: u32) -> anyhow::Result<Proc> {
-    Proc::spawn(
-        &env.bin,
-        "daemon",
-        &[
-            "run".into(),
-            "--config".into(),
-            config.display().to_string(),
-        ],
-        &dir.join(format!("daemon-{n}.log")),
-    )
-}
-
 pub async fn run(env: &Env, c: &LiveConfig) -> anyhow::Result<LiveResult> {
     let dir = env.work.join(&c.name);
     std::fs::create_dir_all(&dir)?;
@@ -270,8 +231,6 @@ pub async fn run(env: &Env, c: &LiveConfig) -> anyhow::Result<LiveResult> {
     let db = format!("bench_{}_{}", env.stamp, c.name);
     let engine_db = format!("{db}_engine");
     let gw = procs::free_port()?;
-    let http_port = procs::free_port()?;
-    let config_path = dir.join("config.toml");
     let proxy = if c.outage_secs > 0 {
         Some(crate::outage::Proxy::start(crate::outage::host_port(&env.ch_url)).await?)
     } else {
@@ -280,23 +239,13 @@ pub async fn run(env: &Env, c: &LiveConfig) -> anyhow::Result<LiveResult> {
     let ch_url = proxy.as_ref().map_or(env.ch_url.clone(), |p| {
         format!("http://127.0.0.1:{}", p.port)
     });
-    std::fs::write(
-        &config_path,
-        config_toml(env, c, &prefix, &db, gw, http_port, &ch_url)?,
-    )?;
-    let result = run_inner(
-        env,
-        c,
-        &dir,
-        &config_path,
-        &prefix,
-        &db,
-        &engine_db,
+    let shared = config::Shared {
+        prefix: prefix.clone(),
+        db: db.clone(),
         gw,
-        http_port,
-        proxy.as_ref(),
-    )
-    .await;
+        ch_url,
+    };
+    let result = run_inner(env, c, &dir, &shared, &engine_db, proxy.as_ref()).await;
     drop_engine(&env.ch, &engine_db).await;
     drop_databases(&env.ch, &db).await;
     match crate::kafka::delete_topics_with_prefix(&env.kafka, &prefix).await {
@@ -306,19 +255,15 @@ pub async fn run(env: &Env, c: &LiveConfig) -> anyhow::Result<LiveResult> {
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_inner(
     env: &Env,
     c: &LiveConfig,
-    dir: &Path,
-    config_path: &Path,
-    prefix: &str,
-    db: &str,
+    dir: &std::path::Path,
+    shared: &config::Shared,
     engine_db: &str,
-    gw: u16,
-    http_port: u16,
     proxy: Option<&crate::outage::Proxy>,
 ) -> anyhow::Result<LiveResult> {
+    let (prefix, db, gw) = (shared.prefix.as_str(), shared.db.as_str(), shared.gw);
     let http = reqwest::Client::new();
     let mut ex = Extra::default();
     let mut sim = Proc::spawn(
@@ -341,22 +286,27 @@ async fn run_inner(
         ],
         &dir.join("simulator.log"),
     )?;
-    let mut daemon = spawn_daemon(env, config_path, dir, 0)?;
+    let mut daemons = Daemons::start(env, c, dir, shared, &http).await?;
     println!(
-        "bench: {}: {} symbols, a frame every {} ms per symbol, book depth {}, {} s (simulator :{gw}, metrics :{http_port})",
-        c.name, c.symbols, c.frame_interval_ms, c.book_depth, c.seconds
+        "bench: {}: {} symbols, a frame every {} ms per symbol, book depth {}, {} s (simulator :{gw}, metrics {})",
+        c.name,
+        c.symbols,
+        c.frame_interval_ms,
+        c.book_depth,
+        c.seconds,
+        daemons
+            .list
+            .iter()
+            .map(|d| format!("{} :{}", d.role.name(), d.http))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    // Streaming: the daemon counts rows in ClickHouse.
+    // Streaming: the writer counts rows in ClickHouse.
     let ready_by = Instant::now() + Duration::from_secs(90);
     loop {
-        if daemon.exited() {
-            bail!(
-                "the daemon exited at start; see {}",
-                dir.join("daemon-0.log").display()
-            );
-        }
-        if let Some(s) = scrape(&http, http_port).await
-            && counters(&s).clickhouse > 0.0
+        daemons.check(dir)?;
+        if let Some(s) = daemons.scrape(&http, Role::Writer).await
+            && daemons::counters(Role::Writer, &s).clickhouse > 0.0
         {
             break;
         }
@@ -448,15 +398,15 @@ async fn run_inner(
 
     let mut samples = Vec::new();
     let mut recovery = Recovery::default();
-    let first = scrape(&http, http_port).await.unwrap_or_default();
-    let mut last = counters(&first);
+    let (first, _) = daemons.scrape_all(&http).await;
+    let mut last = daemons::counters_all(&first);
     let mut last_scrape = first;
     let mut last_at = Instant::now();
-    let mut last_daemon = procs::usage(daemon.pid()).unwrap_or_default();
+    let mut last_daemon = daemons.usage();
     let mut last_sim = procs::usage(sim.pid()).unwrap_or_default();
     let mut last_machine = procs::machine_cpu().unwrap_or_default();
     let mut last_engine = 0u64;
-    let mut hist_start: Option<Scrape> = None;
+    let mut hist_start: Option<PerRole<Scrape>> = None;
     let steady_from = c.warmup as f64;
     let steady_to = c.seconds as f64;
     // Faults go after the steady window, spaced 12 s apart.
@@ -467,16 +417,13 @@ async fn run_inner(
     let outage_at = steady_from + 5.0;
     let end = faults_at.last().map_or(steady_to, |(t, _)| t + 12.0);
     let mut next_fault = 0;
-    let mut kills = 0;
     let mut gap_before: Option<(f64, f64)> = None;
     let mut hist: HashMap<(String, String), Buckets> = HashMap::new();
 
     while run_start.elapsed().as_secs_f64() < end {
         tokio::time::sleep(Duration::from_secs(1).saturating_sub(last_at.elapsed())).await;
         let t = run_start.elapsed().as_secs_f64();
-        if daemon.exited() {
-            bail!("the daemon exited; see {}", dir.display());
-        }
+        daemons.check(dir)?;
         if sim.exited() {
             bail!(
                 "the simulator exited; see {}",
@@ -492,29 +439,29 @@ async fn run_inner(
         {
             next_fault += 1;
             if kill {
-                kills += 1;
-                let r =
-                    pod_kill(env, &mut daemon, config_path, dir, kills, http_port, &http).await?;
+                let r = faults::pod_kill(env, &mut daemons, dir, &http).await?;
                 println!(
-                    "bench: {}: SIGKILL → frames again {:.2} s, Kafka {:.2} s, ClickHouse {:.2} s",
+                    "bench: {}: SIGKILL of the connector → frames again {:.2} s, Kafka {:.2} s, ClickHouse {:.2} s",
                     c.name, r.0, r.1, r.2
                 );
                 recovery.kill_frames.push(r.0);
                 recovery.kill_kafka.push(r.1);
                 recovery.kill_clickhouse.push(r.2);
-                last = Counters::default();
-                last_scrape = Scrape::default();
-                last_daemon = Usage::default();
+                // The new connector's counters and CPU start from 0.
+                let i = Role::Connector.index();
+                last[i] = Default::default();
+                last_scrape[i] = Scrape::default();
+                last_daemon[i] = Default::default();
             } else {
                 if gap_before.is_none()
-                    && let Some(s) = scrape(&http, http_port).await
+                    && let Some(s) = daemons.scrape(&http, Role::Connector).await
                 {
                     gap_before = Some((
                         s.sum("marketlane_ws_gap_seconds_sum", |_| true),
                         s.sum("marketlane_ws_gap_seconds_count", |_| true),
                     ));
                 }
-                let (r, fresh_s) = ws_drop(gw, http_port, &http, fresh.as_ref()).await?;
+                let (r, fresh_s) = faults::ws_drop(gw, &daemons, &http, fresh.as_ref()).await?;
                 println!(
                     "bench: {}: websocket drop → frames again {r:.2} s, fresh market data in Kafka {}",
                     c.name,
@@ -526,14 +473,15 @@ async fn run_inner(
             last_at = Instant::now();
             continue;
         }
-        let Some(s) = scrape(&http, http_port).await else {
+        let (s, all) = daemons.scrape_all(&http).await;
+        if !all {
             continue;
-        };
-        let now = counters(&s);
+        }
+        let now = daemons::counters_all(&s);
         let dt = last_at.elapsed().as_secs_f64().max(1e-3);
         last_at = Instant::now();
-        let rate = |a: f64, b: f64| if a >= b { (a - b) / dt } else { a / dt };
-        let du = procs::usage(daemon.pid()).unwrap_or_default();
+        let r = daemons::rates(&now, &last, dt);
+        let du = daemons.usage();
         let su = procs::usage(sim.pid()).unwrap_or_default();
         let mc = procs::machine_cpu().unwrap_or_default();
         let engine_rows = if c.engine {
@@ -545,22 +493,27 @@ async fn run_inner(
             0
         };
         let p99 = |sink: &str| {
-            sink_buckets(&s, sink)
-                .since(&sink_buckets(&last_scrape, sink))
-                .quantile(0.99)
+            daemons::buckets_since(&s, &last_scrape, LATENCY, |l| l.is("sink", sink)).quantile(0.99)
         };
+        let role_rss_mb = du.map(|u| u.rss_bytes as f64 / 1048576.0);
+        let role_cpu = ROLES.map(|r| {
+            let i = r.index();
+            100.0 * (du[i].cpu_secs - last_daemon[i].cpu_secs).max(0.0) / dt
+        });
         let sample = Sample {
             t,
-            frames: rate(now.frames, last.frames),
-            normalized: rate(now.normalized, last.normalized),
-            kafka: rate(now.kafka, last.kafka),
-            clickhouse: rate(now.clickhouse, last.clickhouse),
-            calculator_rows: rate(now.calculator_rows, last.calculator_rows),
-            redis_writes: rate(now.redis_writes, last.redis_writes),
+            frames: r.frames,
+            normalized: r.normalized,
+            kafka: r.kafka,
+            clickhouse: r.clickhouse,
+            calculator_rows: r.calculator_rows,
+            redis_writes: r.redis_writes,
             engine: engine_rows.saturating_sub(last_engine) as f64 / dt,
-            lag: now.lag,
-            rss_mb: du.rss_bytes as f64 / 1048576.0,
-            daemon_cpu: 100.0 * (du.cpu_secs - last_daemon.cpu_secs).max(0.0) / dt,
+            lag: r.lag,
+            rss_mb: role_rss_mb.iter().copied().fold(0.0, f64::max),
+            daemon_cpu: role_cpu.iter().sum(),
+            role_rss_mb,
+            role_cpu,
             sim_cpu: 100.0 * (su.cpu_secs - last_sim.cpu_secs).max(0.0) / dt,
             machine_busy: 100.0 * (mc.0 - last_machine.0) / (mc.1 - last_machine.1).max(1e-3),
             p99_kafka: p99("kafka"),
@@ -569,7 +522,7 @@ async fn run_inner(
         };
         if t < steady_to + 1.0 {
             println!(
-                "t={:>5.1}s frames/s={:<7.0} normalized/s={:<7.0} kafka/s={:<7.0} clickhouse/s={:<7.0} engine/s={:<7.0} calc/s={:<6.0} lag={:<7.0} rss={:.0}MB cpu daemon={:.0}% sim={:.0}% machine={:.0}%",
+                "t={:>5.1}s frames/s={:<7.0} normalized/s={:<7.0} kafka/s={:<7.0} clickhouse/s={:<7.0} engine/s={:<7.0} calc/s={:<6.0} lag={:<7.0} cpu/rss conn={:.0}%/{:.0}MB writer={:.0}%/{:.0}MB calc={:.0}%/{:.0}MB sim={:.0}% machine={:.0}%",
                 sample.t,
                 sample.frames,
                 sample.normalized,
@@ -578,8 +531,12 @@ async fn run_inner(
                 sample.engine,
                 sample.calculator_rows,
                 sample.lag,
-                sample.rss_mb,
-                sample.daemon_cpu,
+                sample.role_cpu[0],
+                sample.role_rss_mb[0],
+                sample.role_cpu[1],
+                sample.role_rss_mb[1],
+                sample.role_cpu[2],
+                sample.role_rss_mb[2],
                 sample.sim_cpu,
                 sample.machine_busy
             );
@@ -587,14 +544,16 @@ async fn run_inner(
         if t >= steady_from && hist_start.is_none() {
             hist_start = Some(s.clone());
             window
-                .start(env, db, daemon.pid(), sim.pid(), c.profile, dir)
+                .start(env, db, daemons.pids(), sim.pid(), c.profile, dir)
                 .await;
         }
         if t >= steady_to - 0.5 && window.end.is_none() && hist_start.is_some() {
-            window.finish(env, db, daemon.pid(), sim.pid()).await;
+            window.finish(env, db, daemons.pids(), sim.pid()).await;
         }
         if proxy.is_some() && t >= outage_at {
-            ex.rss_mb_max_outage = ex.rss_mb_max_outage.max(sample.rss_mb);
+            ex.rss_mb_max_outage = ex
+                .rss_mb_max_outage
+                .max(sample.role_rss_mb[Role::Writer.index()]);
         }
         if t <= steady_to + 0.5 {
             if let Some(h0) = &hist_start {
@@ -608,7 +567,7 @@ async fn run_inner(
                             |l: &crate::prom::Labels| l.is("sink", sink) && l.is("category", cat);
                         hist.insert(
                             (cat.to_string(), sink.to_string()),
-                            s.buckets(LATENCY, keep).since(&h0.buckets(LATENCY, keep)),
+                            daemons::buckets_since(&s, h0, LATENCY, keep),
                         );
                     }
                 }
@@ -623,7 +582,7 @@ async fn run_inner(
         last_engine = engine_rows;
     }
     if let Some((sum0, n0)) = gap_before
-        && let Some(s) = scrape(&http, http_port).await
+        && let Some(s) = daemons.scrape(&http, Role::Connector).await
     {
         let n = s.sum("marketlane_ws_gap_seconds_count", |_| true) - n0;
         if n > 0.0 {
@@ -632,7 +591,7 @@ async fn run_inner(
         }
     }
     if window.end.is_none() && hist_start.is_some() {
-        window.finish(env, db, daemon.pid(), sim.pid()).await;
+        window.finish(env, db, daemons.pids(), sim.pid()).await;
     }
     if c.ws_drops == 0 && c.pod_kills == 0 {
         // Rows of the window still have this long to arrive before they count as missing.
@@ -641,15 +600,14 @@ async fn run_inner(
     }
     if proxy.is_some() {
         ex.outage = Some(
-            crate::measure::drain_after_outage(env, db, http_port, &daemon, c.outage_secs, &mut ex)
-                .await,
+            crate::measure::drain_after_outage(env, db, &daemons, c.outage_secs, &mut ex).await,
         );
     }
     window.into_extra(&mut ex);
     stop.store(true, Ordering::Relaxed);
     let seen = poller.await.unwrap_or_default();
     sim.stop(Duration::from_secs(10));
-    daemon.stop(Duration::from_secs(30));
+    daemons.stop(Duration::from_secs(30));
     Ok(LiveResult {
         config: c.clone(),
         samples,
@@ -660,91 +618,4 @@ async fn run_inner(
         dir: dir.to_path_buf(),
         extra: ex,
     })
-}
-
-/// `drop_tcp` at the simulator; the time until the daemon counts frames again after it saw the
-/// drop (its reconnect counter moved).
-async fn ws_drop(
-    gw: u16,
-    http_port: u16,
-    http: &reqwest::Client,
-    fresh: Option<&crate::measure::FreshWatch>,
-) -> anyhow::Result<(f64, Option<f64>)> {
-    let before = scrape(http, http_port)
-        .await
-        .map(|s| counters(&s))
-        .unwrap_or_default();
-    let at = Instant::now();
-    let at_ns = marketlane_protocol::now_ns();
-    http.post(format!("http://127.0.0.1:{gw}/sim/fault"))
-        .body(r#"{"kind":"drop_tcp"}"#)
-        .header("content-type", "application/json")
-        .send()
-        .await?
-        .error_for_status()?;
-    let mut reconnected_frames: Option<f64> = None;
-    while at.elapsed() < Duration::from_secs(30) {
-        if let Some(s) = scrape(http, http_port).await {
-            let c = counters(&s);
-            match reconnected_frames {
-                None if c.reconnects > before.reconnects => reconnected_frames = Some(c.frames),
-                Some(f) if c.frames > f => {
-                    let frames = at.elapsed().as_secs_f64();
-                    let Some(w) = fresh else {
-                        return Ok((frames, None));
-                    };
-                    // The first row in Kafka whose event time is after the drop: market data
-                    // resumed (a snapshot re-sent after the reconnect carries older times).
-                    while at.elapsed() < Duration::from_secs(30) {
-                        if w.newest_event_ns.load(Ordering::Relaxed) > at_ns {
-                            return Ok((frames, Some(at.elapsed().as_secs_f64())));
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    return Ok((frames, None));
-                }
-                _ => {}
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("no data within 30 s of a websocket drop")
-}
-
-/// SIGKILL of the daemon and an immediate start of a new one (what the pod's restart does,
-/// without the kubelet's delay): seconds until the new process counts frames, has rows
-/// acknowledged by Kafka, and by ClickHouse.
-async fn pod_kill(
-    env: &Env,
-    daemon: &mut Proc,
-    config: &Path,
-    dir: &Path,
-    n: u32,
-    http_port: u16,
-    http: &reqwest::Client,
-) -> anyhow::Result<(f64, f64, f64)> {
-    let at = Instant::now();
-    daemon.kill_now();
-    *daemon = spawn_daemon(env, config, dir, n)?;
-    let (mut frames, mut kafka) = (None, None);
-    while at.elapsed() < Duration::from_secs(60) {
-        if let Some(s) = scrape(http, http_port).await {
-            let c = counters(&s);
-            let t = at.elapsed().as_secs_f64();
-            if frames.is_none() && c.frames > 0.0 {
-                frames = Some(t);
-            }
-            if kafka.is_none() && c.kafka > 0.0 {
-                kafka = Some(t);
-            }
-            if c.clickhouse > 0.0 {
-                return Ok((frames.unwrap_or(t), kafka.unwrap_or(t), t));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!(
-        "the restarted daemon did not stream within 60 s; see {}",
-        dir.display()
-    )
 }

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::live::daemons::Role;
 use crate::stage::StageRun;
 
 use super::tables::{Steady, fmt_n, median};
@@ -35,26 +36,47 @@ impl Report {
                 Box::new(live(|s| s.mean(|x| x.calculator_rows))),
             ),
             (
-                "rate: daemon CPU % (median)",
-                Box::new(live(|s| s.median(|x| x.daemon_cpu))),
+                "rate: connector + writer CPU µs per source row into ClickHouse",
+                Box::new(live(|s| s.r.extra.daemon_us_per_row())),
             ),
             (
-                "rate: daemon CPU µs per row normalized",
+                "rate: calculator CPU µs per source row into ClickHouse",
+                Box::new(live(|s| s.r.extra.role_us_per_row(Role::Calculator))),
+            ),
+            (
+                "rate: connector + writer CPU µs per row normalized",
                 Box::new(live(|s| {
                     let rows = s.mean(|x| x.normalized)?;
-                    (rows > 0.0).then_some(s.mean(|x| x.daemon_cpu)? / 100.0 * 1e6 / rows)
+                    let cpu = s.mean(|x| x.role_cpu[0] + x.role_cpu[1])?;
+                    (rows > 0.0).then_some(cpu / 100.0 * 1e6 / rows)
                 })),
             ),
             (
-                "rate: daemon RSS MB (median)",
-                Box::new(live(|s| s.median(|x| x.rss_mb))),
+                "rate: connector CPU % (median)",
+                Box::new(live(|s| s.median(|x| x.role_cpu[0]))),
             ),
             (
-                "rate: daemon RSS MB (max)",
-                Box::new(live(|s| s.max(|x| x.rss_mb))),
+                "rate: writer CPU % (median)",
+                Box::new(live(|s| s.median(|x| x.role_cpu[1]))),
             ),
             (
-                "rate: consumer lag at the end",
+                "rate: calculator CPU % (median)",
+                Box::new(live(|s| s.median(|x| x.role_cpu[2]))),
+            ),
+            (
+                "rate: connector RSS MB (max)",
+                Box::new(live(|s| s.max(|x| x.role_rss_mb[0]))),
+            ),
+            (
+                "rate: writer RSS MB (max)",
+                Box::new(live(|s| s.max(|x| x.role_rss_mb[1]))),
+            ),
+            (
+                "rate: calculator RSS MB (max)",
+                Box::new(live(|s| s.max(|x| x.role_rss_mb[2]))),
+            ),
+            (
+                "rate: writer consumer lag at the end",
                 Box::new(live(|s| s.s.last().map(|x| x.lag))),
             ),
             (

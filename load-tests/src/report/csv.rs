@@ -8,13 +8,13 @@ impl Report {
     pub(super) fn write_csvs(&self) -> std::io::Result<()> {
         for r in &self.live {
             let mut s = String::from(
-                "t,frames,normalized,kafka,clickhouse,engine,calculator_rows,redis_writes,lag,rss_mb,daemon_cpu,sim_cpu,machine_busy,p99_kafka,p99_clickhouse_ack,p99_redis\n",
+                "t,frames,normalized,kafka,clickhouse,engine,calculator_rows,redis_writes,lag,rss_mb,daemon_cpu,sim_cpu,machine_busy,p99_kafka,p99_clickhouse_ack,p99_redis,cpu_connector,cpu_writer,cpu_calculator,rss_mb_connector,rss_mb_writer,rss_mb_calculator\n",
             );
             for x in &r.samples {
                 let o = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
                 let _ = writeln!(
                     s,
-                    "{:.2},{:.0},{:.0},{:.0},{:.0},{:.0},{:.0},{:.1},{:.0},{:.1},{:.1},{:.1},{:.1},{},{},{}",
+                    "{:.2},{:.0},{:.0},{:.0},{:.0},{:.0},{:.0},{:.1},{:.0},{:.1},{:.1},{:.1},{:.1},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1},{:.1}",
                     x.t,
                     x.frames,
                     x.normalized,
@@ -30,7 +30,13 @@ impl Report {
                     x.machine_busy,
                     o(x.p99_kafka),
                     o(x.p99_clickhouse_ack),
-                    o(x.p99_redis)
+                    o(x.p99_redis),
+                    x.role_cpu[0],
+                    x.role_cpu[1],
+                    x.role_cpu[2],
+                    x.role_rss_mb[0],
+                    x.role_rss_mb[1],
+                    x.role_rss_mb[2]
                 );
             }
             std::fs::write(self.out.join(format!("live-{}.csv", r.config.name)), s)?;

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::clickhouse as chq;
+use crate::live::daemons::ROLES;
 use crate::live::{Env, LiveResult, Sample};
 use crate::procs;
 use crate::stage::StageRun;
@@ -272,7 +273,7 @@ impl Report {
             .reduce(f64::max);
         let _ = writeln!(
             m,
-            "| daemon RSS ≤150 MB at 1,000 symbols | {} MB (highest sample of the live runs) | {} |",
+            "| daemon RSS ≤150 MB at 1,000 symbols | {} MB (highest sample of the live runs, the largest of the three processes) | {} |",
             fmt_n(rss),
             met(rss.map(|v| v <= 150.0))
         );
@@ -319,7 +320,7 @@ impl Report {
             let k = median(s.r.recovery.kill_frames.clone());
             let _ = writeln!(
                 m,
-                "| pod kill → symbols taken over ≤3 s (two pods) | two-pod takeover not run in this report (`--parts takeover`). Single pod, SIGKILL → new process streaming: frames {}, Kafka {}, ClickHouse {} (medians of {}) | not measured |",
+                "| pod kill → symbols taken over ≤3 s (two pods) | two-pod takeover not run in this report (`--parts takeover`). Single pod, SIGKILL of the connector process → new connector streaming: frames {}, Kafka {}, ClickHouse {} (medians of {}) | not measured |",
                 fmt_s(k),
                 fmt_s(median(s.r.recovery.kill_kafka.clone())),
                 fmt_s(median(s.r.recovery.kill_clickhouse.clone())),
@@ -376,11 +377,23 @@ impl Report {
                     fmt_n(s.median(f))
                 );
             }
+            let per_role: Vec<String> = ROLES
+                .iter()
+                .map(|r| {
+                    let i = r.index();
+                    format!(
+                        "{} RSS median {} MB, max {} MB, CPU median {}%",
+                        r.name(),
+                        fmt_n(s.median(|x| x.role_rss_mb[i])),
+                        fmt_n(s.max(|x| x.role_rss_mb[i])),
+                        fmt_n(s.median(|x| x.role_cpu[i]))
+                    )
+                })
+                .collect();
             let _ = writeln!(
                 m,
-                "\nResources (1 s samples over the steady window): daemon RSS median {} MB, max {} MB; daemon CPU median {}% (200% = both cores); simulator CPU {}%; whole machine busy {}%; consumer lag at the end {}.\n",
-                fmt_n(s.median(|x| x.rss_mb)),
-                fmt_n(s.max(|x| x.rss_mb)),
+                "\nResources (1 s samples over the steady window, the daemon as three processes): {}; all three CPU median {}% (200% = both cores); simulator CPU {}%; whole machine busy {}%; writer consumer lag at the end {}.\n",
+                per_role.join("; "),
                 fmt_n(s.median(|x| x.daemon_cpu)),
                 fmt_n(s.median(|x| x.sim_cpu)),
                 fmt_n(s.median(|x| x.machine_busy)),
@@ -448,19 +461,19 @@ impl Report {
                 );
                 let _ = writeln!(
                     m,
-                    "| SIGKILL + immediate restart → frames counted | {} | {} |",
+                    "| SIGKILL + immediate restart of the connector → frames counted | {} | {} |",
                     list(&rcv.kill_frames),
                     fmt_s(median(rcv.kill_frames.clone()))
                 );
                 let _ = writeln!(
                     m,
-                    "| SIGKILL + immediate restart → rows acknowledged by Kafka | {} | {} |",
+                    "| SIGKILL + immediate restart of the connector → rows acknowledged by Kafka | {} | {} |",
                     list(&rcv.kill_kafka),
                     fmt_s(median(rcv.kill_kafka.clone()))
                 );
                 let _ = writeln!(
                     m,
-                    "| SIGKILL + immediate restart → rows acknowledged by ClickHouse | {} | {} |",
+                    "| SIGKILL + immediate restart of the connector → the writer has new rows acknowledged by ClickHouse | {} | {} |",
                     list(&rcv.kill_clickhouse),
                     fmt_s(median(rcv.kill_clickhouse.clone()))
                 );
@@ -539,7 +552,7 @@ impl Report {
         let _ = writeln!(m, "\n## Method\n");
         let _ = writeln!(
             m,
-            "- Rows/s per stage are differences of the daemon's counters (`/metrics`) between 1 s scrapes; *mean* is over the steady window. RSS and CPU come from `/proc/<pid>`; machine busy from `/proc/stat`."
+            "- The daemon runs as three processes, one per role (connector, writer, calculator), as deployed. Rows/s per stage are differences of the counters (`/metrics`) of the process that owns each stage between 1 s scrapes, summed where a stage spans processes (Kafka acks: connector + calculator); *mean* is over the steady window. RSS and CPU come from each process's `/proc/<pid>`; machine busy from `/proc/stat`."
         );
         let _ = writeln!(
             m,
@@ -551,7 +564,7 @@ impl Report {
         );
         let _ = writeln!(
             m,
-            "- Websocket drop: `POST /sim/fault {{\"kind\":\"drop_tcp\"}}`, then the driver polls `/metrics` every 20 ms: time until the frame counter moves after the reconnect counter did. Pod kill: SIGKILL and an immediate start of the same config; times until the new process counts frames, Kafka acks and ClickHouse acks."
+            "- Websocket drop: `POST /sim/fault {{\"kind\":\"drop_tcp\"}}`, then the driver polls `/metrics` every 20 ms: time until the frame counter moves after the reconnect counter did. Pod kill: SIGKILL of the connector process and an immediate start of its config (writer and calculator keep running); times until the new connector counts frames and Kafka acks, and until the writer's ClickHouse acks move past their count at that first Kafka ack."
         );
         if self.takeover.is_some() {
             let _ = writeln!(
