@@ -699,18 +699,8 @@ fn assigned_in_log_of(log: &Path, topic: &str) -> BTreeSet<i64> {
         .lines()
         .filter(|l| l.contains("partition assigned"))
         .filter_map(|l| {
-            // Without the terminal colours: `… partition assigned topic=… partition=N next=…`.
-            let mut clean = String::new();
-            let mut escape = false;
-            for c in l.chars() {
-                match (escape, c) {
-                    (false, '\u{1b}') => escape = true,
-                    (true, 'm') => escape = false,
-                    (false, c) => clean.push(c),
-                    _ => {}
-                }
-            }
-            let fields = clean.split("partition assigned").nth(1)?;
+            // `… partition assigned topic=… partition=N next=…` (plain text: not a terminal).
+            let fields = l.split("partition assigned").nth(1)?;
             if !fields.contains(topic) {
                 return None;
             }

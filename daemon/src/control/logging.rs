@@ -37,8 +37,13 @@ impl LogControl {
                 )
                 .try_init()
         } else {
+            // Colours only for a person at a terminal: log files and collectors get plain text.
             registry
-                .with(tracing_subscriber::fmt::layer().with_target(false))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_target(false)
+                        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+                )
                 .try_init()
         };
         Self {
