@@ -160,7 +160,7 @@ fn rate_interval(args: &Args, max: Option<&live::LiveResult>) -> (u64, String) {
             .collect();
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     };
-    let per_frame = match (s(|x| x.normalized), s(|x| x.frames)) {
+    let per_frame = match (s(|x| x.rates.normalized), s(|x| x.rates.frames)) {
         (Some(n), Some(f)) if f > 0.0 => n / f,
         _ => 0.0,
     };

@@ -21,7 +21,7 @@ use crate::prom::{Buckets, Scrape};
 mod config;
 pub mod daemons;
 mod faults;
-use daemons::{Daemons, PerRole, ROLES, Role};
+use daemons::{Counters, Daemons, PerRole, ROLES, Role};
 
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
@@ -45,15 +45,10 @@ pub struct LiveConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
     pub t: f64,
-    pub frames: f64,
-    pub normalized: f64,
-    pub kafka: f64,
-    pub clickhouse: f64,
-    pub calculator_rows: f64,
-    pub redis_writes: f64,
+    /// The stage counters' rates over the last second (rows or frames per second; `lag`, the
+    /// writer's consumer lag, as it stands).
+    pub rates: Counters,
     pub engine: f64,
-    /// The writer's consumer lag.
-    pub lag: f64,
     /// The largest VmRSS of the three processes (MB).
     pub rss_mb: f64,
     /// CPU % of the three processes together (100% = one core).
@@ -502,14 +497,8 @@ async fn run_inner(
         });
         let sample = Sample {
             t,
-            frames: r.frames,
-            normalized: r.normalized,
-            kafka: r.kafka,
-            clickhouse: r.clickhouse,
-            calculator_rows: r.calculator_rows,
-            redis_writes: r.redis_writes,
+            rates: r,
             engine: engine_rows.saturating_sub(last_engine) as f64 / dt,
-            lag: r.lag,
             rss_mb: role_rss_mb.iter().copied().fold(0.0, f64::max),
             daemon_cpu: role_cpu.iter().sum(),
             role_rss_mb,
@@ -524,13 +513,13 @@ async fn run_inner(
             println!(
                 "t={:>5.1}s frames/s={:<7.0} normalized/s={:<7.0} kafka/s={:<7.0} clickhouse/s={:<7.0} engine/s={:<7.0} calc/s={:<6.0} lag={:<7.0} cpu/rss conn={:.0}%/{:.0}MB writer={:.0}%/{:.0}MB calc={:.0}%/{:.0}MB sim={:.0}% machine={:.0}%",
                 sample.t,
-                sample.frames,
-                sample.normalized,
-                sample.kafka,
-                sample.clickhouse,
+                sample.rates.frames,
+                sample.rates.normalized,
+                sample.rates.kafka,
+                sample.rates.clickhouse,
                 sample.engine,
-                sample.calculator_rows,
-                sample.lag,
+                sample.rates.calculator_rows,
+                sample.rates.lag,
                 sample.role_cpu[0],
                 sample.role_rss_mb[0],
                 sample.role_cpu[1],

@@ -21,19 +21,19 @@ impl Report {
         let figures: Vec<Figure<'_>> = vec![
             (
                 "rate: rows normalized /s (mean)",
-                Box::new(live(|s| s.mean(|x| x.normalized))),
+                Box::new(live(|s| s.mean(|x| x.rates.normalized))),
             ),
             (
                 "rate: rows acknowledged by Kafka /s",
-                Box::new(live(|s| s.mean(|x| x.kafka))),
+                Box::new(live(|s| s.mean(|x| x.rates.kafka))),
             ),
             (
                 "rate: rows acknowledged by ClickHouse /s",
-                Box::new(live(|s| s.mean(|x| x.clickhouse))),
+                Box::new(live(|s| s.mean(|x| x.rates.clickhouse))),
             ),
             (
                 "rate: rows read by the calculators /s",
-                Box::new(live(|s| s.mean(|x| x.calculator_rows))),
+                Box::new(live(|s| s.mean(|x| x.rates.calculator_rows))),
             ),
             (
                 "rate: connector + writer CPU µs per source row into ClickHouse",
@@ -46,7 +46,7 @@ impl Report {
             (
                 "rate: connector + writer CPU µs per row normalized",
                 Box::new(live(|s| {
-                    let rows = s.mean(|x| x.normalized)?;
+                    let rows = s.mean(|x| x.rates.normalized)?;
                     let cpu = s.mean(|x| x.role_cpu[0] + x.role_cpu[1])?;
                     (rows > 0.0).then_some(cpu / 100.0 * 1e6 / rows)
                 })),
@@ -77,7 +77,7 @@ impl Report {
             ),
             (
                 "rate: writer consumer lag at the end",
-                Box::new(live(|s| s.s.last().map(|x| x.lag))),
+                Box::new(live(|s| s.s.last().map(|x| x.rates.lag))),
             ),
             (
                 "rate: machine busy % (control)",

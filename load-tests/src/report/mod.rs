@@ -210,7 +210,7 @@ impl Report {
         let e2e = [rate.as_ref(), max.as_ref()]
             .into_iter()
             .flatten()
-            .filter_map(|s| s.mean(|x| x.clickhouse))
+            .filter_map(|s| s.mean(|x| x.rates.clickhouse))
             .reduce(f64::max);
         let stage_ml = median(stages.iter().map(|s| s.marketlane.sustained).collect());
         // (the writer streams batches, so its rate once streaming is its stage capacity)
@@ -222,7 +222,7 @@ impl Report {
             met(e2e.map(|x| x >= 100_000.0))
         );
         if let Some(s) = &rate {
-            let achieved = s.mean(|x| x.clickhouse);
+            let achieved = s.mean(|x| x.rates.clickhouse);
             let q = [
                 s.queryable("marketlane l2", 0.99),
                 s.queryable("marketlane tick", 0.99),
@@ -359,15 +359,15 @@ impl Report {
             );
             type Col = (&'static str, fn(&Sample) -> f64);
             let cols: [Col; 7] = [
-                ("websocket frames (smd + sbd)", |x| x.frames),
-                ("rows normalized", |x| x.normalized),
-                ("rows acknowledged by Kafka", |x| x.kafka),
+                ("websocket frames (smd + sbd)", |x| x.rates.frames),
+                ("rows normalized", |x| x.rates.normalized),
+                ("rows acknowledged by Kafka", |x| x.rates.kafka),
                 ("rows acknowledged by ClickHouse (all categories)", |x| {
-                    x.clickhouse
+                    x.rates.clickhouse
                 }),
                 ("Kafka engine rows into its l2 table", |x| x.engine),
-                ("rows read by the calculators", |x| x.calculator_rows),
-                ("Redis pipeline writes", |x| x.redis_writes),
+                ("rows read by the calculators", |x| x.rates.calculator_rows),
+                ("Redis pipeline writes", |x| x.rates.redis_writes),
             ];
             for (name, f) in cols {
                 let _ = writeln!(
@@ -397,7 +397,7 @@ impl Report {
                 fmt_n(s.median(|x| x.daemon_cpu)),
                 fmt_n(s.median(|x| x.sim_cpu)),
                 fmt_n(s.median(|x| x.machine_busy)),
-                fmt_n(s.s.last().map(|x| x.lag))
+                fmt_n(s.s.last().map(|x| x.rates.lag))
             );
             let _ = writeln!(
                 m,
