@@ -544,7 +544,8 @@ pub struct WriterConfig {
     pub batch_rows: usize,
     /// … when it holds this many bytes (encoded rows and the payloads kept beside them for a
     /// bisection: what bounds a writer's memory when it catches up on a backlog or waits for
-    /// ClickHouse) …
+    /// ClickHouse, whatever the rows' size; the default is about `batch_rows` level-2 rows, so
+    /// that a backlog's inserts stay large) …
     pub batch_bytes: usize,
     /// … or when its first row is this old.
     #[serde(with = "humantime_secs")]
@@ -568,7 +569,7 @@ impl Default for WriterConfig {
         Self {
             categories: Vec::new(),
             batch_rows: 50_000,
-            batch_bytes: 8 * 1024 * 1024,
+            batch_bytes: 32 * 1024 * 1024,
             batch_max_age: Duration::from_millis(500),
             group_id: "marketlane-clickhouse-writer".into(),
             session_timeout: Duration::from_secs(10),
