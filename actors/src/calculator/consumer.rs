@@ -437,12 +437,6 @@ fn plan(
     partitions: &[i32],
     lookback: Duration,
 ) -> Result<Vec<(i32, i64, i64)>, ActorProcessingErr> {
-    // A cooperative rebalance that gives this member nothing new still calls the assign
-    // callback, with an empty list; librdkafka refuses an empty list (`InvalidArgument`), which
-    // the caller would retry for 30 s while no rows are read.
-    if partitions.is_empty() {
-        return Ok(Vec::new());
-    }
     let timeout = Duration::from_secs(10);
     let partitions = partitions.to_vec();
     let mut all = TopicPartitionList::new();
@@ -626,19 +620,6 @@ mod tests {
 
     fn schemas() -> SchemaSet {
         SchemaSet::load_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas")).unwrap()
-    }
-
-    /// An empty incremental assignment plans nothing, without asking the broker (none listens
-    /// on this port: librdkafka's answer to the empty list would be an error).
-    #[test]
-    fn an_empty_assignment_plans_nothing_without_the_broker() {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", "127.0.0.1:1")
-            .set("group.id", "plan-test")
-            .create()
-            .unwrap();
-        let plan = plan(&consumer, "t", &[], Duration::from_secs(60)).unwrap();
-        assert!(plan.is_empty());
     }
 
     /// The consumer's direct parse gives what full validation + `from_row` gives, on every row of

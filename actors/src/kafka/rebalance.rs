@@ -74,23 +74,37 @@ impl ClientContext for PausingRebalance {}
 
 impl ConsumerContext for PausingRebalance {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let event = match rebalance {
-            Rebalance::Assign(tpl) => {
-                if let Err(e) = consumer.pause(tpl) {
-                    warn!(error = %e, "cannot pause newly assigned partitions");
-                }
-                RebalanceEvent::Assigned(tpl.elements().iter().map(|e| e.partition()).collect())
-            }
-            Rebalance::Revoke(tpl) => {
-                RebalanceEvent::Revoked(tpl.elements().iter().map(|e| e.partition()).collect())
-            }
-            Rebalance::Error(e) => {
-                warn!(error = %e, "rebalance error");
-                return;
-            }
-        };
-        if let Ok(mut events) = self.events.lock() {
+        if let Rebalance::Assign(tpl) = rebalance
+            && tpl.count() > 0
+            && let Err(e) = consumer.pause(tpl)
+        {
+            warn!(error = %e, "cannot pause newly assigned partitions");
+        }
+        if let Some(event) = event_of(rebalance)
+            && let Ok(mut events) = self.events.lock()
+        {
             events.push(event);
+        }
+    }
+}
+
+/// The change a rebalance makes, if any. A cooperative rebalance that gives or takes nothing
+/// from this member still calls back, with an empty list: it is no event (positioning an
+/// empty list would ask the broker about nothing, and librdkafka refuses an empty
+/// offsets-for-times list with `InvalidArgument`).
+fn event_of(rebalance: &Rebalance<'_>) -> Option<RebalanceEvent> {
+    let partitions = |tpl: &rdkafka::TopicPartitionList| -> Vec<i32> {
+        tpl.elements().iter().map(|e| e.partition()).collect()
+    };
+    match rebalance {
+        Rebalance::Assign(tpl) if tpl.count() > 0 => {
+            Some(RebalanceEvent::Assigned(partitions(tpl)))
+        }
+        Rebalance::Revoke(tpl) if tpl.count() > 0 => Some(RebalanceEvent::Revoked(partitions(tpl))),
+        Rebalance::Assign(_) | Rebalance::Revoke(_) => None,
+        Rebalance::Error(e) => {
+            warn!(error = %e, "rebalance error");
+            None
         }
     }
 }
@@ -98,6 +112,24 @@ impl ConsumerContext for PausingRebalance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_incremental_change_is_no_event() {
+        let empty = rdkafka::TopicPartitionList::new();
+        assert!(event_of(&Rebalance::Assign(&empty)).is_none());
+        assert!(event_of(&Rebalance::Revoke(&empty)).is_none());
+        let mut two = rdkafka::TopicPartitionList::new();
+        two.add_partition("t", 0);
+        two.add_partition("t", 3);
+        assert_eq!(
+            format!("{:?}", event_of(&Rebalance::Assign(&two))),
+            "Some(Assigned([0, 3]))"
+        );
+        assert_eq!(
+            format!("{:?}", event_of(&Rebalance::Revoke(&two))),
+            "Some(Revoked([0, 3]))"
+        );
+    }
 
     #[test]
     fn changes_put_back_come_before_those_seen_since() {
