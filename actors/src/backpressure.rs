@@ -30,6 +30,15 @@ impl Inflight {
         Self(None)
     }
 
+    /// Whether both hold the same frame's permit (or both none).
+    pub fn same(&self, other: &Inflight) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
     /// Observes the permit without holding it (the websocket's replay buffer).
     pub fn watch(&self) -> InflightWatch {
         InflightWatch(self.0.as_ref().map(Arc::downgrade))

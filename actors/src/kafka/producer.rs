@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use prometheus::{Histogram, IntCounter};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
@@ -45,8 +46,9 @@ pub const QUEUE_KBYTES: usize = 32 * 1024;
 pub struct Produce {
     /// Shared with the normalizer's cache: no String per row.
     pub topic: Arc<str>,
-    pub key: String,
-    pub payload: Vec<u8>,
+    /// Slices of the normalizer's frame buffer: no allocation per row.
+    pub key: Bytes,
+    pub payload: Bytes,
     /// Category of the row, for metrics (shared like `topic`).
     pub category: Arc<str>,
     /// Source event time (ns), for the event→Kafka latency.
@@ -123,20 +125,27 @@ pub struct Delivery {
 impl ClientContext for Delivery {}
 
 impl ProducerContext for Delivery {
-    type DeliveryOpaque = Box<Pending>;
+    /// Shared by the rows of a frame with the same category and event time: no allocation
+    /// per row. The frame's permit goes with the last of them.
+    type DeliveryOpaque = Arc<Pending>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Arc<Pending>) {
         match result {
-            Ok(m) => self.acknowledged(m.topic(), *pending),
+            Ok(m) => {
+                self.acknowledged(m.topic(), &pending);
+                drop(pending);
+                self.metrics
+                    .in_flight_frames
+                    .set(self.inflight.in_flight() as i64);
+            }
             Err((e, m)) => {
-                let pending = *pending;
                 let p = Produce {
                     topic: m.topic().into(),
-                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    category: pending.category,
+                    key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
+                    payload: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                    category: pending.category.clone(),
                     event_time_ns: pending.event_time_ns,
-                    permit: pending.permit,
+                    permit: pending.permit.clone(),
                 };
                 self.failed(p, pending.attempt, e);
             }
@@ -165,7 +174,7 @@ impl Delivery {
         t
     }
 
-    fn acknowledged(&self, topic: &str, p: Pending) {
+    fn acknowledged(&self, topic: &str, p: &Pending) {
         self.counters.acknowledged.fetch_add(1, Ordering::Relaxed);
         let t = self.topic(topic, &p.category);
         t.produced.inc();
@@ -174,10 +183,6 @@ impl Delivery {
             let lag = (marketlane_protocol::now_ns() - at).max(0) as f64 / 1e9;
             t.event_to_kafka.observe(lag);
         }
-        drop(p.permit);
-        self.metrics
-            .in_flight_frames
-            .set(self.inflight.in_flight() as i64);
     }
 
     fn failed(&self, p: Produce, attempt: u32, e: &KafkaError) {
@@ -312,12 +317,15 @@ impl Actor for KafkaProducer {
         match msg {
             ProducerMsg::Produce(p) => {
                 state.produced += 1;
-                send(state, p).await?;
+                send(state, p, Instant::now(), &mut None).await?;
             }
             ProducerMsg::ProduceAll(batch) => {
                 state.produced += batch.len() as u64;
+                // One clock read per frame: its rows are handed over together.
+                let started = Instant::now();
+                let mut shared = None;
                 for p in batch {
-                    send(state, p).await?;
+                    send(state, p, started, &mut shared).await?;
                 }
             }
             ProducerMsg::Flush(deadline, reply) => {
@@ -347,7 +355,12 @@ impl Actor for KafkaProducer {
 /// local queue waits here, which stalls the mailbox and so the connector (backpressure); an
 /// error that can pass is retried with back-off (100 ms · 2^n ≤ 5 s); one that cannot is
 /// returned, failing the actor, except a message too large, which is quarantined instead.
-async fn send(state: &ProducerState, p: Produce) -> Result<(), ActorProcessingErr> {
+async fn send(
+    state: &ProducerState,
+    p: Produce,
+    started: Instant,
+    shared: &mut Option<Arc<Pending>>,
+) -> Result<(), ActorProcessingErr> {
     let Produce {
         mut topic,
         mut key,
@@ -356,18 +369,32 @@ async fn send(state: &ProducerState, p: Produce) -> Result<(), ActorProcessingEr
         event_time_ns,
         permit,
     } = p;
-    let mut pending = Box::new(Pending {
-        category,
-        event_time_ns,
-        started: Instant::now(),
-        permit,
-        attempt: 0,
-    });
+    // The previous row's opaque when it says the same (a frame's rows do).
+    let mut pending = match shared {
+        Some(s)
+            if Arc::ptr_eq(&s.category, &category)
+                && s.event_time_ns == event_time_ns
+                && s.permit.same(&permit) =>
+        {
+            s.clone()
+        }
+        _ => {
+            let s = Arc::new(Pending {
+                category,
+                event_time_ns,
+                started,
+                permit,
+                attempt: 0,
+            });
+            *shared = Some(s.clone());
+            s
+        }
+    };
     let mut backoff = Duration::from_millis(100);
     loop {
         let record = BaseRecord::with_opaque_to(&topic, pending)
-            .key(&key)
-            .payload(&payload);
+            .key(&key[..])
+            .payload(&payload[..]);
         let e = match state.producer.send(record) {
             Ok(()) => return Ok(()),
             Err((e, record)) => {
@@ -388,25 +415,20 @@ async fn send(state: &ProducerState, p: Produce) -> Result<(), ActorProcessingEr
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Verdict::TooLarge => {
-                let Pending {
-                    category,
-                    event_time_ns,
-                    permit,
-                    ..
-                } = *pending;
                 let p = Produce {
                     topic,
                     key,
                     payload,
-                    category,
-                    event_time_ns,
-                    permit,
+                    category: pending.category.clone(),
+                    event_time_ns: pending.event_time_ns,
+                    permit: pending.permit.clone(),
                 };
+                drop(pending);
                 let Some(q) = too_large(&state.metrics, &state.counters.too_large, p, &e) else {
                     return Err(format!("kafka: {e}").into());
                 };
                 (topic, key, payload) = (q.topic, q.key, q.payload);
-                pending = Box::new(Pending {
+                pending = Arc::new(Pending {
                     category: q.category,
                     event_time_ns: q.event_time_ns,
                     started: Instant::now(),
@@ -505,8 +527,8 @@ fn too_large(metrics: &Metrics, count: &AtomicU64, p: Produce, e: &KafkaError) -
     );
     Some(Produce {
         topic: format!("{}{UNQUALIFIED_SUFFIX}", p.topic).into(),
-        key: "too_large".into(),
-        payload: serde_json::to_vec(&rec).unwrap_or_default(),
+        key: Bytes::from_static(b"too_large"),
+        payload: serde_json::to_vec(&rec).unwrap_or_default().into(),
         category: p.category,
         event_time_ns: None,
         permit: p.permit,
@@ -569,8 +591,8 @@ mod tests {
         let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
         let p = Produce {
             topic: "x_tick_market_data".into(),
-            key: "AAPL".into(),
-            payload: payload.clone(),
+            key: Bytes::from_static(b"AAPL"),
+            payload: payload.clone().into(),
             category: "tick_market_data".into(),
             event_time_ns: None,
             permit: Inflight::none(),

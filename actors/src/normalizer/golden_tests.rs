@@ -61,9 +61,10 @@ fn line(p: &Produce) -> String {
         rec.ingestion_time = 0;
         serde_json::to_string(&rec).expect("record")
     } else {
-        String::from_utf8(p.payload.clone()).expect("utf-8 row")
+        String::from_utf8(p.payload.to_vec()).expect("utf-8 row")
     };
-    format!("{}\t{}\t{payload}", p.topic, p.key)
+    let key = std::str::from_utf8(&p.key).expect("utf-8 key");
+    format!("{}\t{key}\t{payload}", p.topic)
 }
 
 struct Three {

@@ -23,6 +23,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use marketlane_protocol::ib::{Availability, BookFrame, MarketDataFrame, field};
 use marketlane_protocol::typed_row::typed_row_json;
 use marketlane_protocol::{RowMap, SchemaSet, TypedRow, UnqualifiedRecord};
@@ -92,6 +93,9 @@ pub struct NormalizerSnapshot {
 }
 
 /// The quarantine reason of rows whose symbol's market data is not real-time.
+/// Bytes of one block of a normalizer's frame buffer ([`Outbox`]): about a hundred rows.
+const FRAME_BYTES_BLOCK: usize = 64 * 1024;
+
 pub const NOT_REALTIME: &str = "not_realtime";
 
 /// What every normalizer keeps besides its own per-conid state: where its rows go, what is
@@ -122,6 +126,11 @@ pub struct Core {
 #[derive(Default)]
 pub struct Outbox {
     batch: Vec<Produce>,
+    /// The frame's keys and payloads, back to back: each message is a slice of it, so a row
+    /// costs no allocation of its own (librdkafka copies the bytes when it takes them).
+    bytes: BytesMut,
+    /// Where a row is written before it joins `bytes` (reused: no allocation per row).
+    scratch: Vec<u8>,
     producer: Option<ActorRef<ProducerMsg>>,
     /// By category (a normalizer emits one or two: a short list).
     categories: Vec<CategoryOut>,
@@ -138,6 +147,16 @@ struct CategoryOut {
 }
 
 impl Outbox {
+    /// `data` as a slice of the frame's buffer.
+    fn slice(&mut self, data: &[u8]) -> Bytes {
+        if self.bytes.capacity() - self.bytes.len() < data.len() {
+            // A block for many rows at once; the last slice of the previous one frees it.
+            self.bytes = BytesMut::with_capacity(FRAME_BYTES_BLOCK.max(data.len()));
+        }
+        self.bytes.extend_from_slice(data);
+        self.bytes.split().freeze()
+    }
+
     /// Hands the frame's messages to the producer, waiting while it is being restarted: a row
     /// is never dropped because its next hop is down for a moment.
     pub async fn flush(&mut self, emitter: &RowEmitter) {
@@ -483,8 +502,8 @@ impl RowEmitter {
                     .inc();
                 self.produce(Produce {
                     topic: self.kafka.topic(&schema.topic()).into(),
-                    key,
-                    payload,
+                    key: key.into(),
+                    payload: payload.into(),
                     category: category.into(),
                     event_time_ns: Some(event_time_ns),
                     permit: permit.clone(),
@@ -527,7 +546,8 @@ impl RowEmitter {
                 return Emitted::Quarantined;
             }
         };
-        let mut payload = Vec::with_capacity(512);
+        let mut payload = std::mem::take(&mut out.scratch);
+        payload.clear();
         let mut missing = std::mem::take(&mut out.missing);
         missing.clear();
         let checked = schema.write_typed(row, &mut payload, &mut missing);
@@ -560,11 +580,15 @@ impl RowEmitter {
                     }
                 }
                 c.rows.inc();
+                let key = schema.typed_key(row);
+                let (topic, category) = (c.topic.clone(), c.category.clone());
+                let key = out.slice(key.as_bytes());
+                let payload = out.slice(&payload);
                 out.batch.push(Produce {
-                    topic: c.topic.clone(),
-                    key: schema.typed_key(row).to_string(),
+                    topic,
+                    key,
                     payload,
-                    category: c.category.clone(),
+                    category,
                     event_time_ns: Some(event_time_ns),
                     permit: permit.clone(),
                 });
@@ -578,6 +602,7 @@ impl RowEmitter {
             }
         };
         out.missing = missing;
+        out.scratch = payload;
         emitted
     }
 
@@ -629,8 +654,8 @@ impl RowEmitter {
         );
         Produce {
             topic: self.kafka.topic(&topic).into(),
-            key: code.to_string(),
-            payload: serde_json::to_vec(&rec).unwrap_or_default(),
+            key: Bytes::copy_from_slice(code.as_bytes()),
+            payload: serde_json::to_vec(&rec).unwrap_or_default().into(),
             category: category.into(),
             event_time_ns: None,
             permit: permit.clone(),
