@@ -155,7 +155,7 @@ impl Actor for Printer {
                     state.print(p);
                 }
             }
-            ProducerMsg::Produce(p) => state.print(p),
+            ProducerMsg::Produce(p) | ProducerMsg::Resend(p, _) => state.print(p),
             // The replay's barrier: everything handed over before it is written out.
             ProducerMsg::Flush(_, reply) => {
                 let _ = reply.send(state.flush());

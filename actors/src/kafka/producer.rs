@@ -64,6 +64,9 @@ pub enum ProducerMsg {
     /// Waits until everything handed over so far is acknowledged, up to the deadline (drain).
     Flush(Duration, RpcReplyPort<bool>),
     GetState(RpcReplyPort<ProducerSnapshot>),
+    /// A failed delivery handed back by the delivery report, with its failed attempts so far
+    /// (so its next failure waits twice as long).
+    Resend(Produce, u32),
     /// A delivery failed for good (sent by the delivery report): the actor fails with it.
     Failed(String),
 }
@@ -239,9 +242,9 @@ impl Delivery {
                     .and_then(|n| ractor::registry::where_is(n.clone()))
                     .map(ActorRef::<ProducerMsg>::from)
                     .unwrap_or_else(|| myself.clone());
-                match target.cast(ProducerMsg::Produce(p)) {
+                match target.cast(ProducerMsg::Resend(p, attempt)) {
                     Ok(()) => return,
-                    Err(ractor::MessagingErr::SendErr(ProducerMsg::Produce(back))) => p = back,
+                    Err(ractor::MessagingErr::SendErr(ProducerMsg::Resend(back, _))) => p = back,
                     Err(_) => return,
                 }
                 if first {
@@ -317,7 +320,10 @@ impl Actor for KafkaProducer {
         match msg {
             ProducerMsg::Produce(p) => {
                 state.produced += 1;
-                send(state, p, Instant::now(), &mut None).await?;
+                send(state, p, Instant::now(), &mut None, 0).await?;
+            }
+            ProducerMsg::Resend(p, attempt) => {
+                send(state, p, Instant::now(), &mut None, attempt).await?;
             }
             ProducerMsg::ProduceAll(batch) => {
                 state.produced += batch.len() as u64;
@@ -325,7 +331,7 @@ impl Actor for KafkaProducer {
                 let started = Instant::now();
                 let mut shared = None;
                 for p in batch {
-                    send(state, p, started, &mut shared).await?;
+                    send(state, p, started, &mut shared, 0).await?;
                 }
             }
             ProducerMsg::Flush(deadline, reply) => {
@@ -360,6 +366,7 @@ async fn send(
     p: Produce,
     started: Instant,
     shared: &mut Option<Arc<Pending>>,
+    attempt: u32,
 ) -> Result<(), ActorProcessingErr> {
     let Produce {
         mut topic,
@@ -374,7 +381,8 @@ async fn send(
         Some(s)
             if Arc::ptr_eq(&s.category, &category)
                 && s.event_time_ns == event_time_ns
-                && s.permit.same(&permit) =>
+                && s.permit.same(&permit)
+                && s.attempt == attempt =>
         {
             s.clone()
         }
@@ -384,7 +392,7 @@ async fn send(
                 event_time_ns,
                 started,
                 permit,
-                attempt: 0,
+                attempt,
             });
             *shared = Some(s.clone());
             s
