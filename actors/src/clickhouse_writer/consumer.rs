@@ -210,12 +210,21 @@ fn fetch_payloads_blocking(
     let left = || deadline.saturating_duration_since(Instant::now());
     // Assigned, never subscribed: no group is joined and nothing is committed (a `group.id` is
     // only what lets rust-rdkafka poll messages). An offset out of range is an error at once,
-    // not a silent jump to the end of the log.
+    // not a silent jump to the end of the log. The prefetch is bounded as the quarantine
+    // writers' is: librdkafka's default would read up to 64 MiB of the log past the offsets.
     let consumer: BaseConsumer = match crate::kafka::client_config(kafka)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "error")
+        .set(
+            "queued.max.messages.kbytes",
+            QUARANTINE_PREFETCH_KIB.to_string(),
+        )
+        .set(
+            "fetch.max.bytes",
+            (QUARANTINE_PREFETCH_KIB as usize * 1024).to_string(),
+        )
         .create()
     {
         Ok(c) => c,
