@@ -542,10 +542,10 @@ pub struct WriterConfig {
     pub categories: Vec<String>,
     /// A batch is cut at this many rows, …
     pub batch_rows: usize,
-    /// … when it holds this many bytes (encoded rows and the payloads kept beside them for a
-    /// bisection: what bounds a writer's memory when it catches up on a backlog or waits for
-    /// ClickHouse, whatever the rows' size; the default is about `batch_rows` level-2 rows, so
-    /// that a backlog's inserts stay large) …
+    /// … when it holds this many bytes of encoded rows and quarantine records (what bounds a
+    /// writer's memory when it catches up on a backlog or waits for ClickHouse, whatever the
+    /// rows' size; `batch_rows` level-2 rows take about 7 MB, so with the default a backlog's
+    /// level-2 batches are cut at `batch_rows` and its inserts stay large) …
     pub batch_bytes: usize,
     /// … or when its first row is this old.
     #[serde(with = "humantime_secs")]

@@ -136,7 +136,8 @@ pub(super) struct Encoded {
     quarantine: Vec<u8>,
     quarantine_count: usize,
     event_times: Vec<i64>,
-    /// Row boundaries, offsets and payloads: a batch ClickHouse rejects is bisected with it.
+    /// Row boundaries, offsets and Kafka times: a batch ClickHouse rejects is bisected with it
+    /// (a refused row's payload is read back from Kafka, not kept here).
     index: RowIndex,
     /// Rows ClickHouse refused on their own (counted as quarantined once the batch lands).
     poisoned: usize,
@@ -146,9 +147,9 @@ pub(super) struct Encoded {
 }
 
 impl Encoded {
-    /// What the batch holds in memory: encoded rows and records, and the payloads kept beside.
+    /// What the batch holds in memory: its encoded rows and quarantine records.
     fn bytes(&self) -> usize {
-        self.rows.len() + self.quarantine.len() + self.index.payload_bytes()
+        self.rows.len() + self.quarantine.len()
     }
 
     fn frozen(&mut self) -> (Bytes, Bytes) {
@@ -513,7 +514,7 @@ impl WriterState {
                 match encode_json_row(schema, payload, &mut batch.rows) {
                     Ok(t) => {
                         batch.row_count += 1;
-                        batch.index.push(offset, at, batch.rows.len(), payload);
+                        batch.index.push(offset, at, batch.rows.len());
                         if let Some(t) = t {
                             batch.event_times.push(t);
                         }

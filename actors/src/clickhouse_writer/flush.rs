@@ -10,8 +10,10 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::super::batch::{Batch, StateRecord};
-use super::super::sink::ClickHouse;
+use super::super::consumer::{REFETCH_TIMEOUT, fetch_payloads};
+use super::super::sink::{ClickHouse, PoisonRow};
 use super::{Encoded, WriterState};
+use crate::config::KafkaConfig;
 
 impl WriterState {
     /// A strictly increasing version for the offsets state of this writer.
@@ -57,6 +59,8 @@ impl WriterState {
             topic: &self.topic,
             category: self.args.kind.category(),
             instance: &self.args.instance,
+            kafka: &self.args.kafka,
+            group: &self.snapshot.group,
         };
         // The partitions' inserts are in flight together: their ranges and tokens are their
         // own, so their order does not matter; a failed one is retried alone.
@@ -172,6 +176,9 @@ struct Target<'a> {
     topic: &'a str,
     category: &'a str,
     instance: &'a str,
+    /// Where a refused row's payload is read back from (the batch does not keep it).
+    kafka: &'a KafkaConfig,
+    group: &'a str,
 }
 
 impl Target<'_> {
@@ -197,25 +204,24 @@ impl Target<'_> {
             return Ok(0);
         }
         // Rows ClickHouse refused go to quarantine with its reason, inside this batch (rare:
-        // only then is the quarantine buffer copied).
+        // only then is the quarantine buffer copied and are payloads read back from Kafka).
         let body = if poison.is_empty() {
             quarantine
         } else {
+            let offsets: Vec<i64> = poison.iter().map(|r| r.offset).collect();
+            let payloads = fetch_payloads(
+                self.kafka,
+                self.group,
+                self.topic,
+                partition,
+                &offsets,
+                REFETCH_TIMEOUT,
+            )
+            .await;
             let mut buf = quarantine.to_vec();
             let now = marketlane_protocol::now_ns();
-            for row in &poison {
-                let mut rec = UnqualifiedRecord::new(
-                    self.category,
-                    "rejected_by_clickhouse",
-                    row.reason.clone(),
-                    &row.payload,
-                    "unknown",
-                    self.instance,
-                    now,
-                );
-                rec.source_topic = Some(self.topic.to_string());
-                rec.source_partition = Some(partition);
-                rec.source_offset = Some(row.offset);
+            for (row, payload) in poison.iter().zip(payloads) {
+                let rec = self.poison_record(partition, row, payload, now);
                 encode_unqualified(&rec, row.at, &mut buf);
             }
             Bytes::from(buf)
@@ -225,5 +231,104 @@ impl Target<'_> {
             .await
             .map_err(|e| (unqualified_table(self.category), e.to_string()))?;
         Ok(poison.len())
+    }
+
+    /// The quarantine record of a refused row. A payload that could not be read back (retention
+    /// deleted it, Kafka did not answer in time) leaves the record's payload empty and says so
+    /// in its reason: the row is still quarantined, with its coordinates.
+    fn poison_record(
+        self,
+        partition: i32,
+        row: &PoisonRow,
+        payload: Option<Vec<u8>>,
+        now: i64,
+    ) -> UnqualifiedRecord {
+        let (payload, reason) = match payload {
+            Some(p) => (p, row.reason.clone()),
+            None => (Vec::new(), format!("{}; {PAYLOAD_GONE}", row.reason)),
+        };
+        let mut rec = UnqualifiedRecord::new(
+            self.category,
+            "rejected_by_clickhouse",
+            reason,
+            &payload,
+            "unknown",
+            self.instance,
+            now,
+        );
+        rec.source_topic = Some(self.topic.to_string());
+        rec.source_partition = Some(partition);
+        rec.source_offset = Some(row.offset);
+        rec
+    }
+}
+
+/// Appended to a refused row's reason when its payload could not be read back from Kafka.
+pub(super) const PAYLOAD_GONE: &str =
+    "the payload could not be re-read from kafka (deleted by retention or not readable in time)";
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::config::ClickHouseConfig;
+
+    #[tokio::test]
+    async fn a_payload_that_cannot_be_read_back_still_quarantines_its_row() {
+        // Nothing listens there: the read-back gives up within its timeout, it does not hang.
+        let kafka = KafkaConfig {
+            bootstrap_servers: "127.0.0.1:1".into(),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let payloads =
+            fetch_payloads(&kafka, "g", "t", 0, &[13, 150], Duration::from_millis(500)).await;
+        assert_eq!(payloads, vec![None, None]);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let config = ClickHouseConfig::default();
+        let ch = ClickHouse {
+            client: clickhouse::Client::default(),
+            version: marketlane_protocol::clickhouse::ServerVersion::parse("18.16.1").unwrap(),
+            config,
+        };
+        let target = Target {
+            ch: &ch,
+            insert_sql: "",
+            quarantine_sql: "",
+            table: "tick_market_data",
+            topic: "p_tick_market_data",
+            category: "tick_market_data",
+            instance: "test",
+            kafka: &kafka,
+            group: "g",
+        };
+        let row = PoisonRow {
+            offset: 13,
+            at: 1_700_000_000_000_000_000,
+            code: 395,
+            reason: "Code: 395. throwIf".into(),
+        };
+        let gone = target.poison_record(4, &row, None, 7);
+        assert_eq!(gone.raw, "");
+        assert_eq!(gone.reason_code, "rejected_by_clickhouse");
+        assert_eq!(gone.reason, format!("Code: 395. throwIf; {PAYLOAD_GONE}"));
+        assert_eq!(
+            (
+                gone.source_topic.as_deref(),
+                gone.source_partition,
+                gone.source_offset
+            ),
+            (Some("p_tick_market_data"), Some(4), Some(13))
+        );
+        // Read back: the record is the one a kept payload made (the server's reason only).
+        let read = target.poison_record(4, &row, Some(br#"{"price":13.5}"#.to_vec()), 7);
+        assert_eq!(read.raw, r#"{"price":13.5}"#);
+        assert_eq!(read.reason, row.reason);
     }
 }

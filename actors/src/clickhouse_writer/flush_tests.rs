@@ -268,3 +268,79 @@ async fn a_flush_makes_one_offsets_insert_with_the_previous_after_ranges() {
     assert_eq!(drain_seen(&seen), (vec![vec![(1, 2, 3, After)]], 0));
     assert_eq!((w.snapshot.flushes, w.snapshot.offset_inserts), (3, 4));
 }
+
+/// One level-2 row as the connector puts it on its topic (the benchmark's rows: validated, so
+/// the states are set as the normalizers set them).
+fn l2_payload(schema: &marketlane_protocol::CategorySchema, i: u64) -> Vec<u8> {
+    let (symbols, depth) = (1000, 5);
+    let sym = format!("SYM{:04}", i % symbols + 1);
+    let side = if (i / (symbols * depth)).is_multiple_of(2) {
+        "bid"
+    } else {
+        "ask"
+    };
+    let level = (i / symbols) % depth;
+    let now = 1_796_463_008_656_573_591 + i as i64;
+    let id = marketlane_protocol::row_id(
+        "l2_market_data",
+        &[
+            "ib",
+            &sym,
+            &(i / 10_000).to_string(),
+            side,
+            &level.to_string(),
+        ],
+    );
+    let row = serde_json::json!({
+        "row_id": id, "source_system_name": "ib", "component_instance_name": "bench-prefill",
+        "ingestion_time": now, "exchange_identifier": "NASDAQ", "symbol_identifier": sym,
+        "symbol_type": "stocks", "price": 100.0 + (i % 997) as f64 * 0.01,
+        "price_unit": "1_USdollar", "size": 100.0 + (i % 13) as f64, "size_unit": "shares",
+        "side": side, "level": level, "max_level": depth, "l2_time": now,
+    });
+    let serde_json::Value::Object(map) = row else {
+        unreachable!()
+    };
+    serde_json::to_vec(&schema.validate(map).unwrap()).unwrap()
+}
+
+/// A full batch of level-2 rows holds its encoded rows only (`--nocapture` prints what it held
+/// per row before, when the batch kept a copy of every payload, and now).
+#[test]
+fn a_batch_of_l2_rows_holds_its_encoded_rows_and_no_payloads() {
+    let schemas = marketlane_protocol::SchemaSet::load_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas"),
+    )
+    .unwrap();
+    let schema = schemas.get("l2_market_data").unwrap();
+    let rows = WriterConfig::default().batch_rows;
+    let mut batch = Encoded::default();
+    let mut json = 0;
+    for i in 0..rows as u64 {
+        let payload = l2_payload(schema, i);
+        json += payload.len();
+        marketlane_protocol::wire_row::encode_json_row(schema, &payload, &mut batch.rows).unwrap();
+        batch.row_count += 1;
+        batch.index.push(i as i64, 0, batch.rows.len());
+    }
+    let encoded = batch.rows.len();
+    assert_eq!(
+        batch.bytes(),
+        encoded,
+        "a batch counts (and holds) no payloads"
+    );
+    // The index: a row end, an offset and a Kafka time per row (before: a payload end too).
+    let (index_now, index_before) = (rows * 24, rows * 32);
+    println!(
+        "{rows} l2 rows: encoded {} B/row, JSON payload {} B/row; batch bytes() before {} B/row \
+         ({} MB), now {} B/row ({} MB); with the row index before {} MB, now {} MB",
+        encoded / rows,
+        json / rows,
+        (encoded + json) / rows,
+        (encoded + json) / 1_000_000,
+        encoded / rows,
+        encoded / 1_000_000,
+        (encoded + json + index_before) / 1_000_000,
+        (encoded + index_now) / 1_000_000,
+    );
+}

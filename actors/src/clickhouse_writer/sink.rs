@@ -57,36 +57,28 @@ const CONTENT_ERROR_CODES: &[u32] = &[
     469, // VIOLATED_CONSTRAINT (a table CONSTRAINT … CHECK)
 ];
 
-/// Where each row of a batch's RowBinary buffer ends, with its Kafka offset and payload: what
-/// bisecting a rejected batch needs to insert halves and to quarantine a single row with its
-/// raw payload. Kept beside the batch while it waits for its insert.
+/// Where each row of a batch's RowBinary buffer ends, with its Kafka offset and time: what
+/// bisecting a rejected batch needs to insert halves and to quarantine a single row. Kept
+/// beside the batch while it waits for its insert. The raw payloads are not kept (they were
+/// most of a batch's memory): a refused row's payload is read back from Kafka by its offset.
 #[derive(Debug, Default)]
 pub struct RowIndex {
     ends: Vec<usize>,
     offsets: Vec<i64>,
     /// Kafka timestamps (ns): a quarantined row's `quarantined_at`, stable across replays.
     times: Vec<i64>,
-    payload_ends: Vec<usize>,
-    payloads: Vec<u8>,
 }
 
 impl RowIndex {
     /// Records a row that ends at `rows_len` in the batch buffer.
-    pub fn push(&mut self, offset: i64, kafka_time_ns: i64, rows_len: usize, payload: &[u8]) {
+    pub fn push(&mut self, offset: i64, kafka_time_ns: i64, rows_len: usize) {
         self.ends.push(rows_len);
         self.offsets.push(offset);
         self.times.push(kafka_time_ns);
-        self.payloads.extend_from_slice(payload);
-        self.payload_ends.push(self.payloads.len());
     }
 
     pub fn len(&self) -> usize {
         self.ends.len()
-    }
-
-    /// Bytes of the raw payloads kept for a bisection.
-    pub fn payload_bytes(&self) -> usize {
-        self.payloads.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -98,20 +90,15 @@ impl RowIndex {
         let start = if lo == 0 { 0 } else { self.ends[lo - 1] };
         start..self.ends[hi - 1]
     }
-
-    fn payload(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.payload_ends[i - 1] };
-        &self.payloads[start..self.payload_ends[i]]
-    }
 }
 
-/// A row ClickHouse refused on its own, with the server's reason.
+/// A row ClickHouse refused on its own, with the server's reason. Its payload is not here:
+/// the caller reads it back from Kafka at `offset`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoisonRow {
     pub offset: i64,
     /// The row's Kafka timestamp (ns).
     pub at: i64,
-    pub payload: Vec<u8>,
     pub code: u32,
     pub reason: String,
 }
@@ -389,7 +376,6 @@ impl ClickHouse {
                 poison.push(PoisonRow {
                     offset: index.offsets[lo],
                     at: index.times[lo],
-                    payload: index.payload(lo).to_vec(),
                     code,
                     reason,
                 });
@@ -567,17 +553,15 @@ mod tests {
     }
 
     #[test]
-    fn the_row_index_slices_rows_and_payloads() {
+    fn the_row_index_slices_rows() {
         let mut ix = RowIndex::default();
-        ix.push(10, 1, 3, b"a");
-        ix.push(11, 1, 7, b"bb");
-        ix.push(12, 1, 8, b"");
+        ix.push(10, 1, 3);
+        ix.push(11, 1, 7);
+        ix.push(12, 1, 8);
         assert_eq!(ix.len(), 3);
         assert_eq!(ix.bytes(0, 1), 0..3);
         assert_eq!(ix.bytes(1, 3), 3..8);
         assert_eq!(ix.bytes(0, 3), 0..8);
-        assert_eq!(ix.payload(1), b"bb");
-        assert_eq!(ix.payload(2), b"");
     }
 
     #[test]
