@@ -21,6 +21,8 @@ pub mod window;
 pub mod worker;
 
 #[cfg(test)]
+mod bench_tests;
+#[cfg(test)]
 mod golden_tests;
 #[cfg(test)]
 mod window_tests;
