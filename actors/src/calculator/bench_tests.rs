@@ -9,8 +9,9 @@ use std::time::Instant;
 use marketlane_protocol::SchemaSet;
 use marketlane_protocol::category::{L2, TICK};
 
+use super::compact::Interner;
 use super::config::{Kind, Spec, Window};
-use super::consumer::parse;
+use super::consumer::parse_interned;
 use super::engine::{BookLevel, CalcRow, Engine, Trade};
 use super::window::Key;
 
@@ -103,10 +104,13 @@ fn bench_parse_and_apply() {
         size_of::<Key>()
     );
     for round in 1..=3 {
+        let mut interner = Interner::default();
         let started = Instant::now();
         let rows: Vec<CalcRow> = payloads
             .iter()
-            .map(|(is_tick, p)| parse(if *is_tick { tick } else { l2 }, p).unwrap())
+            .map(|(is_tick, p)| {
+                parse_interned(if *is_tick { tick } else { l2 }, p, &mut interner).unwrap()
+            })
             .collect();
         let parsed = started.elapsed();
         let mut engine = Engine::new(specs());

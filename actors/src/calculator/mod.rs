@@ -13,6 +13,7 @@
 
 pub mod acl;
 mod child;
+pub mod compact;
 pub mod config;
 pub mod consumer;
 pub mod engine;
