@@ -19,6 +19,7 @@
 //! its partitions back at once, without a group-wide rebalance; a pod that is gone for good
 //! loses them after `session.timeout.ms`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +36,7 @@ use serde_json::Value as Json;
 use tracing::{info, warn};
 
 use super::Shared;
+use super::compact::{Interner, RowId};
 use super::engine::{BookLevel, CalcRow, Trade};
 use super::worker::WorkerMsg;
 use crate::config::KafkaConfig;
@@ -88,7 +90,9 @@ pub struct ConsumerState {
     positions: HashMap<i32, i64>,
     live_from: HashMap<i32, i64>,
     /// Symbols seen on each held partition: what the workers drop when it is revoked.
-    symbols: HashMap<i32, BTreeSet<String>>,
+    symbols: HashMap<i32, BTreeSet<Arc<str>>>,
+    /// Symbols and units of the rows read, shared by every row that carries them.
+    interner: Interner,
     last_checkpoint: Instant,
     snapshot: ConsumerSnapshot,
 }
@@ -140,6 +144,7 @@ impl Actor for CalculatorConsumer {
             positions: HashMap::new(),
             live_from: HashMap::new(),
             symbols: HashMap::new(),
+            interner: Interner::default(),
             last_checkpoint: Instant::now(),
             snapshot: ConsumerSnapshot {
                 topic,
@@ -201,7 +206,7 @@ impl ConsumerState {
 
     async fn revoke(&mut self, parts: &[i32]) {
         let workers = self.args.shared.workers.len();
-        let mut by_worker: Vec<Vec<String>> = vec![Vec::new(); workers];
+        let mut by_worker: Vec<Vec<Arc<str>>> = vec![Vec::new(); workers];
         for p in parts {
             self.positions.remove(p);
             self.live_from.remove(p);
@@ -320,7 +325,11 @@ impl ConsumerState {
             };
             *position = o + 1;
             let live = self.live_from.get(&p).is_none_or(|l| o >= *l);
-            match parse(&self.args.schema, m.payload().unwrap_or_default()) {
+            match parse_interned(
+                &self.args.schema,
+                m.payload().unwrap_or_default(),
+                &mut self.interner,
+            ) {
                 Ok(row) => {
                     if live {
                         self.snapshot.rows += 1;
@@ -329,7 +338,7 @@ impl ConsumerState {
                     }
                     let symbols = self.symbols.entry(p).or_default();
                     if !symbols.contains(row.symbol()) {
-                        symbols.insert(row.symbol().to_string());
+                        symbols.insert(row.symbol().clone());
                     }
                     let w = worker_of(row.symbol(), workers);
                     batches[w].push((row, live));
@@ -492,71 +501,95 @@ pub fn worker_of(symbol: &str, workers: usize) -> usize {
 /// payload that is not JSON, lacks one of those columns or has it of the wrong type is an error
 /// (counted `invalid` by the caller), as are the checks the calculators rely on: non-empty
 /// row id and symbol, a non-negative event time, a side of `bid` or `ask`.
+///
+/// A tool's or test's one-off parse; the consumer shares strings with [`parse_interned`].
 pub fn parse(schema: &CategorySchema, payload: &[u8]) -> Result<CalcRow, String> {
+    parse_interned(schema, payload, &mut Interner::default())
+}
+
+/// [`parse`], the strings read in place (a `Cow` is owned only when the JSON text has escapes):
+/// the row keeps the row id in its compact form and the symbol and units from `interner`.
+pub fn parse_interned(
+    schema: &CategorySchema,
+    payload: &[u8],
+    interner: &mut Interner,
+) -> Result<CalcRow, String> {
     let row = if schema.category == TICK {
         let w: TickWire = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        check(&w.row_id, &w.symbol_identifier, w.tick_time)?;
         CalcRow::Trade(Trade {
-            row_id: w.row_id,
-            symbol: w.symbol_identifier,
+            row_id: RowId::new(&w.row_id),
+            symbol: interner.intern(&w.symbol_identifier),
             time: w.tick_time,
             price: w.price,
             size: w.size,
-            price_unit: w.price_unit,
-            size_unit: w.size_unit,
+            price_unit: interner.intern(&w.price_unit),
+            size_unit: interner.intern(&w.size_unit),
         })
     } else {
         let w: L2Wire = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        check(&w.row_id, &w.symbol_identifier, w.l2_time)?;
         CalcRow::Book(BookLevel {
-            row_id: w.row_id,
-            symbol: w.symbol_identifier,
+            row_id: RowId::new(&w.row_id),
+            symbol: interner.intern(&w.symbol_identifier),
             time: w.l2_time,
             bid: matches!(w.side, Side::Bid),
             level: w.level,
             max_level: w.max_level,
             price: w.price,
             size: w.size,
-            price_unit: w.price_unit,
-            size_unit: w.size_unit,
+            price_unit: interner.intern(&w.price_unit),
+            size_unit: interner.intern(&w.size_unit),
         })
     };
-    let (id, symbol, time) = match &row {
-        CalcRow::Trade(t) => (&t.row_id, &t.symbol, t.time),
-        CalcRow::Book(b) => (&b.row_id, &b.symbol, b.time),
-    };
+    Ok(row)
+}
+
+/// The checks the calculators rely on beyond the types.
+fn check(id: &str, symbol: &str, time: i64) -> Result<(), String> {
     if id.is_empty() || symbol.is_empty() {
         return Err("row_id or symbol_identifier empty".into());
     }
     if time < 0 {
         return Err(format!("event time {time} is negative"));
     }
-    Ok(row)
+    Ok(())
 }
 
 /// The columns of a `tick_market_data` row that the calculators read (others are skipped).
+/// Strings borrow from the payload unless they hold escapes.
 #[derive(Deserialize)]
-struct TickWire {
-    row_id: String,
-    symbol_identifier: String,
+struct TickWire<'a> {
+    #[serde(borrow)]
+    row_id: Cow<'a, str>,
+    #[serde(borrow)]
+    symbol_identifier: Cow<'a, str>,
     tick_time: i64,
     price: f64,
     size: f64,
-    price_unit: String,
-    size_unit: String,
+    #[serde(borrow)]
+    price_unit: Cow<'a, str>,
+    #[serde(borrow)]
+    size_unit: Cow<'a, str>,
 }
 
 /// The columns of an `l2_market_data` row that the calculators read (others are skipped).
 #[derive(Deserialize)]
-struct L2Wire {
-    row_id: String,
-    symbol_identifier: String,
+struct L2Wire<'a> {
+    #[serde(borrow)]
+    row_id: Cow<'a, str>,
+    #[serde(borrow)]
+    symbol_identifier: Cow<'a, str>,
     l2_time: i64,
     side: Side,
     level: u32,
     max_level: u32,
     price: f64,
     size: f64,
-    price_unit: String,
-    size_unit: String,
+    #[serde(borrow)]
+    price_unit: Cow<'a, str>,
+    #[serde(borrow)]
+    size_unit: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -568,10 +601,9 @@ enum Side {
 
 /// A validated category row as a calculator row.
 pub fn from_row(category: &str, row: &RowMap) -> Result<CalcRow, String> {
-    let s = |k: &str| -> Result<String, String> {
+    let s = |k: &str| -> Result<&str, String> {
         row.get(k)
             .and_then(Json::as_str)
-            .map(str::to_string)
             .ok_or_else(|| format!("{k} missing"))
     };
     let f = |k: &str| -> Result<f64, String> {
@@ -586,26 +618,26 @@ pub fn from_row(category: &str, row: &RowMap) -> Result<CalcRow, String> {
     };
     if category == TICK {
         return Ok(CalcRow::Trade(Trade {
-            row_id: s("row_id")?,
-            symbol: s("symbol_identifier")?,
+            row_id: RowId::new(s("row_id")?),
+            symbol: s("symbol_identifier")?.into(),
             time: i("tick_time")?,
             price: f("price")?,
             size: f("size")?,
-            price_unit: s("price_unit")?,
-            size_unit: s("size_unit")?,
+            price_unit: s("price_unit")?.into(),
+            size_unit: s("size_unit")?.into(),
         }));
     }
     Ok(CalcRow::Book(BookLevel {
-        row_id: s("row_id")?,
-        symbol: s("symbol_identifier")?,
+        row_id: RowId::new(s("row_id")?),
+        symbol: s("symbol_identifier")?.into(),
         time: i("l2_time")?,
         bid: s("side")? == "bid",
         level: u32::try_from(i("level")?).map_err(|e| e.to_string())?,
         max_level: u32::try_from(i("max_level")?).map_err(|e| e.to_string())?,
         price: f("price")?,
         size: f("size")?,
-        price_unit: s("price_unit")?,
-        size_unit: s("size_unit")?,
+        price_unit: s("price_unit")?.into(),
+        size_unit: s("size_unit")?.into(),
     }))
 }
 
@@ -633,6 +665,7 @@ mod tests {
         )
         .unwrap();
         let mut n = 0;
+        let mut interner = Interner::default();
         for line in input.lines().filter(|l| !l.trim().is_empty()) {
             let category = if line.contains("\"l2_time\"") {
                 L2
@@ -641,7 +674,11 @@ mod tests {
             };
             let schema = schemas.get(category).unwrap();
             let full = from_row(category, &schema.validate_json(line.as_bytes()).unwrap()).unwrap();
-            assert_eq!(parse(schema, line.as_bytes()).unwrap(), full, "{line}");
+            assert_eq!(
+                parse_interned(schema, line.as_bytes(), &mut interner).unwrap(),
+                full,
+                "{line}"
+            );
             n += 1;
         }
         assert!(n > 10);
@@ -651,12 +688,13 @@ mod tests {
     fn unreadable_rows_are_errors() {
         let schemas = schemas();
         let l2 = schemas.get(L2).unwrap();
+        let mut interner = Interner::default();
         let good = serde_json::json!({
             "row_id": "x", "symbol_identifier": "CLZ6", "l2_time": 1, "side": "bid", "level": 1,
             "max_level": 1, "price": 70.1, "size": 4, "price_unit": "1_USdollar",
             "size_unit": "1_contracts"
         });
-        assert!(parse(l2, good.to_string().as_bytes()).is_ok());
+        assert!(parse_interned(l2, good.to_string().as_bytes(), &mut interner).is_ok());
         for (k, v) in [
             ("side", serde_json::json!("middle")),
             ("level", serde_json::json!(-1)),
@@ -667,9 +705,50 @@ mod tests {
         ] {
             let mut bad = good.clone();
             bad[k] = v;
-            assert!(parse(l2, bad.to_string().as_bytes()).is_err(), "{k}");
+            assert!(
+                parse_interned(l2, bad.to_string().as_bytes(), &mut interner).is_err(),
+                "{k}"
+            );
         }
-        assert!(parse(l2, b"{not json").is_err());
-        assert!(parse(schemas.get(TICK).unwrap(), good.to_string().as_bytes()).is_err());
+        assert!(parse_interned(l2, b"{not json", &mut interner).is_err());
+        assert!(
+            parse_interned(
+                schemas.get(TICK).unwrap(),
+                good.to_string().as_bytes(),
+                &mut interner
+            )
+            .is_err()
+        );
+    }
+
+    /// A string with JSON escapes cannot be borrowed from the payload: it is read as its
+    /// unescaped text all the same, and interned like any other.
+    #[test]
+    fn escaped_strings_parse_to_their_text() {
+        let schemas = schemas();
+        let tick = schemas.get(TICK).unwrap();
+        let mut interner = Interner::default();
+        let id = "0f8e2c1a-5b3d-5e7f-9a1b-c2d3e4f5a6b7";
+        let escaped = br#"{"row_id": "0f8e2c1a-5b3d-5e7f-9a1b-c2d3e4f5a6b\u0037", "symbol_identifier": "BRK\/B", "tick_time": 5, "price": 1.5, "size": 2, "price_unit": "1_US\u00e9", "size_unit": "\tx"}"#;
+        let CalcRow::Trade(t) = parse_interned(tick, escaped, &mut interner).unwrap() else {
+            panic!("a tick row parsed as a book level");
+        };
+        assert_eq!(t.row_id, RowId::new(id));
+        assert_eq!(t.row_id.to_string(), id);
+        assert_eq!(&*t.symbol, "BRK/B");
+        assert_eq!(&*t.price_unit, "1_US\u{e9}");
+        assert_eq!(&*t.size_unit, "\tx");
+        let plain = format!(
+            r#"{{"row_id": "{id}", "symbol_identifier": "BRK/B", "tick_time": 5, "price": 1.5, "size": 2, "price_unit": "1_USd", "size_unit": "x"}}"#
+        );
+        let CalcRow::Trade(u) = parse_interned(tick, plain.as_bytes(), &mut interner).unwrap()
+        else {
+            panic!("a tick row parsed as a book level");
+        };
+        assert!(
+            Arc::ptr_eq(&t.symbol, &u.symbol),
+            "one symbol, one shared string"
+        );
+        assert_eq!(u.row_id, t.row_id);
     }
 }

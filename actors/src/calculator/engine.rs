@@ -19,34 +19,36 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::compact::RowId;
 use super::config::{Kind, Spec, Window};
 use super::window::{Agg, Key, Rows, Sums};
 
-/// One trade of `tick_market_data`.
+/// One trade of `tick_market_data`. Symbol and units are shared (interned by the consumer):
+/// a row owns no string of its own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trade {
-    pub row_id: String,
-    pub symbol: String,
+    pub row_id: RowId,
+    pub symbol: Arc<str>,
     pub time: i64,
     pub price: f64,
     pub size: f64,
-    pub price_unit: String,
-    pub size_unit: String,
+    pub price_unit: Arc<str>,
+    pub size_unit: Arc<str>,
 }
 
 /// One level of `l2_market_data`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BookLevel {
-    pub row_id: String,
-    pub symbol: String,
+    pub row_id: RowId,
+    pub symbol: Arc<str>,
     pub time: i64,
     pub bid: bool,
     pub level: u32,
     pub max_level: u32,
     pub price: f64,
     pub size: f64,
-    pub price_unit: String,
-    pub size_unit: String,
+    pub price_unit: Arc<str>,
+    pub size_unit: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +58,7 @@ pub enum CalcRow {
 }
 
 impl CalcRow {
-    pub fn symbol(&self) -> &str {
+    pub fn symbol(&self) -> &Arc<str> {
         match self {
             Self::Trade(t) => &t.symbol,
             Self::Book(b) => &b.symbol,
@@ -100,8 +102,8 @@ struct Trades {
     as_of: Option<i64>,
     keep_ns: i64,
     keep_n: usize,
-    price_unit: String,
-    size_unit: String,
+    price_unit: Arc<str>,
+    size_unit: Arc<str>,
 }
 
 impl Trades {
@@ -128,8 +130,8 @@ impl Trades {
             .next_back()
             .is_some_and(|k| k.0 == t.time && k.1 == t.row_id)
         {
-            self.price_unit.clone_from(&t.price_unit);
-            self.size_unit.clone_from(&t.size_unit);
+            set_shared(&mut self.price_unit, &t.price_unit);
+            set_shared(&mut self.size_unit, &t.size_unit);
         }
         let cutoff = as_of.saturating_sub(self.keep_ns);
         while self.rows.len() > self.keep_n
@@ -155,12 +157,20 @@ impl Trades {
     }
 }
 
+/// Points `slot` at `value`, unless it already shares it (the usual case: interned units), so
+/// a row costs no reference-count traffic for an unchanged unit.
+fn set_shared(slot: &mut Arc<str>, value: &Arc<str>) {
+    if !Arc::ptr_eq(slot, value) {
+        slot.clone_from(value);
+    }
+}
+
 /// The (price, size) pairs of `window` over `rows` at event time `as_of`, oldest first: the
 /// window recomputed from the store (for `evaluate_at` and as the tests' reference).
 pub fn window_rows(rows: &Rows, window: Window, as_of: i64) -> Vec<(f64, f64)> {
     match window {
         Window::Time(ns) => {
-            let lo: Key = (as_of.saturating_sub(ns).saturating_add(1), String::new());
+            let lo: Key = (as_of.saturating_sub(ns).saturating_add(1), RowId::min());
             rows.range(lo..).map(|(_, v)| *v).collect()
         }
         Window::Ticks(n) => {
@@ -174,7 +184,7 @@ pub fn window_rows(rows: &Rows, window: Window, as_of: i64) -> Vec<(f64, f64)> {
 #[derive(Debug, Clone)]
 struct Level {
     time: i64,
-    row_id: String,
+    row_id: RowId,
     max_level: u32,
     price: f64,
     size: f64,
@@ -187,10 +197,10 @@ struct Book {
     /// Per side (ask, bid): (l2_time, row_id, max_level) of its most recent row. A level is
     /// only ever replaced by a newer row, so the newest row ever accepted on a side is also
     /// the newest one it holds: the depth is known without scanning the side.
-    latest: [Option<(i64, String, u32)>; 2],
+    latest: [Option<(i64, RowId, u32)>; 2],
     as_of: Option<i64>,
-    price_unit: String,
-    size_unit: String,
+    price_unit: Arc<str>,
+    size_unit: Arc<str>,
 }
 
 impl Book {
@@ -213,8 +223,8 @@ impl Book {
             _ => {}
         }
         if self.as_of.is_none_or(|t| b.time >= t) {
-            self.price_unit.clone_from(&b.price_unit);
-            self.size_unit.clone_from(&b.size_unit);
+            set_shared(&mut self.price_unit, &b.price_unit);
+            set_shared(&mut self.size_unit, &b.size_unit);
         }
         self.as_of = Some(self.as_of.unwrap_or(b.time).max(b.time));
         let latest = &mut self.latest[usize::from(b.bid)];
@@ -272,7 +282,7 @@ pub struct SymbolState {
 /// The calculators of one worker: state per symbol it owns.
 pub struct Engine {
     specs: Arc<Vec<Spec>>,
-    symbols: HashMap<String, SymbolState>,
+    symbols: HashMap<Arc<str>, SymbolState>,
 }
 
 impl Engine {
@@ -299,10 +309,15 @@ impl Engine {
             .sum()
     }
 
-    fn state(&mut self, symbol: &str) -> &mut SymbolState {
-        if !self.symbols.contains_key(symbol) {
-            let specs: Vec<usize> = self
-                .specs
+    /// The state of `symbol`, made on its first row. Takes the fields apart from `self` so the
+    /// caller can read the specs while it holds the state.
+    fn state<'a>(
+        symbols: &'a mut HashMap<Arc<str>, SymbolState>,
+        all: &[Spec],
+        symbol: &Arc<str>,
+    ) -> &'a mut SymbolState {
+        if !symbols.contains_key(symbol) {
+            let specs: Vec<usize> = all
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| s.matches(symbol))
@@ -310,7 +325,7 @@ impl Engine {
                 .collect();
             let mut st = SymbolState::default();
             for i in &specs {
-                let window = self.specs[*i].window;
+                let window = all[*i].window;
                 match window {
                     Window::Time(ns) => st.trades.keep_ns = st.trades.keep_ns.max(ns),
                     Window::Ticks(n) => st.trades.keep_n = st.trades.keep_n.max(n),
@@ -321,10 +336,10 @@ impl Engine {
                 }
             }
             st.specs = specs;
-            self.symbols.insert(symbol.to_string(), st);
+            symbols.insert(symbol.clone(), st);
         }
         // Inserted just above when missing.
-        self.symbols.get_mut(symbol).expect("symbol state present")
+        symbols.get_mut(symbol).expect("symbol state present")
     }
 
     /// Drops what `symbol` keeps of `category` (its trades or its book): the partition that
@@ -355,8 +370,8 @@ impl Engine {
     /// worker reuses one vector instead of allocating one per row.
     pub fn apply_into(&mut self, row: &CalcRow, touched: &mut Vec<usize>) -> Applied {
         touched.clear();
-        let specs = self.specs.clone();
-        let st = self.state(row.symbol());
+        let specs = &self.specs;
+        let st = Self::state(&mut self.symbols, specs, row.symbol());
         let (outcome, source) = match row {
             CalcRow::Trade(t) => (st.trades.apply(t), marketlane_protocol::category::TICK),
             CalcRow::Book(b) => (st.book.apply(b), marketlane_protocol::category::L2),
@@ -380,7 +395,7 @@ impl Engine {
             let as_of = st.book.as_of?;
             let unit = match spec.kind {
                 Kind::BookImbalance => "1_ratio".to_string(),
-                _ => st.book.price_unit.clone(),
+                _ => st.book.price_unit.to_string(),
             };
             return Some(Value {
                 value: book_value(spec, &st.book),
@@ -423,8 +438,8 @@ impl Engine {
 /// reproduces it.
 fn trade_value(spec: &Spec, trades: &Trades, value: Option<f64>, as_of: i64) -> Value {
     let unit = match spec.kind {
-        Kind::Vwap | Kind::Sma | Kind::Ema => trades.price_unit.clone(),
-        Kind::Volume => trades.size_unit.clone(),
+        Kind::Vwap | Kind::Sma | Kind::Ema => trades.price_unit.to_string(),
+        Kind::Volume => trades.size_unit.to_string(),
         Kind::TradeCount => "1_trades".into(),
         _ => "1_ratio".into(),
     };

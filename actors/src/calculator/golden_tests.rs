@@ -228,7 +228,7 @@ fn forgetting_a_moved_symbol_and_refilling_it_equals_an_uninterrupted_run() {
     }
     for r in rows
         .iter()
-        .filter(|r| matches!(r, CalcRow::Trade(t) if t.symbol == "CLZ6"))
+        .filter(|r| matches!(r, CalcRow::Trade(t) if &*t.symbol == "CLZ6"))
     {
         moved.apply(r);
     }

@@ -13,6 +13,7 @@
 
 pub mod acl;
 mod child;
+pub mod compact;
 pub mod config;
 pub mod consumer;
 pub mod engine;
@@ -20,6 +21,8 @@ pub mod redis;
 pub mod window;
 pub mod worker;
 
+#[cfg(test)]
+mod bench_tests;
 #[cfg(test)]
 mod golden_tests;
 #[cfg(test)]

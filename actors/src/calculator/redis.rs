@@ -3,6 +3,7 @@
 //! `unit`, `kind`), expired as a whole after `key_ttl`, written in one pipeline per flush, and
 //! optionally published on the team's channel `<prefix>:<team>:updates`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -26,7 +27,7 @@ pub enum RedisError {
 pub struct Update {
     pub team: String,
     pub indicator: String,
-    pub symbol: String,
+    pub symbol: Arc<str>,
     /// The spec's kind (`vwap`, …).
     pub kind: &'static str,
     /// `indicator_type` of the Kafka row.
@@ -101,7 +102,7 @@ impl RedisSink {
 
     /// Writes every update in one pipeline (HSET + EXPIRE [+ PUBLISH] per key). All or nothing
     /// from the caller's view: on error every update is kept and written again.
-    pub async fn write(&self, updates: &[Update]) -> Result<(), RedisError> {
+    pub async fn write(&self, updates: &[&Update]) -> Result<(), RedisError> {
         if updates.is_empty() {
             return Ok(());
         }
@@ -109,9 +110,8 @@ impl RedisSink {
         let queue = async {
             for u in updates {
                 let k = key(&self.prefix, &u.team, &u.indicator, &u.symbol);
-                let value = format_value(u.value);
-                let fields: Vec<(&str, String)> = vec![
-                    ("value", value.clone()),
+                let fields: [(&str, String); 6] = [
+                    ("value", format_value(u.value)),
                     ("as_of", u.as_of.to_string()),
                     ("window", u.window.clone()),
                     ("computed_at", u.computed_at.to_string()),

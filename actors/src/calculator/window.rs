@@ -19,10 +19,12 @@
 use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Included, Unbounded};
 
+use super::compact::RowId;
 use super::config::{Kind, Window};
 
-/// (tick_time, row_id): the order of a symbol's trades.
-pub type Key = (i64, String);
+/// (tick_time, row_id): the order of a symbol's trades. Owns no heap memory for the usual
+/// (UUID) row ids.
+pub type Key = (i64, RowId);
 
 /// A symbol's trades: key → (price, size).
 pub type Rows = BTreeMap<Key, (f64, f64)>;
@@ -130,9 +132,10 @@ impl Agg {
 
     /// The members, oldest first.
     pub fn members<'a>(&'a self, rows: &'a Rows) -> impl Iterator<Item = (f64, f64)> + 'a {
-        self.first
-            .iter()
-            .flat_map(move |f| rows.range(f.clone()..).map(|(_, v)| *v))
+        self.first.iter().flat_map(move |f| {
+            rows.range::<Key, _>((Included(f), Unbounded))
+                .map(|(_, v)| *v)
+        })
     }
 
     /// `key` was just stored in `rows` and the symbol's event time is now `as_of`: takes the
@@ -158,12 +161,14 @@ impl Agg {
             return;
         };
         let prev = match &self.first {
-            Some(f) if f < key => rows.range(f.clone()..key.clone()).next_back(),
+            Some(f) if f < key => rows
+                .range::<Key, _>((Included(f), Excluded(key)))
+                .next_back(),
             _ => None,
         }
         .map(|(_, v)| v.0);
         let next = rows
-            .range((Excluded(key.clone()), Unbounded))
+            .range::<Key, _>((Excluded(key), Unbounded))
             .next()
             .map(|(_, v)| v.0);
         let s = &mut self.sums;
@@ -215,7 +220,7 @@ impl Agg {
             if !out {
                 return;
             }
-            let mut tail = rows.range((Included(first.clone()), Unbounded));
+            let mut tail = rows.range::<Key, _>((Included(first), Unbounded));
             let Some((key, &(p, size))) = tail.next() else {
                 self.first = None;
                 self.anchor(rows);

@@ -26,7 +26,7 @@ impl Fixture {
     }
 
     fn add(&mut self, secs: i64, id: &str, price: f64, size: f64) {
-        let key: Key = (secs * S, id.to_string());
+        let key: Key = (secs * S, id.into());
         self.as_of = self.as_of.max(key.0);
         self.rows.insert(key.clone(), (price, size));
         self.agg.insert(&self.rows, &key, self.as_of);
@@ -208,7 +208,7 @@ fn the_engine_evaluates_incrementally_what_it_recomputes() {
                 sent[rng.below(sent.len() as u64) as usize].clone()
             } else {
                 Trade {
-                    row_id: format!("r{n}"),
+                    row_id: format!("r{n}").into(),
                     symbol: ["A", "B"][rng.below(2) as usize].into(),
                     time: clock * S,
                     price: 1.0 + rng.below(10_000) as f64 / 100.0,

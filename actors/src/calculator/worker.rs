@@ -39,7 +39,7 @@ pub enum WorkerMsg {
     /// windows and every value not yet written, so this pod writes nothing more for them.
     Forget {
         category: &'static str,
-        symbols: Vec<String>,
+        symbols: Vec<Arc<str>>,
     },
     /// Coalescing tick: compute what changed, produce it, write Redis.
     Flush,
@@ -83,14 +83,15 @@ pub struct WorkerState {
     engine: Engine,
     sink: RedisSink,
     /// Specs per symbol whose value may have changed since the last flush: keyed by symbol so
-    /// a symbol touched again within the interval costs a lookup, not a String.
-    dirty: HashMap<String, Vec<usize>>,
+    /// a symbol touched again within the interval costs a lookup; a new one shares the row's
+    /// interned symbol.
+    dirty: HashMap<Arc<str>, Vec<usize>>,
     /// Reused by `apply` for the specs one row touched.
     touched: Vec<usize>,
     /// `calculator_rows` by [category][outcome], looked up once.
     row_counters: [[IntCounter; 3]; 2],
     /// Values not yet in Redis, by key: the newest wins (coalescing).
-    pending: HashMap<(usize, String), Update>,
+    pending: HashMap<(usize, Arc<str>), Update>,
     retry_backoff: Duration,
     retry_at: Option<Instant>,
     /// One permit per flush that produced rows, released when Kafka acknowledged the last of
@@ -196,10 +197,10 @@ impl Actor for CalculatorWorker {
 }
 
 impl WorkerState {
-    fn forget(&mut self, category: &'static str, symbols: &[String]) {
+    fn forget(&mut self, category: &'static str, symbols: &[Arc<str>]) {
         let specs = self.shared.specs.clone();
         let gone = |i: usize, symbol: &str| {
-            specs[i].source == category && symbols.iter().any(|s| s == symbol)
+            specs[i].source == category && symbols.iter().any(|s| **s == *symbol)
         };
         self.dirty.retain(|symbol, specs_of| {
             specs_of.retain(|i| !gone(*i, symbol));
@@ -235,7 +236,7 @@ impl WorkerState {
             if live && !self.touched.is_empty() {
                 let specs_of = match self.dirty.get_mut(row.symbol()) {
                     Some(v) => v,
-                    None => self.dirty.entry(row.symbol().to_string()).or_default(),
+                    None => self.dirty.entry(row.symbol().clone()).or_default(),
                 };
                 for &i in &self.touched {
                     if !specs_of.contains(&i) {
@@ -251,7 +252,7 @@ impl WorkerState {
     async fn flush(&mut self) {
         let now = marketlane_protocol::now_ns();
         // In (spec, symbol) order, as before the map: the rows go out in a stable order.
-        let mut dirty: Vec<(usize, String)> = self
+        let mut dirty: Vec<(usize, Arc<str>)> = self
             .dirty
             .drain()
             .flat_map(|(symbol, specs_of)| specs_of.into_iter().map(move |i| (i, symbol.clone())))
@@ -294,7 +295,8 @@ impl WorkerState {
         if self.pending.is_empty() || self.retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        let updates: Vec<Update> = self.pending.values().cloned().collect();
+        // Borrowed, not cloned: the values stay in `pending` until Redis has them.
+        let updates: Vec<&Update> = self.pending.values().collect();
         let metrics = &self.shared.metrics;
         let started = Instant::now();
         let result = self.sink.write(&updates).await;
@@ -362,7 +364,10 @@ impl WorkerState {
         );
         row.insert("ingestion_time".into(), Json::from(u.computed_at));
         row.insert("market_event_time".into(), Json::from(u.as_of));
-        row.insert("symbol_identifier".into(), Json::String(u.symbol.clone()));
+        row.insert(
+            "symbol_identifier".into(),
+            Json::String(u.symbol.to_string()),
+        );
         row.insert("indicator_identifier".into(), Json::String(identifier));
         row.insert(
             "indicator_value".into(),
