@@ -181,120 +181,136 @@ pub async fn fetch_payloads(
     timeout: Duration,
 ) -> Vec<Option<Vec<u8>>> {
     let n = offsets.len();
-    let (kafka, group, topic, offsets) = (
-        kafka.clone(),
-        group.to_string(),
-        topic.to_string(),
-        offsets.to_vec(),
-    );
-    tokio::task::spawn_blocking(move || {
-        fetch_payloads_blocking(&kafka, &group, &topic, partition, &offsets, timeout)
-    })
-    .await
-    .unwrap_or_else(|e| {
-        warn!(error = %e, "the payload read-back failed");
-        vec![None; n]
-    })
+    let read = ReadBack {
+        kafka: kafka.clone(),
+        group: group.to_string(),
+        topic: topic.to_string(),
+        partition,
+        offsets: offsets.to_vec(),
+        timeout,
+    };
+    tokio::task::spawn_blocking(move || read.run())
+        .await
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "the payload read-back failed");
+            vec![None; n]
+        })
 }
 
-fn fetch_payloads_blocking(
-    kafka: &KafkaConfig,
-    group: &str,
-    topic: &str,
+/// One read-back of payloads, moved onto a blocking thread.
+struct ReadBack {
+    kafka: KafkaConfig,
+    group: String,
+    topic: String,
     partition: i32,
-    offsets: &[i64],
+    offsets: Vec<i64>,
     timeout: Duration,
-) -> Vec<Option<Vec<u8>>> {
-    let mut out = vec![None; offsets.len()];
-    let deadline = Instant::now() + timeout;
-    let left = || deadline.saturating_duration_since(Instant::now());
-    // Assigned, never subscribed: no group is joined and nothing is committed (a `group.id` is
-    // only what lets rust-rdkafka poll messages). An offset out of range is an error at once,
-    // not a silent jump to the end of the log. The prefetch is bounded as the quarantine
-    // writers' is: librdkafka's default would read up to 64 MiB of the log past the offsets.
-    let consumer: BaseConsumer = match crate::kafka::client_config(kafka)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "error")
-        .set(
-            "queued.max.messages.kbytes",
-            QUARANTINE_PREFETCH_KIB.to_string(),
-        )
-        .set(
-            "fetch.max.bytes",
-            (QUARANTINE_PREFETCH_KIB as usize * 1024).to_string(),
-        )
-        .create()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(topic, partition, error = %e, "cannot create the payload read-back consumer");
-            return out;
-        }
-    };
-    // Offsets outside the log are gone (or never were): only the others are waited for.
-    let (low, high) = match consumer.fetch_watermarks(topic, partition, left()) {
-        Ok(w) => w,
-        Err(e) => {
-            warn!(topic, partition, error = %e, "cannot read the partition's watermarks to read payloads back");
-            return out;
-        }
-    };
-    let mut wanted: Vec<usize> = (0..offsets.len())
-        .filter(|&i| (low..high).contains(&offsets[i]))
-        .collect();
-    wanted.sort_by_key(|&i| offsets[i]);
-    let mut next = 0;
-    let mut assigned = false;
-    while next < wanted.len() && !left().is_zero() {
-        if !assigned {
-            let mut tpl = TopicPartitionList::new();
-            let at = Offset::Offset(offsets[wanted[next]]);
-            if let Err(e) = tpl
-                .add_partition_offset(topic, partition, at)
-                .and_then(|()| consumer.assign(&tpl))
-            {
-                warn!(topic, partition, error = %e, "cannot assign the partition to read payloads back");
-                break;
-            }
-            assigned = true;
-        }
-        match consumer.poll(left()) {
-            None => {}
-            Some(Ok(m)) => {
-                // Offsets the log skips (compaction, transaction markers) are not there.
-                while next < wanted.len() && offsets[wanted[next]] < m.offset() {
-                    next += 1;
-                }
-                if next < wanted.len() && offsets[wanted[next]] == m.offset() {
-                    out[wanted[next]] = Some(m.payload().unwrap_or_default().to_vec());
-                    next += 1;
-                }
-            }
-            Some(Err(e)) => {
-                if matches!(
-                    e.rdkafka_error_code(),
-                    Some(RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset)
-                ) {
-                    // Retention deleted it since the watermarks were read: go on from the next.
-                    next += 1;
-                    assigned = false;
-                }
-                warn!(topic, partition, error = %e, "reading payloads back");
-            }
-        }
-    }
-    let missing = out.iter().filter(|p| p.is_none()).count();
-    if missing > 0 {
-        warn!(
+}
+
+impl ReadBack {
+    fn run(self) -> Vec<Option<Vec<u8>>> {
+        let Self {
+            kafka,
+            group,
             topic,
             partition,
-            missing,
-            low,
-            high,
-            "payloads of refused rows could not be read back from kafka"
-        );
+            offsets,
+            timeout,
+        } = self;
+        let (kafka, group, topic, offsets) = (&kafka, group.as_str(), topic.as_str(), &offsets);
+        let mut out = vec![None; offsets.len()];
+        let deadline = Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        // Assigned, never subscribed: no group is joined and nothing is committed (a `group.id` is
+        // only what lets rust-rdkafka poll messages). An offset out of range is an error at once,
+        // not a silent jump to the end of the log. The prefetch is bounded as the quarantine
+        // writers' is: librdkafka's default would read up to 64 MiB of the log past the offsets.
+        let consumer: BaseConsumer = match crate::kafka::client_config(kafka)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "error")
+            .set(
+                "queued.max.messages.kbytes",
+                QUARANTINE_PREFETCH_KIB.to_string(),
+            )
+            .set(
+                "fetch.max.bytes",
+                (QUARANTINE_PREFETCH_KIB as usize * 1024).to_string(),
+            )
+            .create()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(topic, partition, error = %e, "cannot create the payload read-back consumer");
+                return out;
+            }
+        };
+        // Offsets outside the log are gone (or never were): only the others are waited for.
+        let (low, high) = match consumer.fetch_watermarks(topic, partition, left()) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(topic, partition, error = %e, "cannot read the partition's watermarks to read payloads back");
+                return out;
+            }
+        };
+        let mut wanted: Vec<usize> = (0..offsets.len())
+            .filter(|&i| (low..high).contains(&offsets[i]))
+            .collect();
+        wanted.sort_by_key(|&i| offsets[i]);
+        let mut next = 0;
+        let mut assigned = false;
+        while next < wanted.len() && !left().is_zero() {
+            if !assigned {
+                let mut tpl = TopicPartitionList::new();
+                let at = Offset::Offset(offsets[wanted[next]]);
+                if let Err(e) = tpl
+                    .add_partition_offset(topic, partition, at)
+                    .and_then(|()| consumer.assign(&tpl))
+                {
+                    warn!(topic, partition, error = %e, "cannot assign the partition to read payloads back");
+                    break;
+                }
+                assigned = true;
+            }
+            match consumer.poll(left()) {
+                None => {}
+                Some(Ok(m)) => {
+                    // Offsets the log skips (compaction, transaction markers) are not there.
+                    while next < wanted.len() && offsets[wanted[next]] < m.offset() {
+                        next += 1;
+                    }
+                    if next < wanted.len() && offsets[wanted[next]] == m.offset() {
+                        out[wanted[next]] = Some(m.payload().unwrap_or_default().to_vec());
+                        next += 1;
+                    }
+                }
+                Some(Err(e)) => {
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset
+                        )
+                    ) {
+                        // Retention deleted it since the watermarks were read: go on from the next.
+                        next += 1;
+                        assigned = false;
+                    }
+                    warn!(topic, partition, error = %e, "reading payloads back");
+                }
+            }
+        }
+        let missing = out.iter().filter(|p| p.is_none()).count();
+        if missing > 0 {
+            warn!(
+                topic,
+                partition,
+                missing,
+                low,
+                high,
+                "payloads of refused rows could not be read back from kafka"
+            );
+        }
+        out
     }
-    out
 }
