@@ -262,6 +262,10 @@ impl Actor for ClickHouseWriter {
                     // Served between attempts, so a long outage of this writer's table never
                     // exceeds max.poll.interval.ms (nor holds any other writer).
                     state.keep_alive().await;
+                    // The lag goes on being exported: during an outage it is the backlog ops
+                    // watch grow.
+                    let positions = state.batcher.positions().collect();
+                    state.consumer.export_lag(positions, &state.args.metrics);
                     let flushed = state.flush_due().await;
                     state.fail_if_refused()?;
                     if !flushed {
