@@ -12,21 +12,22 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use marketlane_protocol::Scalar;
 use marketlane_protocol::category::{INDICATORS, L2, TICK};
-use marketlane_protocol::{RowMap, row_id};
+use marketlane_protocol::typed_row::IdName;
 use prometheus::IntCounter;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use serde::Serialize;
-use serde_json::Value as Json;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, info_span, warn};
 
 use super::ConsumerMsg;
 use super::Shared;
 use super::engine::{Applied, CalcRow, Engine};
 use super::redis::{RedisSink, Update};
 use crate::backpressure::{Inflight, InflightLimit};
+use crate::normalizer::{Outbox, RowEmitter};
 
 #[derive(RactorMessage)]
 pub enum WorkerMsg {
@@ -98,6 +99,8 @@ pub struct WorkerState {
     /// them: a checkpoint commits Kafka offsets only once none is held, so a crash between a
     /// value and its acknowledgement replays the rows that made it.
     produced: InflightLimit,
+    /// The indicator rows of one flush, handed to the producer together.
+    outbox: Outbox,
     snapshot: WorkerSnapshot,
 }
 
@@ -152,6 +155,7 @@ impl Actor for CalculatorWorker {
             retry_backoff: Duration::from_millis(100),
             retry_at: None,
             produced: InflightLimit::new(MAX_UNACKNOWLEDGED_FLUSHES),
+            outbox: Outbox::default(),
             snapshot: WorkerSnapshot {
                 worker: args.index,
                 ..Default::default()
@@ -284,9 +288,11 @@ impl WorkerState {
                 source: spec.source,
             };
             self.snapshot.values_computed += 1;
-            self.produce(&update, &permit).instrument(span).await;
+            span.in_scope(|| produce(&self.shared.emitter, &mut self.outbox, &update, &permit));
             self.pending.insert((i, symbol), update);
         }
+        // The flush's rows go to the producer in one hand-over.
+        self.outbox.flush(&self.shared.emitter).await;
         self.shared
             .metrics
             .calculator_pending_keys
@@ -343,24 +349,70 @@ impl WorkerState {
             .with_label_values(&[self.label.as_str()])
             .set(self.pending.len() as i64);
     }
+}
 
-    /// The value as an `indicators_market_data` row, with an id that only depends on team,
-    /// indicator, symbol and event time (a recomputation after a restart collapses with it).
-    async fn produce(&self, u: &Update, permit: &Inflight) {
-        let identifier = format!("{}:{}", u.team, u.indicator);
+/// The value as an `indicators_market_data` row into the flush's `out`, with an id that only
+/// depends on team, indicator, symbol and event time (a recomputation after a restart collapses
+/// with it). Written straight from typed values, as the connector writes its rows.
+fn produce(emitter: &RowEmitter, out: &mut Outbox, u: &Update, permit: &Inflight) {
+    let identifier = format!("{}:{}", u.team, u.indicator);
+    let id = IdName::new(INDICATORS)
+        .part(&u.team)
+        .part(&u.indicator)
+        .part(&u.symbol)
+        .part(u.as_of)
+        .id();
+    // In the order a quarantined copy has always had its keys (sorted, as the map's were).
+    let row = [
+        (
+            "component_instance_name",
+            Scalar::Str(emitter.instance.as_str()),
+        ),
+        ("indicator_identifier", Scalar::Str(&identifier)),
+        ("indicator_type", Scalar::Str(u.indicator_type)),
+        ("indicator_value", Scalar::opt_f64(u.value)),
+        (
+            "indicator_value_unit",
+            Scalar::opt_str(Some(u.unit.as_str()).filter(|s| !s.is_empty())),
+        ),
+        ("ingestion_time", Scalar::I64(u.computed_at)),
+        ("market_event_time", Scalar::I64(u.as_of)),
+        ("row_id", Scalar::Str(id.as_str())),
+        (
+            "source_system_name",
+            Scalar::Str(emitter.source_system.as_str()),
+        ),
+        ("symbol_identifier", Scalar::Str(&u.symbol)),
+    ];
+    emitter.emit_typed(out, INDICATORS, &row, u.as_of, permit);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use marketlane_protocol::{RowMap, SchemaSet, row_id};
+    use serde_json::Value as Json;
+
+    use super::*;
+    use crate::config::KafkaConfig;
+    use crate::metrics::Metrics;
+    use crate::names::ActorNames;
+
+    /// The indicator row as the worker built it before, as a map: the typed row must give the
+    /// same key and the same bytes.
+    fn map_row(emitter: &RowEmitter, u: &Update) -> RowMap {
         let mut row = RowMap::new();
-        let id = row_id(
-            INDICATORS,
-            &[&u.team, &u.indicator, &u.symbol, &u.as_of.to_string()],
-        );
+        let as_of = u.as_of.to_string();
+        let id = row_id(INDICATORS, &[&u.team, &u.indicator, &u.symbol, &as_of]);
         row.insert("row_id".into(), Json::String(id));
         row.insert(
             "source_system_name".into(),
-            Json::String(self.shared.emitter.source_system.clone()),
+            Json::String(emitter.source_system.clone()),
         );
         row.insert(
             "component_instance_name".into(),
-            Json::String(self.shared.emitter.instance.clone()),
+            Json::String(emitter.instance.clone()),
         );
         row.insert("ingestion_time".into(), Json::from(u.computed_at));
         row.insert("market_event_time".into(), Json::from(u.as_of));
@@ -368,7 +420,10 @@ impl WorkerState {
             "symbol_identifier".into(),
             Json::String(u.symbol.to_string()),
         );
-        row.insert("indicator_identifier".into(), Json::String(identifier));
+        row.insert(
+            "indicator_identifier".into(),
+            Json::String(format!("{}:{}", u.team, u.indicator)),
+        );
         row.insert(
             "indicator_value".into(),
             u.value.map_or(Json::Null, Json::from),
@@ -385,9 +440,59 @@ impl WorkerState {
             "indicator_type".into(),
             Json::String(u.indicator_type.to_string()),
         );
-        self.shared
-            .emitter
-            .emit(INDICATORS, row, u.as_of, permit)
-            .await;
+        row
+    }
+
+    #[test]
+    fn indicator_rows_are_written_as_the_map_wrote_them() {
+        let schemas =
+            SchemaSet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas"))
+                .expect("schemas");
+        let emitter = RowEmitter {
+            schemas: Arc::new(schemas),
+            kafka: KafkaConfig::default(),
+            source_system: "marketlane".into(),
+            instance: "calc-0".into(),
+            names: ActorNames::new("worker_rows_".to_string()),
+            metrics: Arc::new(Metrics::new()),
+            progress: Default::default(),
+        };
+        let schema = emitter.schemas.get(INDICATORS).expect("indicators schema");
+        let update = |value: Option<f64>, unit: &str, symbol: &str| Update {
+            team: "alpha".into(),
+            indicator: "vwap_60s".into(),
+            symbol: symbol.into(),
+            kind: "vwap",
+            indicator_type: "moving_average",
+            window: "60s".into(),
+            value,
+            unit: unit.into(),
+            as_of: 1_764_000_000_123_456_789,
+            computed_at: 1_764_000_000_200_000_000,
+            source: TICK,
+        };
+        let cases = [
+            update(Some(102.14285714285714), "1_USdollar", "AAPL"),
+            update(Some(-0.5), "", "CL \"Z6\""),
+            update(None, "1_percent", "ES"),
+        ];
+        let mut out = Outbox::default();
+        for u in &cases {
+            produce(&emitter, &mut out, u, &Inflight::none());
+        }
+        let got = out.take_batch();
+        assert_eq!(got.len(), cases.len());
+        for (u, p) in cases.iter().zip(&got) {
+            let row = map_row(&emitter, u);
+            schema.check(&row).expect("a valid row");
+            let mut want = Vec::new();
+            schema.write_json(&row, &mut want);
+            assert_eq!(
+                std::str::from_utf8(&p.payload).unwrap(),
+                std::str::from_utf8(&want).unwrap()
+            );
+            assert_eq!(&p.key[..], schema.key_of(&row).as_bytes());
+            assert!(p.topic.ends_with(INDICATORS), "{}", p.topic);
+        }
     }
 }

@@ -147,6 +147,12 @@ struct CategoryOut {
 }
 
 impl Outbox {
+    /// The messages gathered so far, without handing them over (tests).
+    #[cfg(test)]
+    pub fn take_batch(&mut self) -> Vec<Produce> {
+        std::mem::take(&mut self.batch)
+    }
+
     /// `data` as a slice of the frame's buffer.
     fn slice(&mut self, data: &[u8]) -> Bytes {
         if self.bytes.capacity() - self.bytes.len() < data.len() {
