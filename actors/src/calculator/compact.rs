@@ -5,7 +5,6 @@
 use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 /// A row id whose order is the order of its text: the windows order rows by
@@ -24,10 +23,7 @@ enum Repr {
     Other(Box<str>),
 }
 
-/// Byte offsets of the hyphens of a hyphenated UUID.
-const HYPHENS: [usize; 4] = [8, 13, 18, 23];
-const UUID_LEN: usize = 36;
-const HEX: &[u8; 16] = b"0123456789abcdef";
+const UUID_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
 
 impl RowId {
     pub fn new(text: &str) -> Self {
@@ -44,39 +40,21 @@ impl RowId {
 }
 
 /// The 16 bytes of a lowercase hyphenated UUID; `None` for any other text (upper case too:
-/// it would not print back the same).
+/// it would not print back the same; at 36 bytes `uuid` accepts only the hyphenated form).
 fn decode_uuid(s: &[u8]) -> Option<[u8; 16]> {
-    if s.len() != UUID_LEN || HYPHENS.iter().any(|&i| s[i] != b'-') {
+    if s.len() != UUID_LEN || s.iter().any(u8::is_ascii_uppercase) {
         return None;
     }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; 16];
-    let mut at = 0;
-    for byte in &mut out {
-        if HYPHENS.contains(&at) {
-            at += 1;
-        }
-        *byte = nibble(s[at])? << 4 | nibble(s[at + 1])?;
-        at += 2;
-    }
-    Some(out)
+    uuid::Uuid::try_parse_ascii(s)
+        .ok()
+        .map(uuid::Uuid::into_bytes)
 }
 
 fn encode_uuid(bytes: &[u8; 16]) -> [u8; UUID_LEN] {
-    let mut out = [b'-'; UUID_LEN];
-    let mut at = 0;
-    for b in bytes {
-        if HYPHENS.contains(&at) {
-            at += 1;
-        }
-        out[at] = HEX[usize::from(b >> 4)];
-        out[at + 1] = HEX[usize::from(b & 0xf)];
-        at += 2;
-    }
+    let mut out = [0u8; UUID_LEN];
+    uuid::Uuid::from_bytes(*bytes)
+        .hyphenated()
+        .encode_lower(&mut out);
     out
 }
 
@@ -136,32 +114,10 @@ impl From<String> for RowId {
 /// keep their `Arc`s, so this only costs sharing (a flood of distinct symbols allocates per
 /// row as before), never correctness or unbounded memory.
 pub struct Interner {
-    strings: HashSet<Arc<str>, BuildHasherDefault<Fnv>>,
+    /// FNV-1a: three lookups per row on short strings, where SipHash costs more than the
+    /// allocation it saves; the strings come from our own topics and the table is bounded.
+    strings: HashSet<Arc<str>, fnv::FnvBuildHasher>,
     capacity: usize,
-}
-
-/// FNV-1a: three lookups per row on short strings, where SipHash costs more than the
-/// allocation it saves. Flooding protection is not needed here: the strings come from our own
-/// topics (validated by the connector), and the table is bounded anyway.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 impl Interner {
