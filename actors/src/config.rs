@@ -542,11 +542,15 @@ pub struct WriterConfig {
     pub categories: Vec<String>,
     /// A batch is cut at this many rows, …
     pub batch_rows: usize,
-    /// … when it holds this many bytes of encoded rows and quarantine records (what bounds a
-    /// writer's memory when it catches up on a backlog or waits for ClickHouse, whatever the
-    /// rows' size; `batch_rows` level-2 rows take about 7 MB, so with the default a backlog's
+    /// … when it holds this many bytes of encoded rows and quarantine records (a bound for
+    /// large rows; `batch_rows` level-2 rows take about 7 MB, so with the default a backlog's
     /// level-2 batches are cut at `batch_rows` and its inserts stay large) …
     pub batch_bytes: usize,
+    /// … with every other batch of its writer when all of them together hold this many bytes
+    /// (what bounds a writer's memory when it catches up on a backlog or waits for ClickHouse:
+    /// without it, each of its partitions could hold `batch_bytes`; below `batch_bytes` it is
+    /// also the bound of one batch) …
+    pub buffer_bytes: usize,
     /// … or when its first row is this old.
     #[serde(with = "humantime_secs")]
     pub batch_max_age: Duration,
@@ -569,7 +573,8 @@ impl Default for WriterConfig {
         Self {
             categories: Vec::new(),
             batch_rows: 50_000,
-            batch_bytes: 32 * 1024 * 1024,
+            batch_bytes: 8 * 1024 * 1024,
+            buffer_bytes: 8 * 1024 * 1024,
             batch_max_age: Duration::from_millis(500),
             group_id: "marketlane-clickhouse-writer".into(),
             session_timeout: Duration::from_secs(10),
@@ -586,6 +591,9 @@ impl WriterConfig {
         }
         if self.batch_bytes < 64 * 1024 {
             return Err(bad("writer.batch_bytes", "must be at least 65536"));
+        }
+        if self.buffer_bytes < 64 * 1024 {
+            return Err(bad("writer.buffer_bytes", "must be at least 65536"));
         }
         if self.batch_max_age.is_zero() {
             return Err(bad("writer.batch_max_age", "must be positive"));

@@ -2,6 +2,7 @@
 //! reconciliation and the end-to-end demo. The IB gateway simulator is its own binary,
 //! `marketlane-sim` (simulator crate), so that this one does not carry it.
 
+mod allocator;
 mod config;
 mod control;
 mod ctl;
@@ -114,6 +115,7 @@ fn init_tracing(level: &str, json: bool) {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    allocator::tune();
     // ractor_cluster pulls aws-lc; one process-wide rustls provider avoids ambiguity.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();

@@ -832,6 +832,64 @@ fn produce_rows(p: &BaseProducer, prefix: &str, schema: &CategorySchema, i0: u64
     produce(p, &format!("{prefix}{}", schema.topic()), &rows);
 }
 
+/// A writer's batches together hold at most `writer.buffer_bytes`: past it every batch is cut
+/// and flushed, long before their age (60 s here) and their row count (50,000) would cut
+/// them, and exactly-once holds across those cuts (a SIGTERM drain then lands the rest once).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_writer_flushes_all_its_batches_when_together_they_reach_its_buffer_bytes() {
+    let schemas = schemas();
+    let l2 = schemas.get("l2_market_data").unwrap().clone();
+    let prefix = format!("{}_", unique("bb_"));
+    let db = unique("bb_");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut c =
+        WriterConfig::new("writer-test", Some(&prefix), &db, port).categories(&["l2_market_data"]);
+    c.partitions = 3;
+    c.group_id = Some(unique("bbg_"));
+    c.batch_max_age_secs = 60.0;
+    let path = dir.path().join("buffer.toml");
+    c.write(&path);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[writer]\n", "[writer]\nbuffer_bytes = 65536\n");
+    std::fs::write(&path, text).unwrap();
+    let log = dir.path().join("buffer.log");
+    let mut w = start_writer(&path, &log, port).await;
+    let t0 = marketlane_protocol::now_ns();
+    produce_rows(&producer(), &prefix, &l2, 0, 3_000, t0);
+    let count =
+        || async { scalar(&format!("SELECT count() FROM {db}.l2_market_data FINAL")).await };
+    // About 130 bytes a row encoded: 64 KiB is some 500 rows, so all but the last cut's
+    // remainder lands in several flushes well within the batches' age.
+    let landed = eventually(Duration::from_secs(30), || async { count().await >= 2_000 }).await;
+    let inserts = inserts_into(&db, "l2_market_data").await;
+    let early = count().await;
+    w.terminate();
+    assert!(
+        landed,
+        "{early} of 3000 rows landed before the batches' age: the writer-wide bound cut nothing\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        inserts >= 4,
+        "{inserts} inserts for 3000 rows under a 64 KiB bound"
+    );
+    // The drain lands the rest, and nothing twice.
+    assert!(
+        eventually(Duration::from_secs(30), || async { count().await == 3_000 }).await,
+        "{} rows after the drain, 3000 produced",
+        count().await
+    );
+    let distinct = scalar(&format!(
+        "SELECT uniqExact(row_id) FROM {db}.l2_market_data FINAL"
+    ))
+    .await;
+    assert_eq!(distinct, 3_000);
+    eprintln!("buffer bound: {early} rows landed before any age cut, in {inserts} inserts");
+    drop_db(&db).await;
+}
+
 /// One failing table holds only its own writer. Two writer processes share both topics; the
 /// tick table goes away (inserts fail and are retried with the tick partitions paused) and the
 /// level-2 writers keep inserting. Then one process is SIGKILLed: both groups rebalance, and

@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use marketlane_protocol::clickhouse::{
@@ -187,6 +188,9 @@ pub struct WriterState {
 
 pub struct ClickHouseWriter;
 
+/// The longest a poll reads before the actor serves its mailbox and rebalances.
+const SERVE_INTERVAL: Duration = Duration::from_millis(500);
+
 impl Actor for ClickHouseWriter {
     type Msg = WriterMsg;
     type State = WriterState;
@@ -348,13 +352,19 @@ impl WriterState {
     /// mode, where no new message is read.
     async fn poll_batch(&mut self) -> Result<(), SinkError> {
         self.handle_rebalance().await?;
-        let max_age = self.args.writer.batch_max_age;
+        // The mailbox (drain, state, pause) and new assignments are served at least this
+        // often: assigned partitions stay paused until the next poll positions them, and a
+        // long `batch_max_age` must not hold either back.
+        let serve_by = Instant::now() + self.args.writer.batch_max_age.min(SERVE_INTERVAL);
         let consumer = self.consumer.stream();
         // One timer per poll, not per message: it fires at the oldest batch's age limit, or
-        // after `max_age` without one so that the mailbox is served.
+        // at `serve_by`, whichever is first.
         let mut armed = self.batcher.deadline();
-        let sleep = tokio::time::sleep_until(armed.unwrap_or_else(|| Instant::now() + max_age));
+        let sleep = tokio::time::sleep_until(armed.map_or(serve_by, |d| d.min(serve_by)));
         tokio::pin!(sleep);
+        // What the batches hold, kept up to date as messages are encoded (a batch revoked
+        // meanwhile only makes it an overestimate, so a cut comes early, never late).
+        let mut held: usize = self.batcher.data().map(Encoded::bytes).sum();
         let mut read = 0;
         while !self.batcher.has_due() && read < 10_000 {
             // The timer first: a consumer that always has a message ready must not starve
@@ -369,12 +379,15 @@ impl WriterState {
                     let repositioned = self.handle_rebalance().await?;
                     let p = m.partition();
                     if self.batcher.admit(p, m.offset(), &repositioned) == Admit::Take {
-                        self.add(&m);
+                        held += self.add(&m);
+                        if held >= self.args.writer.buffer_bytes {
+                            self.batcher.cut_every();
+                        }
                         if armed.is_none()
                             && let Some(deadline) = self.batcher.deadline()
                         {
                             armed = Some(deadline);
-                            sleep.as_mut().reset(deadline);
+                            sleep.as_mut().reset(deadline.min(serve_by));
                         }
                     }
                     read += 1;
@@ -489,8 +502,8 @@ impl WriterState {
         Ok(sought)
     }
 
-    /// Encodes an admitted message into its partition's batch.
-    fn add(&mut self, m: &BorrowedMessage<'_>) {
+    /// Encodes an admitted message into its partition's batch; returns the bytes it added.
+    fn add(&mut self, m: &BorrowedMessage<'_>) -> usize {
         let partition = m.partition();
         let offset = m.offset();
         let payload = m.payload().unwrap_or_default();
@@ -504,6 +517,7 @@ impl WriterState {
                 ms.saturating_mul(1_000_000)
             });
         let batch = self.batcher.take(partition, offset, Instant::now());
+        let before = batch.bytes();
         let quarantine = |rec: UnqualifiedRecord, buf: &mut Vec<u8>| {
             let mut rec = rec;
             rec.source_topic
@@ -562,9 +576,11 @@ impl WriterState {
                 batch.quarantine_count += 1;
             }
         }
-        if batch.bytes() >= self.args.writer.batch_bytes {
+        let after = batch.bytes();
+        if after >= self.args.writer.batch_bytes {
             self.batcher.cut_full(partition);
         }
+        after - before
     }
 
     /// Nothing encoded under the old schema is left: a reloaded one takes over.

@@ -5,8 +5,9 @@
 //!
 //! The rules (clickhouse-kafka-connect's design):
 //! - a batch holds one partition's consecutive offsets `[min, max]`; it is cut when it holds
-//!   `batch_rows` messages, when its bytes reach the caller's bound ([`Batcher::cut_full`]) or
-//!   when its first one is `max_age` old;
+//!   `batch_rows` messages, when its bytes reach the caller's bound ([`Batcher::cut_full`]),
+//!   with every other batch when all of them together reach the caller's bound
+//!   ([`Batcher::cut_every`]), or when its first one is `max_age` old;
 //! - a flush makes one offsets insert ([`Batcher::state_records`]): the `before` range of each
 //!   batch it is about to send, and the `after` range of each batch the previous flushes landed
 //!   whose partition has no newer range in it. A batch's own `after` is thus written with the
@@ -210,6 +211,15 @@ impl<D: Default> Batcher<D> {
         }
     }
 
+    /// Cuts every batch that may be cut ([`Batcher::cut_full`] for each partition): the
+    /// writer's batches together hold as many bytes as it allows.
+    pub fn cut_every(&mut self) {
+        let partitions: Vec<i32> = self.batches.keys().copied().collect();
+        for p in partitions {
+            self.cut_full(p);
+        }
+    }
+
     fn replaying(&self, partition: i32) -> bool {
         self.positions
             .get(&partition)
@@ -384,6 +394,11 @@ impl<D: Default> Batcher<D> {
     #[cfg(test)]
     pub fn partitions(&self) -> usize {
         self.positions.len()
+    }
+
+    /// What each batch encoded, for the caller to size.
+    pub fn data(&self) -> impl Iterator<Item = &D> {
+        self.batches.values().map(|b| &b.data)
     }
 
     /// Messages held in batches.

@@ -56,6 +56,24 @@ async fn a_batch_is_cut_at_its_byte_bound_but_a_replayed_range_only_at_its_end()
     assert_eq!(b.due_ranges(), vec![(1, 10, 12)]);
 }
 
+/// When the writer's batches together reach its bound, every batch is cut at once (one flush,
+/// one offsets insert) except one re-cutting a replayed range.
+#[tokio::test(start_paused = true)]
+async fn every_batch_is_cut_at_the_writer_bound_but_a_replayed_range() {
+    let mut b = Batcher::<()>::new(100, AGE);
+    b.assign(0, None);
+    b.assign(1, None);
+    b.assign(2, stored(10, 12, BatchPhase::Before));
+    take_all(&mut b, 0, 0..=1);
+    take_all(&mut b, 1, 5..=5);
+    take_all(&mut b, 2, 10..=11);
+    b.cut_every();
+    assert_eq!(b.due_ranges(), vec![(0, 0, 1), (1, 5, 5)]);
+    b.landed();
+    take_all(&mut b, 2, 12..=12);
+    assert_eq!(b.due_ranges(), vec![(2, 10, 12)]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_batch_is_cut_by_age_on_paused_time() {
     let mut b = Batcher::<()>::new(100, AGE);
@@ -328,9 +346,12 @@ fn run(seed: u64, end: i64, cov: &mut Coverage) {
                         b.untaken(p, o);
                     } else if b.admit(p, o, &[]) == Admit::Take {
                         b.take(p, o, now);
-                        // The batch's bytes reached the writer's bound.
+                        // The batch's bytes reached the batch's bound, or all batches'
+                        // bytes the writer's.
                         if rng.random_bool(0.1) {
                             b.cut_full(p);
+                        } else if rng.random_bool(0.05) {
+                            b.cut_every();
                         }
                     }
                 }

@@ -20,7 +20,10 @@ use crate::metrics::Metrics;
 /// fetch response size). Its default is 64 MiB per consumer; with a writer per category and
 /// per quarantine topic that was most of the daemon's memory under lag or a ClickHouse
 /// outage. A batch is encoded into the writer's own buffer, so a few MiB ahead keep it busy.
-pub const PREFETCH_KIB: u32 = 4096;
+/// librdkafka's heap holds several times this per busy consumer (a fetch in flight besides
+/// the queue, compressed and decompressed sets, an op per message): at 4 MiB, 64 MB of it was
+/// in use in a writer falling behind on three busy topics (glibc `malloc_stats`).
+pub const PREFETCH_KIB: u32 = 2048;
 /// The same for quarantine topics, which carry little.
 pub const QUARANTINE_PREFETCH_KIB: u32 = 1024;
 

@@ -104,6 +104,11 @@ fn bad_values_name_their_key() {
         ..Default::default()
     };
     assert_eq!(w.validate().unwrap_err().key, "writer.batch_bytes");
+    let w = WriterConfig {
+        buffer_bytes: 65535,
+        ..Default::default()
+    };
+    assert_eq!(w.validate().unwrap_err().key, "writer.buffer_bytes");
     let c = ClickHouseConfig {
         database: "x; DROP".into(),
         ..Default::default()
