@@ -469,7 +469,11 @@ pub async fn drain_after_outage(
     let limit = Duration::from_secs(2 * outage_secs + 30);
     let mut r = OutageResult {
         outage_secs,
-        ..Default::default()
+        rss_mb_max: 0.0,
+        drained_after: None,
+        lag_at_end: 0.0,
+        kafka_rows: 0.0,
+        clickhouse_rows: Err("not counted".into()),
     };
     let source = |l: &crate::prom::Labels| {
         let t = l.get("topic").unwrap_or("");
@@ -501,7 +505,11 @@ pub async fn drain_after_outage(
     if let Some(s) = daemons.scrape(&http, Role::Connector).await {
         r.kafka_rows = s.sum("marketlane_kafka_produced_total", source);
     }
-    r.clickhouse_rows = analyst(&env.ch, db, "").await.map_or(0, |a| a.source);
+    // A failed count is reported as such, never as 0 rows.
+    r.clickhouse_rows = analyst(&env.ch, db, "")
+        .await
+        .map(|a| a.source)
+        .map_err(|e| format!("{e:#}"));
     r.rss_mb_max = ex.rss_mb_max_outage;
     r
 }

@@ -64,7 +64,7 @@ pub fn host_port(url: &str) -> String {
 }
 
 /// What the outage run measured.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct OutageResult {
     pub outage_secs: u64,
     /// The writer process's RSS max (MB) from the start of the outage to the end of the drain.
@@ -76,8 +76,9 @@ pub struct OutageResult {
     pub lag_at_end: f64,
     /// Source rows acknowledged by Kafka (the daemon's counter) at the end.
     pub kafka_rows: f64,
-    /// Distinct source rows in ClickHouse (`FINAL`) at the end.
-    pub clickhouse_rows: u64,
+    /// Distinct source rows in ClickHouse (`FINAL`) at the end, or why they could not be
+    /// counted.
+    pub clickhouse_rows: Result<u64, String>,
 }
 
 impl OutageResult {
@@ -85,7 +86,8 @@ impl OutageResult {
     /// not reach 0 (rows still on their way are not lost, nor known to arrive).
     pub fn lost(&self) -> Option<f64> {
         self.drained_after?;
-        Some((self.kafka_rows - self.clickhouse_rows as f64).max(0.0))
+        let stored = *self.clickhouse_rows.as_ref().ok()?;
+        Some((self.kafka_rows - stored as f64).max(0.0))
     }
 }
 

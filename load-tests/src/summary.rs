@@ -391,7 +391,10 @@ fn live_details(live: &[LiveResult]) -> String {
                     .map_or("not within the limit".into(), |x| format!("{x:.0} s")),
                 o.lag_at_end,
                 o.kafka_rows,
-                o.clickhouse_rows,
+                match &o.clickhouse_rows {
+                    Ok(n) => n.to_string(),
+                    Err(e) => format!("– (the count failed: {e})"),
+                },
                 o.lost().map_or("–".into(), |x| format!("{x:.0}")),
             );
         }
