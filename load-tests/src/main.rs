@@ -40,7 +40,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     pub symbols: u32,
     /// Frame interval per symbol (ms) of the latency run. Default: after the `max` run, the
-    /// interval that offers 50,000 rows/s or 90% of the sustainable maximum if that is lower;
+    /// interval that offers 50,000 rows/s or 90% of the sustainable maximum if that is lower,
+    /// found by short calibration runs;
     /// 400 ms (≈50,000 rows/s at 1,000 symbols and depth 5) without it.
     #[arg(long)]
     pub rate_interval_ms: Option<u64>,
@@ -135,68 +136,113 @@ fn default_bin() -> PathBuf {
 const DEFAULT_RATE_INTERVAL_MS: u64 = 400;
 /// Offered rate of the latency run when the lane sustains it.
 const LATENCY_RATE: f64 = 50_000.0;
+/// Steady seconds of a run that measures the rate a frame interval offers.
+const CALIBRATION_SECONDS: u64 = 10;
+/// Calibration runs at most before the latency run.
+const CALIBRATIONS: usize = 3;
 
-/// The latency run's frame interval: `--rate-interval-ms`, else from the `max` run the interval
-/// offering 50,000 rows/s, or 90% of the sustainable maximum when that is lower (latency is
-/// only meaningful at a rate the lane holds). Also the sentence saying which.
-fn rate_interval(args: &Args, max: Option<&live::LiveResult>) -> (u64, String) {
-    if let Some(ms) = args.rate_interval_ms {
-        return (ms, format!("`--rate-interval-ms {ms}` (given)."));
-    }
-    let Some(r) = max.filter(|r| r.config.name == "max") else {
-        return (
-            DEFAULT_RATE_INTERVAL_MS,
+/// Mean rows normalized per second over a run's steady window.
+fn normalized_rate(r: &live::LiveResult) -> Option<f64> {
+    let v: Vec<f64> = r
+        .samples
+        .iter()
+        .filter(|x| x.t >= r.steady.0 && x.t <= r.steady.1)
+        .map(|x| x.rates.normalized)
+        .collect();
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    (mean > 0.0).then_some(mean)
+}
+
+/// The rate the latency run should offer: 50,000 rows/s, or 90% of the `max` run's sustainable
+/// maximum when that is lower (latency is only meaningful at a rate the lane holds), with the
+/// reason; `Err` says why there is none.
+fn latency_target(max: Option<&live::LiveResult>) -> Result<(f64, String), String> {
+    let r = max.filter(|r| r.config.name == "max").ok_or_else(|| {
+        "the `max` run did not run, so the lane's sustainable rate is not known".to_string()
+    })?;
+    let sustained = r
+        .extra
+        .e2e_rows_per_s()
+        .filter(|x| *x > 0.0)
+        .ok_or_else(|| "the `max` run gave no sustainable rate".to_string())?;
+    Ok(if 0.9 * sustained < LATENCY_RATE {
+        (
+            0.9 * sustained,
             format!(
-                "{DEFAULT_RATE_INTERVAL_MS} ms per symbol (≈50,000 rows/s; the `max` run did not run, so the lane's sustainable rate is not known)."
+                "**below 50,000 rows/s**: the lane sustains {sustained:.0} rows/s (`max` run, simulator → ClickHouse, distinct rows), so the latency run offers 90% of that"
             ),
-        );
-    };
-    let s = |f: fn(&live::Sample) -> f64| {
-        let v: Vec<f64> = r
-            .samples
-            .iter()
-            .filter(|x| x.t >= r.steady.0 && x.t <= r.steady.1)
-            .map(f)
-            .collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-    };
-    let per_frame = match (s(|x| x.rates.normalized), s(|x| x.rates.frames)) {
-        (Some(n), Some(f)) if f > 0.0 => n / f,
-        _ => 0.0,
-    };
-    let Some(sustained) = r.extra.e2e_rows_per_s().filter(|x| *x > 0.0) else {
-        return (
-            DEFAULT_RATE_INTERVAL_MS,
-            format!(
-                "{DEFAULT_RATE_INTERVAL_MS} ms per symbol: the `max` run gave no sustainable rate."
-            ),
-        );
-    };
-    if per_frame <= 0.0 {
-        return (
-            DEFAULT_RATE_INTERVAL_MS,
-            format!(
-                "{DEFAULT_RATE_INTERVAL_MS} ms per symbol: the `max` run gave no rows per frame."
-            ),
-        );
-    }
-    let target = LATENCY_RATE.min(0.9 * sustained);
-    let offered_at = |ms: u64| f64::from(args.symbols) * 1000.0 / ms as f64 * per_frame;
-    let ms = ((f64::from(args.symbols) * 1000.0 * per_frame / target).ceil() as u64).max(1);
-    let why = if target < LATENCY_RATE {
-        format!(
-            "**below 50,000 rows/s**: the lane sustains {sustained:.0} rows/s (`max` run, simulator → ClickHouse, distinct rows), so the latency run offers 90% of that"
         )
     } else {
-        format!("50,000 rows/s (the lane sustains {sustained:.0} rows/s in the `max` run)")
+        (
+            LATENCY_RATE,
+            format!("50,000 rows/s (the lane sustains {sustained:.0} rows/s in the `max` run)"),
+        )
+    })
+}
+
+/// The frame interval that offers `target` rows/s when `interval_ms` offered `rate`: the rate is
+/// inversely proportional to the interval, give or take the rows a frame carries.
+fn scaled_interval(interval_ms: u64, rate: f64, target: f64) -> u64 {
+    ((interval_ms as f64 * rate / target).ceil() as u64).max(1)
+}
+
+/// The latency run's frame interval: `--rate-interval-ms`, else the interval that offers
+/// [`latency_target`]. The `max` run gives a first guess only (the simulator falls behind at its
+/// short interval, and a frame carries more rows the longer the interval, since it holds the
+/// fields that changed), so short calibration runs measure the rate the guess offers and scale
+/// the interval, until one is within 10% of the target (at most [`CALIBRATIONS`]). Also the
+/// sentence saying which.
+async fn rate_interval(
+    args: &Args,
+    env: &Env,
+    base: &LiveConfig,
+    max: Option<&live::LiveResult>,
+) -> anyhow::Result<(u64, String)> {
+    if let Some(ms) = args.rate_interval_ms {
+        return Ok((ms, format!("`--rate-interval-ms {ms}` (given).")));
+    }
+    let fallback = |why: &str| {
+        (
+            DEFAULT_RATE_INTERVAL_MS,
+            format!("{DEFAULT_RATE_INTERVAL_MS} ms per symbol (≈50,000 rows/s): {why}."),
+        )
     };
-    (
+    let (target, why) = match latency_target(max) {
+        Ok(t) => t,
+        Err(e) => return Ok(fallback(&e)),
+    };
+    let Some((max_ms, max_rate)) =
+        max.and_then(|r| Some((r.config.frame_interval_ms, normalized_rate(r)?)))
+    else {
+        return Ok(fallback("the `max` run normalized no rows"));
+    };
+    let mut ms = scaled_interval(max_ms, max_rate, target);
+    let mut steps = Vec::new();
+    for n in 0..CALIBRATIONS {
+        let cal = LiveConfig {
+            name: format!("calibrate{n}"),
+            frame_interval_ms: ms,
+            seconds: base.warmup + CALIBRATION_SECONDS,
+            engine: false,
+            ..base.clone()
+        };
+        let Some(rate) = normalized_rate(&live::run(env, &cal).await?) else {
+            steps.push(format!("{ms} ms: no rows"));
+            break;
+        };
+        steps.push(format!("{ms} ms: {rate:.0} rows/s"));
+        if (rate / target - 1.0).abs() <= 0.1 {
+            break;
+        }
+        ms = scaled_interval(ms, rate, target);
+    }
+    Ok((
         ms,
         format!(
-            "{ms} ms per symbol ≈ {:.0} rows/s offered ({per_frame:.1} rows per frame measured in the `max` run): {why}.",
-            offered_at(ms)
+            "{ms} ms per symbol, to offer ≈ {target:.0} rows/s (calibration runs of {CALIBRATION_SECONDS} s, rows normalized per second: {}): {why}.",
+            steps.join("; ")
         ),
-    )
+    ))
 }
 
 /// The commit of the tree the driver was built from and whether it has uncommitted changes
@@ -361,7 +407,11 @@ async fn main() -> anyhow::Result<()> {
         };
         report.live.push(live::run(&env, &c).await?);
     }
-    let (rate_interval, choice) = rate_interval(&args, report.live.last());
+    let (rate_interval, choice) = if part("rate") || part("outage") {
+        rate_interval(&args, &env, &base, report.live.last()).await?
+    } else {
+        (DEFAULT_RATE_INTERVAL_MS, String::new())
+    };
     report.notes.rate_choice = choice;
     if part("rate") {
         let c = LiveConfig {
@@ -413,4 +463,18 @@ async fn main() -> anyhow::Result<()> {
     let path = report.write()?;
     println!("bench: report in {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scaled_interval;
+
+    #[test]
+    fn an_interval_scales_with_the_rate_it_offered() {
+        // A calibration run at 174 ms offered 81,011 rows/s; 28,191 rows/s need 501 ms (the
+        // next run there measured 28,760).
+        assert_eq!(scaled_interval(174, 81_011.0, 28_191.0), 501);
+        assert_eq!(scaled_interval(500, 10_000.0, 20_000.0), 250);
+        assert_eq!(scaled_interval(1, 1.0, 1e9), 1);
+    }
 }

@@ -129,6 +129,16 @@ pub struct CategorySchema {
     /// computed once at load so that validating a row formats no names.
     #[serde(skip)]
     pub state_names: Vec<Option<String>>,
+    /// `,"<field>":` of each field and `,"<field>_state":` of each nullable one (same index),
+    /// JSON-escaped once at load: a row written by the connector escapes only its values.
+    #[serde(skip)]
+    pub(crate) json_keys: Vec<(String, Option<String>)>,
+}
+
+/// `,"<name>":`, escaped as JSON.
+fn json_key(name: &str) -> String {
+    let quoted = serde_json::to_string(name).unwrap_or_else(|_| format!("\"{name}\""));
+    format!(",{quoted}:")
 }
 
 impl CategorySchema {
@@ -276,6 +286,10 @@ impl RawSchema {
             sort_key: self.sort_key,
             kafka_key: self.kafka_key,
             state_names: fields.iter().map(FieldSpec::state_column).collect(),
+            json_keys: fields
+                .iter()
+                .map(|f| (json_key(&f.name), f.state_column().as_deref().map(json_key)))
+                .collect(),
             fields,
             source: path.to_path_buf(),
         };
