@@ -311,6 +311,10 @@ pub struct KafkaConfig {
     /// Websocket frames whose rows Kafka has not yet acknowledged; past this the connector
     /// stops reading the socket instead of growing memory (backpressure, failure row 7).
     pub max_in_flight_frames: usize,
+    /// How long the producer waits to fill a batch (`linger.ms`). 20 ms, not librdkafka's 5:
+    /// side by side at 28,000 rows/s it cut the connector's, writer's and calculator's CPU per
+    /// row by about 6% and Kafka's by a quarter (fewer, larger produce and fetch requests),
+    /// with no change to event → Redis that the run could see.
     pub linger_ms: u32,
     pub compression: String,
     /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl` (librdkafka's
@@ -335,7 +339,7 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication_factor: 1,
             max_in_flight_frames: 4_096,
-            linger_ms: 5,
+            linger_ms: 20,
             compression: "lz4".into(),
             security_protocol: "plaintext".into(),
             sasl_mechanism: "SCRAM-SHA-512".into(),

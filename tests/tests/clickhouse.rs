@@ -168,6 +168,22 @@ async fn rows_inserted(http_port: u16, schemas: &SchemaSet) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// The running writer's consumer lag on `topic` from its `/metrics`, summed over the
+/// partitions; `None` until all `partitions` are exported.
+async fn consumer_lag(http_port: u16, topic: &str, partitions: usize) -> Option<u64> {
+    let resp = reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
+        .await
+        .ok()?;
+    let text = resp.text().await.ok()?;
+    let label = format!("topic=\"{topic}\"");
+    let lags: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("marketlane_consumer_lag{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (lags.len() == partitions).then(|| lags.iter().sum::<f64>() as u64)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_category_reaches_its_snapshot_table_and_a_replay_changes_nothing() {
     let schemas = schemas();
@@ -865,7 +881,14 @@ async fn a_writer_flushes_all_its_batches_when_together_they_reach_its_buffer_by
     let landed = eventually(Duration::from_secs(30), || async { count().await >= 2_000 }).await;
     let inserts = inserts_into(&db, "l2_market_data").await;
     let early = count().await;
+    // A drain lands what the writer has read: it must have read every row first.
+    let topic = format!("{prefix}l2_market_data");
+    let read_all = eventually(Duration::from_secs(30), || async {
+        consumer_lag(port, &topic, 3).await == Some(0)
+    })
+    .await;
     w.terminate();
+    assert!(read_all, "the writer did not read all 3000 rows");
     assert!(
         landed,
         "{early} of 3000 rows landed before the batches' age: the writer-wide bound cut nothing\n{}",
@@ -878,8 +901,9 @@ async fn a_writer_flushes_all_its_batches_when_together_they_reach_its_buffer_by
     // The drain lands the rest, and nothing twice.
     assert!(
         eventually(Duration::from_secs(30), || async { count().await == 3_000 }).await,
-        "{} rows after the drain, 3000 produced",
-        count().await
+        "{} rows after the drain, 3000 produced\n{}",
+        count().await,
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     let distinct = scalar(&format!(
         "SELECT uniqExact(row_id) FROM {db}.l2_market_data FINAL"
@@ -1126,6 +1150,106 @@ async fn a_batch_clickhouse_rejects_is_bisected_to_its_poison_rows() {
     })
     .await;
     assert!(after, "rows after the poison batch did not land");
+    w.terminate();
+    drop_db(&db).await;
+}
+
+/// Where the server has no insert deduplication tokens (before 22.2, like the local 18.16),
+/// one flush sends the rows of all its partitions in one insert: one part instead of one per
+/// partition. A row ClickHouse refuses fails that insert whole (nothing lands), and each
+/// partition then goes alone and is bisected to its poison rows: every good row still lands
+/// exactly once. With tokens each partition keeps its own insert.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flush_sends_its_partitions_in_one_insert_where_the_server_has_no_tokens() {
+    let schemas = schemas();
+    let schema = schemas.get("tick_market_data").unwrap();
+    let prefix = format!("{}_", unique("mi_"));
+    let db = unique("mi_");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut c = WriterConfig::new("writer-test", Some(&prefix), &db, port)
+        .categories(&["tick_market_data"]);
+    c.partitions = 3;
+    c.group_id = Some(unique("gmi_"));
+    // Long enough that one burst of rows is in all three batches before the first is cut.
+    c.batch_max_age_secs = 2.0;
+    let cfg = c.write(&dir.path().join("mi.toml"));
+    let log = dir.path().join("mi.log");
+    let mut w = start_writer(&cfg, &log, port).await;
+    let tokens = scalar(
+        "SELECT toUInt32(splitByChar('.', version())[1]) * 1000 \
+         + toUInt32(splitByChar('.', version())[2]) >= 22002",
+    )
+    .await
+        == 1;
+    let topic = format!("{prefix}tick_market_data");
+    let t0 = marketlane_protocol::now_ns();
+    // 30 keys: the rows spread over the three partitions.
+    let burst = |from: u64, n: u64| -> Vec<(String, Vec<u8>)> {
+        (from..from + n)
+            .map(|i| {
+                let row = sample_row(schema, i, 30, t0);
+                (key_of(schema, &row), serde_json::to_vec(&row).unwrap())
+            })
+            .collect()
+    };
+    let count = |sql: String| async move { scalar(&sql).await };
+    produce(&producer(), &topic, &burst(0, 300));
+    let first = eventually(Duration::from_secs(30), || async {
+        count(format!("SELECT count() FROM {db}.tick_market_data")).await == 300
+    })
+    .await;
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(first, "300 rows did not land:\n{}", text());
+    let partitions_used = lines(&format!(
+        "SELECT count() FROM {db}_state.writer_offsets GROUP BY `partition`"
+    ))
+    .await
+    .len() as u64;
+    assert!(
+        partitions_used >= 2,
+        "the rows did not spread over the partitions"
+    );
+    let inserts = inserts_into(&db, "tick_market_data").await;
+    let want = if tokens { partitions_used } else { 1 };
+    assert_eq!(
+        inserts, want,
+        "inserts of one flush over {partitions_used} partitions (server tokens: {tokens})"
+    );
+    // Two rows the server refuses (prices 313.5 and 350.5), in a second burst over the
+    // partitions: the merged insert fails whole, each partition is bisected.
+    clickhouse(&format!(
+        "ALTER TABLE {db}.tick_market_data ADD COLUMN poison_check UInt8 \
+         MATERIALIZED throwIf(price = 313.5 OR price = 350.5)"
+    ))
+    .await
+    .unwrap();
+    produce(&producer(), &topic, &burst(300, 100));
+    let second = eventually(Duration::from_secs(60), || async {
+        count(format!("SELECT count() FROM {db}.tick_market_data")).await == 398
+            && count(format!(
+                "SELECT count() FROM {db}.tick_market_data_unqualified"
+            ))
+            .await
+                == 2
+    })
+    .await;
+    assert!(
+        second,
+        "poison rows of a merged insert not isolated:\n{}",
+        text()
+    );
+    // No FINAL: nothing was inserted twice.
+    assert_eq!(
+        scalar(&format!(
+            "SELECT uniqExact(row_id) FROM {db}.tick_market_data"
+        ))
+        .await,
+        398
+    );
+    eprintln!(
+        "merged inserts: {inserts} insert(s) for a flush over {partitions_used} partitions (server tokens: {tokens})"
+    );
     w.terminate();
     drop_db(&db).await;
 }

@@ -11,9 +11,13 @@ use tracing::warn;
 
 use super::super::batch::{Batch, StateRecord};
 use super::super::consumer::{REFETCH_TIMEOUT, fetch_payloads};
-use super::super::sink::{ClickHouse, PoisonRow};
+use super::super::sink::{ClickHouse, PoisonRow, SinkError};
 use super::{Encoded, WriterState};
 use crate::config::KafkaConfig;
+
+/// A merged insert stays one block below ClickHouse's `max_insert_block_size` (1,048,576
+/// rows by default), so a refused row means nothing of it landed.
+const MERGED_INSERT_MAX_ROWS: usize = 1_000_000;
 
 impl WriterState {
     /// A strictly increasing version for the offsets state of this writer.
@@ -51,6 +55,10 @@ impl WriterState {
                 bodies.push((p, dedup_token(&self.topic, p, min, max), b.data.frozen()));
             }
         }
+        let rows_landed = match self.insert_merged(&ch, &bodies).await {
+            Ok(landed) => landed,
+            Err(e) => return self.failed(&self.table.clone(), e),
+        };
         let target = Target {
             ch: &ch,
             insert_sql: &self.insert_sql,
@@ -68,7 +76,7 @@ impl WriterState {
         let results =
             futures_util::future::join_all(bodies.into_iter().filter_map(|(p, token, body)| {
                 let batch = batcher.batch(p)?;
-                Some(async move { (p, target.insert(p, batch, &token, body).await) })
+                Some(async move { (p, target.insert(p, batch, &token, body, rows_landed).await) })
             }))
             .await;
         let mut failure = None;
@@ -88,6 +96,46 @@ impl WriterState {
         }
         self.landed(started);
         true
+    }
+
+    /// Where the server has no deduplication tokens (before 22.2), the rows of every
+    /// partition of the flush go in one insert: one part in the table and one in its snapshot
+    /// instead of one per partition (on 18.16 a part is some 45 files, and parts were most of
+    /// ClickHouse's CPU at the live cadence). Exactly-once is unchanged there: a replayed
+    /// range is dropped as a copy by the table's `row_id` alone, whether it went alone or with
+    /// others. With tokens each partition keeps its own insert, since a replay must carry the
+    /// same token as the first attempt and the partitions replayed after a rebalance need not
+    /// be the ones that went together. Returns whether the rows landed; false also when
+    /// ClickHouse refused a row (one block: nothing landed), and each partition then goes
+    /// alone and bisects to it.
+    async fn insert_merged(
+        &self,
+        ch: &ClickHouse,
+        bodies: &[(i32, String, (Bytes, Bytes))],
+    ) -> Result<bool, String> {
+        let with_rows: Vec<(i32, Bytes)> = bodies
+            .iter()
+            .filter(|(_, _, (rows, _))| !rows.is_empty())
+            .map(|(p, _, (rows, _))| (*p, rows.clone()))
+            .collect();
+        let row_count: usize = with_rows
+            .iter()
+            .filter_map(|(p, _)| self.batcher.batch(*p))
+            .map(|b| b.data.row_count)
+            .sum();
+        if ch.has_dedup_tokens() || with_rows.len() < 2 || row_count > MERGED_INSERT_MAX_ROWS {
+            return Ok(false);
+        }
+        let parts = with_rows.into_iter().map(|(_, rows)| rows).collect();
+        match ch.insert_parts(&self.insert_sql, parts, None).await {
+            Ok(()) => Ok(true),
+            Err(SinkError::Rejected { message, .. }) => {
+                warn!(topic = %self.topic, reason = %message,
+                    "clickhouse refused a row of a merged insert: each partition goes alone");
+                Ok(false)
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// One insert into the offsets table (all rows under one version: one row per partition).
@@ -190,10 +238,11 @@ impl Target<'_> {
         batch: &Batch<Encoded>,
         token: &str,
         (rows, quarantine): (Bytes, Bytes),
+        rows_landed: bool,
     ) -> Result<usize, (String, String)> {
         let data = &batch.data;
         let mut poison = Vec::new();
-        if data.row_count > 0 {
+        if data.row_count > 0 && !rows_landed {
             poison = self
                 .ch
                 .insert_bisecting(self.insert_sql, &rows, &data.index, token)

@@ -318,9 +318,27 @@ impl ClickHouse {
         rows: bytes::Bytes,
         dedup_token: Option<&str>,
     ) -> Result<(), SinkError> {
+        self.insert_parts(statement, vec![rows], dedup_token).await
+    }
+
+    /// Whether the server drops a repeated insert by its `insert_deduplication_token`
+    /// (22.2 and later).
+    pub fn has_dedup_tokens(&self) -> bool {
+        self.version.capabilities().insert_deduplication_token
+    }
+
+    /// Several bodies as one insert (one block, so one part, and all or nothing while they
+    /// stay under `max_insert_block_size` rows): the bodies are sent one after another, not
+    /// copied together.
+    pub async fn insert_parts(
+        &self,
+        statement: &str,
+        parts: Vec<bytes::Bytes>,
+        dedup_token: Option<&str>,
+    ) -> Result<(), SinkError> {
         let mut insert = self.client.insert_formatted_with(statement.to_string());
         if let Some(token) = dedup_token
-            && self.version.capabilities().insert_deduplication_token
+            && self.has_dedup_tokens()
         {
             insert = insert.with_setting("insert_deduplication_token", token);
         }
@@ -338,7 +356,9 @@ impl ClickHouse {
                 },
             }
         };
-        insert.send(rows).await.map_err(classify)?;
+        for part in parts {
+            insert.send(part).await.map_err(classify)?;
+        }
         insert.end().await.map_err(classify)
     }
 
