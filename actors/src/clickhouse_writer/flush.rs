@@ -15,9 +15,13 @@ use super::super::sink::{ClickHouse, PoisonRow, SinkError};
 use super::{Encoded, WriterState};
 use crate::config::KafkaConfig;
 
-/// A merged insert stays one block below ClickHouse's `max_insert_block_size` (1,048,576
-/// rows by default), so a refused row means nothing of it landed.
-const MERGED_INSERT_MAX_ROWS: usize = 1_000_000;
+/// A flush of at most this many rows goes as one insert where the server has no tokens
+/// (always one block, far below `max_insert_block_size`, so a refused row means nothing of it
+/// landed). A bigger flush (a backlog, a writer falling behind) sends its partitions in
+/// parallel: beside that many rows a part's files cost little, and one insert would be parsed
+/// by one server thread (side by side under overload, one merged insert at a time starved the
+/// writer on a saturated 2-core box).
+const MERGED_INSERT_MAX_ROWS: usize = 32_768;
 
 impl WriterState {
     /// A strictly increasing version for the offsets state of this writer.
@@ -99,7 +103,7 @@ impl WriterState {
     }
 
     /// Where the server has no deduplication tokens (before 22.2), the rows of every
-    /// partition of the flush go in one insert: one part in the table and one in its snapshot
+    /// partition of a small flush (live cadence, [`MERGED_INSERT_MAX_ROWS`]) go in one insert: one part in the table and one in its snapshot
     /// instead of one per partition (on 18.16 a part is some 45 files, and parts were most of
     /// ClickHouse's CPU at the live cadence). Exactly-once is unchanged there: a replayed
     /// range is dropped as a copy by the table's `row_id` alone, whether it went alone or with
