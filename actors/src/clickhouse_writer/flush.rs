@@ -103,9 +103,9 @@ impl WriterState {
     }
 
     /// Where the server has no deduplication tokens (before 22.2), the rows of every
-    /// partition of a small flush (live cadence, [`MERGED_INSERT_MAX_ROWS`]) go in one insert: one part in the table and one in its snapshot
-    /// instead of one per partition (on 18.16 a part is some 45 files, and parts were most of
-    /// ClickHouse's CPU at the live cadence). Exactly-once is unchanged there: a replayed
+    /// partition of a small flush (live cadence, [`MERGED_INSERT_MAX_ROWS`]) go in one insert:
+    /// one part in the table and one in its snapshot instead of one per partition (on 18.16 a
+    /// part is some 45 files, and parts were most of ClickHouse's CPU at the live cadence). Exactly-once is unchanged there: a replayed
     /// range is dropped as a copy by the table's `row_id` alone, whether it went alone or with
     /// others. With tokens each partition keeps its own insert, since a replay must carry the
     /// same token as the first attempt and the partitions replayed after a rebalance need not
