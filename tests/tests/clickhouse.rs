@@ -12,7 +12,7 @@ use std::time::Duration;
 use marketlane_protocol::{CategorySchema, Dtype, SchemaSet, row_id};
 use marketlane_tests::clickhouse::{drop_db, lines, scalar};
 use marketlane_tests::config::WriterConfig;
-use marketlane_tests::daemon::wait_readyz;
+use marketlane_tests::daemon::{Metrics, wait_readyz};
 use marketlane_tests::kafka::producer;
 use marketlane_tests::{
     Proc, clickhouse, clickhouse_url, eventually, free_port, run_marketlane, unique, workspace_root,
@@ -173,13 +173,16 @@ async fn rows_inserted(http_port: u16, schemas: &SchemaSet) -> u64 {
 async fn consumer_lag(http_port: u16, topic: &str, partitions: usize) -> Option<u64> {
     let resp = reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
         .await
+        .ok()?
+        .error_for_status()
         .ok()?;
-    let text = resp.text().await.ok()?;
+    let metrics = Metrics::parse(&resp.text().await.ok()?);
     let label = format!("topic=\"{topic}\"");
-    let lags: Vec<f64> = text
-        .lines()
-        .filter(|l| l.starts_with("marketlane_consumer_lag{") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+    let lags: Vec<f64> = metrics
+        .0
+        .iter()
+        .filter(|(s, _)| s.starts_with("marketlane_consumer_lag{") && s.contains(&label))
+        .map(|(_, v)| *v)
         .collect();
     (lags.len() == partitions).then(|| lags.iter().sum::<f64>() as u64)
 }
@@ -1193,10 +1196,9 @@ async fn a_flush_sends_its_partitions_in_one_insert_where_the_server_has_no_toke
             })
             .collect()
     };
-    let count = |sql: String| async move { scalar(&sql).await };
     produce(&producer(), &topic, &burst(0, 300));
     let first = eventually(Duration::from_secs(30), || async {
-        count(format!("SELECT count() FROM {db}.tick_market_data")).await == 300
+        scalar(&format!("SELECT count() FROM {db}.tick_market_data")).await == 300
     })
     .await;
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
@@ -1226,8 +1228,8 @@ async fn a_flush_sends_its_partitions_in_one_insert_where_the_server_has_no_toke
     .unwrap();
     produce(&producer(), &topic, &burst(300, 100));
     let second = eventually(Duration::from_secs(60), || async {
-        count(format!("SELECT count() FROM {db}.tick_market_data")).await == 398
-            && count(format!(
+        scalar(&format!("SELECT count() FROM {db}.tick_market_data")).await == 398
+            && scalar(&format!(
                 "SELECT count() FROM {db}.tick_market_data_unqualified"
             ))
             .await
