@@ -150,12 +150,11 @@ impl Actor for Printer {
         state: &mut PrinterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ProducerMsg::ProduceAll(batch) => {
-                for p in batch {
+            ProducerMsg::ProduceAll(batch) | ProducerMsg::Resend(batch, _) => {
+                for p in batch.take() {
                     state.print(p);
                 }
             }
-            ProducerMsg::Produce(p) | ProducerMsg::Resend(p, _) => state.print(p),
             // The replay's barrier: everything handed over before it is written out.
             ProducerMsg::Flush(_, reply) => {
                 let _ = reply.send(state.flush());
@@ -163,8 +162,9 @@ impl Actor for Printer {
             ProducerMsg::GetState(reply) => {
                 let _ = reply.send(Default::default());
             }
-            // Only the Kafka producer's own delivery reports send it.
-            ProducerMsg::Failed(_) => {}
+            // Only the Kafka producer's own delivery reports send it, and only the control
+            // socket's fault injection the other.
+            ProducerMsg::Failed(_) | ProducerMsg::InjectPanic => {}
         }
         Ok(())
     }

@@ -454,9 +454,11 @@ impl Window {
     }
 }
 
-/// After the outage: waits until the writer's consumer lag is 0 (at most `2 × outage + 30` s),
-/// following the writer process's RSS (the one that holds what ClickHouse refused), then counts
-/// source rows in Kafka (the connector's counter) and in ClickHouse (distinct, `FINAL`).
+/// After the outage, with the source stopped: waits until the connector's produced counter
+/// holds still and the writer's consumer lag is 0 (at most `2 × outage + 30` s), following the
+/// writer process's RSS (the one that holds what ClickHouse refused), then counts source rows
+/// in Kafka (the connector's counter) and in ClickHouse (distinct, `FINAL`) until the two agree
+/// or the ClickHouse count holds still.
 pub async fn drain_after_outage(
     env: &Env,
     db: &str,
@@ -479,37 +481,59 @@ pub async fn drain_after_outage(
         let t = l.get("topic").unwrap_or("");
         SOURCE.iter().any(|(c, _)| t.ends_with(c))
     };
+    let mut produced_before = f64::NAN;
     loop {
         if let Some(u) = procs::usage(daemons.get(Role::Writer).proc.pid()) {
             ex.rss_mb_max_outage = ex.rss_mb_max_outage.max(u.rss_bytes as f64 / 1048576.0);
         }
+        let produced = daemons
+            .scrape(&http, Role::Connector)
+            .await
+            .map(|c| c.sum("marketlane_kafka_produced_total", source));
         if let Some(s) = daemons.scrape(&http, Role::Writer).await {
             r.lag_at_end = s.sum("marketlane_consumer_lag", |l| {
                 l.get("group").unwrap_or("").contains("writer") && source(l)
             });
-            if let Some(c) = daemons.scrape(&http, Role::Connector).await {
-                r.kafka_rows = c.sum("marketlane_kafka_produced_total", source);
-            }
-            if r.lag_at_end == 0.0 && at.elapsed() > Duration::from_secs(2) {
+            let settled = produced.is_some_and(|p| p == produced_before);
+            if settled && r.lag_at_end == 0.0 {
                 r.drained_after = Some(at.elapsed().as_secs_f64());
                 break;
             }
         }
+        produced_before = produced.unwrap_or(f64::NAN);
         if at.elapsed() > limit {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    // The last batch acknowledged is queryable; give the counter scrape and the insert a moment.
-    tokio::time::sleep(Duration::from_secs(2)).await;
     if let Some(s) = daemons.scrape(&http, Role::Connector).await {
         r.kafka_rows = s.sum("marketlane_kafka_produced_total", source);
     }
-    // A failed count is reported as such, never as 0 rows.
-    r.clickhouse_rows = analyst(&env.ch, db, "")
-        .await
-        .map(|a| a.source)
-        .map_err(|e| format!("{e:#}"));
+    // Lag 0 says the writer has read every row; its last batch lands with the flush after
+    // that. A failed count is reported as such, never as 0 rows.
+    let mut held = 0;
+    let mut last = None;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        r.clickhouse_rows = analyst(&env.ch, db, "")
+            .await
+            .map(|a| a.source)
+            .map_err(|e| format!("{e:#}"));
+        let now = r.clickhouse_rows.as_ref().ok().copied();
+        if r.drained_after.is_none() || now.is_some_and(|n| n as f64 >= r.kafka_rows) {
+            break;
+        }
+        held = if now.is_some() && now == last {
+            held + 1
+        } else {
+            0
+        };
+        if held >= 3 || std::time::Instant::now() > until {
+            break;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     r.rss_mb_max = ex.rss_mb_max_outage;
     r
 }

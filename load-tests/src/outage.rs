@@ -69,8 +69,8 @@ pub struct OutageResult {
     pub outage_secs: u64,
     /// The writer process's RSS max (MB) from the start of the outage to the end of the drain.
     pub rss_mb_max: f64,
-    /// Seconds after the proxy came back until the daemon's consumer lag was 0 (None: not
-    /// within the drain limit).
+    /// Seconds from the source's stop (after the run's window) until the connector's count
+    /// held still and the writer's consumer lag was 0 (None: not within the drain limit).
     pub drained_after: Option<f64>,
     /// Consumer lag when the drain wait ended.
     pub lag_at_end: f64,

@@ -383,7 +383,7 @@ fn live_details(live: &[LiveResult]) -> String {
         if let Some(o) = &r.extra.outage {
             let _ = writeln!(
                 m,
-                "\n### ClickHouse outage of {} s at the `rate` load\n\nThe daemon's `clickhouse.url` points at a TCP proxy in the driver; for {} s it cut every connection and refused new ones (the shared server kept running). Writer process RSS max from the outage to the end of the drain: **{:.0} MB** (target ≤200). Writer lag 0 again {} after the outage; lag then {:.0}. Source rows acknowledged by Kafka {:.0}, distinct in ClickHouse {}: **rows lost {}** (target 0; `–`: not drained within the limit, so unknown).\n",
+                "\n### ClickHouse outage of {} s at the `rate` load\n\nThe daemon's `clickhouse.url` points at a TCP proxy in the driver; for {} s it cut every connection and refused new ones (the shared server kept running). Writer process RSS max from the outage to the end of the drain: **{:.0} MB** (target ≤200). After the run the simulator was stopped; the writer's lag was 0, with the connector's count settled, {} later (lag then {:.0}). Source rows acknowledged by Kafka {:.0}, distinct in ClickHouse {}: **rows lost {}** (target 0; `–`: not drained within the limit, so unknown).\n",
                 o.outage_secs,
                 o.outage_secs,
                 o.rss_mb_max,

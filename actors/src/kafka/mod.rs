@@ -6,7 +6,7 @@ pub mod producer;
 pub mod rebalance;
 
 pub use child::ProducerChild;
-pub use producer::{KafkaProducer, Produce, ProducerArgs, ProducerMsg, ProducerSnapshot};
+pub use producer::{Handover, KafkaProducer, Produce, ProducerArgs, ProducerMsg, ProducerSnapshot};
 
 use rdkafka::ClientConfig;
 

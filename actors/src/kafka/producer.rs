@@ -14,7 +14,7 @@
 //! Memory: librdkafka's queue holds at most [`QUEUE_KBYTES`]; before that, the frames'
 //! permits (`backpressure.rs`) stop the websocket reader.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,19 +56,90 @@ pub struct Produce {
     pub permit: Inflight,
 }
 
+/// Messages on their way to the producer through its mailbox. ractor drops a mailbox with
+/// its actor, and a dropped message releases its frame's permit as if Kafka had it; so
+/// messages a producer never took (it failed with them in its mailbox, or while sending them)
+/// are handed to the producer registered under `back_to` once it is restarted, like a failed
+/// delivery. Without `back_to` (a replay's printer, tests) they are dropped.
+#[derive(Debug)]
+pub struct Handover {
+    rows: VecDeque<Produce>,
+    back_to: Option<Arc<str>>,
+    /// Handed back from a producer that failed (counted by the one that takes it).
+    handed_back: bool,
+}
+
+impl Handover {
+    pub fn new(rows: Vec<Produce>, back_to: Option<Arc<str>>) -> Self {
+        Self {
+            rows: rows.into(),
+            back_to,
+            handed_back: false,
+        }
+    }
+
+    /// The messages, in order; nothing is handed back once they are taken.
+    pub fn take(mut self) -> Vec<Produce> {
+        std::mem::take(&mut self.rows).into()
+    }
+
+    /// The next message; those not taken yet are handed back if this is dropped.
+    fn next(&mut self) -> Option<Produce> {
+        self.rows.pop_front()
+    }
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        if self.rows.is_empty() {
+            return;
+        }
+        let (Some(to), Ok(runtime)) = (self.back_to.clone(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let rows: Vec<Produce> = std::mem::take(&mut self.rows).into();
+        warn!(rows = rows.len(), producer = %to, "the producer stopped with messages it had not taken; handing them to its restart");
+        runtime.spawn(hand_back(to, rows));
+    }
+}
+
+/// Casts `rows` to the producer registered as `to`, waiting while it is restarted.
+async fn hand_back(to: Arc<str>, mut rows: Vec<Produce>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let Some(producer) = ractor::registry::where_is(&to) else {
+            continue;
+        };
+        let mut handover = Handover::new(rows, Some(to.clone()));
+        handover.handed_back = true;
+        match ActorRef::<ProducerMsg>::from(producer).cast(ProducerMsg::ProduceAll(handover)) {
+            Ok(()) => return,
+            Err(ractor::MessagingErr::SendErr(ProducerMsg::ProduceAll(back))) => {
+                rows = back.take();
+            }
+            // Any other outcome dropped the handover, which hands the rows back again.
+            Err(_) => return,
+        }
+    }
+}
+
 #[derive(RactorMessage)]
 pub enum ProducerMsg {
-    Produce(Produce),
     /// The messages of one frame, in order: one hand-over per frame, not per row.
-    ProduceAll(Vec<Produce>),
+    ProduceAll(Handover),
     /// Waits until everything handed over so far is acknowledged, up to the deadline (drain).
     Flush(Duration, RpcReplyPort<bool>),
     GetState(RpcReplyPort<ProducerSnapshot>),
     /// A failed delivery handed back by the delivery report, with its failed attempts so far
     /// (so its next failure waits twice as long).
-    Resend(Produce, u32),
+    Resend(Handover, u32),
     /// A delivery failed for good (sent by the delivery report): the actor fails with it.
     Failed(String),
+    /// Fault injection (control socket `fault`, failure-matrix row 11): panic in the handler.
+    /// Dropping the producer purges what librdkafka holds; each purged message comes back
+    /// through its delivery report and is re-sent to the restarted producer after a back-off.
+    InjectPanic,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -120,7 +191,7 @@ pub struct Delivery {
     topics: Mutex<HashMap<String, Arc<TopicMetrics>>>,
     /// The producer actor's registered name: a message to re-send goes to whichever actor
     /// holds it then (a restarted producer).
-    name: Option<String>,
+    name: Option<Arc<str>>,
     myself: ActorRef<ProducerMsg>,
     runtime: tokio::runtime::Handle,
 }
@@ -223,12 +294,7 @@ impl Delivery {
     /// Hands `p` back to the producer actor after the back-off of its attempt (100 ms · 2^n,
     /// at most 5 s; none for a first attempt), waiting for a producer while it is restarted.
     fn resend(&self, p: Produce, attempt: u32) {
-        let backoff = if attempt == 0 {
-            Duration::ZERO
-        } else {
-            (Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(6) - 1))
-                .min(Duration::from_secs(5))
-        };
+        let backoff = resend_backoff(attempt);
         let name = self.name.clone();
         let myself = self.myself.clone();
         let metrics = self.metrics.clone();
@@ -238,13 +304,19 @@ impl Delivery {
             let mut first = true;
             loop {
                 let target = name
-                    .as_ref()
-                    .and_then(|n| ractor::registry::where_is(n.clone()))
+                    .as_deref()
+                    .and_then(ractor::registry::where_is)
                     .map(ActorRef::<ProducerMsg>::from)
                     .unwrap_or_else(|| myself.clone());
-                match target.cast(ProducerMsg::Resend(p, attempt)) {
+                let handover = Handover::new(vec![p], name.clone());
+                match target.cast(ProducerMsg::Resend(handover, attempt)) {
                     Ok(()) => return,
-                    Err(ractor::MessagingErr::SendErr(ProducerMsg::Resend(back, _))) => p = back,
+                    Err(ractor::MessagingErr::SendErr(ProducerMsg::Resend(back, _))) => {
+                        match back.take().pop() {
+                            Some(back) => p = back,
+                            None => return,
+                        }
+                    }
                     Err(_) => return,
                 }
                 if first {
@@ -258,6 +330,15 @@ impl Delivery {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
+    }
+}
+
+/// The wait before the `attempt`th re-send of a message: none for a first attempt (a
+/// quarantine record replacing a message too large), then 100 ms · 2^(attempt−1), at most 5 s.
+fn resend_backoff(attempt: u32) -> Duration {
+    match attempt {
+        0 => Duration::ZERO,
+        n => (Duration::from_millis(100) * 2u32.pow(n.min(7) - 1)).min(Duration::from_secs(5)),
     }
 }
 
@@ -287,7 +368,7 @@ impl Actor for KafkaProducer {
             counters: counters.clone(),
             inflight: args.inflight.clone(),
             topics: Mutex::new(HashMap::new()),
-            name: myself.get_name(),
+            name: myself.get_name().map(Arc::from),
             myself,
             runtime: tokio::runtime::Handle::current(),
         };
@@ -318,19 +399,24 @@ impl Actor for KafkaProducer {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ProducerMsg::Produce(p) => {
-                state.produced += 1;
-                send(state, p, Instant::now(), &mut None, 0).await?;
+            ProducerMsg::Resend(mut resent, attempt) => {
+                while let Some(p) = resent.next() {
+                    send(state, p, Instant::now(), &mut None, attempt).await?;
+                }
             }
-            ProducerMsg::Resend(p, attempt) => {
-                send(state, p, Instant::now(), &mut None, attempt).await?;
-            }
-            ProducerMsg::ProduceAll(batch) => {
-                state.produced += batch.len() as u64;
+            ProducerMsg::ProduceAll(mut batch) => {
+                if batch.handed_back {
+                    state
+                        .metrics
+                        .data_path_undelivered
+                        .with_label_values(&["producer_mailbox", "requeued"])
+                        .inc_by(batch.rows.len() as u64);
+                }
                 // One clock read per frame: its rows are handed over together.
                 let started = Instant::now();
                 let mut shared = None;
-                for p in batch {
+                while let Some(p) = batch.next() {
+                    state.produced += 1;
                     send(state, p, started, &mut shared, 0).await?;
                 }
             }
@@ -352,6 +438,7 @@ impl Actor for KafkaProducer {
                 });
             }
             ProducerMsg::Failed(why) => return Err(why.into()),
+            ProducerMsg::InjectPanic => panic!("fault injected over the control socket"),
         }
         Ok(())
     }
@@ -549,6 +636,8 @@ fn error_kind(e: &KafkaError) -> &'static str {
         Some(RDKafkaErrorCode::MessageTimedOut) => "timed_out",
         Some(RDKafkaErrorCode::MessageSizeTooLarge) => "too_large",
         Some(RDKafkaErrorCode::UnknownTopicOrPartition) => "unknown_topic",
+        // The producer was dropped (restart or drain) with the message queued or in flight.
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight) => "purged",
         Some(_) => "broker",
         None => "client",
     }
@@ -557,6 +646,52 @@ fn error_kind(e: &KafkaError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_delivery_waits_longer_each_time_up_to_five_seconds() {
+        let ms = |n| resend_backoff(n).as_millis();
+        let waits: Vec<u128> = (0..10).map(ms).collect();
+        assert_eq!(waits, [0, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(ms(u32::MAX), 5000);
+    }
+
+    fn row(n: u8) -> Produce {
+        Produce {
+            topic: "t".into(),
+            key: Bytes::from(vec![n]),
+            payload: Bytes::from(vec![n]),
+            category: "c".into(),
+            event_time_ns: None,
+            permit: Inflight::none(),
+        }
+    }
+
+    /// What a producer's mailbox holds when it fails is dropped with it: a handover dropped
+    /// with messages still in it casts them to the producer registered under its name (here
+    /// registered only after the drop, as a restarted one is); one whose messages were taken
+    /// casts nothing.
+    #[tokio::test]
+    async fn a_dropped_handover_reaches_the_restarted_producer() {
+        use crate::normalizer::testkit::FakeProducer;
+        let name: Arc<str> = format!("handover_test_{}", std::process::id()).into();
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        drop(Handover::new(vec![row(1), row(2)], Some(name.clone())));
+        let taken = Handover::new(vec![row(3)], Some(name.clone())).take();
+        assert_eq!(taken.len(), 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (producer, handle) = Actor::spawn(Some(name.to_string()), FakeProducer, sink.clone())
+            .await
+            .expect("spawn");
+        let until = Instant::now() + Duration::from_secs(5);
+        while sink.lock().unwrap().len() < 2 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let keys: Vec<u8> = sink.lock().unwrap().iter().map(|p| p.key[0]).collect();
+        assert_eq!(keys, [1, 2], "in order, once, and nothing of the taken one");
+        producer.stop(None);
+        let _ = handle.await;
+    }
 
     #[test]
     fn errors_no_retry_can_cure_are_not_retried() {

@@ -38,7 +38,7 @@ use crate::config::KafkaConfig;
 use crate::contracts::Instrument;
 use crate::frame_progress::FrameProgress;
 use crate::ib_websocket::WsMsg;
-use crate::kafka::{Produce, ProducerMsg};
+use crate::kafka::{Handover, Produce, ProducerMsg};
 use crate::metrics::Metrics;
 use crate::names::{ActorNames, IB_WEBSOCKET, KAFKA_PRODUCER};
 
@@ -132,6 +132,8 @@ pub struct Outbox {
     /// Where a row is written before it joins `bytes` (reused: no allocation per row).
     scratch: Vec<u8>,
     producer: Option<ActorRef<ProducerMsg>>,
+    /// The producer's registered name, where a hand-over it never took goes back to.
+    producer_name: Option<Arc<str>>,
     /// By category (a normalizer emits one or two: a short list).
     categories: Vec<CategoryOut>,
     missing: Vec<usize>,
@@ -170,16 +172,21 @@ impl Outbox {
             return;
         }
         let mut batch = std::mem::take(&mut self.batch);
+        let back_to = self
+            .producer_name
+            .get_or_insert_with(|| emitter.names.name(KAFKA_PRODUCER).into())
+            .clone();
         let mut waited = Duration::ZERO;
         loop {
             if self.producer.is_none() {
                 self.producer = emitter.names.lookup::<ProducerMsg>(KAFKA_PRODUCER);
             }
             if let Some(producer) = self.producer.clone() {
-                match producer.cast(ProducerMsg::ProduceAll(batch)) {
+                let handover = Handover::new(batch, Some(back_to.clone()));
+                match producer.cast(ProducerMsg::ProduceAll(handover)) {
                     Ok(()) => return,
                     Err(ractor::MessagingErr::SendErr(ProducerMsg::ProduceAll(back))) => {
-                        batch = back;
+                        batch = back.take();
                         self.producer = None;
                         // Try the restarted producer at once, before waiting.
                         if waited.is_zero() {
@@ -671,12 +678,19 @@ impl RowEmitter {
     /// Hands a message to the producer, waiting while it is being restarted: a row is never
     /// dropped because its next hop is down for a moment.
     async fn produce(&self, mut p: Produce) {
+        let back_to: Arc<str> = self.names.name(KAFKA_PRODUCER).into();
         let mut waited = Duration::ZERO;
         loop {
             if let Some(producer) = self.names.lookup::<ProducerMsg>(KAFKA_PRODUCER) {
-                match producer.cast(ProducerMsg::Produce(p)) {
+                let handover = Handover::new(vec![p], Some(back_to.clone()));
+                match producer.cast(ProducerMsg::ProduceAll(handover)) {
                     Ok(()) => return,
-                    Err(ractor::MessagingErr::SendErr(ProducerMsg::Produce(back))) => p = back,
+                    Err(ractor::MessagingErr::SendErr(ProducerMsg::ProduceAll(back))) => {
+                        match back.take().pop() {
+                            Some(back) => p = back,
+                            None => return,
+                        }
+                    }
                     Err(_) => return,
                 }
             }

@@ -35,10 +35,8 @@ impl Actor for FakeProducer {
         msg: Self::Msg,
         sink: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ProducerMsg::Produce(p) => sink.lock().map_err(|e| e.to_string())?.push(p),
-            ProducerMsg::ProduceAll(batch) => sink.lock().map_err(|e| e.to_string())?.extend(batch),
-            _ => {}
+        if let ProducerMsg::ProduceAll(batch) = msg {
+            sink.lock().map_err(|e| e.to_string())?.extend(batch.take());
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use marketlane_actors::config::{SecType as IbSecType, SymbolConfig};
 use marketlane_actors::ib_session::SessionMsg;
 use marketlane_actors::ib_session::actor::SymbolError;
 use marketlane_actors::ib_websocket::WsMsg;
+use marketlane_actors::kafka::producer::ProducerMsg;
 use marketlane_actors::names;
 use marketlane_actors::normalizer::NormalizerMsg;
 use marketlane_actors::supervisor::{
@@ -363,11 +364,14 @@ impl Daemon {
             ChildKind::Writer => ActorRef::<WriterMsg>::from(cell)
                 .cast(WriterMsg::InjectPanic)
                 .map_err(|e| e.to_string()),
+            ChildKind::Producer => ActorRef::<ProducerMsg>::from(cell)
+                .cast(ProducerMsg::InjectPanic)
+                .map_err(|e| e.to_string()),
             other => {
                 return err(
                     ErrorCode::BadArgs,
                     format!(
-                        "{actor} is a {other}; fault injection reaches normalizers and writers"
+                        "{actor} is a {other}; fault injection reaches normalizers, writers and the producer"
                     ),
                 );
             }
