@@ -676,19 +676,9 @@ async fn oversized_frame_gives_a_bounded_quarantine_record_and_the_stream_contin
     finish(lane, "oversized", &[bad]).await;
 }
 
-/// Row 11: an actor panics; the supervisor restarts it with back-off, the restart counter
-/// rises and the data keeps flowing. The control command `fault` (on only with
-/// `control.allow_fault_injection`) makes the tick normalizer panic in its handler. Nothing is
-/// lost, no window allowed: the websocket hands the restarted normalizer its lost state and
-/// every frame Kafka had not acknowledged (and those sent while it was down); the rows made
-/// twice collapse by row id.
-#[tokio::test(flavor = "multi_thread")]
-async fn row11_actor_panics() {
-    let lane = start("row11_", SimBuilder::new(SEED), |c| {
-        c.with_toml("control.allow_fault_injection", true)
-    })
-    .await;
-    let actor = "normalizer_tick_market_data";
+/// Makes `actor` panic over the control socket (fault injection on) and waits for the first
+/// trade sent after it to reach Kafka (its recovery); the actor was restarted.
+async fn inject_panic(lane: &Lane, actor: &str) -> Option<f64> {
     let restarts = format!("marketlane_actor_restarts_total{{actor=\"{actor}\"}}");
     let before = lane.daemon.metric(&restarts).await;
     let since = Instant::now();
@@ -703,7 +693,26 @@ async fn row11_actor_panics() {
         .first_after(Sink::Kafka, applied, since, RECOVERY_TIMEOUT)
         .await;
     let after = lane.daemon.metric(&restarts).await;
-    assert!(after > before, "restart counter {before} → {after}");
+    assert!(
+        after > before,
+        "{actor}: restart counter {before} → {after}"
+    );
+    recovery
+}
+
+/// Row 11: an actor panics; the supervisor restarts it with back-off, the restart counter
+/// rises and the data keeps flowing. The control command `fault` (on only with
+/// `control.allow_fault_injection`) makes the tick normalizer panic in its handler. Nothing is
+/// lost, no window allowed: the websocket hands the restarted normalizer its lost state and
+/// every frame Kafka had not acknowledged (and those sent while it was down); the rows made
+/// twice collapse by row id.
+#[tokio::test(flavor = "multi_thread")]
+async fn row11_actor_panics() {
+    let lane = start("row11_", SimBuilder::new(SEED), |c| {
+        c.with_toml("control.allow_fault_injection", true)
+    })
+    .await;
+    let recovery = inject_panic(&lane, "normalizer_tick_market_data").await;
     let panicked = Measured {
         name: "actor_panic",
         recovery,
@@ -724,8 +733,6 @@ async fn row11_producer_panics_with_messages_queued() {
             .with_toml("kafka.linger_ms", 1000)
     })
     .await;
-    let actor = "kafka_producer";
-    let restarts = format!("marketlane_actor_restarts_total{{actor=\"{actor}\"}}");
     let purged = |m: &Metrics| -> f64 {
         m.0.iter()
             .filter(|(s, _)| {
@@ -735,24 +742,8 @@ async fn row11_producer_panics_with_messages_queued() {
             .map(|(_, v)| v)
             .sum()
     };
-    let before = lane.daemon.metric(&restarts).await;
-    let since = Instant::now();
-    let reply = lane
-        .daemon
-        .ctl("fault", json!({"actor": actor, "kind": "panic"}))
-        .await
-        .expect("ctl fault");
-    assert_eq!(reply["ok"], true, "no panic hook: {reply}");
-    let applied = now_ms();
-    let recovery = lane
-        .first_after(Sink::Kafka, applied, since, RECOVERY_TIMEOUT)
-        .await;
+    let recovery = inject_panic(&lane, "kafka_producer").await;
     let m = lane.daemon.metrics().await;
-    assert!(
-        m.get(&restarts) > before,
-        "restart counter {before} → {}",
-        m.get(&restarts)
-    );
     assert!(
         purged(&m) > 0.0,
         "the producer held no message when it panicked, so nothing took the re-send path"
