@@ -99,7 +99,8 @@ impl Drop for Handover {
             return;
         };
         let rows: Vec<Produce> = std::mem::take(&mut self.rows).into();
-        warn!(rows = rows.len(), producer = %to, "the producer stopped with messages it had not taken; handing them to its restart");
+        // One line per hand-over would be thousands in one failure: the restart warns once.
+        debug!(rows = rows.len(), producer = %to, "the producer stopped with messages it had not taken; handing them to its restart");
         runtime.spawn(hand_back(to, rows));
     }
 }
@@ -348,6 +349,8 @@ pub struct ProducerState {
     inflight: InflightLimit,
     produced: u64,
     counters: Arc<Counters>,
+    /// Whether this producer has logged taking its predecessor's mailbox.
+    warned_handed_back: bool,
 }
 
 pub struct KafkaProducer;
@@ -389,6 +392,7 @@ impl Actor for KafkaProducer {
             inflight: args.inflight,
             produced: 0,
             counters,
+            warned_handed_back: false,
         })
     }
 
@@ -406,6 +410,12 @@ impl Actor for KafkaProducer {
             }
             ProducerMsg::ProduceAll(mut batch) => {
                 if batch.handed_back {
+                    if !state.warned_handed_back {
+                        state.warned_handed_back = true;
+                        warn!(
+                            "messages left in the failed producer's mailbox are handed to this one (counted in marketlane_data_path_undelivered_total{{stage=\"producer_mailbox\"}})"
+                        );
+                    }
                     state
                         .metrics
                         .data_path_undelivered
