@@ -101,27 +101,37 @@ impl Drop for Handover {
         let rows: Vec<Produce> = std::mem::take(&mut self.rows).into();
         // One line per hand-over would be thousands in one failure: the restart warns once.
         debug!(rows = rows.len(), producer = %to, "the producer stopped with messages it had not taken; handing them to its restart");
-        runtime.spawn(hand_back(to, rows));
+        runtime.spawn(async move {
+            // The failed producer may still be registered for a moment.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            hand_over(to, rows, true).await;
+        });
     }
 }
 
-/// Casts `rows` to the producer registered as `to`, waiting while it is restarted.
-async fn hand_back(to: Arc<str>, mut rows: Vec<Produce>) {
+/// Casts `rows` to the producer registered as `to`, waiting while there is none (it is being
+/// restarted): a row is never dropped because its next hop is down for a moment.
+/// `handed_back`: they come from a failed producer's mailbox.
+pub async fn hand_over(to: Arc<str>, mut rows: Vec<Produce>, handed_back: bool) {
+    let mut waited = Duration::ZERO;
     loop {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let Some(producer) = ractor::registry::where_is(&to) else {
-            continue;
-        };
-        let mut handover = Handover::new(rows, Some(to.clone()));
-        handover.handed_back = true;
-        match ActorRef::<ProducerMsg>::from(producer).cast(ProducerMsg::ProduceAll(handover)) {
-            Ok(()) => return,
-            Err(ractor::MessagingErr::SendErr(ProducerMsg::ProduceAll(back))) => {
-                rows = back.take();
+        if let Some(producer) = ractor::registry::where_is(&to) {
+            let mut handover = Handover::new(rows, Some(to.clone()));
+            handover.handed_back = handed_back;
+            match ActorRef::<ProducerMsg>::from(producer).cast(ProducerMsg::ProduceAll(handover)) {
+                Ok(()) => return,
+                Err(ractor::MessagingErr::SendErr(ProducerMsg::ProduceAll(back))) => {
+                    rows = back.take();
+                }
+                // Any other outcome dropped the handover, which hands the rows back again.
+                Err(_) => return,
             }
-            // Any other outcome dropped the handover, which hands the rows back again.
-            Err(_) => return,
         }
+        if waited.as_secs() >= 1 && waited.as_millis() % 5_000 < 20 {
+            warn!(rows = rows.len(), producer = %to, "producer not available; holding rows");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
     }
 }
 

@@ -38,6 +38,7 @@ use crate::config::KafkaConfig;
 use crate::contracts::Instrument;
 use crate::frame_progress::FrameProgress;
 use crate::ib_websocket::WsMsg;
+use crate::kafka::producer::hand_over;
 use crate::kafka::{Handover, Produce, ProducerMsg};
 use crate::metrics::Metrics;
 use crate::names::{ActorNames, IB_WEBSOCKET, KAFKA_PRODUCER};
@@ -677,29 +678,8 @@ impl RowEmitter {
 
     /// Hands a message to the producer, waiting while it is being restarted: a row is never
     /// dropped because its next hop is down for a moment.
-    async fn produce(&self, mut p: Produce) {
-        let back_to: Arc<str> = self.names.name(KAFKA_PRODUCER).into();
-        let mut waited = Duration::ZERO;
-        loop {
-            if let Some(producer) = self.names.lookup::<ProducerMsg>(KAFKA_PRODUCER) {
-                let handover = Handover::new(vec![p], Some(back_to.clone()));
-                match producer.cast(ProducerMsg::ProduceAll(handover)) {
-                    Ok(()) => return,
-                    Err(ractor::MessagingErr::SendErr(ProducerMsg::ProduceAll(back))) => {
-                        match back.take().pop() {
-                            Some(back) => p = back,
-                            None => return,
-                        }
-                    }
-                    Err(_) => return,
-                }
-            }
-            if waited.as_secs() >= 1 && waited.as_millis() % 5_000 < 20 {
-                warn!(topic = %p.topic, "producer not available; holding row");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            waited += Duration::from_millis(20);
-        }
+    async fn produce(&self, p: Produce) {
+        hand_over(self.names.name(KAFKA_PRODUCER).into(), vec![p], false).await;
     }
 }
 
