@@ -340,7 +340,7 @@ impl IdName {
 
     pub fn id(&self) -> RowId {
         let mut buf = [0u8; 36];
-        uuid::Uuid::new_v5(&crate::row::ROW_ID_NAMESPACE, self.bytes())
+        crate::row::row_uuid(self.bytes())
             .hyphenated()
             .encode_lower(&mut buf);
         RowId(buf)
