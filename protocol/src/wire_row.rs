@@ -353,6 +353,16 @@ impl WireRow<'_> {
     }
 }
 
+/// One row, and nothing after it but whitespace.
+fn parse_row<'a, R: serde_json::de::Read<'a>>(
+    schema: &CategorySchema,
+    mut de: serde_json::Deserializer<R>,
+) -> Result<Parsed<'a>, serde_json::Error> {
+    let parsed = RowSeed { schema }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(parsed)
+}
+
 /// Parses a Kafka payload of `schema`'s category, checks it as `validate_json` would, and
 /// appends its RowBinary to `buf`. Returns the row's event time (when it has one). On error
 /// `buf` is unchanged and the error is the one `validate_json` gives for the same payload.
@@ -361,11 +371,14 @@ pub fn encode_json_row(
     payload: &[u8],
     buf: &mut Vec<u8>,
 ) -> Result<Option<i64>, RowError> {
-    let mut de = serde_json::Deserializer::from_slice(payload);
-    let parsed = RowSeed { schema }
-        .deserialize(&mut de)
-        .and_then(|p| de.end().map(|()| p))
-        .map_err(|e| RowError::NotJson(e.to_string()))?;
+    // One UTF-8 check of the whole payload instead of one per string (those were 4% of the
+    // writer's CPU). A payload that is not UTF-8 takes the byte path, whose error names the
+    // bad byte's position as `validate_json`'s does.
+    let parsed = match std::str::from_utf8(payload) {
+        Ok(text) => parse_row(schema, serde_json::Deserializer::from_str(text)),
+        Err(_) => parse_row(schema, serde_json::Deserializer::from_slice(payload)),
+    }
+    .map_err(|e| RowError::NotJson(e.to_string()))?;
     let row = match parsed {
         Parsed::Object(row) => row,
         Parsed::NotAnObject => return Err(RowError::NotAnObject),
@@ -468,6 +481,14 @@ mod tests {
         out.push(br#"{"row_id": "#.to_vec());
         out.push(b"{} trailing".to_vec());
         out.push(b"\xff\xfe".to_vec());
+        // Not UTF-8 inside a value (the byte path), and valid multi-byte UTF-8 (the text path).
+        let good = serde_json::to_string(&base).unwrap();
+        let sym = format!("{:?}", base["symbol_identifier"].as_str().unwrap());
+        let mut bad = good.replacen(&sym, "\"AA__PL\"", 1).into_bytes();
+        let at = bad.windows(2).position(|w| w == b"__").unwrap();
+        bad[at] = 0xff;
+        out.push(bad);
+        out.push(good.replacen(&sym, "\"Zürich ✓\"", 1).into_bytes());
         out.push(br#"{"row_id":"a","row_id":"b"}"#.to_vec());
         // A repeated field keeps its last value in both paths.
         let good = serde_json::to_string(&base).unwrap();
