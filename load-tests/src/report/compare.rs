@@ -111,8 +111,9 @@ impl Report {
         let _ = writeln!(
             m,
             "\n## Side by side: `before` (`--compare-bin`) vs `after` (`--bin`)\n\n\
-             {rounds} rounds, each running `before` then `after` on the same stack and machine \
-             (the parts chosen by `--parts`). Median over the rounds, each run in brackets; \
+             {rounds} rounds on the same stack and machine (the parts chosen by `--parts`), \
+             `before` first in even rounds and `after` first in odd ones (the second run of a \
+             round meets the first one's rows in Kafka and ClickHouse). Median over the rounds, each run in brackets; \
              ratio = after / before. The machine is shared: read the ratios, not the absolute \
              figures.\n"
         );
