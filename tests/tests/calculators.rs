@@ -301,9 +301,14 @@ async fn calculators_write_the_golden_values_with_ttl_and_acls_across_a_restart(
                 && committed(&s.group, &tick_topic) == ticks_in_part1
         })
         .await,
-        "part 1 not computed and checkpointed: {:?}, committed {}\n{}",
+        "part 1 not computed and checkpointed: {:?}, committed {}\nstatus (consumers, workers): {}\n{}",
         hash(&admin, &first).await,
         committed(&s.group, &tick_topic),
+        // Where a stalled run stopped: the consumers' positions and the workers' counts.
+        ctl_status(&s.daemon.control_socket)
+            .await
+            .map(|v| v["actors"].to_string())
+            .unwrap_or_default(),
         std::fs::read_to_string(logs.path().join("run1.log")).unwrap_or_default()
     );
     // SIGKILL mid-stream.
