@@ -18,6 +18,7 @@ pub mod ib_session;
 pub mod ib_websocket;
 pub mod kafka;
 pub mod lane;
+pub mod loopback;
 pub mod metrics;
 pub mod names;
 pub mod normalizer;

@@ -15,7 +15,6 @@
 //! outage (from five seconds before the kill until the new daemon streams again) are what the
 //! seed accepts to lose; they are reported apart and left out of the counted line.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -139,7 +138,7 @@ const FUTURES: &[(&str, &str)] = &[
 ];
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(marketlane_actors::loopback::listen_port()?)
 }
 
 /// Where `marketlane-sim` is expected: beside this executable (cargo builds both into the

@@ -136,10 +136,9 @@ pub fn machine_cpu() -> Option<(f64, f64)> {
     Some(((total - idle) / clock_ticks(), total / clock_ticks()))
 }
 
+/// A loopback port for a process the bench starts (see `marketlane_tests::free_port`).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(marketlane_tests::free_port())
 }
 
 pub fn command_output(cmd: &str, args: &[&str]) -> String {

@@ -72,11 +72,10 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}_{}", std::process::id(), t % 1_000_000_000)
 }
 
+/// A loopback port for a process the test starts to listen on (see
+/// [`marketlane_actors::loopback::listen_port`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    marketlane_actors::loopback::listen_port().expect("a free loopback port")
 }
 
 /// `var/test-runs/<prefix><unique>`: logs, configs and ledgers, kept for a look after a failure.
