@@ -22,7 +22,6 @@ pub use kafka::{kafka_bootstrap, kafka_payloads};
 pub use process::{Proc, output_within, run_marketlane};
 pub use sim::{ledger_row_id, ledger_row_ids, ledger_trades};
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
