@@ -147,11 +147,21 @@ pub enum ProducerMsg {
     Resend(Handover, u32),
     /// A delivery failed for good (sent by the delivery report): the actor fails with it.
     Failed(String),
-    /// Fault injection (control socket `fault`, failure-matrix row 11): panic in the handler.
-    /// Dropping the producer purges what librdkafka holds; each purged message comes back
-    /// through its delivery report and is re-sent to the restarted producer after a back-off.
+    /// Fault injection (control socket `fault`, failure-matrix row 11): the producer holds its
+    /// mailbox for [`FAULT_HOLD`], as one stuck on a full queue would, then panics right
+    /// after handing the next frame to librdkafka. So the failure always finds frames queued
+    /// behind it and at least one message in librdkafka's queue (its batch is younger than
+    /// `linger.ms`), whose two recoveries the failure-matrix test checks: dropping the
+    /// producer purges what librdkafka holds, and each purged message comes back through its
+    /// delivery report and is re-sent to the restarted producer after a back-off; the frames
+    /// left in the mailbox are handed to the restarted producer.
     InjectPanic,
 }
+
+/// How long an injected fault holds the producer's mailbox before it arms.
+const FAULT_HOLD: Duration = Duration::from_millis(500);
+/// How long an armed fault waits for a frame before the producer fails without one.
+const FAULT_IDLE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ProducerSnapshot {
@@ -361,6 +371,8 @@ pub struct ProducerState {
     counters: Arc<Counters>,
     /// Whether this producer has logged taking its predecessor's mailbox.
     warned_handed_back: bool,
+    /// An injected fault fails the actor after its next message (see [`ProducerMsg::InjectPanic`]).
+    fault_armed: bool,
 }
 
 pub struct KafkaProducer;
@@ -403,12 +415,13 @@ impl Actor for KafkaProducer {
             produced: 0,
             counters,
             warned_handed_back: false,
+            fault_armed: false,
         })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -458,7 +471,20 @@ impl Actor for KafkaProducer {
                 });
             }
             ProducerMsg::Failed(why) => return Err(why.into()),
-            ProducerMsg::InjectPanic => panic!("fault injected over the control socket"),
+            ProducerMsg::InjectPanic => {
+                // Failing at once found nothing in the mailbox in one run of seven.
+                tokio::time::sleep(FAULT_HOLD).await;
+                state.fault_armed = true;
+                // An idle lane sends no frame: this fails the actor then (a restarted actor
+                // is another one, so this never reaches it).
+                myself.send_after(FAULT_IDLE, || {
+                    ProducerMsg::Failed("fault injected over the control socket".into())
+                });
+                return Ok(());
+            }
+        }
+        if state.fault_armed {
+            panic!("fault injected over the control socket");
         }
         Ok(())
     }
