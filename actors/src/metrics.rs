@@ -53,6 +53,7 @@ pub struct Metrics {
     pub cluster_heartbeats_refused: IntCounterVec,
     pub calculator_rows: IntCounterVec,
     pub calculator_pending_keys: IntGaugeVec,
+    pub consumer_stalls: IntCounterVec,
 }
 
 impl Metrics {
@@ -294,6 +295,11 @@ impl Metrics {
                 "marketlane_calculator_pending_keys",
                 "Computed values waiting for Redis (at most one per key), by calculator worker",
                 &["calculator"],
+            ),
+            consumer_stalls: counter(
+                "marketlane_consumer_stalls_total",
+                "Partitions found silent with rows past their position, then resumed and sought back, by topic",
+                &["topic"],
             ),
             registry,
         }

@@ -72,10 +72,13 @@ enum CtlCommand {
     LogLevel {
         level: Option<String>,
     },
-    /// Make a normalizer or writer panic (failure-matrix tests; needs
+    /// Make a normalizer, writer or the producer panic, or (`--stall`) pause a calculator
+    /// consumer's partitions behind its back (failure-matrix tests; needs
     /// `control.allow_fault_injection`).
     Fault {
         actor: String,
+        #[arg(long)]
+        stall: bool,
     },
     /// Send one raw request line (for scripts and debugging).
     Raw {
@@ -119,9 +122,13 @@ impl CtlCommand {
             Self::LogLevel { level } => Command::LogLevel {
                 level: level.clone(),
             },
-            Self::Fault { actor } => Command::Fault {
+            Self::Fault { actor, stall } => Command::Fault {
                 actor: actor.clone(),
-                kind: marketlane_protocol::control::FaultKind::Panic,
+                kind: if *stall {
+                    marketlane_protocol::control::FaultKind::Stall
+                } else {
+                    marketlane_protocol::control::FaultKind::Panic
+                },
             },
             Self::Raw { .. } => return None,
         })

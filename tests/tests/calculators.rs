@@ -48,6 +48,33 @@ fn golden() -> std::path::PathBuf {
     workspace_root().join("tests/golden/calculators")
 }
 
+/// The golden input lines and the values they end in.
+fn golden_input() -> (Vec<String>, Expected) {
+    let lines = std::fs::read_to_string(golden().join("input.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    let expected =
+        toml::from_str(&std::fs::read_to_string(golden().join("expected.toml")).unwrap()).unwrap();
+    (lines, expected)
+}
+
+/// `marketlane redis-acl --apply` for the daemon of `config`: its own and the teams' users.
+fn apply_acls(config: &Path) {
+    let out = run_marketlane(
+        &["redis-acl", "--config", config.to_str().unwrap(), "--apply"],
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "redis-acl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 async fn redis(user: Option<(&str, &str)>) -> anyhow::Result<Client> {
     let mut config = Config::from_url(&redis_url())?;
     if let Some((u, p)) = user {
@@ -243,29 +270,8 @@ fn matches(h: &HashMap<String, String>, f: &Final) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn calculators_write_the_golden_values_with_ttl_and_acls_across_a_restart() {
     let s = setup();
-    let lines: Vec<String> = std::fs::read_to_string(golden().join("input.jsonl"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect();
-    let expected: Expected =
-        toml::from_str(&std::fs::read_to_string(golden().join("expected.toml")).unwrap()).unwrap();
-    let out = run_marketlane(
-        &[
-            "redis-acl",
-            "--config",
-            s.config.to_str().unwrap(),
-            "--apply",
-        ],
-        Duration::from_secs(120),
-    )
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "redis-acl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (lines, expected) = golden_input();
+    apply_acls(&s.config);
     let admin = redis(None).await.unwrap();
     let key = |team: &str, ind: &str, sym: &str| format!("{}:{team}:{ind}:{sym}", s.key_prefix);
     let logs = tempfile::tempdir().unwrap();
@@ -488,14 +494,7 @@ async fn values_reach_redis_once_it_comes_back() {
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let s = setup_with(&url, Some(("default", "")));
-    let lines: Vec<String> = std::fs::read_to_string(golden().join("input.jsonl"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect();
-    let expected: Expected =
-        toml::from_str(&std::fs::read_to_string(golden().join("expected.toml")).unwrap()).unwrap();
+    let (lines, expected) = golden_input();
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("run.log");
     let mut daemon = spawn(&s.config, &log);
@@ -571,24 +570,11 @@ async fn values_reach_redis_once_it_comes_back() {
     );
 }
 
-/// One control-socket request to the daemon listening on `socket`; the `result`.
+/// The `status` of the daemon listening on `socket` (its `result`).
 async fn ctl_status(socket: &Path) -> Option<serde_json::Value> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut stream = tokio::net::UnixStream::connect(socket).await.ok()?;
-    stream
-        .write_all(b"{\"v\":1,\"id\":1,\"cmd\":\"status\"}\n")
+    ctl(socket, "status", serde_json::Value::Null)
         .await
-        .ok()?;
-    let mut reply = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        BufReader::new(stream).read_line(&mut reply),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let v: serde_json::Value = serde_json::from_str(&reply).ok()?;
-    Some(v["result"].clone())
+        .map(|v| v["result"].clone())
 }
 
 /// Partitions of `topic` the calculator consumer of the daemon on `socket` holds.
@@ -665,26 +651,9 @@ fn single_engine_values(lines: &[String]) -> HashMap<(String, i64), Vec<Option<f
 #[tokio::test(flavor = "multi_thread")]
 async fn two_calculator_pods_split_the_partitions_and_one_takes_over_after_a_kill() {
     let s = setup();
-    let lines: Vec<String> = std::fs::read_to_string(golden().join("input.jsonl"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect();
-    let expected: Expected =
-        toml::from_str(&std::fs::read_to_string(golden().join("expected.toml")).unwrap()).unwrap();
+    let (lines, expected) = golden_input();
     let possible = single_engine_values(&lines);
-    let out = run_marketlane(
-        &[
-            "redis-acl",
-            "--config",
-            s.config.to_str().unwrap(),
-            "--apply",
-        ],
-        Duration::from_secs(120),
-    )
-    .unwrap();
-    assert!(out.status.success());
+    apply_acls(&s.config);
     // Pod b: the same lane, its own name (static member id), port and control socket; a short
     // session timeout so that the kill moves the partitions quickly.
     let dir = s.config.parent().unwrap();
@@ -815,4 +784,102 @@ async fn two_calculator_pods_split_the_partitions_and_one_takes_over_after_a_kil
         seen += 1;
     }
     assert!(seen >= expected.finals.len(), "only {seen} updates seen");
+}
+
+/// One control-socket request `cmd` with `args` to the daemon on `socket`: the whole reply.
+async fn ctl(socket: &Path, cmd: &str, args: serde_json::Value) -> Option<serde_json::Value> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut stream = tokio::net::UnixStream::connect(socket).await.ok()?;
+    let line = json!({"v": 1, "id": 1, "cmd": cmd, "args": args}).to_string() + "\n";
+    stream.write_all(line.as_bytes()).await.ok()?;
+    let mut reply = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(stream).read_line(&mut reply),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    serde_json::from_str(&reply).ok()
+}
+
+/// A partition that goes silent while Kafka holds rows for it (librdkafka lost the resume:
+/// the control `fault` kind `stall` pauses the tick consumer's partitions behind its back) is
+/// found by the consumer's stall check, resumed and read again: the second half of the golden
+/// input still ends in the golden values, and the stall is counted. Without the check the tick
+/// values would stay at those of the first half.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_partition_is_found_and_read_again() {
+    let s = setup();
+    s.daemon
+        .clone()
+        .with_toml("control.allow_fault_injection", true)
+        .with_toml("calculators.stall_after", 2)
+        .write(&s.config);
+    let (lines, expected) = golden_input();
+    apply_acls(&s.config);
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("run.log");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut daemon = spawn(&s.config, &log);
+    let socket = s.daemon.control_socket.clone();
+    let tick_topic = format!("{}tick_market_data", s.prefix);
+    let held = eventually(Duration::from_secs(60), || async {
+        held_partitions(&socket, &tick_topic).await.len() == 3
+    })
+    .await;
+    assert!(
+        held,
+        "the tick consumer never held its partitions\n{}",
+        text()
+    );
+    produce(&s.prefix, &lines[..SPLIT]).await;
+    let first = eventually(Duration::from_secs(30), || async {
+        committed(&s.group, &tick_topic) > 0
+    })
+    .await;
+    assert!(first, "no checkpoint after the first rows\n{}", text());
+
+    let reply = ctl(
+        &socket,
+        "fault",
+        json!({"actor": "calculator_consumer_tick_market_data", "kind": "stall"}),
+    )
+    .await
+    .expect("ctl fault");
+    assert_eq!(reply["ok"], true, "{reply}");
+    produce(&s.prefix, &lines[SPLIT..]).await;
+
+    let admin = redis(None).await.unwrap();
+    let key = |f: &Final| format!("{}:{}:{}:{}", s.key_prefix, f.team, f.indicator, f.symbol);
+    let ok = eventually(Duration::from_secs(45), || async {
+        for f in &expected.finals {
+            if !matches(&hash(&admin, &key(f)).await, f) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let stalls = reqwest::get(format!("http://{}/metrics", s.daemon.http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.starts_with("marketlane_consumer_stalls_total{")
+                && l.contains(&format!("topic=\"{tick_topic}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    let status = ctl_status(&socket).await;
+    daemon.terminate();
+    assert!(
+        ok,
+        "the golden values were not reached after the stall\n{status:#?}\n{}",
+        text()
+    );
+    assert!(stalls >= 1.0, "no stall counted ({stalls})\n{}", text());
 }

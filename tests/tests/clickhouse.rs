@@ -1383,3 +1383,106 @@ async fn merged_count(db: &str) -> u64 {
         .unwrap();
     scalar(&format!("SELECT count() FROM {db}.tick_market_data")).await
 }
+
+/// A partition the writer has no stored state for starts where librdkafka would start it:
+/// at the group's committed offset, or at the earliest one without a commit. The writer seeks
+/// there itself after resuming the partition (a resume alone leaves librdkafka's fetcher
+/// asleep until its next timer), so this pins that the explicit seek keeps the old start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_without_stored_state_starts_at_the_group_commit_or_the_earliest() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    let schemas = schemas();
+    let l2 = schemas.get("l2_market_data").unwrap().clone();
+    let prefix = format!("{}_", unique("cs_"));
+    let db = unique("cs_");
+    let group = unique("csg_");
+    let topic = format!("{prefix}l2_market_data");
+    let bootstrap = marketlane_tests::kafka::kafka_bootstrap();
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &bootstrap);
+    let admin: AdminClient<DefaultClientContext> = cfg.create().unwrap();
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let t0 = marketlane_protocol::now_ns();
+    produce_rows(&producer(), &prefix, &l2, 0, 3_000, t0);
+    // Partitions 0 and 1 committed halfway by the writer's group, partition 2 not at all.
+    let committer: BaseConsumer = cfg
+        .clone()
+        .set("group.id", format!("{group}.{topic}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut commits = TopicPartitionList::new();
+    let mut expected = 0;
+    for p in 0..3 {
+        let (low, high) = committer
+            .fetch_watermarks(&topic, p, Duration::from_secs(10))
+            .unwrap();
+        assert!(high - low > 10, "partition {p} holds {} rows", high - low);
+        if p < 2 {
+            let half = low + (high - low) / 2;
+            commits
+                .add_partition_offset(&topic, p, Offset::Offset(half))
+                .unwrap();
+            expected += high - half;
+        } else {
+            expected += high - low;
+        }
+    }
+    committer.commit(&commits, CommitMode::Sync).unwrap();
+    drop(committer);
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = writer_config(
+        dir.path(),
+        "commit-start",
+        &prefix,
+        &db,
+        &group,
+        &["l2_market_data"],
+        &workspace_root().join("schemas"),
+        port,
+    );
+    let log = dir.path().join("commit-start.log");
+    let mut w = start_writer(&path, &log, port).await;
+    let read_all = eventually(Duration::from_secs(60), || async {
+        consumer_lag(port, &topic, 3).await == Some(0)
+    })
+    .await;
+    let count = || async {
+        scalar(&format!(
+            "SELECT uniqExact(row_id) FROM {db}.l2_market_data FINAL"
+        ))
+        .await
+    };
+    let landed = eventually(Duration::from_secs(30), || async {
+        count().await >= expected as u64
+    })
+    .await;
+    // Nothing before the commits either, however long one waits.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows = count().await;
+    w.terminate();
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(read_all, "the writer did not read to the end\n{log_text}");
+    assert!(landed, "{rows} of {expected} rows landed\n{log_text}");
+    assert_eq!(
+        rows, expected as u64,
+        "rows before the group's commits were written\n{log_text}"
+    );
+    drop_db(&db).await;
+    let _ = marketlane_tests::kafka::delete_topics(&prefix).await;
+}

@@ -52,6 +52,12 @@ pub struct CalculatorConfig {
     /// Offsets are committed (after Redis has every value they produced) this often.
     #[serde(with = "humantime_secs")]
     pub checkpoint_interval: Duration,
+    /// A held partition that delivers nothing for this long while Kafka holds rows past its
+    /// position counts as stalled (checked at each checkpoint): it is resumed and sought back
+    /// to its position. librdkafka can lose a resume that races its own assignment work
+    /// (confluentinc/librdkafka#5591), which leaves a partition paused for good and silent.
+    #[serde(with = "humantime_secs")]
+    pub stall_after: Duration,
     pub teams: Vec<TeamConfig>,
 }
 
@@ -68,6 +74,7 @@ impl Default for CalculatorConfig {
             publish: false,
             warm_restart_lookback: Duration::from_secs(15 * 60),
             checkpoint_interval: Duration::from_secs(5),
+            stall_after: Duration::from_secs(30),
             teams: Vec::new(),
         }
     }
@@ -350,6 +357,12 @@ impl CalculatorConfig {
                     self.warm_restart_lookback,
                     longest as f64 / 1e9
                 ),
+            ));
+        }
+        if self.stall_after < Duration::from_secs(1) {
+            return Err(bad(
+                "calculators.stall_after",
+                format!("{:?} is under 1 s", self.stall_after),
             ));
         }
         // The broker's group.min/max.session.timeout.ms defaults (6 s to 30 min).

@@ -47,6 +47,10 @@ pub enum ConsumerMsg {
     Poll,
     /// A worker restarted without its windows: seek back to the warm-restart start.
     Rewind,
+    /// Fault injection (control socket `fault`, kind `stall`): pauses every held partition
+    /// without telling the actor, as a resume librdkafka lost leaves them; only the stall
+    /// check (see [`ConsumerState::restart_stalled`]) gets them going again.
+    InjectStall,
     GetState(RpcReplyPort<ConsumerSnapshot>),
 }
 
@@ -64,6 +68,8 @@ pub struct ConsumerSnapshot {
     pub last_checkpoint_ok: bool,
     pub partitions_assigned: u64,
     pub partitions_revoked: u64,
+    /// Partitions found stalled and restarted (see `calculators.stall_after`).
+    pub stalls: u64,
     /// Next offset to read, by partition (the partitions this pod holds).
     pub positions: HashMap<i32, i64>,
     /// First offset whose values are written, by partition (rows before refill windows only).
@@ -89,6 +95,9 @@ pub struct ConsumerState {
     topic: String,
     positions: HashMap<i32, i64>,
     live_from: HashMap<i32, i64>,
+    /// Each held partition's position at the last stall check, and since when it has been
+    /// behind Kafka's end without moving.
+    progress: HashMap<i32, (i64, Option<Instant>)>,
     /// Symbols seen on each held partition: what the workers drop when it is revoked.
     symbols: HashMap<i32, BTreeSet<Arc<str>>>,
     /// Symbols and units of the rows read, shared by every row that carries them.
@@ -143,6 +152,7 @@ impl Actor for CalculatorConsumer {
             topic: topic.clone(),
             positions: HashMap::new(),
             live_from: HashMap::new(),
+            progress: HashMap::new(),
             symbols: HashMap::new(),
             interner: Interner::default(),
             last_checkpoint: Instant::now(),
@@ -170,6 +180,7 @@ impl Actor for CalculatorConsumer {
                 state.poll().await;
                 if state.last_checkpoint.elapsed() >= state.args.shared.config.checkpoint_interval {
                     state.checkpoint().await;
+                    state.restart_stalled().await;
                 }
                 let _ = myself.cast(ConsumerMsg::Poll);
             }
@@ -179,6 +190,11 @@ impl Actor for CalculatorConsumer {
                     state.pause(&held);
                     state.position(&held).await?;
                 }
+            }
+            ConsumerMsg::InjectStall => {
+                let held: Vec<i32> = state.positions.keys().copied().collect();
+                state.pause(&held);
+                warn!(topic = %state.topic, partitions = ?held, "fault injected: partitions paused behind the consumer's back");
             }
             ConsumerMsg::GetState(reply) => {
                 let mut s = state.snapshot.clone();
@@ -237,18 +253,36 @@ impl ConsumerState {
         }
     }
 
-    fn pause(&self, parts: &[i32]) {
+    fn list(&self, parts: impl IntoIterator<Item = i32>) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for p in parts {
-            tpl.add_partition(&self.topic, *p);
+            tpl.add_partition(&self.topic, p);
         }
-        if let Err(e) = self.consumer.pause(&tpl) {
+        tpl
+    }
+
+    fn pause(&self, parts: &[i32]) {
+        if let Err(e) = self.consumer.pause(&self.list(parts.iter().copied())) {
             warn!(topic = %self.topic, error = %e, "cannot pause partitions");
         }
     }
 
-    /// Positions `parts` (paused) at their warm-restart start (see the module doc) and resumes
-    /// them.
+    /// Resumes paused partitions, then seeks each to its start (in that order: see
+    /// `seek_assigned`).
+    async fn start(&self, starts: &[(i32, i64)]) {
+        if let Err(e) = self
+            .consumer
+            .resume(&self.list(starts.iter().map(|(p, _)| *p)))
+        {
+            warn!(topic = %self.topic, error = %e, "cannot resume partitions");
+        }
+        for &(p, offset) in starts {
+            self.seek(p, offset).await;
+        }
+    }
+
+    /// Resumes `parts` (paused) and positions them at their warm-restart start (see the
+    /// module doc).
     async fn position(&mut self, parts: &[i32]) -> Result<(), ActorProcessingErr> {
         let lookback = self.args.shared.config.warm_restart_lookback;
         // Freshly created topics answer "not leader" for a moment: retry for up to 30 s.
@@ -273,25 +307,85 @@ impl ConsumerState {
                 Err(e) => return Err(e),
             }
         };
-        let mut tpl = TopicPartitionList::new();
+        let starts: Vec<(i32, i64)> = plan.iter().map(|(p, start, _)| (*p, *start)).collect();
+        self.start(&starts).await;
         for (p, start, live) in plan {
-            self.seek(p, start).await;
             self.positions.insert(p, start);
             self.live_from.insert(p, live);
-            tpl.add_partition(&self.topic, p);
         }
         self.snapshot.partitions_assigned += parts.len() as u64;
-        if let Err(e) = self.consumer.resume(&tpl) {
-            warn!(topic = %self.topic, error = %e, "cannot resume assigned partitions");
-        }
         info!(topic = %self.topic, positions = ?self.positions, live_from = ?self.live_from,
             "calculator partitions positioned (warm start)");
         Ok(())
     }
 
+    /// Resumes and seeks back to its position every held partition that has not moved for
+    /// `calculators.stall_after` while Kafka held rows past that position at every check of
+    /// that time. Such a partition is paused inside librdkafka though this actor resumed it (a
+    /// lost resume, confluentinc/librdkafka#5591) or its fetcher is stuck; either way nothing
+    /// else would ever read it again. Kafka's end is read at each check (one `ListOffsets` per
+    /// held partition, off the group member).
+    async fn restart_stalled(&mut self) {
+        let now = Instant::now();
+        let held: Vec<(i32, i64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
+        let (planner, topic) = (self.planner.clone(), self.topic.clone());
+        let ends = tokio::task::spawn_blocking(move || {
+            held.into_iter()
+                .filter_map(|(p, pos)| {
+                    let (_, high) = planner
+                        .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                        .ok()?;
+                    Some((p, pos, high))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let stall_after = self.args.shared.config.stall_after;
+        let mut stalled = Vec::new();
+        for (p, pos, high) in ends {
+            let entry = self.progress.entry(p).or_insert((pos, None));
+            if entry.0 != pos || high <= pos {
+                // Moved, or nothing to read: not behind.
+                *entry = (pos, None);
+                continue;
+            }
+            let behind_since = *entry.1.get_or_insert(now);
+            if now.duration_since(behind_since) >= stall_after {
+                stalled.push((p, pos, high));
+                // The clock starts again: a partition still stuck is restarted once more later.
+                entry.1 = Some(now);
+            }
+        }
+        let positions = &self.positions;
+        self.progress.retain(|p, _| positions.contains_key(p));
+        if stalled.is_empty() {
+            return;
+        }
+        warn!(topic = %self.topic, partitions = ?stalled, ?stall_after,
+            "partitions behind and silent (partition, position, end); resuming and seeking back");
+        self.snapshot.stalls += stalled.len() as u64;
+        self.args
+            .shared
+            .metrics
+            .consumer_stalls
+            .with_label_values(&[&self.topic])
+            .inc_by(stalled.len() as u64);
+        let starts: Vec<(i32, i64)> = stalled.iter().map(|(p, pos, _)| (*p, *pos)).collect();
+        self.start(&starts).await;
+    }
+
     /// Seeks a freshly assigned partition; librdkafka may need a moment before it accepts.
     async fn seek(&self, partition: i32, offset: i64) {
-        if let Err(e) = seek_assigned(&self.consumer, &self.topic, partition, offset, 50).await {
+        if let Err(e) = seek_assigned(
+            &self.consumer,
+            &self.topic,
+            partition,
+            Offset::Offset(offset),
+            50,
+        )
+        .await
+        {
             warn!(topic = %self.topic, partition, offset, error = %e, "seek failed");
         }
     }

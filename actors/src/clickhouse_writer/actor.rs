@@ -373,6 +373,9 @@ impl WriterState {
                 biased;
                 () = &mut sleep => break,
                 m = consumer.recv() => m,
+                // New partitions deliver nothing until positioned: do that now, not at the
+                // timer.
+                () = self.consumer.rebalanced() => break,
             };
             match m {
                 Ok(m) => {
@@ -444,17 +447,18 @@ impl WriterState {
         self.consumer.put_back(later);
     }
 
-    /// The retried batch is in: partitions that delivered a message during the pause are
-    /// sought back to their position, then every paused partition resumes.
+    /// The retried batch is in: every paused partition resumes, and those that delivered a
+    /// message during the pause are sought back to their position.
     async fn end_retry(&mut self) {
-        for (p, next) in self.batcher.end_retry() {
-            self.consumer.seek(p, next).await;
-        }
         let paused: Vec<i32> = std::mem::take(&mut self.retry_paused)
             .into_iter()
             .filter(|p| self.batcher.position(*p).is_some())
             .collect();
+        // Resume, then seek: a seek wakes librdkafka's fetcher, a resume does not.
         self.consumer.resume(&paused);
+        for (p, next) in self.batcher.end_retry() {
+            self.consumer.seek(p, next).await;
+        }
     }
 
     /// Flushes every batch now (drain, schema reload); a replay in progress is read again.
@@ -492,20 +496,22 @@ impl WriterState {
         Ok(repositioned)
     }
 
-    /// Positions assigned partitions from their stored state; returns those it sought.
+    /// Positions assigned partitions from their stored state and starts them; returns those
+    /// it sought.
     async fn position(&mut self, parts: &[i32]) -> Result<Vec<i32>, SinkError> {
         let states = self.args.clickhouse.partition_states(&self.topic).await?;
-        let mut sought = Vec::new();
+        let mut starts = Vec::with_capacity(parts.len());
         for &p in parts {
-            let (pos, seek) = self.batcher.assign(p, states.get(&p).copied());
-            if seek {
-                self.consumer.seek(p, pos.next).await;
-                sought.push(p);
-            }
+            let (pos, stored) = self.batcher.assign(p, states.get(&p).copied());
+            starts.push((p, stored.then_some(pos.next)));
             info!(topic = %self.topic, partition = p, next = pos.next, replay_until = ?pos.replay_until, "partition assigned");
         }
-        self.consumer.resume(parts);
-        Ok(sought)
+        self.consumer.start(&starts).await;
+        Ok(starts
+            .iter()
+            .filter(|(_, next)| next.is_some())
+            .map(|(p, _)| *p)
+            .collect())
     }
 
     /// Encodes an admitted message into its partition's batch; returns the bytes it added.

@@ -85,8 +85,29 @@ impl WriterConsumer {
     /// Seeks a partition; librdkafka may need a moment after an assignment before it accepts.
     /// A failed seek is logged: the stored offsets still filter what was already written.
     pub async fn seek(&self, partition: i32, offset: i64) {
-        if let Err(e) = seek_assigned(&self.inner, &self.topic, partition, offset, 20).await {
+        let at = Offset::Offset(offset);
+        if let Err(e) = seek_assigned(&self.inner, &self.topic, partition, at, 20).await {
             warn!(topic = %self.topic, partition, offset, error = %e, "seek failed; the stored offsets filter replays");
+        }
+    }
+
+    /// Completes once the group has assigned or revoked partitions since the last completion.
+    pub async fn rebalanced(&self) {
+        self.inner.context().changed().await;
+    }
+
+    /// Starts newly assigned (paused) partitions: resumes them, then seeks each that has a
+    /// stored `next` there. Seeking after the resume is what makes librdkafka fetch at once
+    /// (see [`seek_assigned`]). A partition without one is left where librdkafka starts it
+    /// (the group's committed offset, or the earliest): a seek there too would start it
+    /// sooner, but the seek is a blocking call, and with it a two-pod test froze once.
+    pub async fn start(&self, partitions: &[(i32, Option<i64>)]) {
+        let parts: Vec<i32> = partitions.iter().map(|(p, _)| *p).collect();
+        self.resume(&parts);
+        for (p, next) in partitions {
+            if let Some(next) = next {
+                self.seek(*p, *next).await;
+            }
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use marketlane_actors::Role;
+use marketlane_actors::calculator::consumer::ConsumerMsg;
 use marketlane_actors::clickhouse_writer::WriterMsg;
 use marketlane_actors::cluster::{ClusterMsg, ClusterSnapshot};
 use marketlane_actors::config::{SecType as IbSecType, SymbolConfig};
@@ -356,32 +357,43 @@ impl Daemon {
                 format!("{actor} is restarting; try again"),
             );
         };
-        let FaultKind::Panic = kind;
-        let sent = match child.kind {
-            ChildKind::Normalizer => ActorRef::<NormalizerMsg>::from(cell)
+        let sent = match (kind, child.kind) {
+            (FaultKind::Panic, ChildKind::Normalizer) => ActorRef::<NormalizerMsg>::from(cell)
                 .cast(NormalizerMsg::InjectPanic)
                 .map_err(|e| e.to_string()),
-            ChildKind::Writer => ActorRef::<WriterMsg>::from(cell)
+            (FaultKind::Panic, ChildKind::Writer) => ActorRef::<WriterMsg>::from(cell)
                 .cast(WriterMsg::InjectPanic)
                 .map_err(|e| e.to_string()),
-            ChildKind::Producer => ActorRef::<ProducerMsg>::from(cell)
+            (FaultKind::Panic, ChildKind::Producer) => ActorRef::<ProducerMsg>::from(cell)
                 .cast(ProducerMsg::InjectPanic)
                 .map_err(|e| e.to_string()),
-            other => {
+            (FaultKind::Stall, ChildKind::CalculatorConsumer) => {
+                ActorRef::<ConsumerMsg>::from(cell)
+                    .cast(ConsumerMsg::InjectStall)
+                    .map_err(|e| e.to_string())
+            }
+            (FaultKind::Panic, other) => {
                 return err(
                     ErrorCode::BadArgs,
                     format!(
-                        "{actor} is a {other}; fault injection reaches normalizers, writers and the producer"
+                        "{actor} is a {other}; a panic reaches normalizers, writers and the producer"
                     ),
+                );
+            }
+            (FaultKind::Stall, other) => {
+                return err(
+                    ErrorCode::BadArgs,
+                    format!("{actor} is a {other}; a stall reaches calculator consumers"),
                 );
             }
         };
         sent.or_else(|e| err(ErrorCode::Failed, format!("{actor}: {e}")))?;
-        tracing::warn!(
-            actor,
-            "fault injected over the control socket: the actor panics"
-        );
-        Ok(json!({"actor": actor, "kind": "panic", "restarts_before": child.restarts}))
+        let kind = match kind {
+            FaultKind::Panic => "panic",
+            FaultKind::Stall => "stall",
+        };
+        tracing::warn!(actor, kind, "fault injected over the control socket");
+        Ok(json!({"actor": actor, "kind": kind, "restarts_before": child.restarts}))
     }
 
     async fn pause_resume(&self, actor: &str, pause: bool) -> CmdResult {
