@@ -5,8 +5,11 @@ use std::fmt::Write as _;
 use crate::live::daemons::Role;
 use crate::stage::StageRun;
 
-use super::tables::{Steady, fmt_n, median};
+use super::tables::{Steady, median};
 use super::{Report, Variant};
+
+/// The source categories (indicator rows are apart).
+const SOURCES: [&str; 2] = ["tick_market_data", "l2_market_data"];
 
 impl Report {
     /// `--compare-bin`: each figure for `before` and `after` (median over the rounds, each
@@ -50,6 +53,19 @@ impl Report {
                     let cpu = s.mean(|x| x.role_cpu[0] + x.role_cpu[1])?;
                     (rows > 0.0).then_some(cpu / 100.0 * 1e6 / rows)
                 })),
+            ),
+            // A change that saves CPU by waiting longer shows here, in the same rounds.
+            (
+                "rate: p99 event → Kafka acknowledged, s (daemon)",
+                Box::new(live(|s| s.daemon("kafka", &SOURCES, 0.99))),
+            ),
+            (
+                "rate: p99 event → Redis written, s (daemon)",
+                Box::new(live(|s| s.daemon("redis", &SOURCES, 0.99))),
+            ),
+            (
+                "rate: p99 event → queryable, marketlane l2, s (polled)",
+                Box::new(live(|s| s.queryable("marketlane l2", 0.99))),
             ),
             (
                 "rate: connector CPU % (median)",
@@ -133,9 +149,18 @@ impl Report {
             if b.is_empty() && a.is_empty() {
                 continue;
             }
+            // Seconds and small figures keep their milliseconds.
+            let fmt = |x: f64, whole: usize| {
+                if x.abs() < 10.0 {
+                    format!("{x:.3}")
+                } else {
+                    format!("{x:.whole$}")
+                }
+            };
             let cell = |v: &[f64]| {
-                let each: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
-                format!("{} ({})", fmt_n(median(v.to_vec())), each.join(", "))
+                let each: Vec<String> = v.iter().map(|x| fmt(*x, 1)).collect();
+                let mid = median(v.to_vec()).map_or("–".into(), |x| fmt(x, 0));
+                format!("{mid} ({})", each.join(", "))
             };
             let ratio = match (median(b.clone()), median(a.clone())) {
                 (Some(b), Some(a)) if b > 0.0 => format!("{:.2}×", a / b),
