@@ -54,6 +54,7 @@ pub struct Metrics {
     pub calculator_rows: IntCounterVec,
     pub calculator_pending_keys: IntGaugeVec,
     pub consumer_stalls: IntCounterVec,
+    pub runtime_worker_threads: IntGauge,
 }
 
 impl Metrics {
@@ -117,6 +118,14 @@ impl Metrics {
                 IntGauge::new(
                     "marketlane_ib_login_failures",
                     "Refused built-in logins in a row; at ib.login.max_failed_logins logins stop (state login_failed)",
+                )
+                .expect("valid metric"),
+            ),
+            runtime_worker_threads: reg(
+                &registry,
+                IntGauge::new(
+                    "marketlane_runtime_worker_threads",
+                    "Tokio worker threads of this process (runtime.worker_threads)",
                 )
                 .expect("valid metric"),
             ),

@@ -119,17 +119,42 @@ fn main() -> ExitCode {
     // ractor_cluster pulls aws-lc; one process-wide rustls provider avoids ambiguity.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // `run` loads its config first: the runtime's size is part of it.
+    let command = match cli.command {
+        Command::Run { config, record } => {
+            let mut config = match Config::load(config.as_deref(), std::env::vars()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if record.is_some() {
+                config.ib.record_path = record;
+            }
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            builder.worker_threads(config.runtime.workers(config.roles.len(), cpus));
+            Dispatch::Run(Box::new(config))
+        }
+        other => Dispatch::Other(Box::new(other)),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let outcome = match command {
+        Dispatch::Run(config) => runtime.block_on(async {
+            let log = control::LogControl::init(&config.log.level, config.log.json);
+            run::run(*config, log).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Dispatch::Other(command) => runtime.block_on(dispatch(*command)),
+    };
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -138,16 +163,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command, with `run`'s config already loaded.
+enum Dispatch {
+    Run(Box<Config>),
+    Other(Box<Command>),
+}
+
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, record } => {
-            let mut config = Config::load(config.as_deref(), std::env::vars())?;
-            if record.is_some() {
-                config.ib.record_path = record;
-            }
-            let log = control::LogControl::init(&config.log.level, config.log.json);
-            run::run(config, log).await?;
-        }
+        Command::Run { .. } => unreachable!("`run` is dispatched by main, after its config"),
         Command::Sim { args } => {
             let sim = demo::sim_bin_path()?;
             eprintln!(

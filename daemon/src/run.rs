@@ -25,6 +25,8 @@ pub async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     // Without a cluster this pod is its only member.
     metrics.cluster_members.set(1);
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    metrics.runtime_worker_threads.set(workers as i64);
     let readiness = Readiness::new();
     let addr = http::serve(
         config.http.listen,
@@ -35,7 +37,7 @@ pub async fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
         },
     )
     .await?;
-    info!(%addr, instance = %config.instance, roles = ?config.roles, "marketlane starting");
+    info!(%addr, instance = %config.instance, roles = ?config.roles, workers, "marketlane starting");
     let supervisor = marketlane_actors::lane::start(config.lane(), schemas.clone(), metrics)
         .await
         .context("cannot start the lane")?;

@@ -861,12 +861,18 @@ async fn a_stalled_partition_is_found_and_read_again() {
         true
     })
     .await;
-    let stalls = reqwest::get(format!("http://{}/metrics", s.daemon.http_addr()))
+    let scrape = reqwest::get(format!("http://{}/metrics", s.daemon.http_addr()))
         .await
         .unwrap()
         .text()
         .await
-        .unwrap()
+        .unwrap();
+    // A process of one role runs one worker by default, not one per CPU.
+    let workers = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("marketlane_runtime_worker_threads "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    let stalls = scrape
         .lines()
         .filter(|l| {
             l.starts_with("marketlane_consumer_stalls_total{")
@@ -882,4 +888,9 @@ async fn a_stalled_partition_is_found_and_read_again() {
         text()
     );
     assert!(stalls >= 1.0, "no stall counted ({stalls})\n{}", text());
+    assert_eq!(
+        workers,
+        Some(1.0),
+        "worker threads of a calculator-only process"
+    );
 }
