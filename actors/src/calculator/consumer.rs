@@ -377,15 +377,7 @@ impl ConsumerState {
 
     /// Seeks a freshly assigned partition; librdkafka may need a moment before it accepts.
     async fn seek(&self, partition: i32, offset: i64) {
-        if let Err(e) = seek_assigned(
-            &self.consumer,
-            &self.topic,
-            partition,
-            Offset::Offset(offset),
-            50,
-        )
-        .await
-        {
+        if let Err(e) = seek_assigned(&self.consumer, &self.topic, partition, offset, 50).await {
             warn!(topic = %self.topic, partition, offset, error = %e, "seek failed");
         }
     }

@@ -85,8 +85,7 @@ impl WriterConsumer {
     /// Seeks a partition; librdkafka may need a moment after an assignment before it accepts.
     /// A failed seek is logged: the stored offsets still filter what was already written.
     pub async fn seek(&self, partition: i32, offset: i64) {
-        let at = Offset::Offset(offset);
-        if let Err(e) = seek_assigned(&self.inner, &self.topic, partition, at, 20).await {
+        if let Err(e) = seek_assigned(&self.inner, &self.topic, partition, offset, 20).await {
             warn!(topic = %self.topic, partition, offset, error = %e, "seek failed; the stored offsets filter replays");
         }
     }

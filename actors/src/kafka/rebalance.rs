@@ -1,7 +1,7 @@
 //! The consumer context of group members that position their partitions themselves (the
 //! ClickHouse writers from their offsets table, the calculators from their look-back).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::Offset;
@@ -54,24 +54,38 @@ impl PausingRebalance {
     }
 }
 
-/// Seeks a freshly assigned partition: librdkafka may refuse until the assignment has
-/// settled, so it tries `attempts` times, 100 ms apart; the last error is returned.
+/// Seeks a freshly assigned partition to `offset`: librdkafka may refuse until the assignment
+/// has settled, so it tries `attempts` times, 100 ms apart; the last error is returned.
 ///
 /// Call it after `resume`, never before: a resume does not wake librdkafka's fetcher, which
 /// then starts only at its next timer (measured: 0.5 s), while a seek does; and seeking
 /// after resuming is librdkafka's own advice for a pause inside the rebalance callback
 /// (confluentinc/librdkafka#2190: a pause can make the assignment's start position stale).
 /// Messages fetched before the seek are discarded by librdkafka's version barrier.
+///
+/// Each try runs on the blocking pool: librdkafka's seek waits for the fetcher's reply (up to
+/// 5 s), and a process of one role has a single runtime worker (`runtime.worker_threads`).
 pub async fn seek_assigned(
-    consumer: &StreamConsumer<PausingRebalance>,
+    consumer: &Arc<StreamConsumer<PausingRebalance>>,
     topic: &str,
     partition: i32,
-    offset: Offset,
+    offset: i64,
     attempts: u32,
 ) -> Result<(), KafkaError> {
     let mut attempt = 1;
     loop {
-        match consumer.seek(topic, partition, offset, Duration::from_secs(5)) {
+        let (c, t) = (consumer.clone(), topic.to_string());
+        let tried = tokio::task::spawn_blocking(move || {
+            c.seek(
+                &t,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            )
+        })
+        .await
+        .unwrap_or_else(|e| Err(KafkaError::Seek(e.to_string())));
+        match tried {
             Ok(()) => return Ok(()),
             Err(e) if attempt >= attempts => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
