@@ -570,6 +570,12 @@ pub struct WriterConfig {
     pub retry_backoff: Duration,
     #[serde(with = "humantime_secs")]
     pub retry_max_backoff: Duration,
+    /// A held partition whose position has not moved for this long while Kafka holds rows
+    /// past it counts as stalled (checked with the lag, every 2 s; never while a failed insert
+    /// is retried or the writer is paused): it is resumed and sought back to its position, as
+    /// the calculators do (`calculators.stall_after`).
+    #[serde(with = "humantime_secs")]
+    pub stall_after: Duration,
 }
 
 impl Default for WriterConfig {
@@ -584,6 +590,7 @@ impl Default for WriterConfig {
             session_timeout: Duration::from_secs(10),
             retry_backoff: Duration::from_millis(200),
             retry_max_backoff: Duration::from_secs(10),
+            stall_after: Duration::from_secs(30),
         }
     }
 }
@@ -604,6 +611,12 @@ impl WriterConfig {
         }
         if self.group_id.trim().is_empty() {
             return Err(bad("writer.group_id", "empty"));
+        }
+        if self.stall_after < Duration::from_secs(1) {
+            return Err(bad(
+                "writer.stall_after",
+                format!("{:?} is under 1 s", self.stall_after),
+            ));
         }
         // The broker's group.min/max.session.timeout.ms defaults (6 s to 30 min).
         if !(Duration::from_secs(6)..=Duration::from_secs(1800)).contains(&self.session_timeout) {

@@ -72,8 +72,8 @@ enum CtlCommand {
     LogLevel {
         level: Option<String>,
     },
-    /// Make a normalizer, writer or the producer panic, or (`--stall`) pause a calculator
-    /// consumer's partitions behind its back (failure-matrix tests; needs
+    /// Make a normalizer, writer or the producer panic, or (`--stall`) pause a writer's or a
+    /// calculator consumer's partitions behind its back (failure-matrix tests; needs
     /// `control.allow_fault_injection`).
     Fault {
         actor: String,

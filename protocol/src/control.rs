@@ -175,8 +175,9 @@ pub enum Command {
 pub enum FaultKind {
     /// The actor panics in its message handler; its supervisor restarts it.
     Panic,
-    /// A calculator consumer's partitions are paused behind its back, as when librdkafka loses
-    /// a resume: nothing more arrives from them until its stall check resumes them.
+    /// A writer's or calculator consumer's partitions are paused behind its back, as when
+    /// librdkafka loses a resume: nothing more arrives from them until its stall check resumes
+    /// them.
     Stall,
 }
 

@@ -169,20 +169,7 @@ impl Daemon {
 
     /// One control-socket request; the whole reply (`ok`, `result` or `error`).
     pub async fn ctl(&self, cmd: &str, args: Value) -> anyhow::Result<Value> {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-        let mut stream = tokio::net::UnixStream::connect(&self.config.control_socket)
-            .await
-            .with_context(|| format!("connect {}", self.config.control_socket.display()))?;
-        let line = json!({"v": 1, "id": 1, "cmd": cmd, "args": args}).to_string() + "\n";
-        stream.write_all(line.as_bytes()).await?;
-        let mut reply = String::new();
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            BufReader::new(stream).read_line(&mut reply),
-        )
-        .await
-        .context("control socket reply timed out")??;
-        Ok(serde_json::from_str(&reply)?)
+        ctl_at(&self.config.control_socket, cmd, args).await
     }
 
     /// The `status` result's actor entry `name` (`ib_session`, `ib_websocket`, …).
@@ -194,6 +181,25 @@ impl Daemon {
             .find(|a| a["actor"] == name)
             .cloned()
     }
+}
+
+/// One control-socket request to the daemon listening on `socket`; the whole reply (`ok`,
+/// `result` or `error`).
+pub async fn ctl_at(socket: &Path, cmd: &str, args: Value) -> anyhow::Result<Value> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("connect {}", socket.display()))?;
+    let line = json!({"v": 1, "id": 1, "cmd": cmd, "args": args}).to_string() + "\n";
+    stream.write_all(line.as_bytes()).await?;
+    let mut reply = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        BufReader::new(stream).read_line(&mut reply),
+    )
+    .await
+    .context("control socket reply timed out")??;
+    Ok(serde_json::from_str(&reply)?)
 }
 
 /// One `/readyz` answer: its status (0: no answer) and body (the reason when not ready).
@@ -265,6 +271,15 @@ impl Metrics {
         self.0
             .iter()
             .filter(|(s, _)| s == series)
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Every series of metric `name` that carries `label` (`key="value"`), summed.
+    pub fn sum_with(&self, name: &str, label: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(s, _)| s.split('{').next() == Some(name) && s.contains(label))
             .map(|(_, v)| v)
             .sum()
     }

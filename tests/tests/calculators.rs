@@ -788,19 +788,9 @@ async fn two_calculator_pods_split_the_partitions_and_one_takes_over_after_a_kil
 
 /// One control-socket request `cmd` with `args` to the daemon on `socket`: the whole reply.
 async fn ctl(socket: &Path, cmd: &str, args: serde_json::Value) -> Option<serde_json::Value> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut stream = tokio::net::UnixStream::connect(socket).await.ok()?;
-    let line = json!({"v": 1, "id": 1, "cmd": cmd, "args": args}).to_string() + "\n";
-    stream.write_all(line.as_bytes()).await.ok()?;
-    let mut reply = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        BufReader::new(stream).read_line(&mut reply),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    serde_json::from_str(&reply).ok()
+    marketlane_tests::daemon::ctl_at(socket, cmd, args)
+        .await
+        .ok()
 }
 
 /// A partition that goes silent while Kafka holds rows for it (librdkafka lost the resume:
@@ -861,25 +851,20 @@ async fn a_stalled_partition_is_found_and_read_again() {
         true
     })
     .await;
-    let scrape = reqwest::get(format!("http://{}/metrics", s.daemon.http_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = marketlane_tests::daemon::Metrics::parse(
+        &reqwest::get(format!("http://{}/metrics", s.daemon.http_addr()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
     // A process of one role runs one worker by default, not one per CPU.
-    let workers = scrape
-        .lines()
-        .find_map(|l| l.strip_prefix("marketlane_runtime_worker_threads "))
-        .and_then(|v| v.trim().parse::<f64>().ok());
-    let stalls = scrape
-        .lines()
-        .filter(|l| {
-            l.starts_with("marketlane_consumer_stalls_total{")
-                && l.contains(&format!("topic=\"{tick_topic}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>();
+    let workers = scrape.get("marketlane_runtime_worker_threads");
+    let stalls = scrape.sum_with(
+        "marketlane_consumer_stalls_total",
+        &format!("topic=\"{tick_topic}\""),
+    );
     let status = ctl_status(&socket).await;
     daemon.terminate();
     assert!(
@@ -888,9 +873,5 @@ async fn a_stalled_partition_is_found_and_read_again() {
         text()
     );
     assert!(stalls >= 1.0, "no stall counted ({stalls})\n{}", text());
-    assert_eq!(
-        workers,
-        Some(1.0),
-        "worker threads of a calculator-only process"
-    );
+    assert_eq!(workers, 1.0, "worker threads of a calculator-only process");
 }

@@ -1475,14 +1475,106 @@ async fn a_partition_without_stored_state_starts_at_the_group_commit_or_the_earl
     // Nothing before the commits either, however long one waits.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rows = count().await;
+    let lag = consumer_lag(port, &topic, 3).await;
     w.terminate();
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(read_all, "the writer did not read to the end\n{log_text}");
+    assert!(
+        read_all,
+        "the writer did not read to the end (lag {lag:?}, {rows} of {expected} rows landed)\n{log_text}"
+    );
     assert!(landed, "{rows} of {expected} rows landed\n{log_text}");
     assert_eq!(
         rows, expected as u64,
         "rows before the group's commits were written\n{log_text}"
     );
+    drop_db(&db).await;
+    let _ = marketlane_tests::kafka::delete_topics(&prefix).await;
+}
+
+/// A writer partition that goes silent while Kafka holds rows for it (librdkafka lost the
+/// resume: the control `fault` kind `stall` pauses the writer's partitions behind its back) is
+/// found by the writer's stall check, resumed and read again: every row lands, once, and the
+/// stall is counted. Without the check the second half would never be read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_writer_partition_is_found_and_read_again() {
+    let schemas = schemas();
+    let tick = schemas.get("tick_market_data").unwrap().clone();
+    let prefix = format!("{}_", unique("st_"));
+    let db = unique("st_");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let path = writer_config(
+        dir.path(),
+        "stall",
+        &prefix,
+        &db,
+        &unique("stg_"),
+        &["tick_market_data"],
+        &workspace_root().join("schemas"),
+        port,
+    );
+    let socket = dir.path().join("stall.sock");
+    let mut cfg: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["writer"]
+        .as_table_mut()
+        .unwrap()
+        .insert("stall_after".into(), 2.into());
+    cfg.insert(
+        "control".into(),
+        toml::Value::Table(toml::Table::from_iter([
+            ("socket".to_string(), socket.display().to_string().into()),
+            ("allow_fault_injection".to_string(), true.into()),
+        ])),
+    );
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let log = dir.path().join("stall.log");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut w = start_writer(&path, &log, port).await;
+    let topic = format!("{prefix}{}", tick.topic());
+    let count = || async {
+        scalar(&format!(
+            "SELECT uniqExact(row_id) FROM {db}.tick_market_data FINAL"
+        ))
+        .await
+    };
+    let t0 = marketlane_protocol::now_ns();
+    let p = producer();
+    produce_rows(&p, &prefix, &tick, 0, 600, t0);
+    let first = eventually(Duration::from_secs(60), || async { count().await >= 600 }).await;
+    assert!(first, "the first rows did not land\n{}", text());
+
+    let reply = marketlane_tests::daemon::ctl_at(
+        &socket,
+        "fault",
+        json!({"actor": "clickhouse_writer_tick_market_data", "kind": "stall"}),
+    )
+    .await
+    .expect("ctl fault");
+    assert_eq!(reply["ok"], true, "{reply}");
+    produce_rows(&p, &prefix, &tick, 600, 600, t0);
+    let all = eventually(Duration::from_secs(60), || async { count().await >= 1200 }).await;
+    let rows = count().await;
+    let total = scalar(&format!("SELECT count() FROM {db}.tick_market_data FINAL")).await;
+    let scrape = Metrics::parse(
+        &reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let stalls = scrape.sum_with(
+        "marketlane_consumer_stalls_total",
+        &format!("topic=\"{topic}\""),
+    );
+    w.terminate();
+    assert!(
+        all,
+        "{rows} of 1200 rows landed after the stall\n{}",
+        text()
+    );
+    assert_eq!((rows, total), (1200, 1200), "every row once\n{}", text());
+    assert!(stalls >= 1.0, "no stall counted ({stalls})\n{}", text());
     drop_db(&db).await;
     let _ = marketlane_tests::kafka::delete_topics(&prefix).await;
 }

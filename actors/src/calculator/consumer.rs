@@ -41,6 +41,7 @@ use super::engine::{BookLevel, CalcRow, Trade};
 use super::worker::WorkerMsg;
 use crate::config::KafkaConfig;
 use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent, seek_assigned};
+use crate::kafka::stall::{StallWatch, partition_ends};
 
 #[derive(RactorMessage)]
 pub enum ConsumerMsg {
@@ -95,9 +96,8 @@ pub struct ConsumerState {
     topic: String,
     positions: HashMap<i32, i64>,
     live_from: HashMap<i32, i64>,
-    /// Each held partition's position at the last stall check, and since when it has been
-    /// behind Kafka's end without moving.
-    progress: HashMap<i32, (i64, Option<Instant>)>,
+    /// Held partitions behind Kafka's end without moving (the stall check).
+    stalls: StallWatch,
     /// Symbols seen on each held partition: what the workers drop when it is revoked.
     symbols: HashMap<i32, BTreeSet<Arc<str>>>,
     /// Symbols and units of the rows read, shared by every row that carries them.
@@ -152,7 +152,7 @@ impl Actor for CalculatorConsumer {
             topic: topic.clone(),
             positions: HashMap::new(),
             live_from: HashMap::new(),
-            progress: HashMap::new(),
+            stalls: StallWatch::default(),
             symbols: HashMap::new(),
             interner: Interner::default(),
             last_checkpoint: Instant::now(),
@@ -326,39 +326,16 @@ impl ConsumerState {
     /// else would ever read it again. Kafka's end is read at each check (one `ListOffsets` per
     /// held partition, off the group member).
     async fn restart_stalled(&mut self) {
-        let now = Instant::now();
         let held: Vec<(i32, i64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
-        let (planner, topic) = (self.planner.clone(), self.topic.clone());
-        let ends = tokio::task::spawn_blocking(move || {
-            held.into_iter()
-                .filter_map(|(p, pos)| {
-                    let (_, high) = planner
-                        .fetch_watermarks(&topic, p, Duration::from_secs(5))
-                        .ok()?;
-                    Some((p, pos, high))
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
+        let ends = partition_ends(
+            self.planner.clone(),
+            &self.topic,
+            held,
+            Duration::from_secs(5),
+        )
+        .await;
         let stall_after = self.args.shared.config.stall_after;
-        let mut stalled = Vec::new();
-        for (p, pos, high) in ends {
-            let entry = self.progress.entry(p).or_insert((pos, None));
-            if entry.0 != pos || high <= pos {
-                // Moved, or nothing to read: not behind.
-                *entry = (pos, None);
-                continue;
-            }
-            let behind_since = *entry.1.get_or_insert(now);
-            if now.duration_since(behind_since) >= stall_after {
-                stalled.push((p, pos, high));
-                // The clock starts again: a partition still stuck is restarted once more later.
-                entry.1 = Some(now);
-            }
-        }
-        let positions = &self.positions;
-        self.progress.retain(|p, _| positions.contains_key(p));
+        let stalled = self.stalls.check(Instant::now(), &ends, stall_after);
         if stalled.is_empty() {
             return;
         }

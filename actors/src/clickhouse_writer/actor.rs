@@ -20,7 +20,7 @@
 //! The bookkeeping of those rules (positions, cuts, replays, rewinds) is the pure state machine
 //! of `batch.rs`; the Kafka side is `consumer.rs`; this file encodes rows, `flush.rs` sends them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,6 +88,10 @@ pub enum WriterMsg {
     ReloadSchema(Arc<CategorySchema>, RpcReplyPort<bool>),
     /// Fault injection (control socket `fault`, failure-matrix row 11): panic in the handler.
     InjectPanic,
+    /// Fault injection (control socket `fault`, kind `stall`): pauses the held partitions
+    /// without telling the writer, as a resume librdkafka lost leaves them; only the stall
+    /// check (`writer.stall_after`) gets them going again.
+    InjectStall,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -116,6 +120,8 @@ pub struct WriterSnapshot {
     pub group_instance: String,
     /// Partitions paused while a failed batch is retried (the group is still served).
     pub paused_for_retry: Vec<i32>,
+    /// Partitions found stalled and restarted (see `writer.stall_after`).
+    pub stalls: u64,
 }
 
 #[derive(Clone)]
@@ -269,7 +275,7 @@ impl Actor for ClickHouseWriter {
                     // The lag goes on being exported: during an outage it is the backlog ops
                     // watch grow.
                     let positions = state.batcher.positions().collect();
-                    state.consumer.export_lag(positions, &state.args.metrics);
+                    state.consumer.watch(positions, &state.args.metrics, None);
                     let flushed = state.flush_due().await;
                     state.fail_if_refused()?;
                     if !flushed {
@@ -297,11 +303,18 @@ impl Actor for ClickHouseWriter {
                     return Ok(());
                 }
                 let positions = state.batcher.positions().collect();
-                state.consumer.export_lag(positions, &state.args.metrics);
+                let stall_after = Some(state.args.writer.stall_after);
+                let stalled = state
+                    .consumer
+                    .watch(positions, &state.args.metrics, stall_after);
+                if !stalled.is_empty() {
+                    state.restart_stalled(stalled).await;
+                }
                 let _ = myself.cast(WriterMsg::Poll);
             }
             WriterMsg::Pause => {
                 info!(topic = %state.topic, "writer paused");
+                state.consumer.reset_stalls();
                 state.paused = true;
                 state.snapshot.paused = true;
             }
@@ -331,6 +344,11 @@ impl Actor for ClickHouseWriter {
             }
             WriterMsg::InjectPanic => {
                 panic!("fault injected over the control socket");
+            }
+            WriterMsg::InjectStall => {
+                let held: Vec<i32> = state.batcher.positions().map(|(p, _)| p).collect();
+                state.consumer.pause(&held);
+                warn!(topic = %state.topic, partitions = ?held, "fault injected: partitions paused behind the writer's back");
             }
             WriterMsg::GetState(reply) => {
                 let mut s = state.snapshot.clone();
@@ -496,15 +514,36 @@ impl WriterState {
         Ok(repositioned)
     }
 
-    /// Positions assigned partitions from their stored state and starts them; returns those
-    /// it sought.
+    /// Positions assigned partitions from their stored state (one without: from the group's
+    /// committed offset, else the log's start) and starts them; returns those it sought.
     async fn position(&mut self, parts: &[i32]) -> Result<Vec<i32>, SinkError> {
         let states = self.args.clickhouse.partition_states(&self.topic).await?;
+        let fresh: Vec<i32> = parts
+            .iter()
+            .copied()
+            .filter(|p| !states.contains_key(p))
+            .collect();
+        let group_starts = if fresh.is_empty() {
+            HashMap::new()
+        } else {
+            self.consumer.group_starts(&fresh).await.unwrap_or_else(|e| {
+                warn!(topic = %self.topic, partitions = ?fresh, error = %e,
+                    "cannot read where partitions without stored state start; librdkafka starts them");
+                HashMap::new()
+            })
+        };
         let mut starts = Vec::with_capacity(parts.len());
         for &p in parts {
-            let (pos, stored) = self.batcher.assign(p, states.get(&p).copied());
-            starts.push((p, stored.then_some(pos.next)));
-            info!(topic = %self.topic, partition = p, next = pos.next, replay_until = ?pos.replay_until, "partition assigned");
+            let (mut pos, stored) = self.batcher.assign(p, states.get(&p).copied());
+            let group_start = (!stored).then(|| group_starts.get(&p).copied()).flatten();
+            if let Some(start) = group_start {
+                self.batcher.start_at(p, start);
+                pos.next = start;
+            }
+            starts.push((p, (stored || group_start.is_some()).then_some(pos.next)));
+            info!(topic = %self.topic, partition = p, next = pos.next, replay_until = ?pos.replay_until,
+                from = if stored { "stored state" } else if group_start.is_some() { "group" } else { "librdkafka" },
+                "partition assigned");
         }
         self.consumer.start(&starts).await;
         Ok(starts
@@ -512,6 +551,25 @@ impl WriterState {
             .filter(|(_, next)| next.is_some())
             .map(|(p, _)| *p)
             .collect())
+    }
+
+    /// Resumes stalled partitions and seeks them back to their positions (those that never
+    /// had one only resumed: librdkafka starts them), counting and logging each.
+    async fn restart_stalled(&mut self, stalled: Vec<(i32, i64, i64)>) {
+        let stall_after = self.args.writer.stall_after;
+        warn!(topic = %self.topic, partitions = ?stalled, ?stall_after,
+            "partitions behind and silent (partition, position, end); resuming and seeking back");
+        self.snapshot.stalls += stalled.len() as u64;
+        self.args
+            .metrics
+            .consumer_stalls
+            .with_label_values(&[&self.topic])
+            .inc_by(stalled.len() as u64);
+        let starts: Vec<(i32, Option<i64>)> = stalled
+            .iter()
+            .map(|&(p, pos, _)| (p, (pos > 0).then_some(pos)))
+            .collect();
+        self.consumer.start(&starts).await;
     }
 
     /// Encodes an admitted message into its partition's batch; returns the bytes it added.

@@ -129,6 +129,18 @@ impl<D: Default> Batcher<D> {
         (pos, stored.is_some())
     }
 
+    /// Moves a partition assigned without stored state to where it starts (the group's
+    /// committed offset, or the log's start), so its position, its lag and a seek back after a
+    /// stall all count from there, not from offset 0.
+    pub fn start_at(&mut self, partition: i32, next: i64) {
+        if let Some(pos) = self.positions.get_mut(&partition)
+            && pos.replay_until.is_none()
+            && !self.batches.contains_key(&partition)
+        {
+            pos.next = next;
+        }
+    }
+
     /// A partition was revoked: its unsent batch is dropped (its next owner starts from the
     /// stored state), and so is its unwritten `after`: a range written for a partition this
     /// writer no longer owns could hide its new owner's newer one.

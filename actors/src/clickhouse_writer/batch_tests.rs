@@ -120,6 +120,20 @@ async fn after_state_resumes_past_the_range_and_before_state_replays_it_exactly(
     assert_eq!(b.due_ranges(), vec![(1, 20, 21)]);
 }
 
+#[test]
+fn a_partition_without_state_starts_at_the_group_start_and_a_stored_one_does_not_move() {
+    let mut b = Batcher::<()>::new(2, AGE);
+    b.assign(0, None);
+    b.start_at(0, 40);
+    assert_eq!(b.admit(0, 39, &[]), Admit::Stored);
+    assert_eq!(b.admit(0, 40, &[]), Admit::Take);
+    b.assign(1, stored(10, 19, BatchPhase::Before));
+    b.start_at(1, 40);
+    let positions: Vec<(i32, i64)> = b.positions().collect();
+    assert!(positions.contains(&(0, 40)), "{positions:?}");
+    assert!(positions.contains(&(1, 10)), "{positions:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_replayed_range_gone_from_kafka_is_not_waited_for() {
     let mut b = Batcher::<()>::new(2, AGE);

@@ -3,8 +3,11 @@
 //! export, and the read-back of a refused row's payload. What to seek where is decided by
 //! [`super::batch::Batcher`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -14,6 +17,7 @@ use tracing::warn;
 
 use crate::config::{KafkaConfig, WriterConfig};
 use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent, seek_assigned};
+use crate::kafka::stall::{PartitionEnds, StallWatch, read_ends};
 use crate::metrics::Metrics;
 
 /// Bytes librdkafka may prefetch per writer, in KiB (`queued.max.messages.kbytes`, and the
@@ -30,11 +34,15 @@ pub const QUARANTINE_PREFETCH_KIB: u32 = 1024;
 /// One writer's group consumer of one topic.
 pub struct WriterConsumer {
     inner: Arc<StreamConsumer<PausingRebalance>>,
+    kafka: KafkaConfig,
     topic: String,
     group: String,
     last_lag_update: Instant,
     /// Partitions in the last lag export; a newly assigned one is exported at once.
     lag_partitions: usize,
+    /// Kafka's ends being read for the next lag export and stall check.
+    reading_ends: Option<tokio::task::JoinHandle<PartitionEnds>>,
+    stalls: StallWatch,
 }
 
 impl WriterConsumer {
@@ -60,10 +68,13 @@ impl WriterConsumer {
         consumer.subscribe(&[topic])?;
         Ok(Self {
             inner: Arc::new(consumer),
+            kafka: kafka.clone(),
             topic: topic.to_string(),
             group: group.to_string(),
             last_lag_update: Instant::now(),
             lag_partitions: 0,
+            reading_ends: None,
+            stalls: StallWatch::default(),
         })
     }
 
@@ -95,11 +106,24 @@ impl WriterConsumer {
         self.inner.context().changed().await;
     }
 
-    /// Starts newly assigned (paused) partitions: resumes them, then seeks each that has a
-    /// stored `next` there. Seeking after the resume is what makes librdkafka fetch at once
-    /// (see [`seek_assigned`]). A partition without one is left where librdkafka starts it
-    /// (the group's committed offset, or the earliest): a seek there too would start it
-    /// sooner, but the seek is a blocking call, and with it a two-pod test froze once.
+    /// Where partitions without stored state start: the group's committed offset (within the
+    /// log), else the log's start. Read by a client of its own that does not join the group:
+    /// the member's own look-ups fail while it is between generations.
+    pub async fn group_starts(&self, partitions: &[i32]) -> Result<HashMap<i32, i64>, String> {
+        let (kafka, group, topic) = (self.kafka.clone(), self.group.clone(), self.topic.clone());
+        let partitions = partitions.to_vec();
+        tokio::task::spawn_blocking(move || {
+            group_starts(&kafka, &group, &topic, &partitions, Duration::from_secs(5))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
+    /// Starts newly assigned (paused) partitions, and restarts stalled ones: resumes them, then
+    /// seeks each that has a known start. Seeking after the resume is what makes librdkafka
+    /// fetch at once (see [`seek_assigned`]). A partition without one (its start could not be
+    /// read) is left where librdkafka starts it: the group's committed offset, or the earliest.
     pub async fn start(&self, partitions: &[(i32, Option<i64>)]) {
         let parts: Vec<i32> = partitions.iter().map(|(p, _)| *p).collect();
         self.resume(&parts);
@@ -159,32 +183,82 @@ impl WriterConsumer {
         }
     }
 
-    /// Exports the consumer lag every few seconds, and at once when the assignment changed
-    /// (watermark look-ups are blocking calls, so they run off the actor).
-    pub fn export_lag(&mut self, positions: Vec<(i32, i64)>, metrics: &Arc<Metrics>) {
+    /// Exports the consumer lag every few seconds, and at once when the assignment changed, and
+    /// returns the partitions found stalled (see `writer.stall_after`; `None` while the writer
+    /// pauses its partitions itself, which also restarts the clocks). Kafka's ends are read on
+    /// the blocking pool and used at the next call after they arrive.
+    pub fn watch(
+        &mut self,
+        positions: Vec<(i32, i64)>,
+        metrics: &Arc<Metrics>,
+        stall_after: Option<Duration>,
+    ) -> PartitionEnds {
+        let mut stalled = Vec::new();
+        if let Some(read) = self.reading_ends.take_if(|r| r.is_finished())
+            && let Some(Ok(ends)) = read.now_or_never()
+        {
+            for &(p, next, high) in &ends {
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[self.group.as_str(), self.topic.as_str(), &p.to_string()])
+                    .set((high - next).max(0));
+            }
+            match stall_after {
+                Some(after) => stalled = self.stalls.check(Instant::now(), &ends, after),
+                None => self.stalls = StallWatch::default(),
+            }
+        }
         let assignment_changed = positions.len() != self.lag_partitions;
-        if !assignment_changed && self.last_lag_update.elapsed() < Duration::from_secs(2) {
-            return;
+        if self.reading_ends.is_some()
+            || (!assignment_changed && self.last_lag_update.elapsed() < Duration::from_secs(2))
+        {
+            return stalled;
         }
         self.last_lag_update = Instant::now();
         self.lag_partitions = positions.len();
-        let metrics = metrics.clone();
-        let group = self.group.clone();
-        let topic = self.topic.clone();
-        let consumer = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            for (p, next) in positions {
-                let Ok((_, high)) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(1))
-                else {
-                    continue;
-                };
-                metrics
-                    .consumer_lag
-                    .with_label_values(&[group.as_str(), topic.as_str(), &p.to_string()])
-                    .set((high - next).max(0));
-            }
-        });
+        let (consumer, topic) = (self.inner.clone(), self.topic.clone());
+        self.reading_ends = Some(tokio::task::spawn_blocking(move || {
+            read_ends(&*consumer, &topic, positions, Duration::from_secs(1))
+        }));
+        stalled
     }
+
+    /// Forgets how long partitions have been behind (the writer paused them on purpose).
+    pub fn reset_stalls(&mut self) {
+        self.stalls = StallWatch::default();
+    }
+}
+
+/// The blocking body of [`WriterConsumer::group_starts`].
+fn group_starts(
+    kafka: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<HashMap<i32, i64>, KafkaError> {
+    let reader: BaseConsumer = crate::kafka::client_config(kafka)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = reader.committed_offsets(tpl, timeout)?;
+    let mut starts = HashMap::with_capacity(partitions.len());
+    for &p in partitions {
+        let (low, high) = reader.fetch_watermarks(topic, p, timeout)?;
+        let start = committed
+            .find_partition(topic, p)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o.clamp(low, high)),
+                _ => None,
+            })
+            .unwrap_or(low);
+        starts.insert(p, start);
+    }
+    Ok(starts)
 }
 
 /// How long the payloads of a batch's refused rows are looked for in Kafka before the rows are

@@ -109,6 +109,11 @@ fn bad_values_name_their_key() {
         ..Default::default()
     };
     assert_eq!(w.validate().unwrap_err().key, "writer.buffer_bytes");
+    let w = WriterConfig {
+        stall_after: Duration::from_millis(500),
+        ..Default::default()
+    };
+    assert_eq!(w.validate().unwrap_err().key, "writer.stall_after");
     let c = ClickHouseConfig {
         database: "x; DROP".into(),
         ..Default::default()

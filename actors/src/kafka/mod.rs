@@ -4,6 +4,7 @@ pub mod admin;
 mod child;
 pub mod producer;
 pub mod rebalance;
+pub mod stall;
 
 pub use child::ProducerChild;
 pub use producer::{Handover, KafkaProducer, Produce, ProducerArgs, ProducerMsg, ProducerSnapshot};

@@ -367,6 +367,9 @@ impl Daemon {
             (FaultKind::Panic, ChildKind::Producer) => ActorRef::<ProducerMsg>::from(cell)
                 .cast(ProducerMsg::InjectPanic)
                 .map_err(|e| e.to_string()),
+            (FaultKind::Stall, ChildKind::Writer) => ActorRef::<WriterMsg>::from(cell)
+                .cast(WriterMsg::InjectStall)
+                .map_err(|e| e.to_string()),
             (FaultKind::Stall, ChildKind::CalculatorConsumer) => {
                 ActorRef::<ConsumerMsg>::from(cell)
                     .cast(ConsumerMsg::InjectStall)
@@ -383,7 +386,9 @@ impl Daemon {
             (FaultKind::Stall, other) => {
                 return err(
                     ErrorCode::BadArgs,
-                    format!("{actor} is a {other}; a stall reaches calculator consumers"),
+                    format!(
+                        "{actor} is a {other}; a stall reaches writers and calculator consumers"
+                    ),
                 );
             }
         };

@@ -1,0 +1,123 @@
+//! Finding group-member partitions that stopped being read: held, behind Kafka's end, and not
+//! moving. librdkafka can leave a partition paused though its owner resumed it (a resume that
+//! races its own assignment work, confluentinc/librdkafka#5591), or a fetcher stuck; nothing
+//! else would ever read such a partition again. Used by the ClickHouse writers and the
+//! calculator consumers, each of which restarts what this finds (resume, then seek back).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, ConsumerContext};
+
+/// `(partition, position, Kafka's end)` of each held partition whose end could be read.
+pub type PartitionEnds = Vec<(i32, i64, i64)>;
+
+/// Reads Kafka's end (high watermark) of each held `(partition, position)`, on the blocking
+/// pool: each is a `ListOffsets` request that waits up to `timeout`. A partition whose end
+/// cannot be read is left out.
+pub async fn partition_ends<X, C>(
+    consumer: Arc<C>,
+    topic: &str,
+    held: Vec<(i32, i64)>,
+    timeout: Duration,
+) -> PartitionEnds
+where
+    X: ConsumerContext + 'static,
+    C: Consumer<X> + Send + Sync + 'static,
+{
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || read_ends(&*consumer, &topic, held, timeout))
+        .await
+        .unwrap_or_default()
+}
+
+/// The blocking body of [`partition_ends`], for callers already off the runtime.
+pub fn read_ends<X: ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
+    topic: &str,
+    held: Vec<(i32, i64)>,
+    timeout: Duration,
+) -> PartitionEnds {
+    held.into_iter()
+        .filter_map(|(p, pos)| {
+            let (_, high) = consumer.fetch_watermarks(topic, p, timeout).ok()?;
+            Some((p, pos, high))
+        })
+        .collect()
+}
+
+/// Each held partition's position at the last check, and since when it has been behind
+/// without moving.
+#[derive(Debug, Default)]
+pub struct StallWatch {
+    progress: HashMap<i32, (i64, Option<Instant>)>,
+}
+
+impl StallWatch {
+    /// Takes the ends read at `now`; returns the partitions that have been behind, at the same
+    /// position, at every check for `stall_after` or longer. The clock of each one returned
+    /// starts again, so a partition still stuck is returned once more `stall_after` later.
+    /// Partitions absent from `ends` are forgotten (no longer held, or their end unread).
+    pub fn check(
+        &mut self,
+        now: Instant,
+        ends: &PartitionEnds,
+        stall_after: Duration,
+    ) -> PartitionEnds {
+        let mut stalled = Vec::new();
+        for &(p, pos, high) in ends {
+            let entry = self.progress.entry(p).or_insert((pos, None));
+            if entry.0 != pos || high <= pos {
+                // Moved, or nothing to read: not behind.
+                *entry = (pos, None);
+                continue;
+            }
+            let behind_since = *entry.1.get_or_insert(now);
+            if now.duration_since(behind_since) >= stall_after {
+                stalled.push((p, pos, high));
+                entry.1 = Some(now);
+            }
+        }
+        self.progress
+            .retain(|p, _| ends.iter().any(|(held, _, _)| held == p));
+        stalled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_is_stalled_only_when_behind_and_unmoved_for_the_whole_time() {
+        let after = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut watch = StallWatch::default();
+        // 0: behind and stuck; 1: behind but moving; 2: caught up and quiet.
+        assert!(
+            watch
+                .check(at(0), &vec![(0, 5, 9), (1, 5, 9), (2, 7, 7)], after)
+                .is_empty()
+        );
+        assert!(
+            watch
+                .check(at(5), &vec![(0, 5, 9), (1, 6, 9), (2, 7, 7)], after)
+                .is_empty()
+        );
+        assert_eq!(
+            watch.check(at(10), &vec![(0, 5, 9), (1, 7, 9), (2, 7, 7)], after),
+            vec![(0, 5, 9)]
+        );
+        // Its clock started again: not returned at the next check, but after another span.
+        assert!(watch.check(at(11), &vec![(0, 5, 9)], after).is_empty());
+        assert_eq!(
+            watch.check(at(20), &vec![(0, 5, 9)], after),
+            vec![(0, 5, 9)]
+        );
+        // A partition that is let go and comes back starts from scratch.
+        assert!(watch.check(at(21), &vec![], after).is_empty());
+        assert!(watch.check(at(40), &vec![(0, 5, 9)], after).is_empty());
+    }
+}
