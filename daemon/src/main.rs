@@ -45,6 +45,13 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Tool(ToolCommand),
+}
+
+/// Every command but `run`: they run on a runtime of tokio's default size.
+#[derive(Subcommand)]
+enum ToolCommand {
     /// Feed recorded or hand-written websocket frames through the normalizers; print the rows.
     Replay(replay::ReplayArgs),
     /// Moved: the IB gateway simulator is the `marketlane-sim` binary (says where it is).
@@ -137,7 +144,7 @@ fn main() -> ExitCode {
             builder.worker_threads(config.runtime.workers(config.roles.len(), cpus));
             Dispatch::Run(Box::new(config))
         }
-        other => Dispatch::Other(Box::new(other)),
+        Command::Tool(tool) => Dispatch::Tool(Box::new(tool)),
     };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
@@ -152,7 +159,7 @@ fn main() -> ExitCode {
             run::run(*config, log).await?;
             Ok(ExitCode::SUCCESS)
         }),
-        Dispatch::Other(command) => runtime.block_on(dispatch(*command)),
+        Dispatch::Tool(command) => runtime.block_on(dispatch(*command)),
     };
     match outcome {
         Ok(code) => code,
@@ -166,13 +173,12 @@ fn main() -> ExitCode {
 /// A command, with `run`'s config already loaded.
 enum Dispatch {
     Run(Box<Config>),
-    Other(Box<Command>),
+    Tool(Box<ToolCommand>),
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+async fn dispatch(command: ToolCommand) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { .. } => unreachable!("`run` is dispatched by main, after its config"),
-        Command::Sim { args } => {
+        ToolCommand::Sim { args } => {
             let sim = demo::sim_bin_path()?;
             eprintln!(
                 "error: the simulator is its own binary now: {} {}\n(build it with `cargo build --bin marketlane-sim`)",
@@ -181,7 +187,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             );
             return Ok(ExitCode::from(2));
         }
-        Command::Schema { command } => match command {
+        ToolCommand::Schema { command } => match command {
             SchemaCommand::Ddl {
                 dir,
                 server_version,
@@ -193,7 +199,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             ),
             SchemaCommand::Check { dir } => print!("{}", schema_cmd::check(&dir)?),
         },
-        Command::Reconcile { config, ledger } => {
+        ToolCommand::Reconcile { config, ledger } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             let r = reconcile::reconcile(&config, &ledger, None).await?;
             println!("{r}");
@@ -201,14 +207,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Replay(args) => replay::replay(args).await?,
-        Command::Ctl(args) => return Ok(ctl::run(args).await),
-        Command::Login(args) => {
+        ToolCommand::Replay(args) => replay::replay(args).await?,
+        ToolCommand::Ctl(args) => return Ok(ctl::run(args).await),
+        ToolCommand::Login(args) => {
             init_tracing("info", false);
             return login::run(args).await;
         }
-        Command::RedisAcl(args) => redis_acl::run(args).await?,
-        Command::Demo(args) => {
+        ToolCommand::RedisAcl(args) => redis_acl::run(args).await?,
+        ToolCommand::Demo(args) => {
             if !demo::demo(args).await?.ok() {
                 return Ok(ExitCode::FAILURE);
             }
