@@ -41,7 +41,7 @@ use super::engine::{BookLevel, CalcRow, Trade};
 use super::worker::WorkerMsg;
 use crate::config::KafkaConfig;
 use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent, seek_assigned};
-use crate::kafka::stall::{StallWatch, partition_ends};
+use crate::kafka::stall::{StallWatch, partition_ends, report};
 
 #[derive(RactorMessage)]
 pub enum ConsumerMsg {
@@ -339,15 +339,13 @@ impl ConsumerState {
         if stalled.is_empty() {
             return;
         }
-        warn!(topic = %self.topic, partitions = ?stalled, ?stall_after,
-            "partitions behind and silent (partition, position, end); resuming and seeking back");
+        report(
+            &self.args.shared.metrics,
+            &self.topic,
+            &stalled,
+            stall_after,
+        );
         self.snapshot.stalls += stalled.len() as u64;
-        self.args
-            .shared
-            .metrics
-            .consumer_stalls
-            .with_label_values(&[&self.topic])
-            .inc_by(stalled.len() as u64);
         let starts: Vec<(i32, i64)> = stalled.iter().map(|(p, pos, _)| (*p, *pos)).collect();
         self.start(&starts).await;
     }

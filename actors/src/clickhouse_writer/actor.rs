@@ -557,14 +557,8 @@ impl WriterState {
     /// had one only resumed: librdkafka starts them), counting and logging each.
     async fn restart_stalled(&mut self, stalled: Vec<(i32, i64, i64)>) {
         let stall_after = self.args.writer.stall_after;
-        warn!(topic = %self.topic, partitions = ?stalled, ?stall_after,
-            "partitions behind and silent (partition, position, end); resuming and seeking back");
+        crate::kafka::stall::report(&self.args.metrics, &self.topic, &stalled, stall_after);
         self.snapshot.stalls += stalled.len() as u64;
-        self.args
-            .metrics
-            .consumer_stalls
-            .with_label_values(&[&self.topic])
-            .inc_by(stalled.len() as u64);
         let starts: Vec<(i32, Option<i64>)> = stalled
             .iter()
             .map(|&(p, pos, _)| (p, (pos > 0).then_some(pos)))

@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, ConsumerContext};
+use tracing::warn;
+
+use crate::metrics::Metrics;
 
 /// `(partition, position, Kafka's end)` of each held partition whose end could be read.
 pub type PartitionEnds = Vec<(i32, i64, i64)>;
@@ -45,6 +48,17 @@ pub fn read_ends<X: ConsumerContext, C: Consumer<X>>(
             Some((p, pos, high))
         })
         .collect()
+}
+
+/// Logs and counts partitions found stalled (`marketlane_consumer_stalls_total{topic}`), just
+/// before their owner restarts them.
+pub fn report(metrics: &Metrics, topic: &str, stalled: &PartitionEnds, stall_after: Duration) {
+    warn!(topic, partitions = ?stalled, ?stall_after,
+        "partitions behind and silent (partition, position, end); resuming and seeking back");
+    metrics
+        .consumer_stalls
+        .with_label_values(&[topic])
+        .inc_by(stalled.len() as u64);
 }
 
 /// Each held partition's position at the last check, and since when it has been behind
