@@ -40,7 +40,9 @@ use super::compact::{Interner, RowId};
 use super::engine::{BookLevel, CalcRow, Trade};
 use super::worker::WorkerMsg;
 use crate::config::KafkaConfig;
-use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent, seek_assigned};
+use crate::kafka::rebalance::{
+    GroupPosition, PausingRebalance, RebalanceEvent, group_positions, seek_assigned,
+};
 use crate::kafka::stall::{StallWatch, partition_ends, report};
 
 #[derive(RactorMessage)]
@@ -508,33 +510,26 @@ fn plan(
     lookback: Duration,
 ) -> Result<Vec<(i32, i64, i64)>, ActorProcessingErr> {
     let timeout = Duration::from_secs(10);
-    let partitions = partitions.to_vec();
-    let mut all = TopicPartitionList::new();
-    for p in &partitions {
-        all.add_partition(topic, *p);
-    }
-    let committed = consumer.committed_offsets(all, timeout)?;
     let since_ms = (marketlane_protocol::now_ns() / 1_000_000) - lookback.as_millis() as i64;
     let mut times = TopicPartitionList::new();
-    for p in &partitions {
+    for p in partitions {
         times.add_partition_offset(topic, *p, Offset::Offset(since_ms))?;
     }
     let by_time = consumer.offsets_for_times(times, timeout)?;
     let mut out = Vec::new();
-    for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+    for GroupPosition {
+        partition: p,
+        low,
+        high,
+        committed,
+    } in group_positions(consumer, topic, partitions, timeout)?
+    {
         let lookback_start = match by_time.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) if o >= 0 => o,
             // No message since then: nothing to refill.
             _ => high,
         }
         .max(low);
-        let committed = committed
-            .find_partition(topic, p)
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) if o >= 0 => Some(o.clamp(low, high)),
-                _ => None,
-            });
         let (start, live) = match committed {
             Some(c) => (lookback_start.min(c), c),
             None => (lookback_start, lookback_start),

@@ -16,7 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::warn;
 
 use crate::config::{KafkaConfig, WriterConfig};
-use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent, seek_assigned};
+use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent, group_positions, seek_assigned};
 use crate::kafka::stall::{PartitionEnds, StallWatch, read_ends};
 use crate::metrics::Metrics;
 
@@ -241,24 +241,10 @@ fn group_starts(
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        tpl.add_partition(topic, *p);
-    }
-    let committed = reader.committed_offsets(tpl, timeout)?;
-    let mut starts = HashMap::with_capacity(partitions.len());
-    for &p in partitions {
-        let (low, high) = reader.fetch_watermarks(topic, p, timeout)?;
-        let start = committed
-            .find_partition(topic, p)
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) if o >= 0 => Some(o.clamp(low, high)),
-                _ => None,
-            })
-            .unwrap_or(low);
-        starts.insert(p, start);
-    }
-    Ok(starts)
+    Ok(group_positions(&reader, topic, partitions, timeout)?
+        .into_iter()
+        .map(|g| (g.partition, g.committed.unwrap_or(g.low)))
+        .collect())
 }
 
 /// How long the payloads of a batch's refused rows are looked for in Kafka before the rows are

@@ -94,6 +94,52 @@ pub async fn seek_assigned(
     }
 }
 
+/// One partition's log bounds and the group's committed offset within them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupPosition {
+    pub partition: i32,
+    pub low: i64,
+    pub high: i64,
+    /// `None` when the group has committed nothing for the partition.
+    pub committed: Option<i64>,
+}
+
+/// Reads, for each of `partitions` of `topic`, where the log starts and ends and where the
+/// group of `consumer` committed (clamped to the log: retention may have passed it). Blocking
+/// calls; `consumer` should not be a member of the group (a member's look-ups fail while it is
+/// between generations).
+pub fn group_positions(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<Vec<GroupPosition>, KafkaError> {
+    let mut all = rdkafka::TopicPartitionList::new();
+    for p in partitions {
+        all.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(all, timeout)?;
+    partitions
+        .iter()
+        .map(|&partition| {
+            let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+            let committed =
+                committed
+                    .find_partition(topic, partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) if o >= 0 => Some(o.clamp(low, high)),
+                        _ => None,
+                    });
+            Ok(GroupPosition {
+                partition,
+                low,
+                high,
+                committed,
+            })
+        })
+        .collect()
+}
+
 impl ClientContext for PausingRebalance {}
 
 impl ConsumerContext for PausingRebalance {
