@@ -6,7 +6,6 @@
 //! bytes (failure row 7).
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -127,15 +126,6 @@ impl InflightLimit {
     pub fn in_flight(&self) -> usize {
         self.max - self.semaphore.available_permits()
     }
-
-    /// Waits up to `timeout` until no permit is held; whether that happened.
-    pub async fn idle(&self, timeout: Duration) -> bool {
-        let all = u32::try_from(self.max).unwrap_or(u32::MAX);
-        match tokio::time::timeout(timeout, self.semaphore.acquire_many(all)).await {
-            Ok(Ok(_all_back)) => true,
-            _ => self.in_flight() == 0,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -183,21 +173,5 @@ mod tests {
         assert_eq!(limit.in_flight_kib(), 4);
         drop(c);
         assert_eq!((limit.in_flight(), limit.in_flight_kib()), (0, 0));
-    }
-
-    #[tokio::test]
-    async fn idle_waits_for_every_permit() {
-        let limit = InflightLimit::new(3);
-        assert!(limit.idle(Duration::from_millis(10)).await);
-        let a = limit.acquire().await.unwrap();
-        assert!(!limit.idle(Duration::from_millis(10)).await);
-        let waiter = tokio::spawn({
-            let limit = limit.clone();
-            async move { limit.idle(Duration::from_secs(60)).await }
-        });
-        tokio::task::yield_now().await;
-        drop(a);
-        assert!(waiter.await.unwrap());
-        assert_eq!(limit.in_flight(), 0);
     }
 }

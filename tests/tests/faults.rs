@@ -11,6 +11,7 @@
 //! recovered". Rows 7–9 SIGKILL the shared stack's Kafka, ClickHouse or Redis under the
 //! exclusive lock `/tmp/marketlane-stack.lock` and always bring it back up.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use marketlane_tests::clickhouse;
@@ -406,6 +407,9 @@ async fn stack_row(
         during
             .lag
             .push((since.elapsed(), m.sum("marketlane_consumer_lag")));
+        during
+            .calculators_unanswered
+            .extend(calculators_unanswered(&lane).await);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let up_secs = tokio::task::block_in_place(|| outage.restore())
@@ -436,11 +440,36 @@ struct DuringOutage {
     max_in_flight: f64,
     /// (time since the kill, `marketlane_consumer_lag` summed over every consumer).
     lag: Vec<(Duration, f64)>,
+    /// Calculator actors that were alive but did not answer a `status` (busy for 2 s or more).
+    calculators_unanswered: BTreeSet<String>,
+}
+
+/// The calculator actors of `lane` that are alive but left a `status` unanswered (the
+/// supervisor waits 2 s for each); all of them if the control socket does not answer.
+async fn calculators_unanswered(lane: &Lane) -> Vec<String> {
+    let Ok(reply) = lane.daemon.ctl("status", serde_json::Value::Null).await else {
+        return vec!["(no status)".into()];
+    };
+    reply["result"]["actors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| {
+            a["actor"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("calculator_"))
+                && a["alive"] == true
+                && a["state"].is_null()
+        })
+        .filter_map(|a| a["actor"].as_str().map(String::from))
+        .collect()
 }
 
 /// Row 7: Kafka is SIGKILLed for 8 s (plus its restart). The producer keeps the rows and
 /// retries (in-flight frames bounded by the permits); after the restart nothing is lost and
-/// the idempotent producer wrote no row twice, not even in the topic.
+/// the idempotent producer wrote no row twice, not even in the topic. The calculators never
+/// wait on Kafka's acknowledgements in their actors: they answer `status` throughout (a
+/// checkpoint that waited there held back reading and Redis for up to half a minute).
 #[tokio::test(flavor = "multi_thread")]
 async fn row07_kafka_down() {
     let (lane, m, during) =
@@ -449,6 +478,11 @@ async fn row07_kafka_down() {
         during.max_in_flight <= 100_000.0,
         "in-flight frames beyond the permits: {}",
         during.max_in_flight
+    );
+    assert!(
+        during.calculators_unanswered.is_empty(),
+        "calculator actors blocked while Kafka was down: {:?}",
+        during.calculators_unanswered
     );
     let r = finish(lane, "7", &[m]).await;
     assert_eq!(r.kafka_duplicates, 0, "a row twice in the topic: {r:?}");

@@ -24,6 +24,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+use futures_util::future::join_all;
 use marketlane_protocol::category::TICK;
 use marketlane_protocol::{CategorySchema, RowMap};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -33,6 +35,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::Shared;
@@ -43,7 +46,7 @@ use crate::config::KafkaConfig;
 use crate::kafka::rebalance::{
     GroupPosition, PausingRebalance, RebalanceEvent, group_positions, seek_assigned,
 };
-use crate::kafka::stall::{StallWatch, partition_ends, report};
+use crate::kafka::stall::{PartitionEnds, StallWatch, read_ends, report};
 
 #[derive(RactorMessage)]
 pub enum ConsumerMsg {
@@ -100,6 +103,12 @@ pub struct ConsumerState {
     live_from: HashMap<i32, i64>,
     /// Held partitions behind Kafka's end without moving (the stall check).
     stalls: StallWatch,
+    /// Kafka's ends being read for the next stall check (off the poll loop).
+    reading_ends: Option<JoinHandle<PartitionEnds>>,
+    /// The checkpoint under way, if any (see [`ConsumerState::start_checkpoint`]).
+    checkpointing: Option<Checkpointing>,
+    /// Counts assignment changes and rewinds: a checkpoint started before one commits nothing.
+    generation: u64,
     /// Symbols seen on each held partition: what the workers drop when it is revoked.
     symbols: HashMap<i32, BTreeSet<Arc<str>>>,
     /// Symbols and units of the rows read, shared by every row that carries them.
@@ -155,6 +164,9 @@ impl Actor for CalculatorConsumer {
             positions: HashMap::new(),
             live_from: HashMap::new(),
             stalls: StallWatch::default(),
+            reading_ends: None,
+            checkpointing: None,
+            generation: 0,
             symbols: HashMap::new(),
             interner: Interner::default(),
             last_checkpoint: Instant::now(),
@@ -180,14 +192,19 @@ impl Actor for CalculatorConsumer {
                 // Failing lets the supervisor restart us: a new consumer rejoins the group.
                 state.handle_rebalance().await?;
                 state.poll().await;
-                if state.last_checkpoint.elapsed() >= state.args.shared.config.checkpoint_interval {
-                    state.checkpoint().await;
+                state.finish_checkpoint();
+                if state.checkpointing.is_none()
+                    && state.last_checkpoint.elapsed()
+                        >= state.args.shared.config.checkpoint_interval
+                {
+                    state.start_checkpoint();
                     state.restart_stalled().await;
                 }
                 let _ = myself.cast(ConsumerMsg::Poll);
             }
             ConsumerMsg::Rewind => {
                 let held: Vec<i32> = state.positions.keys().copied().collect();
+                state.generation += 1;
                 if !held.is_empty() {
                     state.pause(&held);
                     state.position(&held).await?;
@@ -214,6 +231,7 @@ impl ConsumerState {
     /// assigned ones are positioned at their warm start, then resumed.
     async fn handle_rebalance(&mut self) -> Result<(), ActorProcessingErr> {
         for event in self.consumer.context().take() {
+            self.generation += 1;
             match event {
                 RebalanceEvent::Revoked(parts) => self.revoke(&parts).await,
                 RebalanceEvent::Assigned(parts) => self.position(&parts).await?,
@@ -325,19 +343,32 @@ impl ConsumerState {
     /// `calculators.stall_after` while Kafka held rows past that position at every check of
     /// that time. Such a partition is paused inside librdkafka though this actor resumed it (a
     /// lost resume, confluentinc/librdkafka#5591) or its fetcher is stuck; either way nothing
-    /// else would ever read it again. Kafka's end is read at each check (one `ListOffsets` per
-    /// held partition, off the group member).
+    /// else would ever read it again. Kafka's end is read between checks (one `ListOffsets` per
+    /// held partition, off the group member and on the blocking pool), so a Kafka that does
+    /// not answer delays the check, never the reading.
     async fn restart_stalled(&mut self) {
-        let held: Vec<(i32, i64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
-        let ends = partition_ends(
-            self.planner.clone(),
-            &self.topic,
-            held,
-            Duration::from_secs(5),
-        )
-        .await;
+        let ends = match self.reading_ends.take_if(|r| r.is_finished()) {
+            Some(read) => read.now_or_never().and_then(Result::ok),
+            None => None,
+        };
+        if self.reading_ends.is_none() {
+            let held: Vec<(i32, i64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
+            let (planner, topic) = (self.planner.clone(), self.topic.clone());
+            self.reading_ends = Some(tokio::task::spawn_blocking(move || {
+                read_ends(&*planner, &topic, held, Duration::from_secs(5))
+            }));
+        }
+        let Some(ends) = ends else {
+            return;
+        };
         let stall_after = self.args.shared.config.stall_after;
-        let stalled = self.stalls.check(Instant::now(), &ends, stall_after);
+        // Read a moment ago: a partition that has moved since is not stalled.
+        let stalled: PartitionEnds = self
+            .stalls
+            .check(Instant::now(), &ends, stall_after)
+            .into_iter()
+            .filter(|(p, pos, _)| self.positions.get(p) == Some(pos))
+            .collect();
         if stalled.is_empty() {
             return;
         }
@@ -451,30 +482,59 @@ impl ConsumerState {
         }
     }
 
-    /// Commits the positions once every worker has applied the rows read so far, written their
-    /// values to Redis and had their indicator rows acknowledged by Kafka; otherwise commits
-    /// nothing (the rows are replayed after a crash).
-    async fn checkpoint(&mut self) {
+    /// Starts a checkpoint: every worker is asked, behind the rows already handed to it,
+    /// to flush; once all have written Redis and Kafka has acknowledged their indicator rows,
+    /// [`Self::finish_checkpoint`] commits the positions read up to now. Until then nothing
+    /// is committed (the rows are replayed after a crash). The waiting runs beside the actor:
+    /// with Kafka down the acknowledgements take as long as the outage, and reading, the
+    /// workers and Redis go on meanwhile.
+    fn start_checkpoint(&mut self) {
         self.last_checkpoint = Instant::now();
-        self.snapshot.checkpoints += 1;
-        let positions = self.positions.clone();
-        let mut ok = true;
-        for name in &self.args.shared.workers {
-            let Some(worker) = self.args.shared.names.lookup::<WorkerMsg>(name) else {
-                ok = false;
-                continue;
-            };
-            ok &= matches!(
-                ractor::call_t!(worker, WorkerMsg::Barrier, 10_000),
-                Ok(true)
-            );
+        let workers: Option<Vec<ActorRef<WorkerMsg>>> = self
+            .args
+            .shared
+            .workers
+            .iter()
+            .map(|name| self.args.shared.names.lookup::<WorkerMsg>(name))
+            .collect();
+        // A worker being restarted: its windows are refilled from the warm start first.
+        let Some(workers) = workers else {
+            self.checkpoint_done(false, "a worker is restarting");
+            return;
+        };
+        let done = tokio::spawn(async move {
+            let settled = workers.iter().map(|w| async move {
+                match ractor::call_t!(w, WorkerMsg::Barrier, BARRIER_WAIT_MS) {
+                    Ok(flushed) => flushed.settled(ACK_WAIT).await,
+                    Err(_) => false,
+                }
+            });
+            join_all(settled).await.into_iter().all(|ok| ok)
+        });
+        self.checkpointing = Some(Checkpointing {
+            positions: self.positions.clone(),
+            generation: self.generation,
+            done,
+        });
+    }
+
+    /// Commits a finished checkpoint's positions if every worker settled and no rebalance or
+    /// rewind happened meanwhile (see [`Self::start_checkpoint`]).
+    fn finish_checkpoint(&mut self) {
+        let Some(c) = self.checkpointing.take_if(|c| c.done.is_finished()) else {
+            return;
+        };
+        let settled = c.done.now_or_never().and_then(Result::ok) == Some(true);
+        if !settled {
+            self.checkpoint_done(false, "workers not settled: Redis or Kafka behind");
+            return;
         }
-        self.snapshot.last_checkpoint_ok = ok;
-        if !ok {
+        if c.generation != self.generation {
+            self.checkpoint_done(false, "partitions moved meanwhile");
             return;
         }
         let mut tpl = TopicPartitionList::new();
-        for (p, o) in &positions {
+        for (p, o) in &c.positions {
             // Never behind the offset this partition was taken over at: rows before it were
             // only refill, and committing one of them would make the next owner write values
             // again from a window refilled from a later look-back.
@@ -486,8 +546,34 @@ impl ConsumerState {
         {
             warn!(topic = %self.topic, error = %e, "checkpoint commit failed");
         }
+        self.checkpoint_done(true, "");
+    }
+
+    /// Counts a checkpoint; logs when checkpoints start or stop failing.
+    fn checkpoint_done(&mut self, ok: bool, why: &str) {
+        let failing = self.snapshot.checkpoints > 0 && !self.snapshot.last_checkpoint_ok;
+        if ok && failing {
+            info!(topic = %self.topic, "checkpoints commit again");
+        } else if !ok && !failing {
+            warn!(topic = %self.topic, why, "checkpoint skipped; positions not committed until one succeeds");
+        }
+        self.snapshot.checkpoints += 1;
+        self.snapshot.last_checkpoint_ok = ok;
     }
 }
+
+/// A checkpoint under way: the positions it commits and the wait for the workers.
+struct Checkpointing {
+    positions: HashMap<i32, i64>,
+    generation: u64,
+    done: JoinHandle<bool>,
+}
+
+/// Longest wait for a worker's barrier answer (it flushes, which writes Redis).
+const BARRIER_WAIT_MS: u64 = 10_000;
+
+/// Longest wait, after the barriers, for Kafka to acknowledge the flushes' indicator rows.
+const ACK_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest wait for a first row in one poll (an idle topic): the actor then checks its
 /// rebalances and checkpoint before polling again.

@@ -26,7 +26,7 @@ use super::ConsumerMsg;
 use super::Shared;
 use super::engine::{Applied, CalcRow, Engine};
 use super::redis::{RedisSink, Update};
-use crate::backpressure::{Inflight, InflightLimit};
+use crate::backpressure::{Inflight, InflightLimit, InflightWatch};
 use crate::normalizer::{Outbox, RowEmitter};
 
 #[derive(RactorMessage)]
@@ -44,11 +44,42 @@ pub enum WorkerMsg {
     },
     /// Coalescing tick: compute what changed, produce it, write Redis.
     Flush,
-    /// Flushes now; replies whether Redis holds every value computed so far and Kafka has
-    /// acknowledged every indicator row produced so far (checkpoint).
-    Barrier(RpcReplyPort<bool>),
+    /// Flushes now; replies whether Redis holds every value computed so far, with the flushes
+    /// whose indicator rows Kafka has not yet acknowledged (checkpoint). The caller waits for
+    /// those, never the worker: a worker waiting on Kafka would stop its Redis writes too.
+    Barrier(RpcReplyPort<Flushed>),
     GetState(RpcReplyPort<WorkerSnapshot>),
 }
+
+/// A worker's answer to a checkpoint's [`WorkerMsg::Barrier`].
+#[derive(Debug, Clone, Default)]
+pub struct Flushed {
+    /// Redis holds every value computed from the rows applied so far.
+    pub written: bool,
+    /// The flushes Kafka had not acknowledged at the barrier.
+    pub unacknowledged: Vec<InflightWatch>,
+}
+
+impl Flushed {
+    /// Waits up to `timeout` for Kafka to acknowledge every flush the barrier found
+    /// outstanding; whether Redis and Kafka both hold everything up to the barrier.
+    pub async fn settled(&self, timeout: Duration) -> bool {
+        if !self.written {
+            return false;
+        }
+        let until = tokio::time::Instant::now() + timeout;
+        while self.unacknowledged.iter().any(InflightWatch::pending) {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(ACK_POLL).await;
+        }
+        true
+    }
+}
+
+/// How often [`Flushed::settled`] looks at the outstanding flushes.
+const ACK_POLL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WorkerSnapshot {
@@ -99,6 +130,8 @@ pub struct WorkerState {
     /// them: a checkpoint commits Kafka offsets only once none is held, so a crash between a
     /// value and its acknowledgement replays the rows that made it.
     produced: InflightLimit,
+    /// The permits of `produced` still held, seen from outside (what a barrier hands over).
+    unacknowledged: Vec<InflightWatch>,
     /// The indicator rows of one flush, handed to the producer together.
     outbox: Outbox,
     snapshot: WorkerSnapshot,
@@ -107,9 +140,6 @@ pub struct WorkerState {
 /// Flushes whose indicator rows may wait for Kafka at once (the flush waits for a permit
 /// beyond that, which holds the rows back: Kafka down stops the calculators too).
 const MAX_UNACKNOWLEDGED_FLUSHES: usize = 4_096;
-
-/// How long a checkpoint waits for Kafka to acknowledge the indicator rows.
-const ACK_WAIT: Duration = Duration::from_secs(5);
 
 pub struct CalculatorWorker;
 
@@ -155,6 +185,7 @@ impl Actor for CalculatorWorker {
             retry_backoff: Duration::from_millis(100),
             retry_at: None,
             produced: InflightLimit::new(MAX_UNACKNOWLEDGED_FLUSHES),
+            unacknowledged: Vec::new(),
             outbox: Outbox::default(),
             snapshot: WorkerSnapshot {
                 worker: args.index,
@@ -182,9 +213,10 @@ impl Actor for CalculatorWorker {
             WorkerMsg::Barrier(reply) => {
                 state.retry_at = None;
                 state.flush().await;
-                let acknowledged = state.produced.idle(ACK_WAIT).await;
-                let _ =
-                    reply.send(acknowledged && state.pending.is_empty() && state.dirty.is_empty());
+                let _ = reply.send(Flushed {
+                    written: state.pending.is_empty() && state.dirty.is_empty(),
+                    unacknowledged: state.unacknowledged.clone(),
+                });
             }
             WorkerMsg::GetState(reply) => {
                 let mut s = state.snapshot.clone();
@@ -268,6 +300,11 @@ impl WorkerState {
         } else {
             self.produced.acquire().await.unwrap_or_else(Inflight::none)
         };
+        self.unacknowledged.retain(InflightWatch::pending);
+        let watch = permit.watch();
+        if watch.pending() {
+            self.unacknowledged.push(watch);
+        }
         for (i, symbol) in dirty {
             let Some(v) = self.engine.evaluate(i, &symbol) else {
                 continue;
@@ -494,5 +531,32 @@ mod tests {
             assert_eq!(&p.key[..], schema.key_of(&row).as_bytes());
             assert!(p.topic.ends_with(INDICATORS), "{}", p.topic);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_barrier_settles_once_kafka_acknowledged_what_it_found_outstanding() {
+        let limit = InflightLimit::new(4);
+        let flush = limit.acquire().await.unwrap();
+        let outstanding = Flushed {
+            written: true,
+            unacknowledged: vec![flush.watch()],
+        };
+        // Kafka holds the flush's rows for the whole wait: not settled.
+        assert!(!outstanding.settled(Duration::from_secs(5)).await);
+        // Acknowledged during the wait: settled.
+        let ack = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(flush);
+        });
+        assert!(outstanding.settled(Duration::from_secs(5)).await);
+        ack.await.unwrap();
+        // A later flush is not waited for; values not yet in Redis never settle.
+        let _later = limit.acquire().await.unwrap();
+        assert!(outstanding.settled(Duration::ZERO).await);
+        let unwritten = Flushed {
+            written: false,
+            unacknowledged: Vec::new(),
+        };
+        assert!(!unwritten.settled(Duration::from_secs(5)).await);
     }
 }

@@ -5,7 +5,6 @@
 //! calculator consumers, each of which restarts what this finds (resume, then seek back).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, ConsumerContext};
@@ -16,26 +15,9 @@ use crate::metrics::Metrics;
 /// `(partition, position, Kafka's end)` of each held partition whose end could be read.
 pub type PartitionEnds = Vec<(i32, i64, i64)>;
 
-/// Reads Kafka's end (high watermark) of each held `(partition, position)`, on the blocking
-/// pool: each is a `ListOffsets` request that waits up to `timeout`. A partition whose end
-/// cannot be read is left out.
-pub async fn partition_ends<X, C>(
-    consumer: Arc<C>,
-    topic: &str,
-    held: Vec<(i32, i64)>,
-    timeout: Duration,
-) -> PartitionEnds
-where
-    X: ConsumerContext + 'static,
-    C: Consumer<X> + Send + Sync + 'static,
-{
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || read_ends(&*consumer, &topic, held, timeout))
-        .await
-        .unwrap_or_default()
-}
-
-/// The blocking body of [`partition_ends`], for callers already off the runtime.
+/// Reads Kafka's end (high watermark) of each held `(partition, position)`: one `ListOffsets`
+/// request each, waiting up to `timeout`, so callers run it on the blocking pool. A partition
+/// whose end cannot be read is left out.
 pub fn read_ends<X: ConsumerContext, C: Consumer<X>>(
     consumer: &C,
     topic: &str,
