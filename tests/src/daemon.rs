@@ -134,12 +134,7 @@ impl Daemon {
     /// [`Daemon::metrics`], `None` when the scrape failed (no answer, an error status, a cut
     /// body) instead of no series: for checks where a failed scrape must not read as zeros.
     pub async fn try_metrics(&self) -> Option<Metrics> {
-        let url = format!(
-            "http://{}:{}/metrics",
-            self.config.http_host, self.config.http_port
-        );
-        let r = reqwest::get(url).await.ok()?.error_for_status().ok()?;
-        Some(Metrics::parse(&r.text().await.ok()?))
+        scrape_metrics(&self.config.http_addr()).await
     }
 
     /// One series by its exact text, e.g. `marketlane_ws_connected` or
@@ -181,6 +176,14 @@ impl Daemon {
             .find(|a| a["actor"] == name)
             .cloned()
     }
+}
+
+/// The `/metrics` of the daemon whose HTTP listener is `addr` (`host:port`); `None` when the
+/// scrape failed (no answer, an error status, a cut body), so that it never reads as zeros.
+pub async fn scrape_metrics(addr: &str) -> Option<Metrics> {
+    let url = format!("http://{addr}/metrics");
+    let r = reqwest::get(url).await.ok()?.error_for_status().ok()?;
+    Some(Metrics::parse(&r.text().await.ok()?))
 }
 
 /// One control-socket request to the daemon listening on `socket`; the whole reply (`ok`,

@@ -851,14 +851,9 @@ async fn a_stalled_partition_is_found_and_read_again() {
         true
     })
     .await;
-    let scrape = marketlane_tests::daemon::Metrics::parse(
-        &reqwest::get(format!("http://{}/metrics", s.daemon.http_addr()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let scrape = marketlane_tests::daemon::scrape_metrics(&s.daemon.http_addr())
+        .await
+        .expect("the calculator's /metrics");
     // A process of one role runs one worker by default, not one per CPU.
     let workers = scrape.get("marketlane_runtime_worker_threads");
     let stalls = scrape.sum_with(

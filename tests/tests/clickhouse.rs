@@ -12,7 +12,7 @@ use std::time::Duration;
 use marketlane_protocol::{CategorySchema, Dtype, SchemaSet, row_id};
 use marketlane_tests::clickhouse::{drop_db, lines, scalar};
 use marketlane_tests::config::WriterConfig;
-use marketlane_tests::daemon::{Metrics, wait_readyz};
+use marketlane_tests::daemon::{scrape_metrics, wait_readyz};
 use marketlane_tests::kafka::producer;
 use marketlane_tests::{
     Proc, clickhouse, clickhouse_url, eventually, free_port, run_marketlane, unique, workspace_root,
@@ -171,12 +171,7 @@ async fn rows_inserted(http_port: u16, schemas: &SchemaSet) -> u64 {
 /// The running writer's consumer lag on `topic` from its `/metrics`, summed over the
 /// partitions; `None` until all `partitions` are exported.
 async fn consumer_lag(http_port: u16, topic: &str, partitions: usize) -> Option<u64> {
-    let resp = reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
-        .await
-        .ok()?
-        .error_for_status()
-        .ok()?;
-    let metrics = Metrics::parse(&resp.text().await.ok()?);
+    let metrics = scrape_metrics(&format!("127.0.0.1:{http_port}")).await?;
     let label = format!("topic=\"{topic}\"");
     let lags: Vec<f64> = metrics
         .0
@@ -1555,14 +1550,9 @@ async fn a_stalled_writer_partition_is_found_and_read_again() {
     let all = eventually(Duration::from_secs(60), || async { count().await >= 1200 }).await;
     let rows = count().await;
     let total = scalar(&format!("SELECT count() FROM {db}.tick_market_data FINAL")).await;
-    let scrape = Metrics::parse(
-        &reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let scrape = scrape_metrics(&format!("127.0.0.1:{port}"))
+        .await
+        .expect("the writer's /metrics");
     let stalls = scrape.sum_with(
         "marketlane_consumer_stalls_total",
         &format!("topic=\"{topic}\""),
