@@ -127,8 +127,10 @@ pub struct WorkerState {
     retry_backoff: Duration,
     retry_at: Option<Instant>,
     /// One permit per flush that produced rows, released when Kafka acknowledged the last of
-    /// them: a checkpoint commits Kafka offsets only once none is held, so a crash between a
-    /// value and its acknowledgement replays the rows that made it.
+    /// them; bounds the flushes Kafka may hold (see [`MAX_UNACKNOWLEDGED_FLUSHES`]). A
+    /// checkpoint commits Kafka offsets only once the permits held at its barrier are
+    /// released, so a crash between a value and its acknowledgement replays the rows that made
+    /// it.
     produced: InflightLimit,
     /// The permits of `produced` still held, seen from outside (what a barrier hands over).
     unacknowledged: Vec<InflightWatch>,
