@@ -11,7 +11,8 @@ use tracing::{info, warn};
 
 use crate::backpressure::InflightLimit;
 use crate::clickhouse_writer::{
-    ClickHouse, RetentionArgs, RetentionChild, SinkError, WriterArgs, WriterChild, WriterKind,
+    ClickHouse, RetentionArgs, RetentionChild, SinkError, WriterArgs, WriterBudget, WriterChild,
+    WriterKind,
 };
 use crate::config::{ClickHouseConfig, ConfigError, IbConfig, KafkaConfig, WriterConfig};
 use crate::econ::{EconArgs, EconChild, EconConfig};
@@ -210,6 +211,8 @@ pub async fn start(
         } else {
             config.writer.categories.clone()
         };
+        // One memory bound for all the writers of this process (`writer.buffer_bytes`).
+        let budget = WriterBudget::new();
         for category in categories {
             let schema = schemas
                 .get(&category)
@@ -228,6 +231,7 @@ pub async fn start(
                     clickhouse: ch.clone(),
                     metrics: metrics.clone(),
                     instance: config.instance.clone(),
+                    budget: budget.clone(),
                 })));
             }
         }

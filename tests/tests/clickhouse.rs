@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use marketlane_protocol::wire_row::encode_json_row;
 use marketlane_protocol::{CategorySchema, Dtype, SchemaSet, row_id};
 use marketlane_tests::clickhouse::{drop_db, lines, scalar};
 use marketlane_tests::config::WriterConfig;
@@ -909,6 +910,96 @@ async fn a_writer_flushes_all_its_batches_when_together_they_reach_its_buffer_by
     .await;
     assert_eq!(distinct, 3_000);
     eprintln!("buffer bound: {early} rows landed before any age cut, in {inserts} inserts");
+    drop_db(&db).await;
+}
+
+/// `writer.buffer_bytes` bounds the writers of a process together. The level-2 writer reads
+/// rows worth 60% of it and holds them (their age limit is 60 s); then the tick writer reads
+/// rows worth 60% of it, which take the process past the bound: the tick writer cuts and
+/// flushes long before its batches' age. With a bound per writer neither would insert before
+/// 60 s. A SIGTERM drain then lands the rest, each row once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_writers_of_a_process_share_one_buffer_bound() {
+    const BOUND: u64 = 256 * 1024;
+    let schemas = schemas();
+    let l2 = schemas.get("l2_market_data").unwrap().clone();
+    let tick = schemas.get("tick_market_data").unwrap().clone();
+    // What a writer counts per row: its encoded bytes and 32 bytes of bookkeeping.
+    let per_row = |schema: &CategorySchema| {
+        let row = sample_row(schema, 0, 7, marketlane_protocol::now_ns());
+        let mut buf = Vec::new();
+        encode_json_row(schema, &serde_json::to_vec(&row).unwrap(), &mut buf).unwrap();
+        buf.len() as u64 + 32
+    };
+    let l2_rows = BOUND * 6 / 10 / per_row(&l2);
+    let tick_rows = BOUND * 6 / 10 / per_row(&tick);
+    let prefix = format!("{}_", unique("sb_"));
+    let db = unique("sb_");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut c = WriterConfig::new("writer-test", Some(&prefix), &db, port)
+        .categories(&["l2_market_data", "tick_market_data"]);
+    c.partitions = 3;
+    c.group_id = Some(unique("sbg_"));
+    c.batch_max_age_secs = 60.0;
+    let path = dir.path().join("shared.toml");
+    c.write(&path);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[writer]\n", &format!("[writer]\nbuffer_bytes = {BOUND}\n"));
+    std::fs::write(&path, text).unwrap();
+    let log = dir.path().join("shared.log");
+    let mut w = start_writer(&path, &log, port).await;
+    let count = |table: &'static str| {
+        let db = db.clone();
+        async move { scalar(&format!("SELECT count() FROM {db}.{table} FINAL")).await }
+    };
+    let t0 = marketlane_protocol::now_ns();
+    let p = producer();
+    produce_rows(&p, &prefix, &l2, 0, l2_rows, t0);
+    let l2_topic = format!("{prefix}l2_market_data");
+    let l2_held = eventually(Duration::from_secs(30), || async {
+        consumer_lag(port, &l2_topic, 3).await == Some(0)
+    })
+    .await;
+    produce_rows(&p, &prefix, &tick, 0, tick_rows, t0);
+    let tick_landed = eventually(Duration::from_secs(30), || async {
+        count("tick_market_data").await >= tick_rows / 2
+    })
+    .await;
+    let (early_tick, early_l2) = (
+        count("tick_market_data").await,
+        count("l2_market_data").await,
+    );
+    w.terminate();
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        l2_held,
+        "the writer did not read the {l2_rows} level-2 rows"
+    );
+    assert!(
+        tick_landed,
+        "{early_tick} of {tick_rows} tick rows landed before the batches' age: the level-2 \
+         writer's {l2_rows} rows held were not counted against the same bound\n{}",
+        logs()
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            count("tick_market_data").await == tick_rows && count("l2_market_data").await == l2_rows
+        })
+        .await,
+        "after the drain: {} of {tick_rows} tick rows, {} of {l2_rows} level-2 rows\n{}",
+        count("tick_market_data").await,
+        count("l2_market_data").await,
+        logs()
+    );
+    for table in ["tick_market_data", "l2_market_data"] {
+        let distinct = scalar(&format!("SELECT uniqExact(row_id) FROM {db}.{table} FINAL")).await;
+        assert_eq!(distinct, count(table).await, "{table}: a row stored twice");
+    }
+    eprintln!(
+        "shared bound: {early_tick} of {tick_rows} tick rows landed early, {early_l2} of {l2_rows} level-2 rows"
+    );
     drop_db(&db).await;
 }
 

@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::batch::{Admit, Backoff, Batcher};
+use super::budget::{BudgetShare, WriterBudget};
 use super::consumer::{PREFETCH_KIB, QUARANTINE_PREFETCH_KIB, WriterConsumer};
 use super::sink::{ClickHouse, RowIndex, SinkError};
 use crate::config::{KafkaConfig, WriterConfig};
@@ -132,6 +133,8 @@ pub struct WriterArgs {
     pub clickhouse: ClickHouse,
     pub metrics: Arc<Metrics>,
     pub instance: String,
+    /// What the writers of this process hold together (`writer.buffer_bytes` bounds it).
+    pub budget: Arc<WriterBudget>,
 }
 
 /// What one partition's batch holds besides its offsets: the encoded rows and quarantine
@@ -154,9 +157,13 @@ pub(super) struct Encoded {
 }
 
 impl Encoded {
-    /// What the batch holds in memory: its encoded rows and quarantine records.
+    /// What the batch holds in memory: its encoded rows and quarantine records (sent or not),
+    /// and per row its offset, Kafka time, end and event time.
     fn bytes(&self) -> usize {
-        self.rows.len() + self.quarantine.len()
+        let sent = self.frozen.as_ref().map_or(0, |(r, q)| r.len() + q.len());
+        let per_row =
+            3 * size_of::<i64>() * self.index.len() + size_of::<i64>() * self.event_times.len();
+        self.rows.len() + self.quarantine.len() + sent + per_row
     }
 
     fn frozen(&mut self) -> (Bytes, Bytes) {
@@ -190,6 +197,8 @@ pub struct WriterState {
     /// ClickHouse refused this writer's credentials or grants: the actor fails (after the
     /// handler that saw it), so the supervisor restarts it and escalates if it persists.
     refused: Option<String>,
+    /// This writer's part of its process's `writer.buffer_bytes`.
+    budget: BudgetShare,
 }
 
 pub struct ClickHouseWriter;
@@ -246,6 +255,7 @@ impl Actor for ClickHouseWriter {
             retry_paused: Vec::new(),
             pending_schema: None,
             refused: None,
+            budget: args.budget.share(),
             args,
             consumer,
             topic,
@@ -382,7 +392,8 @@ impl WriterState {
         tokio::pin!(sleep);
         // What the batches hold, kept up to date as messages are encoded (a batch revoked
         // meanwhile only makes it an overestimate, so a cut comes early, never late).
-        let mut held: usize = self.batcher.data().map(Encoded::bytes).sum();
+        let mut held = self.held();
+        self.budget.publish(held);
         let mut read = 0;
         while !self.batcher.has_due() && read < 10_000 {
             // The timer first: a consumer that always has a message ready must not starve
@@ -401,7 +412,7 @@ impl WriterState {
                     let p = m.partition();
                     if self.batcher.admit(p, m.offset(), &repositioned) == Admit::Take {
                         held += self.add(&m);
-                        if held >= self.args.writer.buffer_bytes {
+                        if self.budget.over(held, self.args.writer.buffer_bytes) {
                             self.batcher.cut_every();
                         }
                         if armed.is_none()
@@ -430,7 +441,15 @@ impl WriterState {
             self.backoff.failed();
             self.pause_for_retry();
         }
+        // What landed no longer counts against the other writers of the process.
+        let held = self.held();
+        self.budget.publish(held);
         Ok(())
+    }
+
+    /// What this writer's batches hold in memory.
+    fn held(&self) -> usize {
+        self.batcher.data().map(Encoded::bytes).sum()
     }
 
     /// Pauses every positioned partition while the failed batch is retried: the consumer keeps

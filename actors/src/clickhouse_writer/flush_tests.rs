@@ -169,6 +169,7 @@ fn writer(url: &str) -> WriterState {
     let consumer =
         WriterConsumer::subscribe(&kafka, &writer, &topic, "g", "i", QUARANTINE_PREFETCH_KIB)
             .unwrap();
+    let budget = WriterBudget::new();
     WriterState {
         args: WriterArgs {
             kind: WriterKind::Quarantine {
@@ -179,7 +180,9 @@ fn writer(url: &str) -> WriterState {
             clickhouse,
             metrics: Arc::new(Metrics::new()),
             instance: "test".into(),
+            budget: budget.clone(),
         },
+        budget: budget.share(),
         consumer,
         table: unqualified_table("t"),
         insert_sql: String::new(),
@@ -324,13 +327,13 @@ fn a_batch_of_l2_rows_holds_its_encoded_rows_and_no_payloads() {
         batch.index.push(i as i64, 0, batch.rows.len());
     }
     let encoded = batch.rows.len();
-    assert_eq!(
-        batch.bytes(),
-        encoded,
-        "a batch counts (and holds) no payloads"
-    );
     // The index: a row end, an offset and a Kafka time per row (before: a payload end too).
     let (index_now, index_before) = (rows * 24, rows * 32);
+    assert_eq!(
+        batch.bytes(),
+        encoded + index_now,
+        "a batch counts (and holds) its encoded rows and index, and no payloads"
+    );
     println!(
         "{rows} l2 rows: encoded {} B/row, JSON payload {} B/row; batch bytes() before {} B/row \
          ({} MB), now {} B/row ({} MB); with the row index before {} MB, now {} MB",

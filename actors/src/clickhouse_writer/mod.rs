@@ -1,15 +1,18 @@
 //! The ClickHouse writers and the retention actor for servers without TTL (`retention.rs`):
 //! `actor.rs` (the writer actor, its messages and encoding), `flush.rs` (its flush), `batch.rs`
 //! (the pure exactly-once state machine: positions, cuts, replays, offsets records),
-//! `consumer.rs` (the Kafka side) and `sink.rs` (the ClickHouse side).
+//! `consumer.rs` (the Kafka side), `sink.rs` (the ClickHouse side) and `budget.rs` (the memory
+//! bound of a process's writers together).
 pub mod actor;
 mod batch;
+mod budget;
 mod child;
 mod consumer;
 pub mod retention;
 pub mod sink;
 
 pub use actor::{ClickHouseWriter, WriterArgs, WriterKind, WriterMsg, WriterSnapshot};
+pub use budget::WriterBudget;
 pub use child::{RetentionChild, WriterChild};
 pub use retention::{ClickHouseRetention, RetentionArgs, RetentionMsg, RetentionSnapshot};
 pub use sink::{ClickHouse, SinkError};
