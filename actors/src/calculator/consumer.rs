@@ -46,7 +46,7 @@ use crate::config::KafkaConfig;
 use crate::kafka::rebalance::{
     GroupPosition, PausingRebalance, RebalanceEvent, group_positions, seek_assigned,
 };
-use crate::kafka::stall::{PartitionEnds, StallWatch, read_ends, report};
+use crate::kafka::stall::{EndsReader, PartitionEnds, StallWatch, report};
 
 #[derive(RactorMessage)]
 pub enum ConsumerMsg {
@@ -104,7 +104,7 @@ pub struct ConsumerState {
     /// Held partitions behind Kafka's end without moving (the stall check).
     stalls: StallWatch,
     /// Kafka's ends being read for the next stall check (off the poll loop).
-    reading_ends: Option<JoinHandle<PartitionEnds>>,
+    reading_ends: EndsReader,
     /// The checkpoint under way, if any (see [`ConsumerState::start_checkpoint`]).
     checkpointing: Option<Checkpointing>,
     /// Counts assignment changes and rewinds: a checkpoint started before one commits nothing.
@@ -164,7 +164,7 @@ impl Actor for CalculatorConsumer {
             positions: HashMap::new(),
             live_from: HashMap::new(),
             stalls: StallWatch::default(),
-            reading_ends: None,
+            reading_ends: EndsReader::default(),
             checkpointing: None,
             generation: 0,
             symbols: HashMap::new(),
@@ -347,16 +347,11 @@ impl ConsumerState {
     /// held partition, off the group member and on the blocking pool), so a Kafka that does
     /// not answer delays the check, never the reading.
     async fn restart_stalled(&mut self) {
-        let ends = match self.reading_ends.take_if(|r| r.is_finished()) {
-            Some(read) => read.now_or_never().and_then(Result::ok),
-            None => None,
-        };
-        if self.reading_ends.is_none() {
+        let ends = self.reading_ends.take_finished();
+        if !self.reading_ends.is_reading() {
             let held: Vec<(i32, i64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
-            let (planner, topic) = (self.planner.clone(), self.topic.clone());
-            self.reading_ends = Some(tokio::task::spawn_blocking(move || {
-                read_ends(&*planner, &topic, held, Duration::from_secs(5))
-            }));
+            self.reading_ends
+                .start(&self.planner, &self.topic, held, Duration::from_secs(5));
         }
         let Some(ends) = ends else {
             return;

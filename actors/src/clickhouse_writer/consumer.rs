@@ -7,8 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt as _;
-
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -17,7 +15,7 @@ use tracing::warn;
 
 use crate::config::{KafkaConfig, WriterConfig};
 use crate::kafka::rebalance::{PausingRebalance, RebalanceEvent, group_positions, seek_assigned};
-use crate::kafka::stall::{PartitionEnds, StallWatch, read_ends};
+use crate::kafka::stall::{EndsReader, PartitionEnds, StallWatch};
 use crate::metrics::Metrics;
 
 /// Bytes librdkafka may prefetch per writer, in KiB (`queued.max.messages.kbytes`, and the
@@ -41,7 +39,7 @@ pub struct WriterConsumer {
     /// Partitions in the last lag export; a newly assigned one is exported at once.
     lag_partitions: usize,
     /// Kafka's ends being read for the next lag export and stall check.
-    reading_ends: Option<tokio::task::JoinHandle<PartitionEnds>>,
+    reading_ends: EndsReader,
     stalls: StallWatch,
 }
 
@@ -73,7 +71,7 @@ impl WriterConsumer {
             group: group.to_string(),
             last_lag_update: Instant::now(),
             lag_partitions: 0,
-            reading_ends: None,
+            reading_ends: EndsReader::default(),
             stalls: StallWatch::default(),
         })
     }
@@ -194,9 +192,7 @@ impl WriterConsumer {
         stall_after: Option<Duration>,
     ) -> PartitionEnds {
         let mut stalled = Vec::new();
-        if let Some(read) = self.reading_ends.take_if(|r| r.is_finished())
-            && let Some(Ok(ends)) = read.now_or_never()
-        {
+        if let Some(ends) = self.reading_ends.take_finished() {
             for &(p, next, high) in &ends {
                 metrics
                     .consumer_lag
@@ -209,17 +205,15 @@ impl WriterConsumer {
             }
         }
         let assignment_changed = positions.len() != self.lag_partitions;
-        if self.reading_ends.is_some()
+        if self.reading_ends.is_reading()
             || (!assignment_changed && self.last_lag_update.elapsed() < Duration::from_secs(2))
         {
             return stalled;
         }
         self.last_lag_update = Instant::now();
         self.lag_partitions = positions.len();
-        let (consumer, topic) = (self.inner.clone(), self.topic.clone());
-        self.reading_ends = Some(tokio::task::spawn_blocking(move || {
-            read_ends(&*consumer, &topic, positions, Duration::from_secs(1))
-        }));
+        self.reading_ends
+            .start(&self.inner, &self.topic, positions, Duration::from_secs(1));
         stalled
     }
 

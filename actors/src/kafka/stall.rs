@@ -5,9 +5,12 @@
 //! calculator consumers, each of which restarts what this finds (resume, then seek back).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use rdkafka::consumer::{Consumer, ConsumerContext};
+use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::metrics::Metrics;
@@ -30,6 +33,47 @@ pub fn read_ends<X: ConsumerContext, C: Consumer<X>>(
             Some((p, pos, high))
         })
         .collect()
+}
+
+/// Kafka's ends read beside an actor, one read at a time on the blocking pool: the actor takes
+/// the last read once it has finished and starts the next, and never waits for Kafka (a broker
+/// that does not answer would otherwise hold it for the timeout of every partition).
+#[derive(Debug, Default)]
+pub struct EndsReader {
+    reading: Option<JoinHandle<PartitionEnds>>,
+}
+
+impl EndsReader {
+    /// The ends of the last read, once it has finished; then nothing until the next one has.
+    pub fn take_finished(&mut self) -> Option<PartitionEnds> {
+        let read = self.reading.take_if(|r| r.is_finished())?;
+        read.now_or_never()?.ok()
+    }
+
+    /// A read is under way.
+    pub fn is_reading(&self) -> bool {
+        self.reading.is_some()
+    }
+
+    /// Starts reading the ends of `held` (see [`read_ends`]) unless a read is under way.
+    pub fn start<X, C>(
+        &mut self,
+        consumer: &Arc<C>,
+        topic: &str,
+        held: Vec<(i32, i64)>,
+        timeout: Duration,
+    ) where
+        X: ConsumerContext + 'static,
+        C: Consumer<X> + Send + Sync + 'static,
+    {
+        if self.reading.is_some() {
+            return;
+        }
+        let (consumer, topic) = (consumer.clone(), topic.to_string());
+        self.reading = Some(tokio::task::spawn_blocking(move || {
+            read_ends(&*consumer, &topic, held, timeout)
+        }));
+    }
 }
 
 /// Logs and counts partitions found stalled (`marketlane_consumer_stalls_total{topic}`), just
