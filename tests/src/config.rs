@@ -323,6 +323,8 @@ pub struct WriterConfig {
     pub categories: Vec<String>,
     pub group_id: Option<String>,
     pub batch_rows: Option<i64>,
+    /// `writer.buffer_bytes`: what the writers of the process hold together.
+    pub buffer_bytes: Option<i64>,
     pub batch_max_age_secs: f64,
 }
 
@@ -345,6 +347,7 @@ impl WriterConfig {
             categories: vec![TICK.into()],
             group_id: None,
             batch_rows: None,
+            buffer_bytes: None,
             batch_max_age_secs: 0.2,
         }
     }
@@ -388,6 +391,9 @@ impl WriterConfig {
         }
         if let Some(n) = self.batch_rows {
             writer.insert("batch_rows".into(), n.into());
+        }
+        if let Some(n) = self.buffer_bytes {
+            writer.insert("buffer_bytes".into(), n.into());
         }
         writer.insert("batch_max_age".into(), self.batch_max_age_secs.into());
         let mut http = toml::Table::new();
@@ -462,7 +468,7 @@ batch_max_age = 0.2
         assert_eq!(got, want);
     }
 
-    /// Without a prefix, group or batch size those keys are absent; SASL keys land in `[kafka]`.
+    /// Without a prefix, group, batch size or buffer bound those keys are absent; SASL keys land in `[kafka]`.
     #[test]
     fn writer_config_leaves_unset_keys_out() {
         let c = WriterConfig::new("sasl-writer", None, "db", 1)
@@ -472,7 +478,9 @@ batch_max_age = 0.2
         assert!(!kafka.contains_key("topic_prefix"));
         assert_eq!(kafka["security_protocol"].as_str(), Some("sasl_plaintext"));
         let writer = t["writer"].as_table().expect("writer");
-        assert!(!writer.contains_key("group_id") && !writer.contains_key("batch_rows"));
+        for key in ["group_id", "batch_rows", "buffer_bytes"] {
+            assert!(!writer.contains_key(key), "{key} written though unset");
+        }
     }
 
     /// `without` takes keys and sections out, `with_toml` adds keys the builder does not

@@ -863,12 +863,9 @@ async fn a_writer_flushes_all_its_batches_when_together_they_reach_its_buffer_by
     c.partitions = 3;
     c.group_id = Some(unique("bbg_"));
     c.batch_max_age_secs = 60.0;
+    c.buffer_bytes = Some(65_536);
     let path = dir.path().join("buffer.toml");
     c.write(&path);
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("[writer]\n", "[writer]\nbuffer_bytes = 65536\n");
-    std::fs::write(&path, text).unwrap();
     let log = dir.path().join("buffer.log");
     let mut w = start_writer(&path, &log, port).await;
     let t0 = marketlane_protocol::now_ns();
@@ -942,12 +939,9 @@ async fn the_writers_of_a_process_share_one_buffer_bound() {
     c.partitions = 3;
     c.group_id = Some(unique("sbg_"));
     c.batch_max_age_secs = 60.0;
+    c.buffer_bytes = Some(BOUND as i64);
     let path = dir.path().join("shared.toml");
     c.write(&path);
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("[writer]\n", &format!("[writer]\nbuffer_bytes = {BOUND}\n"));
-    std::fs::write(&path, text).unwrap();
     let log = dir.path().join("shared.log");
     let mut w = start_writer(&path, &log, port).await;
     let count = |table: &'static str| {
