@@ -551,15 +551,13 @@ pub struct WriterConfig {
     /// 34 MB, so with the defaults a backlog's level-2 batches are cut at the process's bound
     /// below, and its inserts stay large) …
     pub batch_bytes: usize,
-    /// … with every other batch its writer is filling when those hold half of this many
-    /// bytes (the other half is for the flush the writer has out meanwhile: reading overlaps
-    /// inserting), or when the batches of every writer of the process, flushes out included,
-    /// hold all of it together. It bounds the writers' memory when they catch up on a backlog
-    /// or wait for ClickHouse, whatever their topics and partitions; a writer cuts on the
-    /// process's bound once it fills a sixteenth of it, so one whose batches wait for a retry
-    /// leaves the others inserting batches of some size: the process holds at most this plus
-    /// a sixteenth per writer. Larger inserts cost ClickHouse less CPU per row: draining a
-    /// backlog of 2 M level-2 rows took it about a quarter less CPU at 32 MiB than at 8 MiB …
+    /// … with every other batch of every writer of the process when all of them together hold
+    /// this many bytes (what bounds the writers' memory when they catch up on a backlog or
+    /// wait for ClickHouse, whatever their topics and partitions; a writer cuts on it once it
+    /// holds a sixteenth of it, so one whose batches wait for a retry leaves the others
+    /// inserting batches of some size: the process holds at most this plus a sixteenth per
+    /// writer). Larger inserts cost ClickHouse less CPU per row: draining a backlog of 2 M
+    /// level-2 rows took it about a quarter less CPU at 32 MiB than at 8 MiB …
     pub buffer_bytes: usize,
     /// … or when its first row is this old.
     #[serde(with = "humantime_secs")]

@@ -910,20 +910,17 @@ async fn a_writer_flushes_all_its_batches_when_together_they_reach_its_buffer_by
     drop_db(&db).await;
 }
 
-/// `writer.buffer_bytes` bounds the writers of a process together. The level-2 and the tick
-/// writers each read rows worth 35% of it and hold them (below the half a writer fills alone;
-/// their age limit is 60 s); then the indicators writer reads rows worth 35% of it, which take
-/// the process past the bound: it cuts and flushes long before its batches' age. With a bound
-/// per writer none would insert before 60 s. A SIGTERM drain then lands the rest, each row once.
+/// `writer.buffer_bytes` bounds the writers of a process together. The level-2 writer reads
+/// rows worth 60% of it and holds them (their age limit is 60 s); then the tick writer reads
+/// rows worth 60% of it, which take the process past the bound: the tick writer cuts and
+/// flushes long before its batches' age. With a bound per writer neither would insert before
+/// 60 s. A SIGTERM drain then lands the rest, each row once.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_writers_of_a_process_share_one_buffer_bound() {
     const BOUND: u64 = 256 * 1024;
-    const CATEGORIES: [&str; 3] = [
-        "l2_market_data",
-        "tick_market_data",
-        "indicators_market_data",
-    ];
     let schemas = schemas();
+    let l2 = schemas.get("l2_market_data").unwrap().clone();
+    let tick = schemas.get("tick_market_data").unwrap().clone();
     // What a writer counts per row: its encoded bytes and 32 bytes of bookkeeping.
     let per_row = |schema: &CategorySchema| {
         let row = sample_row(schema, 0, 7, marketlane_protocol::now_ns());
@@ -931,15 +928,14 @@ async fn the_writers_of_a_process_share_one_buffer_bound() {
         encode_json_row(schema, &serde_json::to_vec(&row).unwrap(), &mut buf).unwrap();
         buf.len() as u64 + 32
     };
-    let rows: Vec<u64> = CATEGORIES
-        .iter()
-        .map(|c| BOUND * 35 / 100 / per_row(schemas.get(c).unwrap()))
-        .collect();
+    let l2_rows = BOUND * 6 / 10 / per_row(&l2);
+    let tick_rows = BOUND * 6 / 10 / per_row(&tick);
     let prefix = format!("{}_", unique("sb_"));
     let db = unique("sb_");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut c = WriterConfig::new("writer-test", Some(&prefix), &db, port).categories(&CATEGORIES);
+    let mut c = WriterConfig::new("writer-test", Some(&prefix), &db, port)
+        .categories(&["l2_market_data", "tick_market_data"]);
     c.partitions = 3;
     c.group_id = Some(unique("sbg_"));
     c.batch_max_age_secs = 60.0;
@@ -954,50 +950,50 @@ async fn the_writers_of_a_process_share_one_buffer_bound() {
     };
     let t0 = marketlane_protocol::now_ns();
     let p = producer();
-    for (category, n) in CATEGORIES.iter().zip(&rows).take(2) {
-        produce_rows(&p, &prefix, schemas.get(category).unwrap(), 0, *n, t0);
-        let topic = format!("{prefix}{category}");
-        let held = eventually(Duration::from_secs(30), || async {
-            consumer_lag(port, &topic, 3).await == Some(0)
-        })
-        .await;
-        assert!(held, "the writer did not read the {n} {category} rows");
-    }
-    let (category, n) = (CATEGORIES[2], rows[2]);
-    produce_rows(&p, &prefix, schemas.get(category).unwrap(), 0, n, t0);
-    let landed = eventually(Duration::from_secs(30), || async {
-        count(CATEGORIES[2]).await >= n / 2
+    produce_rows(&p, &prefix, &l2, 0, l2_rows, t0);
+    let l2_topic = format!("{prefix}l2_market_data");
+    let l2_held = eventually(Duration::from_secs(30), || async {
+        consumer_lag(port, &l2_topic, 3).await == Some(0)
     })
     .await;
-    let mut early = Vec::new();
-    for table in CATEGORIES {
-        early.push(count(table).await);
-    }
+    produce_rows(&p, &prefix, &tick, 0, tick_rows, t0);
+    let tick_landed = eventually(Duration::from_secs(30), || async {
+        count("tick_market_data").await >= tick_rows / 2
+    })
+    .await;
+    let (early_tick, early_l2) = (
+        count("tick_market_data").await,
+        count("l2_market_data").await,
+    );
     w.terminate();
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
-        landed,
-        "{} of {n} {category} rows landed before the batches' age: the {} and {} rows held by \
-         the other writers were not counted against the same bound\n{}",
-        early[2],
-        rows[0],
-        rows[1],
+        l2_held,
+        "the writer did not read the {l2_rows} level-2 rows"
+    );
+    assert!(
+        tick_landed,
+        "{early_tick} of {tick_rows} tick rows landed before the batches' age: the level-2 \
+         writer's {l2_rows} rows held were not counted against the same bound\n{}",
         logs()
     );
-    for (table, n) in CATEGORIES.iter().zip(&rows) {
-        assert!(
-            eventually(Duration::from_secs(30), || async {
-                count(table).await == *n
-            })
-            .await,
-            "after the drain: {} of {n} {table} rows\n{}",
-            count(table).await,
-            logs()
-        );
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            count("tick_market_data").await == tick_rows && count("l2_market_data").await == l2_rows
+        })
+        .await,
+        "after the drain: {} of {tick_rows} tick rows, {} of {l2_rows} level-2 rows\n{}",
+        count("tick_market_data").await,
+        count("l2_market_data").await,
+        logs()
+    );
+    for table in ["tick_market_data", "l2_market_data"] {
         let distinct = scalar(&format!("SELECT uniqExact(row_id) FROM {db}.{table} FINAL")).await;
-        assert_eq!(distinct, *n, "{table}: a row stored twice");
+        assert_eq!(distinct, count(table).await, "{table}: a row stored twice");
     }
-    eprintln!("shared bound: rows landed early per writer {early:?} of {rows:?}");
+    eprintln!(
+        "shared bound: {early_tick} of {tick_rows} tick rows landed early, {early_l2} of {l2_rows} level-2 rows"
+    );
     drop_db(&db).await;
 }
 

@@ -44,7 +44,6 @@ use super::sink::{ClickHouse, RowIndex, SinkError};
 use crate::config::{KafkaConfig, WriterConfig};
 use crate::kafka::rebalance::RebalanceEvent;
 use crate::metrics::Metrics;
-use flush::{InFlight, flight_back};
 
 /// What a writer reads and where it writes.
 #[derive(Clone)]
@@ -200,8 +199,6 @@ pub struct WriterState {
     refused: Option<String>,
     /// This writer's part of its process's `writer.buffer_bytes`.
     budget: BudgetShare,
-    /// The flush out, if any, while the next batches fill (`flush.rs`).
-    flight: Option<InFlight>,
 }
 
 pub struct ClickHouseWriter;
@@ -259,7 +256,6 @@ impl Actor for ClickHouseWriter {
             pending_schema: None,
             refused: None,
             budget: args.budget.share(),
-            flight: None,
             args,
             consumer,
             topic,
@@ -328,8 +324,6 @@ impl Actor for ClickHouseWriter {
             }
             WriterMsg::Pause => {
                 info!(topic = %state.topic, "writer paused");
-                // Its flush out lands (or starts the retry) before the pause.
-                state.settle().await;
                 state.consumer.reset_stalls();
                 state.paused = true;
                 state.snapshot.paused = true;
@@ -368,8 +362,7 @@ impl Actor for ClickHouseWriter {
             }
             WriterMsg::GetState(reply) => {
                 let mut s = state.snapshot.clone();
-                s.batch_rows =
-                    state.batcher.buffered() + state.flight.as_ref().map_or(0, |f| f.messages);
+                s.batch_rows = state.batcher.buffered();
                 s.retrying = state.backoff.retrying();
                 s.partitions = state.batcher.positions().collect();
                 s.paused_for_retry = state.retry_paused.clone();
@@ -383,14 +376,10 @@ impl Actor for ClickHouseWriter {
 
 impl WriterState {
     /// Reads messages into the per-partition batches until one is due (full, old, or at the
-    /// end of a replayed range), then sends the due ones as a flight and returns: the next
-    /// poll reads the next batches while it is out. Due batches wait for the flight before
-    /// them. A failed flight switches to retry mode, where no new message is read.
+    /// end of a replayed range), then inserts the due ones. A failed flush switches to retry
+    /// mode, where no new message is read.
     async fn poll_batch(&mut self) -> Result<(), SinkError> {
         self.handle_rebalance().await?;
-        if self.backoff.retrying() {
-            return Ok(());
-        }
         // The mailbox (drain, state, pause) and new assignments are served at least this
         // often: assigned partitions stay paused until the next poll positions them, and a
         // long `batch_max_age` must not hold either back.
@@ -401,10 +390,10 @@ impl WriterState {
         let mut armed = self.batcher.deadline();
         let sleep = tokio::time::sleep_until(armed.map_or(serve_by, |d| d.min(serve_by)));
         tokio::pin!(sleep);
-        // What the filling batches hold, kept up to date as messages are encoded (a batch
-        // revoked meanwhile only makes it an overestimate, so a cut comes early, never late).
-        let mut filling = self.filling();
-        self.budget.publish(filling + self.flying());
+        // What the batches hold, kept up to date as messages are encoded (a batch revoked
+        // meanwhile only makes it an overestimate, so a cut comes early, never late).
+        let mut held = self.held();
+        self.budget.publish(held);
         let mut read = 0;
         while !self.batcher.has_due() && read < 10_000 {
             // The timer first: a consumer that always has a message ready must not starve
@@ -412,40 +401,18 @@ impl WriterState {
             let m = tokio::select! {
                 biased;
                 () = &mut sleep => break,
-                landing = flight_back(&mut self.flight) => Err(landing),
-                m = consumer.recv() => Ok(m),
+                m = consumer.recv() => m,
                 // New partitions deliver nothing until positioned: do that now, not at the
                 // timer.
                 () = self.consumer.rebalanced() => break,
-            };
-            let m = match m {
-                Ok(m) => m,
-                // The flight out came back: what it landed no longer counts.
-                Err(landing) => {
-                    if !self.apply(landing) {
-                        return Ok(());
-                    }
-                    self.budget.publish(filling + self.flying());
-                    continue;
-                }
             };
             match m {
                 Ok(m) => {
                     let repositioned = self.handle_rebalance().await?;
                     let p = m.partition();
-                    if self.backoff.retrying() {
-                        // The flight a rebalance waited for failed: this message is read
-                        // again once the retry is over.
-                        self.batcher.untaken(p, m.offset());
-                        return Ok(());
-                    }
                     if self.batcher.admit(p, m.offset(), &repositioned) == Admit::Take {
-                        filling += self.add(&m);
-                        let flying = self.flying();
-                        if self
-                            .budget
-                            .over(filling, flying, self.args.writer.buffer_bytes)
-                        {
+                        held += self.add(&m);
+                        if self.budget.over(held, self.args.writer.buffer_bytes) {
                             self.batcher.cut_every();
                         }
                         if armed.is_none()
@@ -469,30 +436,20 @@ impl WriterState {
         // the younger batches only land sooner.
         if self.batcher.has_due() {
             self.batcher.cut_every();
-            if !self.settle().await {
-                return Ok(());
-            }
-            self.launch();
         }
-        self.budget.publish(self.filling() + self.flying());
+        if self.batcher.has_due() && !self.flush_due().await {
+            self.backoff.failed();
+            self.pause_for_retry();
+        }
+        // What landed no longer counts against the other writers of the process.
+        let held = self.held();
+        self.budget.publish(held);
         Ok(())
     }
 
-    /// A flush failed: its batches wait for the retry, with back-off, and the partitions
-    /// read nothing new meanwhile.
-    pub(super) fn start_retry(&mut self) {
-        self.backoff.failed();
-        self.pause_for_retry();
-    }
-
-    /// What this writer's filling batches hold in memory.
-    fn filling(&self) -> usize {
+    /// What this writer's batches hold in memory.
+    fn held(&self) -> usize {
         self.batcher.data().map(Encoded::bytes).sum()
-    }
-
-    /// What its flight out holds.
-    fn flying(&self) -> usize {
-        self.flight.as_ref().map_or(0, |f| f.bytes)
     }
 
     /// Pauses every positioned partition while the failed batch is retried: the consumer keeps
@@ -541,12 +498,8 @@ impl WriterState {
         }
     }
 
-    /// Flushes every batch now (drain, schema reload), after the flight out; a replay in
-    /// progress is read again.
+    /// Flushes every batch now (drain, schema reload); a replay in progress is read again.
     async fn flush_all(&mut self) -> bool {
-        if !self.settle().await {
-            return false;
-        }
         for (p, offset) in self.batcher.cut_all() {
             self.consumer.seek(p, offset).await;
         }
@@ -556,19 +509,9 @@ impl WriterState {
     /// Applies assignment changes: revoked partitions lose their unsent batches (the next owner
     /// starts from the stored state); assigned ones are positioned from the stored state, then
     /// resumed. Returns the partitions it repositioned.
-    ///
-    /// The flight out lands first: a partition's batches are dropped or positioned only with
-    /// none of them out. If it fails, the changes are left to the retry (`keep_alive`).
     async fn handle_rebalance(&mut self) -> Result<Vec<i32>, SinkError> {
-        let mut events = self.consumer.take_events();
+        let events = self.consumer.take_events();
         let mut repositioned = Vec::new();
-        if !events.is_empty() && self.flight.is_some() {
-            self.consumer.put_back(events);
-            if !self.settle().await {
-                return Ok(repositioned);
-            }
-            events = self.consumer.take_events();
-        }
         for event in events {
             match event {
                 RebalanceEvent::Revoked(parts) => {

@@ -18,11 +18,8 @@
 //!   that did land (its `after` not yet written) is so sent once more and dropped as a copy;
 //!   a `before` is only written once every earlier batch of its partition has landed, so
 //!   nothing below its `min` is missing;
-//! - one flush is out at a time, and the partitions' next batches fill while it is (a
-//!   `before` is thus written only once every earlier batch of its partition has landed);
 //! - a failed insert keeps its batches; nothing new is taken until it lands, and offsets the
-//!   consumer delivered meanwhile (those of the batches that filled behind it included) are
-//!   read again from the partition's position afterwards.
+//!   consumer delivered meanwhile are read again from the partition's position afterwards.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -273,7 +270,6 @@ impl<D: Default> Batcher<D> {
     }
 
     /// The cut batches' ranges `(partition, min, max)`, in cut order.
-    #[cfg(test)]
     pub fn due_ranges(&self) -> Vec<(i32, i64, i64)> {
         self.due
             .iter()
@@ -281,9 +277,12 @@ impl<D: Default> Batcher<D> {
             .collect()
     }
 
-    #[cfg(test)]
     pub fn batch(&self, partition: i32) -> Option<&Batch<D>> {
         self.batches.get(&partition)
+    }
+
+    pub fn batch_mut(&mut self, partition: i32) -> Option<&mut Batch<D>> {
+        self.batches.get_mut(&partition)
     }
 
     /// The rows of this flush's offsets insert: `before` for each due batch not yet recorded,
@@ -338,54 +337,18 @@ impl<D: Default> Batcher<D> {
         }
     }
 
-    /// Takes the cut batches out for a flush of their own (a flight): nothing is due any
-    /// more, and the partitions' next batches fill from the offsets after them while it is
-    /// out. Call [`Batcher::state_records`] first: the flight carries them.
-    pub fn launch(&mut self) -> Vec<(i32, Batch<D>)> {
-        let due = std::mem::take(&mut self.due);
-        due.into_iter()
-            .filter_map(|p| self.batches.remove(&p).map(|b| (p, b)))
-            .collect()
-    }
-
-    /// A flight's batches were acknowledged: their `after` ranges wait for the next offsets
-    /// insert (not those of a partition revoked meanwhile: its next owner has the state).
-    pub fn flight_landed(&mut self, landed: &[(i32, Batch<D>)]) {
-        for (p, b) in landed {
-            if self.positions.contains_key(p) {
-                self.unrecorded_after.insert(*p, (b.min, b.max));
-            }
-        }
-    }
-
     /// The cut batches were acknowledged: they leave the writer (returned for the metrics),
     /// nothing is due any more, and their `after` ranges wait for the next offsets insert.
-    #[cfg(test)]
     pub fn landed(&mut self) -> Vec<(i32, Batch<D>)> {
-        let landed = self.launch();
-        self.flight_landed(&landed);
-        landed
-    }
-
-    /// A flight failed: its batches are due again, for the retry, as they were sent (same
-    /// ranges, so the same tokens). A partition's newer batch, filled while the flight was
-    /// out, is dropped and read again from its start once the retry is over
-    /// ([`Batcher::end_retry`]): its range had not been recorded, and a partition holds one
-    /// batch. A revoked partition's batch is dropped: its next owner replays it.
-    pub fn restore(&mut self, failed: Vec<(i32, Batch<D>)>) {
-        for (p, b) in failed {
-            let Some(pos) = self.positions.get_mut(&p) else {
-                continue;
-            };
-            if let Some(newer) = self.batches.remove(&p) {
-                pos.next = newer.min;
-                let at = self.rewind.entry(p).or_insert(newer.min);
-                *at = (*at).min(newer.min);
-            }
-            self.due.retain(|d| *d != p);
-            self.batches.insert(p, b);
-            self.due.push(p);
+        let due = std::mem::take(&mut self.due);
+        let landed: Vec<(i32, Batch<D>)> = due
+            .into_iter()
+            .filter_map(|p| self.batches.remove(&p).map(|b| (p, b)))
+            .collect();
+        for (p, b) in &landed {
+            self.unrecorded_after.insert(*p, (b.min, b.max));
         }
+        landed
     }
 
     /// Cuts every batch now (drain, schema reload). A partition still re-cutting a replayed

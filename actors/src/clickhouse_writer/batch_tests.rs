@@ -180,68 +180,6 @@ async fn a_failed_flush_keeps_the_batch_and_rewinds_what_arrived_meanwhile() {
     assert!(b.end_retry().is_empty());
 }
 
-/// While a flight is out its partitions' next batches fill from the offset after it; the next
-/// flush carries the flight's `after` with the new `before`s. A failed flight comes back due
-/// with its ranges, and a batch that filled behind it is dropped and read again from its start.
-#[tokio::test(start_paused = true)]
-async fn a_flight_out_lets_the_next_batch_fill_and_a_failed_one_drops_it() {
-    use BatchPhase::{After, Before};
-    let mut b = Batcher::<()>::new(3, AGE);
-    b.assign(0, None);
-    b.assign(1, None);
-    take_all(&mut b, 0, 0..=2);
-    assert_eq!(b.state_records(), vec![(0, 0, 2, Before)]);
-    let out = b.launch();
-    assert_eq!(
-        out.iter()
-            .map(|(p, x)| (*p, x.min, x.max))
-            .collect::<Vec<_>>(),
-        vec![(0, 0, 2)]
-    );
-    assert!(!b.has_due());
-    // Behind the flight: partition 0 from 3, partition 1 from its start.
-    take_all(&mut b, 0, 3..=4);
-    take_all(&mut b, 1, 0..=0);
-    assert_eq!(b.buffered(), 3);
-    b.flight_landed(&out);
-    take_all(&mut b, 0, 5..=5);
-    assert_eq!(b.state_records(), vec![(0, 3, 5, Before)]);
-    b.cut_every();
-    assert_eq!(
-        b.state_records(),
-        vec![(0, 3, 5, Before), (1, 0, 0, Before)],
-        "partition 0's `after` is superseded by its newer `before`"
-    );
-    let mut out = b.launch();
-    for (_, x) in &mut out {
-        x.recorded = true;
-    }
-    b.recorded(&[(0, 3, 5, Before), (1, 0, 0, Before)]);
-    take_all(&mut b, 0, 6..=7);
-    take_all(&mut b, 1, 1..=1);
-    // The flight failed: back due with the same ranges (and tokens); the batches behind it
-    // are dropped, their partitions rewound to where those started.
-    b.restore(out);
-    assert_eq!(b.due_ranges(), vec![(0, 3, 5), (1, 0, 0)]);
-    assert!(
-        b.batch(0).unwrap().recorded,
-        "a retry does not write the ranges again"
-    );
-    assert_eq!(b.position(0).unwrap().next, 6);
-    assert_eq!(b.admit(0, 6, &[]), Admit::Take, "read again");
-    assert_eq!(b.landed().len(), 2);
-    let mut seeks = b.end_retry();
-    seeks.sort_unstable();
-    assert_eq!(seeks, vec![(0, 6), (1, 1)]);
-    assert_eq!(b.after_records(), vec![(0, 3, 5, After), (1, 0, 0, After)]);
-    // A flight of a partition revoked while it was out: its range is not ours to record.
-    take_all(&mut b, 1, 1..=3);
-    let out = b.launch();
-    b.revoke(1);
-    b.flight_landed(&out);
-    assert_eq!(b.after_records(), vec![(0, 3, 5, After)]);
-}
-
 #[tokio::test(start_paused = true)]
 async fn cut_all_flushes_batches_but_drops_a_replay_in_progress() {
     let mut b = Batcher::<()>::new(100, AGE);
@@ -373,10 +311,6 @@ struct Coverage {
     /// Flushes that landed, and offsets inserts they made.
     flushes: u64,
     flush_offset_inserts: u64,
-    /// Flights that came back while the next batches were filling behind them.
-    overlapped: u64,
-    /// Failed flights whose partition's newer batch was dropped to be read again.
-    newer_dropped: u64,
 }
 
 /// A consumer: per partition, the next offset it delivers.
@@ -408,14 +342,11 @@ fn run(seed: u64, end: i64, cov: &mut Coverage) {
             consumer.cursor.insert(p, if seek { pos.next } else { 0 });
         }
         let mut retrying = false;
-        // The flush out while the next batches fill (the actor's flight).
-        let mut flight: Option<Flight> = None;
         let mut now = Instant::now();
         for _ in 0..200 {
             match rng.random_range(0..11) {
                 0..=5 => {
-                    // The actor reads nothing more once a batch is cut: it sends it first
-                    // (after the flight out).
+                    // The actor reads nothing more once a batch is cut: it flushes first.
                     if b.has_due() && !retrying {
                         continue;
                     }
@@ -445,17 +376,9 @@ fn run(seed: u64, end: i64, cov: &mut Coverage) {
                     }
                 }
                 7 if faults => {
-                    // A crash: whatever the writer held is lost; a flight out got as far as
-                    // it got (5 and above: all of it landed, unanswered).
+                    // A crash: whatever the writer held is lost.
                     if !b.after_records().is_empty() {
                         cov.crash_before_after += 1;
-                    }
-                    if let Some(f) = flight.take() {
-                        let fail_at = rng.random_range(0..7);
-                        if !f.records.is_empty() && fail_at > 0 {
-                            cov.crash_mid_flush += 1;
-                        }
-                        fly(f, &mut server, fail_at);
                     }
                     if b.due_ranges()
                         .iter()
@@ -466,41 +389,8 @@ fn run(seed: u64, end: i64, cov: &mut Coverage) {
                     break;
                 }
                 8 if faults => {
-                    if let Some(f) = flight.take() {
-                        // A drain waits for the flight out; a failed one ends this life.
-                        if !settle(&mut b, fly(f, &mut server, rng.random_range(0..9))) {
-                            break;
-                        }
-                    }
                     drain(&mut b, &mut server, &mut consumer, &mut rng, cov);
                     break;
-                }
-                _ if flight.is_some() => {
-                    // The flight comes back, maybe with the next batches filling behind it.
-                    let f = flight.take().unwrap();
-                    let fail_at = if faults { rng.random_range(0..7) } else { 9 };
-                    let inserts = server.offset_inserts;
-                    let fresh = !f.records.is_empty();
-                    let filling: BTreeSet<i32> = (0..PARTITIONS)
-                        .filter(|p| f.batches.iter().any(|(q, _)| q == p) && b.batch(*p).is_some())
-                        .collect();
-                    if b.buffered() > 0 {
-                        cov.overlapped += 1;
-                    }
-                    if settle(&mut b, fly(f, &mut server, fail_at)) {
-                        assert_eq!(server.offset_inserts - inserts, u64::from(fresh));
-                        cov.flushes += 1;
-                        cov.flush_offset_inserts += server.offset_inserts - inserts;
-                    } else {
-                        cov.newer_dropped += filling.len() as u64;
-                        retrying = true;
-                    }
-                }
-                _ if !retrying && rng.random_bool(0.7) => {
-                    // The actor's poll: the due batches leave as a flight, reading goes on.
-                    if b.has_due() {
-                        flight = Some(launch(&mut b));
-                    }
                 }
                 _ => {
                     if !b.has_due() {
@@ -533,9 +423,6 @@ fn run(seed: u64, end: i64, cov: &mut Coverage) {
             continue;
         }
         // The last life: drain everything without faults.
-        if let Some(f) = flight.take() {
-            assert!(settle(&mut b, fly(f, &mut server, 9)));
-        }
         if retrying {
             assert!(flush(&mut b, &mut server, 9));
             for (p, o) in b.end_retry() {
@@ -586,77 +473,38 @@ fn run(seed: u64, end: i64, cov: &mut Coverage) {
     }
 }
 
-/// A flush out in the model: the batches it took and the offsets records it carries.
-struct Flight {
-    records: Vec<StateRecord>,
-    batches: Vec<(i32, Batch<()>)>,
-}
-
-/// What came back from a flight: the records it stored, its batches, whether all landed.
-type Landing = (Vec<StateRecord>, Vec<(i32, Batch<()>)>, bool);
-
-/// The actor's `launch`: the due batches leave with this flush's offsets records.
-fn launch(b: &mut Batcher<()>) -> Flight {
+/// The actor's flush against the model server; `fail_at` picks the failing step: 0 the
+/// offsets insert, 1 the same landed but its answer lost, 2..=3 the insert of the first due
+/// batch, 4 the same landed but its answer lost; above, nothing fails.
+fn flush(b: &mut Batcher<()>, server: &mut Server, fail_at: u32) -> bool {
     let records = b.state_records();
-    Flight {
-        records,
-        batches: b.launch(),
-    }
-}
-
-/// A flight against the model server; `fail_at` picks the failing step: 0 the offsets
-/// insert, 1 the same landed but its answer lost, 2..=3 the insert of its first batch, 4 the
-/// same landed but its answer lost; above, nothing fails.
-fn fly(f: Flight, server: &mut Server, fail_at: u32) -> Landing {
-    let Flight {
-        records,
-        mut batches,
-    } = f;
-    let mut stored = Vec::new();
     if !records.is_empty() {
         if fail_at == 0 {
-            return (stored, batches, false);
+            return false;
         }
         server.record(&records);
         if fail_at == 1 {
-            return (stored, batches, false);
+            return false;
         }
-        for (_, x) in &mut batches {
-            x.recorded = true;
-        }
-        stored = records;
+        b.recorded(&records);
     }
-    for (i, (p, x)) in batches.iter_mut().enumerate() {
-        if x.inserted {
+    for (i, (p, min, max)) in b.due_ranges().into_iter().enumerate() {
+        if b.batch(p).is_some_and(|x| x.inserted) {
             continue;
         }
         if (2..=3).contains(&fail_at) && i == 0 {
-            return (stored, batches, false);
+            return false;
         }
-        server.tokens.insert((*p, x.min, x.max));
+        server.tokens.insert((p, min, max));
         if fail_at == 4 && i == 0 {
-            return (stored, batches, false);
+            return false;
         }
-        x.inserted = true;
+        if let Some(x) = b.batch_mut(p) {
+            x.inserted = true;
+        }
     }
-    (stored, batches, true)
-}
-
-/// The actor's `apply`: what a flight brought back.
-fn settle(b: &mut Batcher<()>, (stored, batches, landed): Landing) -> bool {
-    b.recorded(&stored);
-    if landed {
-        b.flight_landed(&batches);
-    } else {
-        b.restore(batches);
-    }
-    landed
-}
-
-/// The actor's `flush_due` (no flight out): the due batches leave and are waited for.
-fn flush(b: &mut Batcher<()>, server: &mut Server, fail_at: u32) -> bool {
-    let f = launch(b);
-    settle(b, fly(f, server, fail_at))
+    b.landed();
+    true
 }
 
 /// A drain (the actor's `Drain`, then the process exits): every batch is cut and flushed, a
@@ -713,9 +561,6 @@ async fn property_every_offset_lands_in_exactly_one_range_through_faults() {
     assert!(cov.clean_drains > 20, "{cov:?}");
     // At most one offsets insert per flush (none for a retry of the data alone).
     assert!(cov.flush_offset_inserts <= cov.flushes, "{cov:?}");
-    // Flights came back with batches filling behind them, and failed ones dropped those.
-    assert!(cov.overlapped > 100, "{cov:?}");
-    assert!(cov.newer_dropped > 20, "{cov:?}");
 }
 
 #[test]

@@ -1,18 +1,15 @@
 //! The memory bound of a process's writers together (`writer.buffer_bytes`): each writer
-//! publishes what its batches hold, the flush it has out included, and cuts the batches it is
-//! filling once they hold half the bound (the other half is for that flush: reading overlaps
-//! inserting) or once the writers of its process together hold the bound. A bound per writer
-//! would let a process hold it once per topic (a category and a quarantine topic each): a busy
-//! writer alone could then use only a fraction of the memory the process gives its writers,
-//! in smaller inserts that cost ClickHouse more CPU.
+//! publishes what its batches hold, and cuts them all once the writers of its process together
+//! hold the bound. A bound per writer would let a process hold it once per topic (a category
+//! and a quarantine topic each): a busy writer alone could then use only a fraction of the
+//! memory the process gives its writers, in smaller inserts that cost ClickHouse more CPU.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// A writer cuts on the process's bound only once the batches it fills hold at least this part
-/// of it: a writer whose batches wait for a retry (or a flush) then leaves the others inserting
-/// in batches of some size, not a few rows at a time. The process so holds at most the bound
-/// plus this part per writer.
+/// A writer cuts on the process's bound only once it holds at least this part of it: a writer
+/// whose batches wait for a retry then leaves the others inserting in batches of some size,
+/// not a few rows at a time. The process so holds at most the bound plus this part per writer.
 const SMALLEST_SHARE: usize = 16;
 
 /// The bytes the batches of every writer of one process hold.
@@ -63,11 +60,11 @@ impl BudgetShare {
         total
     }
 
-    /// Whether this writer, whose filling batches hold `filling` bytes and whose flush out
-    /// holds `flying`, cuts the batches it fills under the bound (see [`cut_all`]).
-    pub fn over(&mut self, filling: usize, flying: usize, bound: usize) -> bool {
-        let total = self.publish(filling + flying);
-        cut_all(filling, total, bound)
+    /// Whether this writer, holding `held` bytes, cuts all its batches under the bound
+    /// (see [`cut_all`]).
+    pub fn over(&mut self, held: usize, bound: usize) -> bool {
+        let total = self.publish(held);
+        cut_all(held, total, bound)
     }
 }
 
@@ -77,12 +74,11 @@ impl Drop for BudgetShare {
     }
 }
 
-/// Whether a writer whose filling batches hold `filling` bytes cuts them all when the writers
-/// of its process hold `total` together (flushes out included): they hold half the bound (the
-/// writer's flush may hold the other half), or the writers together hold the bound and its
-/// filling batches at least their smallest share of it.
-pub fn cut_all(filling: usize, total: usize, bound: usize) -> bool {
-    filling >= bound / 2 || (total >= bound && filling >= bound / SMALLEST_SHARE)
+/// Whether a writer holding `own` bytes cuts all its batches when the writers of its process
+/// hold `total` together: it alone holds the bound, or together they do and it holds at least
+/// its smallest share of it.
+pub fn cut_all(own: usize, total: usize, bound: usize) -> bool {
+    own >= bound || (total >= bound && own >= bound / SMALLEST_SHARE)
 }
 
 #[cfg(test)]
@@ -108,9 +104,10 @@ mod tests {
     #[test]
     fn a_writer_cuts_on_the_process_bound_once_it_holds_its_smallest_share() {
         let bound = 32 << 20;
-        // Alone at half the bound: the other half is for its flush out.
-        assert!(cut_all(bound / 2, bound / 2, bound));
-        assert!(!cut_all(bound / 2 - 1, bound - 1, bound));
+        // Alone at the bound.
+        assert!(cut_all(bound, bound, bound));
+        // Below the bound together: nobody cuts.
+        assert!(!cut_all(bound / 2, bound - 1, bound));
         // Together at the bound: a writer with a fair part cuts …
         assert!(cut_all(bound / 4, bound, bound));
         // … one with a few rows does not: another writer's retry holds the rest.
@@ -123,13 +120,12 @@ mod tests {
         let budget = WriterBudget::new();
         let bound = 64 * 1024;
         let (mut l2, mut tick) = (budget.share(), budget.share());
-        // 20 KiB filling and a 24 KiB flush out: below half the bound, and below it together.
-        assert!(!l2.over(20 * 1024, 24 * 1024, bound));
+        assert!(!l2.over(40 * 1024, bound));
         // The tick writer's 30 KiB take the process past 64 KiB: both cut.
-        assert!(tick.over(30 * 1024, 0, bound));
-        assert!(l2.over(20 * 1024, 24 * 1024, bound));
+        assert!(tick.over(30 * 1024, bound));
+        assert!(l2.over(40 * 1024, bound));
         // Another process's writers have their own budget.
         let other = WriterBudget::new();
-        assert!(!other.share().over(30 * 1024, 0, bound));
+        assert!(!other.share().over(40 * 1024, bound));
     }
 }

@@ -2,18 +2,10 @@
 //! the `after` ranges of those the previous flushes landed), the partitions' data inserts in
 //! parallel, then the metrics and the advisory commit once all landed (see `batch.rs` for
 //! why that is exactly-once).
-//!
-//! A flush runs as a task of its own (a flight) that owns the batches it sends: the writer
-//! reads and encodes the partitions' next batches meanwhile, and waits for it only when those
-//! are cut in turn (one flight at a time), for a rebalance, or for a drain. A flight that
-//! fails gives its batches back for the retry.
 
 use bytes::Bytes;
 use marketlane_protocol::UnqualifiedRecord;
-use marketlane_protocol::clickhouse::{
-    OFFSETS_TABLE, dedup_token, encode_unqualified, unqualified_table,
-};
-use tokio::task::JoinHandle;
+use marketlane_protocol::clickhouse::{dedup_token, encode_unqualified, unqualified_table};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -31,185 +23,6 @@ use crate::config::KafkaConfig;
 /// writer on a saturated 2-core box).
 const MERGED_INSERT_MAX_ROWS: usize = 32_768;
 
-/// A flush on its way, owning what it sends.
-struct Flight {
-    to: FlightTarget,
-    /// The offsets insert ahead of the data (empty on a retry whose ranges are stored) and
-    /// its version.
-    records: Vec<StateRecord>,
-    seq: u64,
-    batches: Vec<(i32, Batch<Encoded>)>,
-    started: Instant,
-}
-
-/// Where a flight sends its batches (the writer's names and statements when it left).
-struct FlightTarget {
-    ch: ClickHouse,
-    kafka: KafkaConfig,
-    insert_sql: String,
-    quarantine_sql: String,
-    table: String,
-    topic: String,
-    category: String,
-    instance: String,
-    group: String,
-}
-
-/// What a flight brings back: its batches (each marked recorded and inserted as far as it
-/// got), the offsets records it stored, and the table and error it failed on.
-pub(super) struct Landing {
-    batches: Vec<(i32, Batch<Encoded>)>,
-    stored: Vec<StateRecord>,
-    failure: Option<(String, String)>,
-    started: Instant,
-}
-
-/// The flight out: its task, and what it holds. Dropping it (the writer stops) cancels it.
-pub(super) struct InFlight {
-    task: JoinHandle<Landing>,
-    pub(super) bytes: usize,
-    pub(super) messages: usize,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl InFlight {
-    /// Completes when the flight is back. A flight that panicked panics its writer, whose
-    /// supervisor restarts it from the stored state.
-    pub(super) async fn landing(&mut self) -> Landing {
-        match (&mut self.task).await {
-            Ok(landing) => landing,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => panic!("a flush was cancelled under its writer: {e}"),
-        }
-    }
-}
-
-/// Completes when the flight out (if any) is back; never without one.
-pub(super) async fn flight_back(flight: &mut Option<InFlight>) -> Landing {
-    match flight {
-        Some(f) => f.landing().await,
-        None => std::future::pending().await,
-    }
-}
-
-impl Flight {
-    async fn run(mut self) -> Landing {
-        let mut stored = Vec::new();
-        let failure = self.send(&mut stored).await.err();
-        Landing {
-            batches: self.batches,
-            stored,
-            failure,
-            started: self.started,
-        }
-    }
-
-    async fn send(&mut self, stored: &mut Vec<StateRecord>) -> Result<(), (String, String)> {
-        let to = &self.to;
-        if !self.records.is_empty() {
-            to.ch
-                .write_states(&to.topic, &self.records, self.seq)
-                .await
-                .map_err(|e| (OFFSETS_TABLE.to_string(), e.to_string()))?;
-            *stored = std::mem::take(&mut self.records);
-            for (_, b) in &mut self.batches {
-                b.recorded = true;
-            }
-        }
-        let mut bodies = Vec::new();
-        for (p, b) in &mut self.batches {
-            if !b.inserted {
-                bodies.push((
-                    *p,
-                    dedup_token(&to.topic, *p, b.min, b.max),
-                    b.data.frozen(),
-                ));
-            }
-        }
-        let rows_landed = to.insert_merged(&self.batches, &bodies).await?;
-        let target = Target {
-            ch: &to.ch,
-            insert_sql: &to.insert_sql,
-            quarantine_sql: &to.quarantine_sql,
-            table: &to.table,
-            topic: &to.topic,
-            category: &to.category,
-            instance: &to.instance,
-            kafka: &to.kafka,
-            group: &to.group,
-        };
-        // The partitions' inserts are in flight together: their ranges and tokens are their
-        // own, so their order does not matter; a failed one is retried alone.
-        let batches = &self.batches;
-        let results =
-            futures_util::future::join_all(bodies.into_iter().filter_map(|(p, token, body)| {
-                let (_, batch) = batches.iter().find(|(q, _)| *q == p)?;
-                Some(async move { (p, target.insert(p, batch, &token, body, rows_landed).await) })
-            }))
-            .await;
-        let mut failure = None;
-        for (p, result) in results {
-            match result {
-                Ok(poisoned) => {
-                    if let Some((_, b)) = self.batches.iter_mut().find(|(q, _)| *q == p) {
-                        b.inserted = true;
-                        b.data.poisoned = poisoned;
-                    }
-                }
-                Err(e) => failure = failure.or(Some(e)),
-            }
-        }
-        failure.map_or(Ok(()), Err)
-    }
-}
-
-impl FlightTarget {
-    /// Where the server has no deduplication tokens (before 22.2), the rows of every
-    /// partition of a small flush (live cadence, [`MERGED_INSERT_MAX_ROWS`]) go in one insert:
-    /// one part in the table and one in its snapshot instead of one per partition (on 18.16 a
-    /// part is some 45 files, and parts were most of ClickHouse's CPU at the live cadence).
-    /// Exactly-once is unchanged there: a replayed range is dropped as a copy by the table's
-    /// `row_id` alone, whether it went alone or with others. With tokens each partition keeps
-    /// its own insert, since a replay must carry the same token as the first attempt and the
-    /// partitions replayed after a rebalance need not be the ones that went together. Returns
-    /// whether the rows landed; false also when ClickHouse refused a row (one block: nothing
-    /// landed), and each partition then goes alone and bisects to it.
-    async fn insert_merged(
-        &self,
-        batches: &[(i32, Batch<Encoded>)],
-        bodies: &[(i32, String, (Bytes, Bytes))],
-    ) -> Result<bool, (String, String)> {
-        let with_rows: Vec<(i32, Bytes)> = bodies
-            .iter()
-            .filter(|(_, _, (rows, _))| !rows.is_empty())
-            .map(|(p, _, (rows, _))| (*p, rows.clone()))
-            .collect();
-        let row_count: usize = batches
-            .iter()
-            .filter(|(p, _)| with_rows.iter().any(|(q, _)| q == p))
-            .map(|(_, b)| b.data.row_count)
-            .sum();
-        if self.ch.has_dedup_tokens() || with_rows.len() < 2 || row_count > MERGED_INSERT_MAX_ROWS {
-            return Ok(false);
-        }
-        let parts = with_rows.into_iter().map(|(_, rows)| rows).collect();
-        match self.ch.insert_parts(&self.insert_sql, parts, None).await {
-            Ok(()) => Ok(true),
-            Err(SinkError::Rejected { message, .. }) => {
-                warn!(topic = %self.topic, reason = %message,
-                    "clickhouse refused a row of a merged insert: each partition goes alone");
-                Ok(false)
-            }
-            Err(e) => Err((self.table.clone(), e.to_string())),
-        }
-    }
-}
-
 impl WriterState {
     /// A strictly increasing version for the offsets state of this writer.
     fn next_seq(&mut self) -> u64 {
@@ -218,91 +31,115 @@ impl WriterState {
         self.last_seq
     }
 
-    /// Sends the cut batches as a flight of their own (one offsets insert with their `before`
-    /// ranges and the previous flushes' `after` ranges, then the data of every partition at
-    /// once, each with its token); the caller goes on reading. One flight at a time: the one
-    /// out must be settled first.
-    pub(super) fn launch(&mut self) {
-        debug_assert!(self.flight.is_none(), "a second flight");
-        let records = self.batcher.state_records();
-        let seq = if records.is_empty() {
-            0
-        } else {
-            self.snapshot.offset_inserts += 1;
-            self.next_seq()
-        };
-        let batches = self.batcher.launch();
-        let bytes = batches.iter().map(|(_, b)| b.data.bytes()).sum();
-        let messages = batches.iter().map(|(_, b)| b.messages).sum();
-        let flight = Flight {
-            to: FlightTarget {
-                ch: self.args.clickhouse.clone(),
-                kafka: self.args.kafka.clone(),
-                insert_sql: self.insert_sql.clone(),
-                quarantine_sql: self.quarantine_sql.clone(),
-                table: self.table.clone(),
-                topic: self.topic.clone(),
-                category: self.args.kind.category().to_string(),
-                instance: self.args.instance.clone(),
-                group: self.snapshot.group.clone(),
-            },
-            records,
-            seq,
-            batches,
-            started: Instant::now(),
-        };
-        self.flight = Some(InFlight {
-            task: tokio::spawn(flight.run()),
-            bytes,
-            messages,
-        });
-    }
-
-    /// Waits for the flight out (if any) and applies what it brought back; returns whether it
-    /// landed (true without one). A failed flight's batches are due again, and the retry
-    /// starts if it is not on already.
-    pub(super) async fn settle(&mut self) -> bool {
-        let Some(mut flight) = self.flight.take() else {
-            return true;
-        };
-        let landing = flight.landing().await;
-        self.apply(landing)
-    }
-
-    /// Applies a flight that came back (see [`WriterState::settle`]).
-    pub(super) fn apply(&mut self, landing: Landing) -> bool {
-        self.flight = None;
-        self.batcher.recorded(&landing.stored);
-        match landing.failure {
-            None => {
-                self.landed(landing.started, landing.batches);
-                true
-            }
-            Some((table, error)) => {
-                self.batcher.restore(landing.batches);
-                // Every failure retries: only the retry's end seeks back the partitions
-                // whose newer batch `restore` dropped.
-                if !self.backoff.retrying() {
-                    self.start_retry();
-                }
-                self.failed(&table, error)
-            }
-        }
-    }
-
-    /// Flushes the cut batches and waits for them (a retry, a drain, a schema reload), after
-    /// the flight out. Returns false (keeping every batch) on failure.
+    /// Inserts the due partition batches: one offsets insert (their `before` ranges and the
+    /// previous flushes' `after` ranges), the data of every partition at once (each with its
+    /// token), then the advisory Kafka commit. Returns false (keeping every batch) on failure.
     pub(super) async fn flush_due(&mut self) -> bool {
-        if !self.settle().await {
-            return false;
-        }
-        if !self.batcher.has_due() {
+        let ranges = self.batcher.due_ranges();
+        if ranges.is_empty() {
+            self.batcher.landed();
             self.backoff.reset();
             self.apply_pending_schema();
             return true;
         }
-        self.launch();
-        self.settle().await
+        let started = Instant::now();
+        let ch = self.args.clickhouse.clone();
+        // Empty on a retry whose ranges are stored already: only the data is sent again.
+        let records = self.batcher.state_records();
+        if !records.is_empty()
+            && let Err(e) = self.write_states(&records).await
+        {
+            return self.failed(marketlane_protocol::clickhouse::OFFSETS_TABLE, e);
+        }
+        let mut bodies = Vec::new();
+        for &(p, min, max) in &ranges {
+            if let Some(b) = self.batcher.batch_mut(p)
+                && !b.inserted
+            {
+                bodies.push((p, dedup_token(&self.topic, p, min, max), b.data.frozen()));
+            }
+        }
+        let rows_landed = match self.insert_merged(&ch, &bodies).await {
+            Ok(landed) => landed,
+            Err(e) => return self.failed(&self.table.clone(), e),
+        };
+        let target = Target {
+            ch: &ch,
+            insert_sql: &self.insert_sql,
+            quarantine_sql: &self.quarantine_sql,
+            table: &self.table,
+            topic: &self.topic,
+            category: self.args.kind.category(),
+            instance: &self.args.instance,
+            kafka: &self.args.kafka,
+            group: &self.snapshot.group,
+        };
+        // The partitions' inserts are in flight together: their ranges and tokens are their
+        // own, so their order does not matter; a failed one is retried alone.
+        let batcher = &self.batcher;
+        let results =
+            futures_util::future::join_all(bodies.into_iter().filter_map(|(p, token, body)| {
+                let batch = batcher.batch(p)?;
+                Some(async move { (p, target.insert(p, batch, &token, body, rows_landed).await) })
+            }))
+            .await;
+        let mut failure = None;
+        for (p, result) in results {
+            match result {
+                Ok(poisoned) => {
+                    if let Some(b) = self.batcher.batch_mut(p) {
+                        b.inserted = true;
+                        b.data.poisoned = poisoned;
+                    }
+                }
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if let Some((table, error)) = failure {
+            return self.failed(&table, error);
+        }
+        self.landed(started);
+        true
+    }
+
+    /// Where the server has no deduplication tokens (before 22.2), the rows of every
+    /// partition of a small flush (live cadence, [`MERGED_INSERT_MAX_ROWS`]) go in one insert:
+    /// one part in the table and one in its snapshot instead of one per partition (on 18.16 a
+    /// part is some 45 files, and parts were most of ClickHouse's CPU at the live cadence). Exactly-once is unchanged there: a replayed
+    /// range is dropped as a copy by the table's `row_id` alone, whether it went alone or with
+    /// others. With tokens each partition keeps its own insert, since a replay must carry the
+    /// same token as the first attempt and the partitions replayed after a rebalance need not
+    /// be the ones that went together. Returns whether the rows landed; false also when
+    /// ClickHouse refused a row (one block: nothing landed), and each partition then goes
+    /// alone and bisects to it.
+    async fn insert_merged(
+        &self,
+        ch: &ClickHouse,
+        bodies: &[(i32, String, (Bytes, Bytes))],
+    ) -> Result<bool, String> {
+        let with_rows: Vec<(i32, Bytes)> = bodies
+            .iter()
+            .filter(|(_, _, (rows, _))| !rows.is_empty())
+            .map(|(p, _, (rows, _))| (*p, rows.clone()))
+            .collect();
+        let row_count: usize = with_rows
+            .iter()
+            .filter_map(|(p, _)| self.batcher.batch(*p))
+            .map(|b| b.data.row_count)
+            .sum();
+        if ch.has_dedup_tokens() || with_rows.len() < 2 || row_count > MERGED_INSERT_MAX_ROWS {
+            return Ok(false);
+        }
+        let parts = with_rows.into_iter().map(|(_, rows)| rows).collect();
+        match ch.insert_parts(&self.insert_sql, parts, None).await {
+            Ok(()) => Ok(true),
+            Err(SinkError::Rejected { message, .. }) => {
+                warn!(topic = %self.topic, reason = %message,
+                    "clickhouse refused a row of a merged insert: each partition goes alone");
+                Ok(false)
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// One insert into the offsets table (all rows under one version: one row per partition).
@@ -327,19 +164,19 @@ impl WriterState {
             return;
         }
         if let Err(e) = self.write_states(&records).await {
+            let table = marketlane_protocol::clickhouse::OFFSETS_TABLE;
             self.args
                 .metrics
                 .clickhouse_insert_errors
-                .with_label_values(&[OFFSETS_TABLE])
+                .with_label_values(&[table])
                 .inc();
             warn!(topic = %self.topic, error = %e, "cannot record the landed ranges; the next owner sends them once more");
         }
     }
 
-    /// A flight's batches landed: metrics, snapshot, advisory commit, and a reloaded schema
-    /// takes over.
-    fn landed(&mut self, started: Instant, batches: Vec<(i32, Batch<Encoded>)>) {
-        self.batcher.flight_landed(&batches);
+    /// The flushed batches are recorded: metrics, snapshot, advisory commit, and a reloaded
+    /// schema takes over.
+    fn landed(&mut self, started: Instant) {
         let metrics = &self.args.metrics;
         let table = self.table.as_str();
         metrics
@@ -352,7 +189,7 @@ impl WriterState {
             .event_to_sink_latency
             .with_label_values(&[category, "clickhouse"]);
         let mut commits = Vec::new();
-        for (p, batch) in batches {
+        for (p, batch) in self.batcher.landed() {
             let Batch { max, data, .. } = batch;
             let rows = (data.row_count - data.poisoned) as u64;
             metrics
@@ -371,10 +208,7 @@ impl WriterState {
             self.snapshot.rows_inserted += rows;
             self.snapshot.rows_quarantined += (data.quarantine_count + data.poisoned) as u64;
             self.snapshot.batches += 1;
-            // Not a partition revoked meanwhile: its next owner commits.
-            if self.batcher.position(p).is_some() {
-                commits.push((p, max + 1));
-            }
+            commits.push((p, max + 1));
         }
         self.snapshot.flushes += 1;
         self.consumer.commit(&commits);

@@ -195,7 +195,6 @@ fn writer(url: &str) -> WriterState {
         retry_paused: Vec::new(),
         pending_schema: None,
         refused: None,
-        flight: None,
         topic,
     }
 }
@@ -271,44 +270,6 @@ async fn a_flush_makes_one_offsets_insert_with_the_previous_after_ranges() {
     w.record_afters().await;
     assert_eq!(drain_seen(&seen), (vec![vec![(1, 2, 3, After)]], 0));
     assert_eq!((w.snapshot.flushes, w.snapshot.offset_inserts), (3, 4));
-}
-
-/// A flight goes out and its partition's next batch fills behind it; a flight that fails
-/// comes back due with its range (its offsets stored, so the retry sends the data alone),
-/// drops the batch behind it and starts the retry, whose end reads that batch again.
-#[tokio::test]
-async fn the_next_batch_fills_while_a_flight_is_out_and_a_failed_flight_is_retried_alone() {
-    use BatchPhase::Before;
-    let (url, seen) = fake_clickhouse().await;
-    let mut w = writer(&url);
-    w.batcher.assign(0, None);
-    add(&mut w, 0, 0);
-    add(&mut w, 0, 1);
-    w.launch();
-    assert!(w.flying() > 0 && !w.batcher.has_due());
-    add(&mut w, 0, 2);
-    assert!(w.settle().await);
-    assert_eq!(w.flying(), 0);
-    assert_eq!(drain_seen(&seen), (vec![vec![(0, 0, 1, Before)]], 1));
-    assert_eq!(w.snapshot.rows_quarantined, 2);
-
-    add(&mut w, 0, 3);
-    seen.lock().unwrap().fail_next = Some("unqualified");
-    w.launch();
-    add(&mut w, 0, 4);
-    assert!(!w.settle().await);
-    assert!(w.backoff.retrying(), "a failed flight starts the retry");
-    assert_eq!(w.batcher.due_ranges(), vec![(0, 2, 3)]);
-    assert_eq!(w.batcher.position(0).unwrap().next, 4);
-    assert_eq!(drain_seen(&seen), (vec![vec![(0, 2, 3, Before)]], 1));
-    assert!(w.flush_due().await);
-    assert_eq!(
-        drain_seen(&seen),
-        (vec![], 1),
-        "the data again, not the offsets"
-    );
-    assert_eq!(w.batcher.end_retry(), vec![(0, 4)]);
-    assert_eq!(w.snapshot.rows_quarantined, 4);
 }
 
 /// One level-2 row as the connector puts it on its topic (the benchmark's rows: validated, so
