@@ -500,8 +500,9 @@ impl Report {
             );
             let _ = writeln!(
                 m,
-                "Each run pre-fills a fresh 3-partition topic with {} valid `l2_market_data` rows (JSON, lz4, the daemon's producer settings), then drains it into a fresh database twice, one after the other on the same server: marketlane (`roles = [\"writer\"]`, defaults: batches of ≤50,000 rows or 0.5 s, all of them cut once they hold 8 MiB, offsets in ClickHouse) and the Kafka engine (`ENGINE = Kafka`, JSONEachRow, with the settings its users tune (below), a materialized view into marketlane's own DDL for the table, so both feed the same table and snapshot view). The order alternates between runs. *From start* = rows / (last row queryable − start of consumption, which includes creating the tables and joining the group, for both): the ratio uses it, because the engine makes its rows queryable in one or a few big blocks (it polls until its block is full or `stream_flush_interval_ms`, 7.5 s, passes), so its *once streaming* rate (rows / (last − first row queryable)) is not meaningful. CPU: ClickHouse server and daemon seconds during the drain.\n",
-                self.stages.first().map_or(0, |s| s.rows)
+                "Each run pre-fills a fresh 3-partition topic with {} valid `l2_market_data` rows (JSON, lz4, the daemon's producer settings), then drains it into a fresh database twice, one after the other on the same server: marketlane (`roles = [\"writer\"]`, defaults: {}, offsets in ClickHouse) and the Kafka engine (`ENGINE = Kafka`, JSONEachRow, with the settings its users tune (below), a materialized view into marketlane's own DDL for the table, so both feed the same table and snapshot view). The order alternates between runs. *From start* = rows / (last row queryable − start of consumption, which includes creating the tables and joining the group, for both): the ratio uses it, because the engine makes its rows queryable in one or a few big blocks (it polls until its block is full or `stream_flush_interval_ms`, 7.5 s, passes), so its *once streaming* rate (rows / (last − first row queryable)) is not meaningful. CPU: ClickHouse server and daemon seconds during the drain.\n",
+                self.stages.first().map_or(0, |s| s.rows),
+                writer_defaults()
             );
             let _ = writeln!(
                 m,
@@ -585,4 +586,15 @@ impl Report {
         std::fs::write(&path, m)?;
         Ok(path)
     }
+}
+
+/// The writer's batching defaults as the stage drains use them.
+fn writer_defaults() -> String {
+    let w = marketlane_actors::config::WriterConfig::default();
+    format!(
+        "batches of ≤{} rows or {} ms, all of them cut once the writers of the process together hold {} MiB (`buffer_bytes`)",
+        w.batch_rows,
+        w.batch_max_age.as_millis(),
+        w.buffer_bytes >> 20
+    )
 }
