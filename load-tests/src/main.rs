@@ -78,9 +78,9 @@ pub struct Args {
     /// Seconds of the ClickHouse outage of the `outage` part; default 60, 20 with --quick.
     #[arg(long)]
     pub outage_secs: Option<u64>,
-    /// `perf record -g` of the connector process, and apart of the writer process, over the
-    /// `rate` run's steady window; the top of each `perf report --no-children` goes into the
-    /// report.
+    /// `perf record -g` of the connector, the writer and the calculator processes, each apart,
+    /// over the `rate` run's steady window; the top of each `perf report --no-children` goes
+    /// into the report.
     #[arg(long)]
     pub profile: bool,
     /// Run on a tree with uncommitted changes (the report and summary.json say so).

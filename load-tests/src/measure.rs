@@ -1,7 +1,7 @@
 //! Figures taken from outside the daemon: rows as an analyst counts them (distinct `row_id`,
 //! `FINAL`), the CPU of ClickHouse and Kafka from their pid files, rows produced to Kafka in a
 //! time window (offsets for times), the first fresh market-data row in Kafka after a websocket
-//! drop, and `perf` profiles of the connector and the writer processes.
+//! drop, and `perf` profiles of the connector, the writer and the calculator processes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -392,7 +392,8 @@ async fn mark(env: &Env, db: &str, daemons: PerRole<u32>, sim: u32) -> Mark {
 
 impl Window {
     /// `profile`: `perf record` of the connector process (websocket → Kafka, the hot path of a
-    /// row) and of the writer process (Kafka → ClickHouse), each apart.
+    /// row), of the writer process (Kafka → ClickHouse) and of the calculator process (Kafka →
+    /// Redis), each apart.
     pub async fn start(
         &mut self,
         env: &Env,
@@ -404,7 +405,7 @@ impl Window {
     ) {
         self.start = Some(mark(env, db, daemons, sim).await);
         if profile {
-            for role in [Role::Connector, Role::Writer] {
+            for role in [Role::Connector, Role::Writer, Role::Calculator] {
                 match Profiler::start(daemons[role.index()], dir, role.name()) {
                     Ok(p) => self.profilers.push((role, p)),
                     Err(e) => self

@@ -403,7 +403,7 @@ fn live_details(live: &[LiveResult]) -> String {
         if let Some(p) = &r.extra.profile {
             let _ = writeln!(
                 m,
-                "\n### Profiles of the connector and the writer processes (`{}` run, steady window)\n\n`perf record -g -F 499 -p <pid>` of each (the connector reads the websocket, normalizes and produces to Kafka; the writer consumes Kafka and inserts into ClickHouse), then `perf report --no-children --sort dso,symbol` (self time; lines ≥0.5%):\n\n```\n{p}\n```\n",
+                "\n### Profiles of the connector, the writer and the calculator processes (`{}` run, steady window)\n\n`perf record -g -F 499 -p <pid>` of each (the connector reads the websocket, normalizes and produces to Kafka; the writer consumes Kafka and inserts into ClickHouse; the calculator consumes Kafka, updates its windows and writes Redis), then `perf report --no-children --sort dso,symbol` (self time; lines ≥0.5%):\n\n```\n{p}\n```\n",
                 r.config.name
             );
         }

@@ -36,7 +36,8 @@ pub struct LiveConfig {
     pub ws_drops: u32,
     pub pod_kills: u32,
     pub engine: bool,
-    /// `perf record -g` of the connector and the writer processes over the steady window.
+    /// `perf record -g` of the connector, the writer and the calculator processes over the
+    /// steady window.
     pub profile: bool,
     /// A ClickHouse outage of this many seconds (0: none), 5 s into the steady window.
     pub outage_secs: u64,
