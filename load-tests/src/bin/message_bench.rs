@@ -7,10 +7,10 @@
 //! Each side produces the same level-2 rows (written by the connector's `write_typed`) with the
 //! connector's producer settings (idempotent, `acks=all`, lz4, `linger.ms` 20) to a fresh
 //! topic at a live rate (40,000 rows/s by default), waits for every acknowledgement, then reads
-//! the topic back with one consumer and splits the lines. Prints CPU µs per row of this process while producing, of the broker over
-//! the produce, and of this process while consuming, rounds alternating, the medians and the
-//! ratios. Run:
-//! `cargo run --release -p marketlane-load-tests --bin marketlane-message-bench [rows a round] [rows a message] [rows/s]`.
+//! the topic back with one consumer and splits the lines. Prints CPU µs per row of this process
+//! while producing, of the broker over the produce, and of this process while consuming, rounds
+//! alternating, the medians and the ratios. Run (with `scripts/stack up kafka`):
+//! `marketlane-message-bench [rows a round] [rows a message] [rows/s]`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,6 +24,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
+// The driver's `/proc` readings (this binary uses only `usage`).
+#[allow(dead_code)]
+#[path = "../procs.rs"]
+mod procs;
+
 const BOOTSTRAP: &str = "127.0.0.1:9092";
 const PARTITIONS: i32 = 6;
 const SYMBOLS: usize = 1_000;
@@ -34,22 +39,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// CPU seconds (user + system, all threads) of a process, from `/proc/<pid>/stat`.
-fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("bad stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    // CLK_TCK is 100 on Linux builds of every architecture this runs on.
-    Ok(ticks / 100.0)
+/// CPU seconds of a process (all threads).
+fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    procs::usage(pid)
+        .map(|u| u.cpu_secs)
+        .with_context(|| format!("no /proc/{pid}/stat"))
 }
 
 /// The broker's pid from the stack's pid file (`ML_VAR_DIR`, else the repository's `var/`).
-fn kafka_pid() -> anyhow::Result<String> {
+fn kafka_pid() -> anyhow::Result<u32> {
     let var = std::env::var("ML_VAR_DIR").map_or_else(
         |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../var"),
         PathBuf::from,
@@ -61,7 +59,7 @@ fn kafka_pid() -> anyhow::Result<String> {
             file.display()
         )
     })?;
-    Ok(pid.trim().to_string())
+    Ok(pid.trim().parse()?)
 }
 
 /// `n` level-2 rows of `SYMBOLS` symbols as the connector writes them: (key, JSON).
@@ -104,7 +102,6 @@ fn rows(n: usize) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
 }
 
 /// CPU µs per row of one side: producing (this process), the broker, consuming (this process).
-#[derive(Default)]
 struct Costs {
     produce: f64,
     broker: f64,
@@ -116,7 +113,7 @@ fn run(
     per_message: usize,
     rate: usize,
     topic: &str,
-    broker: &str,
+    broker: u32,
 ) -> anyhow::Result<Costs> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", BOOTSTRAP)
@@ -129,7 +126,7 @@ fn run(
         r.map_err(|(t, e)| anyhow::anyhow!("cannot create {t}: {e}"))?;
     }
     std::thread::sleep(Duration::from_secs(1));
-    let me = std::process::id().to_string();
+    let me = std::process::id();
 
     // The connector's producer settings (`actors/src/kafka/producer.rs`).
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
@@ -142,7 +139,7 @@ fn run(
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "32768")
         .create()?;
-    let (me0, broker0) = (cpu_secs(&me)?, cpu_secs(broker)?);
+    let (me0, broker0) = (cpu_secs(me)?, cpu_secs(broker)?);
     // Rows of one symbol share a message, as the rows of one frame would.
     let mut by_symbol: std::collections::BTreeMap<&str, Vec<&[u8]>> = Default::default();
     let mut payload = Vec::new();
@@ -181,7 +178,7 @@ fn run(
         messages += 1;
     }
     producer.flush(Duration::from_secs(120))?;
-    let (me1, broker1) = (cpu_secs(&me)?, cpu_secs(broker)?);
+    let (me1, broker1) = (cpu_secs(me)?, cpu_secs(broker)?);
     drop(producer);
 
     let consumer: BaseConsumer = ClientConfig::new()
@@ -192,7 +189,7 @@ fn run(
         .create()?;
     consumer.subscribe(&[topic])?;
     let (mut read_rows, mut read_messages, mut bytes) = (0usize, 0u64, 0usize);
-    let me2 = cpu_secs(&me)?;
+    let me2 = cpu_secs(me)?;
     let deadline = Instant::now() + Duration::from_secs(300);
     while read_messages < messages {
         if Instant::now() > deadline {
@@ -210,7 +207,7 @@ fn run(
             None => {}
         }
     }
-    let me3 = cpu_secs(&me)?;
+    let me3 = cpu_secs(me)?;
     drop(consumer);
     // A symbol's last rows short of a full message stay unsent.
     let n = SYMBOLS * (rows.len() / SYMBOLS / per_message * per_message);
@@ -266,7 +263,7 @@ fn main() -> anyhow::Result<()> {
                 k,
                 rate,
                 &format!("message-bench-{stamp}-{round}-{k}"),
-                &broker,
+                broker,
             )?;
             println!(
                 "round {round}: {k:>2} a message: produce {:.2} | broker {:.2} | consume {:.2}",
