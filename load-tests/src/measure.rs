@@ -26,33 +26,8 @@ pub const SOURCE: [(&str, &str); 2] = [
 ];
 pub const INDICATORS: &str = "indicators_market_data";
 
-/// The stack's state dir: `ML_VAR_DIR` (the shared stack), else the clone's `var/`.
-pub fn var_dir() -> PathBuf {
-    std::env::var("ML_VAR_DIR")
-        .map(PathBuf::from)
-        .ok()
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(|| {
-            let main = PathBuf::from("/work/main/var");
-            let own = procs::repo_root().join("var");
-            if own.join("clickhouse/clickhouse.pid").exists() || !main.is_dir() {
-                own
-            } else {
-                main
-            }
-        })
-}
-
-fn pid_of(service: &str) -> Option<u32> {
-    std::fs::read_to_string(var_dir().join(service).join(format!("{service}.pid")))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 pub fn clickhouse_pid() -> Option<u32> {
-    pid_of("clickhouse")
+    procs::pid_of("clickhouse")
 }
 
 /// CPU seconds so far of ClickHouse and Kafka (None where the pid file or process is missing).
@@ -63,7 +38,7 @@ pub struct StackCpu {
 }
 
 pub fn stack_cpu() -> StackCpu {
-    let cpu = |s| pid_of(s).and_then(procs::usage).map(|u| u.cpu_secs);
+    let cpu = |s| procs::pid_of(s).and_then(procs::usage).map(|u| u.cpu_secs);
     StackCpu {
         clickhouse: cpu("clickhouse"),
         kafka: cpu("kafka"),

@@ -163,3 +163,29 @@ pub fn repo_root() -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
 }
+
+/// The stack's state dir: `ML_VAR_DIR` (the shared stack), else the clone's `var/`.
+pub fn var_dir() -> PathBuf {
+    std::env::var("ML_VAR_DIR")
+        .map(PathBuf::from)
+        .ok()
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(|| {
+            let main = PathBuf::from("/work/main/var");
+            let own = repo_root().join("var");
+            if own.join("clickhouse/clickhouse.pid").exists() || !main.is_dir() {
+                own
+            } else {
+                main
+            }
+        })
+}
+
+/// The pid of a stack service (`kafka`, `clickhouse`, `redis`) from its pid file.
+pub fn pid_of(service: &str) -> Option<u32> {
+    std::fs::read_to_string(var_dir().join(service).join(format!("{service}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

@@ -12,7 +12,7 @@
 //! alternating, the medians and the ratios. Run (with `scripts/stack up kafka`):
 //! `marketlane-message-bench [rows a round] [rows a message] [rows/s]`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -24,7 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-// The driver's `/proc` readings (this binary uses only `usage`).
+// The driver's `/proc` readings and the stack's pid files (this binary uses two of them).
 #[allow(dead_code)]
 #[path = "../procs.rs"]
 mod procs;
@@ -44,22 +44,6 @@ fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     procs::usage(pid)
         .map(|u| u.cpu_secs)
         .with_context(|| format!("no /proc/{pid}/stat"))
-}
-
-/// The broker's pid from the stack's pid file (`ML_VAR_DIR`, else the repository's `var/`).
-fn kafka_pid() -> anyhow::Result<u32> {
-    let var = std::env::var("ML_VAR_DIR").map_or_else(
-        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../var"),
-        PathBuf::from,
-    );
-    let file = var.join("kafka/kafka.pid");
-    let pid = std::fs::read_to_string(&file).with_context(|| {
-        format!(
-            "no broker pid in {} (scripts/stack up kafka)",
-            file.display()
-        )
-    })?;
-    Ok(pid.trim().parse()?)
 }
 
 /// `n` level-2 rows of `SYMBOLS` symbols as the connector writes them: (key, JSON).
@@ -240,7 +224,7 @@ fn main() -> anyhow::Result<()> {
         n.is_multiple_of(SYMBOLS),
         "rows a round must be a multiple of {SYMBOLS}"
     );
-    let broker = kafka_pid()?;
+    let broker = procs::pid_of("kafka").context("no broker pid file (scripts/stack up kafka)")?;
     let rows = rows(n)?;
     println!(
         "message-bench: {n} level-2 rows ({} bytes of JSON on average) of {SYMBOLS} symbols, \
