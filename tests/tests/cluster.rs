@@ -26,6 +26,9 @@ const SEED: u64 = 23;
 const COOKIE: &str = "cluster-test-cookie-of-32-bytes-or-more";
 /// "Never recovered".
 const TIMEOUT: Duration = Duration::from_secs(90);
+/// Trades a run must have seen before it is reconciled, and of those, after its last fault.
+const MIN_TRADES: usize = 150;
+const MIN_TRADES_AFTER: usize = 40;
 /// Two pods starting on a loaded machine, then the split's handover (up to 30 s).
 const START_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -329,6 +332,19 @@ impl Cluster {
         recovery: f64,
         gaps: &[(i64, i64)],
     ) -> Reconciliation {
+        // The market trades at random: a quick takeover on a quiet stretch can leave too few
+        // trades to show anything, above all after the fault, so the run goes on until there
+        // are enough (the trade rate, not the test's pace, decides when).
+        let after_ms = gaps.iter().map(|g| g.1).max().unwrap_or(0);
+        self.wait_within(TIMEOUT, "the market has traded enough to reconcile", |c| {
+            Box::pin(async move {
+                c.sim.ledger_trades().is_ok_and(|t| {
+                    t.len() > MIN_TRADES
+                        && t.iter().filter(|t| t.updated_ms > after_ms).count() >= MIN_TRADES_AFTER
+                })
+            })
+        })
+        .await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         for p in &mut self.pods {
             assert!(
@@ -362,7 +378,10 @@ impl Cluster {
             r.kafka_duplicates,
             self.started.elapsed().as_secs_f64()
         );
-        assert!(r.emitted > 100, "too little load to show anything: {r:?}");
+        assert!(
+            r.emitted > MIN_TRADES,
+            "too little load to show anything: {r:?}"
+        );
         assert_eq!(
             r.lost,
             0,
