@@ -336,7 +336,7 @@ impl Cluster {
         // trades to show anything, above all after the fault, so the run goes on until there
         // are enough (the trade rate, not the test's pace, decides when).
         let after_ms = gaps.iter().map(|g| g.1).max().unwrap_or(0);
-        self.wait_within(TIMEOUT, "the market has traded enough to reconcile", |c| {
+        self.wait("the market has traded enough to reconcile", |c| {
             Box::pin(async move {
                 c.sim.ledger_trades().is_ok_and(|t| {
                     t.len() > MIN_TRADES

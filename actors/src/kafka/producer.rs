@@ -377,6 +377,22 @@ pub struct ProducerState {
 
 pub struct KafkaProducer;
 
+/// The producer's librdkafka settings: idempotent, every replica's acknowledgement, and no
+/// delivery deadline. Also what `marketlane-message-bench` produces with.
+pub fn producer_config(kafka: &KafkaConfig) -> rdkafka::ClientConfig {
+    let mut c = super::client_config(kafka);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", &kafka.compression)
+        .set("linger.ms", kafka.linger_ms.to_string())
+        // Kafka down (failure row 7): keep retrying without a deadline; the in-flight
+        // limit, not a timeout, bounds what waits.
+        .set("message.timeout.ms", "0")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", QUEUE_KBYTES.to_string());
+    c
+}
+
 impl Actor for KafkaProducer {
     type Msg = ProducerMsg;
     type State = ProducerState;
@@ -397,17 +413,8 @@ impl Actor for KafkaProducer {
             myself,
             runtime: tokio::runtime::Handle::current(),
         };
-        let producer: ThreadedProducer<Delivery> = super::client_config(&args.kafka)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", &args.kafka.compression)
-            .set("linger.ms", args.kafka.linger_ms.to_string())
-            // Kafka down (failure row 7): keep retrying without a deadline; the in-flight
-            // limit, not a timeout, bounds what waits.
-            .set("message.timeout.ms", "0")
-            .set("queue.buffering.max.messages", "1000000")
-            .set("queue.buffering.max.kbytes", QUEUE_KBYTES.to_string())
-            .create_with_context(context)?;
+        let producer: ThreadedProducer<Delivery> =
+            producer_config(&args.kafka).create_with_context(context)?;
         Ok(ProducerState {
             producer: Arc::new(producer),
             metrics: args.metrics,

@@ -5,9 +5,10 @@
 //! engine also reads) would save, to weigh that change of the topics' contract.
 //!
 //! Each side produces the same level-2 rows (written by the connector's `write_typed`) with the
-//! connector's producer settings (idempotent, `acks=all`, lz4, `linger.ms` 20) to a fresh
-//! topic at a live rate (40,000 rows/s by default), waits for every acknowledgement, then reads
-//! the topic back with one consumer and splits the lines. Prints CPU µs per row of this process
+//! connector's producer settings (its `producer_config` of the default config: idempotent,
+//! `acks=all`, lz4, `linger.ms` 20) to a fresh topic at a live rate (40,000 rows/s by default),
+//! waits for every acknowledgement, then reads the topic back with one consumer and splits the
+//! lines. Prints CPU µs per row of this process
 //! while producing, of the broker over the produce, and of this process while consuming, rounds
 //! alternating, the medians and the ratios. Run (with `scripts/stack up kafka`):
 //! `marketlane-message-bench [rows a round] [rows a message] [rows/s]`.
@@ -16,6 +17,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use marketlane_actors::config::KafkaConfig;
+use marketlane_actors::kafka::producer::producer_config;
 use marketlane_protocol::{Scalar, SchemaSet};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -112,17 +115,12 @@ fn run(
     std::thread::sleep(Duration::from_secs(1));
     let me = std::process::id();
 
-    // The connector's producer settings (`actors/src/kafka/producer.rs`).
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", BOOTSTRAP)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "20")
-        .set("message.timeout.ms", "0")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "32768")
-        .create()?;
+    // The connector's producer, as configured by default.
+    let producer: ThreadedProducer<DefaultProducerContext> = producer_config(&KafkaConfig {
+        bootstrap_servers: BOOTSTRAP.into(),
+        ..KafkaConfig::default()
+    })
+    .create()?;
     let (me0, broker0) = (cpu_secs(me)?, cpu_secs(broker)?);
     // Rows of one symbol share a message, as the rows of one frame would.
     let mut by_symbol: std::collections::BTreeMap<&str, Vec<&[u8]>> = Default::default();
